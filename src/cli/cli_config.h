@@ -1,0 +1,79 @@
+// Command-line flags derived from the config field lists: every field of every section is a flag
+// --name VALUE (booleans also take true/false), with its help text and current default in --help.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <map>
+#include <string>
+#include <type_traits>
+
+#include "core/fields.h"
+#include "train/config.h"
+
+namespace ff {
+
+// Registers one string-valued option per field; values land in `given` keyed by field name.
+struct CliRegistrar {
+  CLI::App& app;
+  std::map<std::string, std::string>& given;
+  std::string group;
+  template <class T>
+  void operator()(T& field, const char* name, const char* help) {
+    std::string def;
+    if constexpr (FieldEnum<T>) def = enum_to_string(field) + "  (" + enum_choices(T{}) + ")";
+    else if constexpr (std::is_same_v<T, bool>) def = field ? "true" : "false";
+    else if constexpr (std::is_arithmetic_v<T>) def = std::to_string(field);
+    else def = field.empty() ? "\"\"" : field;
+    std::string flag = std::string("--") + name;
+    app.add_option_function<std::string>(flag, [&g = given, n = std::string(name)](const std::string& v) { g[n] = v; },
+                                         std::string(help) + " [default " + def + "]")
+        ->group(group);
+  }
+};
+
+// Applies flag strings to the fields they name; one message per unparsable value.
+struct CliApplier {
+  const std::map<std::string, std::string>& given;
+  std::string section;
+  std::vector<std::string>& errors;
+  template <class T>
+  void operator()(T& field, const char* name, const char*) {
+    auto it = given.find(name);
+    if (it == given.end()) return;
+    const std::string& v = it->second;
+    const std::string where = "--" + std::string(name) + " " + v;
+    try {
+      if constexpr (FieldEnum<T>) {
+        if (!enum_from_string(v, field)) errors.push_back(where + ": must be one of " + enum_choices(T{}));
+      } else if constexpr (std::is_same_v<T, bool>) {
+        if (v == "true" || v == "1") field = true;
+        else if (v == "false" || v == "0") field = false;
+        else errors.push_back(where + ": must be true or false");
+      } else if constexpr (std::is_integral_v<T>) {
+        size_t pos = 0;
+        long long x = std::stoll(v, &pos);
+        if (pos != v.size()) throw std::invalid_argument(v);
+        field = static_cast<T>(x);
+      } else if constexpr (std::is_floating_point_v<T>) {
+        size_t pos = 0;
+        double x = std::stod(v, &pos);
+        if (pos != v.size()) throw std::invalid_argument(v);
+        field = static_cast<T>(x);
+      } else {
+        field = v;
+      }
+    } catch (const std::exception&) {
+      errors.push_back(where + ": not a valid " + (std::is_integral_v<T> ? "integer" : "number"));
+    }
+  }
+};
+
+// All config flags of a run on `app` (grouped by section), plus --config FILE.
+struct RunConfigFlags {
+  std::string config_path;
+  std::map<std::string, std::string> given;
+  void add_to(CLI::App& app, RunConfig& defaults);
+  // Defaults -> preset -> config file -> flags. Throws ff::Error listing every problem.
+  RunConfig resolve() const;
+};
+
+}  // namespace ff

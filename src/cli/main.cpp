@@ -1,0 +1,245 @@
+// fivefold: one binary, subcommands train, generate, bench.
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "cli/cli_config.h"
+#include "io/text_data.h"
+#include "train/flops.h"
+#include "train/trainer.h"
+
+namespace ff {
+
+void RunConfigFlags::add_to(CLI::App& app, RunConfig& d) {
+  app.add_option("--config", config_path, "JSON run config {\"model\": {...}, \"optim\": {...}, \"train\": {...}, "
+                                          "\"parallel\": {...}}; flags override it");
+  CliRegistrar m{app, given, "Model"}, o{app, given, "Optimizer"}, t{app, given, "Training"}, p{app, given, "Parallel"};
+  d.model.visit_fields(m);
+  d.optim.visit_fields(o);
+  d.train.visit_fields(t);
+  d.parallel.visit_fields(p);
+}
+
+RunConfig RunConfigFlags::resolve() const {
+  RunConfig c;
+  if (!config_path.empty()) {
+    std::ifstream f(config_path);
+    FF_CHECK(f.good(), "--config %s: cannot open the file", config_path.c_str());
+    std::stringstream ss;
+    ss << f.rdbuf();
+    c = run_config_from_json(ss.str(), config_path);
+  } else {
+    c.model = model_preset(c.train.model_preset);
+  }
+  std::vector<std::string> errors;
+  if (given.count("model_preset")) {
+    CliApplier a{given, "train", errors};
+    TrainConfig t = c.train;
+    t.visit_fields(a);
+    try {
+      c.model = model_preset(t.model_preset);
+    } catch (const Error& e) {
+      errors.push_back(std::string("--model_preset: ") + e.what());
+    }
+  }
+  CliApplier m{given, "model", errors}, o{given, "optim", errors}, t{given, "train", errors}, p{given, "parallel", errors};
+  c.model.visit_fields(m);
+  c.optim.visit_fields(o);
+  c.train.visit_fields(t);
+  c.parallel.visit_fields(p);
+  if (!errors.empty()) {
+    std::string all;
+    for (const auto& e : errors) all += "\n  " + e;
+    FF_FAIL("bad command line:%s", all.c_str());
+  }
+  return c;
+}
+
+namespace {
+
+void check_run_config(const RunConfig& c, int world) {
+  auto errors = c.validate(world);
+  if (errors.empty()) return;
+  std::string all;
+  for (const auto& e : errors) all += "\n  " + e;
+  FF_FAIL("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str());
+}
+
+void set_threads(const RunConfig& c) {
+  if (c.train.threads > 0) omp_set_num_threads(static_cast<int>(c.train.threads));
+}
+
+int cmd_train(const RunConfigFlags& flags, bool print_config) {
+  RunConfig c = flags.resolve();
+  Communicator world = Communicator::world();
+  check_run_config(c, world.size());
+  if (print_config) {
+    std::printf("%s\n", run_config_to_json(c).c_str());
+    return 0;
+  }
+  set_threads(c);
+  ParallelGrid grid(world, c.parallel);
+  Trainer trainer(c, grid);
+  trainer.run();
+  return 0;
+}
+
+struct GenerateOptions {
+  std::string model_path = "runs/default/model.safetensors";
+  std::string prompt = "In the beginning";
+  int64_t tokens = 300;
+  double temperature = 0.8;
+  int64_t top_k = 40;
+  uint64_t seed = 1;
+};
+
+int cmd_generate(const GenerateOptions& g) {
+  RunConfig c = load_model_config(g.model_path);
+  FF_CHECK(g.tokens >= 0, "--tokens %lld: must be >= 0", (long long)g.tokens);
+  FF_CHECK(g.temperature >= 0, "--temperature %g: must be >= 0 (0 = greedy)", g.temperature);
+  FF_CHECK(g.top_k >= 0, "--top_k %lld: must be >= 0 (0 = whole vocabulary)", (long long)g.top_k);
+  c.parallel = ParallelConfig{};
+  set_threads(c);
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, c.parallel);
+  DecoderLM model(c.model, grid, c.train.seed);
+  load_model_weights(model, g.model_path);
+  auto mb = model.new_micro_batch();
+  ByteTokenizer tok;
+  std::vector<int32_t> ids = tok.encode(g.prompt);
+  FF_CHECK(!ids.empty(), "--prompt is empty: give at least one character");
+  Rng rng(g.seed, "generate");
+  std::printf("%s", g.prompt.c_str());
+  const int64_t V = c.model.vocab_size, window = c.model.seq_len;
+  std::vector<double> p(static_cast<size_t>(V));
+  for (int64_t i = 0; i < g.tokens; ++i) {
+    const int64_t S = std::min<int64_t>(static_cast<int64_t>(ids.size()), window);
+    const int32_t* ctx = ids.data() + ids.size() - static_cast<size_t>(S);
+    model.forward(*mb, ctx, nullptr, 1, S);
+    const float* logits = model.logits(*mb) + (S - 1) * V;
+    // Sample among the byte tokens (the model may carry unused vocabulary rows).
+    const int64_t Vb = std::min<int64_t>(V, ByteTokenizer::kVocabSize);
+    int32_t next = 0;
+    if (g.temperature == 0) {
+      for (int64_t v = 1; v < Vb; ++v)
+        if (logits[v] > logits[next]) next = static_cast<int32_t>(v);
+    } else {
+      std::vector<int32_t> order(static_cast<size_t>(Vb));
+      for (int64_t v = 0; v < Vb; ++v) order[static_cast<size_t>(v)] = static_cast<int32_t>(v);
+      const int64_t k = g.top_k > 0 ? std::min(g.top_k, Vb) : Vb;
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      double mx = logits[order[0]], sum = 0;
+      for (int64_t j = 0; j < k; ++j) sum += p[static_cast<size_t>(j)] = std::exp((logits[order[static_cast<size_t>(j)]] - mx) / g.temperature);
+      double u = rng.uniform() * sum;
+      next = order[static_cast<size_t>(k - 1)];
+      for (int64_t j = 0; j < k; ++j) {
+        u -= p[static_cast<size_t>(j)];
+        if (u <= 0) {
+          next = order[static_cast<size_t>(j)];
+          break;
+        }
+      }
+    }
+    ids.push_back(next);
+    std::printf("%s", tok.decode(&next, 1).c_str());
+    std::fflush(stdout);
+  }
+  std::printf("\n");
+  return 0;
+}
+
+int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
+  RunConfig c = flags.resolve();
+  Communicator world = Communicator::world();
+  check_run_config(c, world.size());
+  FF_CHECK(steps >= 1 && warmup >= 0, "--bench_steps must be >= 1 and --warmup >= 0");
+  set_threads(c);
+  ParallelGrid grid(world, c.parallel);
+  const double peak = c.train.peak_tflops > 0 ? c.train.peak_tflops : measure_gemm_tflops();
+  Trainer trainer(c, grid);
+  trainer.set_peak_tflops(peak);
+  const int64_t B = c.train.micro_batch, S = c.model.seq_len, V = c.model.vocab_size;
+  Rng rng(c.train.seed, "bench");
+  std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(c.train.grad_accum)), targets(tokens.size());
+  for (size_t m = 0; m < tokens.size(); ++m) {
+    tokens[m].resize(static_cast<size_t>(B * S));
+    targets[m].resize(static_cast<size_t>(B * S));
+    for (auto& t : tokens[m]) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+    for (auto& t : targets[m]) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+  }
+  std::printf("bench: %s | %.2fM params (%.2fM active) | %lld x %lld x %lld tokens/step | %d threads | "
+              "fp32 GEMM ceiling %.3f TFLOP/s\n", c.model.pattern().c_str(), count_parameters(c.model) / 1e6,
+              count_active_parameters(c.model) / 1e6, (long long)c.train.grad_accum, (long long)B, (long long)S,
+              omp_get_max_threads(), peak);
+  for (int64_t i = 0; i < warmup; ++i) trainer.step(i, tokens, targets);
+  StepMetrics sum;
+  for (int64_t i = 0; i < steps; ++i) {
+    StepMetrics m = trainer.step(warmup + i, tokens, targets);
+    sum.step_s += m.step_s;
+    sum.forward_s += m.forward_s;
+    sum.backward_s += m.backward_s;
+    sum.optimizer_s += m.optimizer_s;
+    std::printf("  step %lld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, MFU %.1f%%\n",
+                (long long)(i + 1), m.step_s, m.forward_s, m.backward_s, m.optimizer_s, m.tokens_per_s, 100 * m.mfu);
+  }
+  const double n = static_cast<double>(steps);
+  const double tps = static_cast<double>(c.train.grad_accum * B * S) / (sum.step_s / n);
+  const double tflops = training_flops(c.model, c.train.grad_accum * B, S) / (sum.step_s / n) / 1e12;
+  std::printf("result: %.1f tokens/s | %.3f TFLOP/s model | MFU %.1f%% | step %.3f s = forward %.3f + backward %.3f + "
+              "optimizer %.3f\n", tps, tflops, 100 * tflops / peak, sum.step_s / n, sum.forward_s / n,
+              sum.backward_s / n, sum.optimizer_s / n);
+  return 0;
+}
+
+}  // namespace
+}  // namespace ff
+
+int main(int argc, char** argv) {
+  using namespace ff;
+  MpiSession mpi(&argc, &argv);  // outside the try: an error must abort while MPI is still up
+  try {
+    CLI::App app{"fivefold: train dense and MoE language models with 5-D parallelism"};
+    app.require_subcommand(1);
+    RunConfig defaults;
+    defaults.model = model_preset(defaults.train.model_preset);
+
+    RunConfigFlags train_flags;
+    bool print_config = false;
+    auto* train = app.add_subcommand("train", "train a model (default: a small MoE on the KJV corpus)");
+    train_flags.add_to(*train, defaults);
+    train->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+
+    GenerateOptions gen;
+    auto* generate = app.add_subcommand("generate", "sample text from a trained model");
+    generate->add_option("--model", gen.model_path, "model file written by train")->capture_default_str();
+    generate->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
+    generate->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
+    generate->add_option("--temperature", gen.temperature, "sampling temperature; 0 = greedy")->capture_default_str();
+    generate->add_option("--top_k", gen.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str();
+    generate->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
+
+    RunConfigFlags bench_flags;
+    int64_t bench_steps = 3, warmup = 1;
+    auto* bench = app.add_subcommand("bench", "time training steps of a config on random tokens");
+    bench_flags.add_to(*bench, defaults);
+    bench->add_option("--bench_steps", bench_steps, "timed steps")->capture_default_str();
+    bench->add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
+
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      return app.exit(e);
+    }
+    if (train->parsed()) return cmd_train(train_flags, print_config);
+    if (generate->parsed()) return cmd_generate(gen);
+    if (bench->parsed()) return cmd_bench(bench_flags, bench_steps, warmup);
+  } catch (const std::exception& e) {
+    abort_job(e.what());
+  }
+  return 0;
+}

@@ -1,0 +1,60 @@
+// Parameters with their global placement (DESIGN decision 4). A Param knows its global name
+// (Hugging Face naming where one exists), its global shape, the slice this rank holds and whether
+// it is a replica of a slice another rank also holds. Values and gradients of all parameters live
+// in two contiguous fp32 buffers in registration order, so parameters registered one after the
+// other (q, k, v; gate, up) are adjacent and can be used as one fused matrix.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace ff {
+
+enum class ParamInit : uint8_t { normal, zeros, ones };
+
+struct Param {
+  std::string name;        // global name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  Shape global_shape;      // shape of the whole tensor across all ranks
+  Shape local_shape;       // shape of the slice held here
+  Shape local_offset;      // where that slice starts in the global tensor (per dim)
+  bool replica = false;    // true if another rank holds the same slice (written once)
+  bool weight_decay = true;  // false for norms and biases
+  ParamInit init = ParamInit::normal;
+  float init_std = 0.0f;
+  int64_t offset = 0;      // first element in the store's flat buffers
+  float* value = nullptr;  // [local_shape], valid after ParamStore::allocate()
+  float* grad = nullptr;   // [local_shape]
+
+  int64_t numel() const { return local_shape.numel(); }
+};
+
+class ParamStore {
+ public:
+  // Register a parameter held whole on this rank. Returns a stable pointer whose value/grad are
+  // filled in by allocate().
+  Param* add(const std::string& name, const Shape& shape, ParamInit init, float init_std = 0.0f,
+             bool weight_decay = true);
+  // Lay out and allocate the flat value/grad buffers (grads zeroed, values initialised).
+  // Each parameter draws from its own named stream Rng(seed, "init:" + name), so its values do
+  // not depend on the other parameters or on the parallel layout.
+  void allocate(uint64_t seed);
+
+  std::deque<Param>& params() { return params_; }
+  const std::deque<Param>& params() const { return params_; }
+  Param* find(const std::string& name);
+  int64_t numel() const { return total_; }
+  float* values() { return values_.data(); }
+  float* grads() { return grads_.data(); }
+  void zero_grads();
+
+ private:
+  std::deque<Param> params_;
+  std::vector<float> values_, grads_;
+  int64_t total_ = 0;
+};
+
+}  // namespace ff

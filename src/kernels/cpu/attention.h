@@ -1,0 +1,28 @@
+// Causal grouped-query attention, fp32. Legend: B sequences, S positions, Hq query heads, Hkv
+// KV heads (query head h reads KV head h / (Hq/Hkv)), dh head dim, ld row stride of q/k/v.
+// q(b,s,h,:) = q + (b*S + s)*ld + h*dh   (same for k, v with their heads).
+// o is [B*S, Hq*dh] contiguous. lse[B, Hq, S] = log-sum-exp of each scaled score row (saved).
+// Memory: per thread, score blocks of at most 64 x S rows (forward: one; backward: two, P and
+// dP), never a full S x S matrix. Forward runs one (b, query head) per task, backward one
+// (b, KV head) per task; backward recomputes the probabilities from q, k and lse.
+#pragma once
+#include <cstdint>
+
+namespace ff::cpu {
+
+struct AttentionShape {
+  int64_t B, S, Hq, Hkv, dh;
+  int64_t ld_q, ld_kv;  // row strides (floats) of q and of k/v
+  float scale;          // usually 1/sqrt(dh)
+};
+
+// o = softmax(scale * q k^T + causal mask) v.
+void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
+                       const AttentionShape& s);
+// dq, dk, dv are OVERWRITTEN; they use the same strides as q (ld_q) and k/v (ld_kv), so they may
+// point into one fused dqkv buffer. All heads of a KV group are summed into dk/dv.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                        const float* k, const float* v, const float* o, const float* lse,
+                        const AttentionShape& s);
+
+}  // namespace ff::cpu

@@ -1,0 +1,39 @@
+// Self-attention with GQA and (partial) RoPE. q_proj, k_proj and v_proj are registered adjacently
+// so one GEMM gives the fused row [q (Hq*dh) | k (Hkv*dh) | v (Hkv*dh)].
+// Legend: B sequences, S positions, N = B*S tokens, D width, Hq/Hkv heads, dh head dim.
+#pragma once
+#include <string>
+
+#include "core/param.h"
+#include "kernels/cpu/rope.h"
+#include "models/config.h"
+
+namespace ff {
+
+class Attention {
+ public:
+  Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, float init_std,
+            float out_init_std);
+
+  struct Saved {
+    Tensor qkv;  // [N, (Hq + 2 Hkv) dh], after RoPE
+    Tensor o;    // [N, Hq dh] attention output before o_proj
+    Tensor lse;  // [B, Hq, S]
+  };
+  // out[N, D] overwritten. positions[N] are the RoPE positions of the rows.
+  void forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B, int64_t S,
+               Arena& arena) const;
+  // dx[N, D] overwritten; parameter gradients accumulate.
+  void backward(float* dx, const float* dout, const float* x, const int32_t* positions,
+                const Saved& s, int64_t B, int64_t S, Arena& scratch) const;
+
+ private:
+  int64_t D_, Hq_, Hkv_, dh_;
+  bool rope_on_;
+  cpu::RopeTable rope_;
+  Param* wqkv_;  // q_proj (k_proj, v_proj follow): [(Hq + 2 Hkv) dh, D] as one matrix
+  Param* wo_;    // [D, Hq dh]
+  int64_t qkv_width() const { return (Hq_ + 2 * Hkv_) * dh_; }
+};
+
+}  // namespace ff

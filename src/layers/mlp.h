@@ -1,0 +1,43 @@
+// Dense MLP: out = fc2(act(fc1(x))). With SwiGLU, fc1 is gate_proj and up_proj registered
+// adjacently so one GEMM computes [gate | up]. Also the body of each expert and the shared
+// expert. Legend: N rows, D width, F hidden.
+#pragma once
+#include <string>
+
+#include "core/param.h"
+#include "models/config.h"
+
+namespace ff {
+
+// The activation function applied between fc1 and fc2, by kind. fc1 width is 2F for SwiGLU.
+int64_t fc1_width(Activation act, int64_t F);
+void activation_forward(Activation act, float* out, const float* in, int64_t N, int64_t F);
+void activation_backward(Activation act, float* din, const float* dout, const float* in, int64_t N, int64_t F);
+
+class Mlp {
+ public:
+  // prefix e.g. "model.layers.1.mlp"; registers gate_proj+up_proj (SwiGLU) or up_proj, and down_proj.
+  Mlp(ParamStore& store, const std::string& prefix, int64_t D, int64_t F, Activation act,
+      float init_std, float out_init_std);
+
+  struct Saved {
+    Tensor h1;   // [N, fc1_width] pre-activation
+    Tensor act;  // [N, F]
+  };
+  // out[N, D] overwritten.
+  void forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) const;
+  // dx[N, D] overwritten, or accumulated when accumulate_dx; parameter gradients accumulate.
+  // scratch supplies two [N, fc1_width] buffers.
+  void backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N,
+                bool accumulate_dx, Arena& scratch) const;
+
+  int64_t hidden() const { return F_; }
+
+ private:
+  int64_t D_, F_;
+  Activation act_;
+  Param* fc1_;  // first of gate/up (adjacent); [fc1_width, D] as one matrix
+  Param* fc2_;  // [D, F]
+};
+
+}  // namespace ff

@@ -1,0 +1,59 @@
+// Token dispatcher interface (specs/parallelism-and-moe.md §7): moves each token's routed copies
+// to the ranks owning their experts, and the expert outputs back. Forward: dispatch -> experts ->
+// combine. Backward mirrors it: combine_backward -> experts backward -> dispatch_backward.
+// LocalDispatcher is the single-rank implementation (all experts local); the all-to-all and
+// all-gather dispatchers of expert parallelism implement the same interface.
+// Legend: N local tokens, K top-k, E experts, D width, R rows received for the local experts.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/cpu/permute.h"
+
+namespace ff {
+
+// Routing decisions for one micro-batch, after capacity dropping.
+struct Routing {
+  const int32_t* topk_idx = nullptr;    // [N, K]
+  const float* topk_probs = nullptr;    // [N, K]
+  const uint8_t* keep = nullptr;        // [N, K] or null (dropless)
+  int64_t pad_to_capacity = -1;         // rows per expert when padding, else -1
+};
+
+// What a dispatch leaves for the rest of the layer and for backward.
+struct DispatchState {
+  cpu::DispatchPlan plan;                      // local permutation
+  std::vector<int64_t> tokens_per_local_expert;
+  Tensor rows;       // [R, D] tokens for the local experts, expert-major
+  Tensor row_probs;  // [R] their gating probs
+};
+
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+  virtual void dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N, Arena& arena) = 0;
+  // y[N, D] overwritten with the sum of each token's expert outputs (already prob-weighted).
+  virtual void combine(float* y, const float* expert_rows, const DispatchState& st, int64_t N) = 0;
+  // drows[R, D] overwritten from dy[N, D].
+  virtual void combine_backward(float* drows, const float* dy, const DispatchState& st, Arena& scratch) = 0;
+  // dx[N, D] += ; dtopk_probs[N, K] += the gradients of the rows and row probs.
+  virtual void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
+                                 const DispatchState& st, int64_t N) = 0;
+};
+
+class LocalDispatcher final : public TokenDispatcher {
+ public:
+  LocalDispatcher(int64_t num_experts, int64_t top_k, int64_t d_model)
+      : E_(num_experts), K_(top_k), D_(d_model) {}
+  void dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N, Arena& arena) override;
+  void combine(float* y, const float* expert_rows, const DispatchState& st, int64_t N) override;
+  void combine_backward(float* drows, const float* dy, const DispatchState& st, Arena& scratch) override;
+  void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
+                         const DispatchState& st, int64_t N) override;
+
+ private:
+  int64_t E_, K_, D_;
+};
+
+}  // namespace ff

@@ -1,0 +1,40 @@
+// The experts of one MoE layer: E_local MLPs (SwiGLU or squared ReLU / GELU) with their own
+// hidden width F, applied to contiguous row segments (tokens_per_expert). Each row's output is
+// scaled by its gating prob after the activation (§8): out = fc2(act(fc1(x)) * prob).
+// Weights are registered stacked: all fc1 (gate, up per expert) first, then all fc2, so expert e's
+// fc1 is fc1_base + e * W * D and its fc2 is fc2_base + e * D * F.
+// Legend: R rows, D width, F expert hidden, W = fc1 width (2F for SwiGLU).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/param.h"
+#include "models/config.h"
+
+namespace ff {
+
+class Experts {
+ public:
+  // Registers experts [first, first + count) of the layer under prefix + ".experts.{e}".
+  Experts(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, int64_t first, int64_t count,
+          float init_std, float out_init_std);
+
+  struct Saved {
+    Tensor h1;   // [R, W]
+    Tensor act;  // [R, F] before the prob scaling
+  };
+  // out[R, D] overwritten.
+  void forward(Saved& s, float* out, const float* rows, const float* row_probs,
+               const std::vector<int64_t>& tokens_per_expert, Arena& arena) const;
+  // drows[R, D] and drow_probs[R] overwritten; parameter gradients accumulate.
+  void backward(float* drows, float* drow_probs, const float* dout, const float* rows, const float* row_probs,
+                const Saved& s, const std::vector<int64_t>& tokens_per_expert, Arena& scratch) const;
+
+ private:
+  int64_t D_, F_, W_, count_;
+  Activation act_;
+  Param* fc1_;  // expert 0's first fc1 matrix; the rest follow
+  Param* fc2_;
+};
+
+}  // namespace ff

@@ -1,0 +1,127 @@
+#include "layers/moe/moe_layer.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/gemm.h"
+
+namespace ff {
+
+MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
+                   float init_std, float out_init_std)
+    : cfg_(cfg),
+      router_(store, prefix + ".gate", cfg, grid.tp_cp()),
+      experts_(store, prefix, cfg, 0, cfg.num_experts, init_std, out_init_std) {
+  FF_CHECK(grid.ep().size() == 1 && grid.etp().size() == 1,
+           "expert parallelism (ep = %d, etp = %d) needs the EP dispatcher, which this build does not have yet; "
+           "run with ep = 1 and etp = 1", grid.ep().size(), grid.etp().size());
+  if (cfg.moe_shared_expert_hidden > 0) {
+    shared_.emplace(store, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
+                    init_std, out_init_std);
+    if (cfg.moe_shared_expert_gate)
+      shared_gate_ = store.add(prefix + ".shared_expert_gate.weight", Shape{1, cfg.d_model}, ParamInit::normal, init_std);
+  }
+  dispatcher_ = std::make_unique<LocalDispatcher>(cfg.num_experts, cfg.moe_top_k, cfg.d_model);
+}
+
+void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) {
+  const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, E = cfg_.num_experts;
+  router_.forward(s.router, x, N, arena);
+
+  Routing routing;
+  routing.topk_idx = s.router.idx();
+  routing.topk_probs = s.router.topk_probs.f32();
+  s.keep.clear();
+  if (cfg_.moe_capacity_factor > 0) {
+    const int64_t C = cpu::expert_capacity(N, K, E, cfg_.moe_capacity_factor);
+    s.keep.resize(static_cast<size_t>(N * K));
+    cpu::capacity_keep_mask(s.keep.data(), routing.topk_idx, routing.topk_probs, N, K, E, C, cfg_.moe_drop_policy);
+    routing.keep = s.keep.data();
+    if (cfg_.moe_pad_to_capacity) routing.pad_to_capacity = C;
+  }
+  dispatcher_->dispatch(s.dispatch, x, routing, N, arena);
+
+  const int64_t R = s.dispatch.rows.shape[0];
+  s.expert_out = arena.alloc(Shape{R, D});
+  experts_.forward(s.experts, s.expert_out.f32(), s.dispatch.rows.f32(), s.dispatch.row_probs.f32(),
+                   s.dispatch.tokens_per_local_expert, arena);
+  dispatcher_->combine(out, s.expert_out.f32(), s.dispatch, N);
+
+  if (shared_) {
+    s.shared_out = arena.alloc(Shape{N, D});
+    shared_->forward(s.shared, s.shared_out.f32(), x, N, arena);
+    const float* so = s.shared_out.f32();
+    if (shared_gate_) {
+      s.shared_gate = arena.alloc(Shape{N});
+      float* g = s.shared_gate.f32();
+      cpu::linear_forward(g, x, shared_gate_->value, N, D, 1);
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        g[n] = 1.0f / (1.0f + std::exp(-g[n]));
+        for (int64_t j = 0; j < D; ++j) out[n * D + j] += g[n] * so[n * D + j];
+      }
+    } else {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < N * D; ++i) out[i] += so[i];
+    }
+  }
+
+  // Statistics: kept rows per expert exclude pad rows (slot -1).
+  s.stats.aux_loss = s.router.aux_loss;
+  s.stats.z_loss = s.router.z_loss;
+  s.stats.routed_slots = N * K;
+  s.stats.tokens_per_expert.assign(static_cast<size_t>(E), 0);
+  int64_t r = 0, kept = 0;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t i = 0; i < s.dispatch.tokens_per_local_expert[static_cast<size_t>(e)]; ++i, ++r)
+      if (s.dispatch.plan.row_slot[static_cast<size_t>(r)] >= 0) ++s.stats.tokens_per_expert[static_cast<size_t>(e)];
+  for (int64_t c : s.stats.tokens_per_expert) kept += c;
+  s.stats.dropped_slots = N * K - kept;
+  router_.accumulate_expert_load(s.stats.tokens_per_expert.data());
+}
+
+void MoeLayer::backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N, float loss_scale,
+                        Arena& scratch) {
+  const int64_t D = cfg_.d_model, K = cfg_.moe_top_k;
+  const int64_t R = s.dispatch.rows.shape[0];
+  // Shared expert first: it writes dx, the routed path then accumulates.
+  bool dx_written = false;
+  if (shared_) {
+    const float* dshared = dout;
+    if (shared_gate_) {
+      // out += g * so, g = sigmoid(x . wg):  dso = dout * g;  dlogit = <dout, so> g (1 - g).
+      float* dso = scratch.alloc_f32(N * D);
+      float* dlogit = scratch.alloc_f32(N);
+      const float* g = s.shared_gate.f32();
+      const float* so = s.shared_out.f32();
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        double dot = 0;
+        for (int64_t j = 0; j < D; ++j) {
+          dso[n * D + j] = dout[n * D + j] * g[n];
+          dot += static_cast<double>(dout[n * D + j]) * so[n * D + j];
+        }
+        dlogit[n] = static_cast<float>(dot) * g[n] * (1.0f - g[n]);
+      }
+      dshared = dso;
+      cpu::linear_backward(dx, shared_gate_->grad, dlogit, x, shared_gate_->value, N, D, 1, false);
+      dx_written = true;
+    }
+    shared_->backward(dx, dshared, x, s.shared, N, dx_written, scratch);
+    dx_written = true;
+  }
+  if (!dx_written) std::memset(dx, 0, sizeof(float) * static_cast<size_t>(N * D));
+
+  float* drows_out = scratch.alloc_f32(R * D);
+  dispatcher_->combine_backward(drows_out, dout, s.dispatch, scratch);
+  float* drows_in = scratch.alloc_f32(R * D);
+  float* drow_probs = scratch.alloc_f32(R);
+  experts_.backward(drows_in, drow_probs, drows_out, s.dispatch.rows.f32(), s.dispatch.row_probs.f32(), s.experts,
+                    s.dispatch.tokens_per_local_expert, scratch);
+  float* dtopk = scratch.alloc_f32(N * K);
+  std::memset(dtopk, 0, sizeof(float) * static_cast<size_t>(N * K));
+  dispatcher_->dispatch_backward(dx, dtopk, drows_in, drow_probs, s.dispatch, N);
+  router_.backward(dx, dtopk, x, s.router, N, loss_scale, scratch);
+}
+
+}  // namespace ff

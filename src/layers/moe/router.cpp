@@ -1,0 +1,78 @@
+#include "layers/moe/router.h"
+
+#include <algorithm>
+
+#include "kernels/cpu/gemm.h"
+
+namespace ff {
+
+Router::Router(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const Communicator& tp_cp)
+    : cfg_(cfg), opt_(cfg.router_options()), tp_cp_(tp_cp) {
+  weight_ = store.add(prefix + ".weight", Shape{cfg.num_experts, cfg.d_model}, ParamInit::normal,
+                      static_cast<float>(cfg.init_std));
+  if (cfg.moe_expert_bias) {
+    expert_bias_.assign(static_cast<size_t>(cfg.num_experts), 0.0f);
+    step_load_.assign(static_cast<size_t>(cfg.num_experts), 0);
+  }
+}
+
+void Router::forward(Saved& s, const float* x, int64_t N, Arena& arena) const {
+  const int64_t E = opt_.num_experts, K = opt_.top_k;
+  s.logits = arena.alloc(Shape{N, E});
+  s.scores = arena.alloc(Shape{N, E});
+  s.topk_idx = arena.alloc(Shape{N, K});
+  s.topk_probs = arena.alloc(Shape{N, K});
+  cpu::linear_forward(s.logits.f32(), x, weight_->value, N, cfg_.d_model, E);
+  // Order inside routing (§6.1): z-loss, top-k, (capacity dropping, in the layer), aux losses.
+  s.z_loss = 0;
+  if (cfg_.moe_z_loss_coeff > 0) {
+    s.z_lse = arena.alloc(Shape{N});
+    s.z_loss = cpu::z_loss_forward(s.z_lse.f32(), s.logits.f32(), N, E, static_cast<float>(cfg_.moe_z_loss_coeff)) /
+               tp_cp_.size();
+  }
+  cpu::router_topk_forward(static_cast<int32_t*>(s.topk_idx.ptr), s.topk_probs.f32(), s.scores.f32(), s.logits.f32(),
+                           expert_bias_.empty() ? nullptr : expert_bias_.data(), N, opt_);
+  s.aux_loss = 0;
+  if (cfg_.moe_aux_loss_coeff > 0) {
+    s.aux_scores = arena.alloc(Shape{N, E});
+    s.counts.assign(static_cast<size_t>(E), 0);
+    cpu::aux_loss_scores(s.aux_scores.f32(), s.counts.data(), s.logits.f32(), N, opt_);
+    tp_cp_.all_reduce_sum(s.counts.data(), E);
+    s.aux_loss = cpu::aux_loss_value(s.aux_scores.f32(), s.counts.data(), N, N * tp_cp_.size(),
+                                     static_cast<float>(cfg_.moe_aux_loss_coeff), opt_);
+  }
+}
+
+void Router::backward(float* dx, const float* dtopk_probs, const float* x, const Saved& s, int64_t N,
+                      float loss_scale, Arena& scratch) const {
+  const int64_t E = opt_.num_experts;
+  float* dlogits = scratch.alloc_f32(N * E);
+  cpu::router_topk_backward(dlogits, dtopk_probs, s.idx(), s.topk_probs.f32(), s.scores.f32(), s.logits.f32(), N, opt_);
+  if (cfg_.moe_aux_loss_coeff > 0)
+    cpu::aux_loss_backward(dlogits, s.aux_scores.f32(), s.counts.data(), s.logits.f32(), N, N * tp_cp_.size(),
+                           static_cast<float>(cfg_.moe_aux_loss_coeff), loss_scale, opt_);
+  if (cfg_.moe_z_loss_coeff > 0)
+    cpu::z_loss_backward(dlogits, s.logits.f32(), s.z_lse.f32(), N, E,
+                         static_cast<float>(cfg_.moe_z_loss_coeff / tp_cp_.size()), loss_scale);
+  cpu::linear_backward(dx, weight_->grad, dlogits, x, weight_->value, N, cfg_.d_model, E, true);
+}
+
+void Router::accumulate_expert_load(const int64_t* tokens_per_expert) {
+  if (expert_bias_.empty()) return;
+  for (size_t e = 0; e < step_load_.size(); ++e) step_load_[e] += tokens_per_expert[e];
+}
+
+void Router::update_expert_bias() {
+  if (expert_bias_.empty()) return;
+  double mean = 0;
+  for (int64_t c : step_load_) mean += static_cast<double>(c);
+  mean /= static_cast<double>(step_load_.size());
+  const float u = static_cast<float>(cfg_.moe_expert_bias_update_rate);
+  for (size_t e = 0; e < step_load_.size(); ++e) {
+    double diff = mean - static_cast<double>(step_load_[e]);
+    expert_bias_[e] += diff > 0 ? u : (diff < 0 ? -u : 0.0f);
+  }
+  std::fill(step_load_.begin(), step_load_.end(), 0);
+}
+
+}  // namespace ff

@@ -1,0 +1,202 @@
+#include "models/config.h"
+
+#include "core/check.h"
+
+namespace ff {
+
+namespace {
+constexpr EnumName<Activation> kActivations[] = {
+    {Activation::swiglu, "swiglu"}, {Activation::squared_relu, "squared_relu"}, {Activation::gelu, "gelu"}};
+constexpr EnumName<NormKind> kNorms[] = {{NormKind::rmsnorm, "rmsnorm"}, {NormKind::layernorm1p, "layernorm1p"}};
+constexpr EnumName<PositionEmbedding> kPositions[] = {{PositionEmbedding::rope, "rope"},
+                                                      {PositionEmbedding::none, "none"}};
+constexpr EnumName<cpu::RouterScore> kScores[] = {{cpu::RouterScore::softmax, "softmax"},
+                                                  {cpu::RouterScore::sigmoid, "sigmoid"}};
+constexpr EnumName<cpu::DropPolicy> kPolicies[] = {{cpu::DropPolicy::probs, "probs"},
+                                                   {cpu::DropPolicy::position, "position"}};
+}  // namespace
+
+std::span<const EnumName<Activation>> enum_names(Activation) { return kActivations; }
+std::span<const EnumName<NormKind>> enum_names(NormKind) { return kNorms; }
+std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding) { return kPositions; }
+}  // namespace ff
+namespace ff::cpu {
+std::span<const EnumName<RouterScore>> enum_names(RouterScore) { return kScores; }
+std::span<const EnumName<DropPolicy>> enum_names(DropPolicy) { return kPolicies; }
+}  // namespace ff::cpu
+
+namespace ff {
+
+std::string ModelConfig::pattern() const {
+  if (!layer_pattern.empty()) return layer_pattern;
+  std::string p;
+  for (int64_t i = 0; i < num_layers; ++i) p += num_experts > 0 ? "*E" : "*-";
+  return p;
+}
+
+std::vector<LayerKind> ModelConfig::layers() const {
+  std::vector<LayerKind> out;
+  for (char c : pattern()) {
+    switch (c) {
+      case '*': out.push_back(LayerKind::attention); break;
+      case '-': out.push_back(LayerKind::mlp); break;
+      case 'E': out.push_back(LayerKind::moe); break;
+      case 'M': out.push_back(LayerKind::mamba); break;
+      default: FF_FAIL("layer_pattern: unknown layer character '%c'", c);
+    }
+  }
+  return out;
+}
+
+cpu::RouterOptions ModelConfig::router_options() const {
+  cpu::RouterOptions o;
+  o.num_experts = num_experts;
+  o.top_k = moe_top_k;
+  o.score = moe_router_score;
+  o.pre_softmax = moe_router_pre_softmax;
+  o.norm_topk_prob = moe_router_norm_topk_prob;
+  o.topk_scaling_factor = static_cast<float>(moe_router_topk_scaling);
+  return o;
+}
+
+std::vector<std::string> ModelConfig::validate() const {
+  std::vector<std::string> e;
+  auto positive = [&](int64_t v, const char* name) {
+    if (v <= 0) e.push_back(strprintf("model.%s = %lld: must be a positive integer", name, (long long)v));
+  };
+  positive(vocab_size, "vocab_size");
+  positive(d_model, "d_model");
+  positive(num_heads, "num_heads");
+  positive(num_kv_heads, "num_kv_heads");
+  positive(seq_len, "seq_len");
+  if (head_dim < 0) e.push_back(strprintf("model.head_dim = %lld: must be >= 0 (0 = d_model / num_heads)", (long long)head_dim));
+  if (layer_pattern.empty() && num_layers <= 0)
+    e.push_back(strprintf("model.num_layers = %lld: must be positive (or give layer_pattern)", (long long)num_layers));
+  bool has_mlp = false, has_moe = false;
+  for (char c : pattern()) {
+    if (c == '-') has_mlp = true;
+    else if (c == 'E') has_moe = true;
+    else if (c == 'M') e.push_back("model.layer_pattern: 'M' (Mamba) layers are reserved and not implemented yet; use '*', '-' or 'E'");
+    else if (c != '*') e.push_back(strprintf("model.layer_pattern: unknown character '%c'; use '*' attention, '-' MLP, 'E' MoE", c));
+  }
+  if (num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads != 0)
+    e.push_back(strprintf("model.num_kv_heads = %lld: must divide num_heads = %lld", (long long)num_kv_heads, (long long)num_heads));
+  if (head_dim == 0 && num_heads > 0 && d_model % num_heads != 0)
+    e.push_back(strprintf("model.head_dim = 0 derives d_model / num_heads, but d_model = %lld is not divisible by num_heads = %lld; set head_dim",
+                          (long long)d_model, (long long)num_heads));
+  if (!(rotary_percent > 0.0 && rotary_percent <= 1.0))
+    e.push_back(strprintf("model.rotary_percent = %g: must be in (0, 1]", rotary_percent));
+  else if (position_embedding == PositionEmbedding::rope) {
+    int64_t rot = static_cast<int64_t>(rotary_percent * kv_channels());
+    if (rot % 2 != 0 || rot == 0)
+      e.push_back(strprintf("model.rotary_percent = %g: rotates %lld of %lld head dims; that must be a positive even number",
+                            rotary_percent, (long long)rot, (long long)kv_channels()));
+  }
+  if (!(norm_eps > 0)) e.push_back(strprintf("model.norm_eps = %g: must be > 0", norm_eps));
+  if (!(init_std > 0)) e.push_back(strprintf("model.init_std = %g: must be > 0", init_std));
+  if (!(rope_base > 0)) e.push_back(strprintf("model.rope_base = %g: must be > 0", rope_base));
+  if (has_mlp) positive(ffn_hidden, "ffn_hidden");
+  if (has_moe) {
+    positive(num_experts, "num_experts");
+    positive(moe_ffn_hidden, "moe_ffn_hidden");
+    if (moe_top_k < 1 || (num_experts > 0 && moe_top_k > num_experts))
+      e.push_back(strprintf("model.moe_top_k = %lld: must be in [1, num_experts = %lld]", (long long)moe_top_k, (long long)num_experts));
+    if (moe_shared_expert_hidden < 0)
+      e.push_back(strprintf("model.moe_shared_expert_hidden = %lld: must be >= 0 (0 = none)", (long long)moe_shared_expert_hidden));
+    if (moe_shared_expert_gate && moe_shared_expert_hidden == 0)
+      e.push_back("model.moe_shared_expert_gate = true needs moe_shared_expert_hidden > 0");
+    if (moe_capacity_factor < 0)
+      e.push_back(strprintf("model.moe_capacity_factor = %g: must be >= 0 (0 = dropless)", moe_capacity_factor));
+    if (moe_pad_to_capacity && moe_capacity_factor == 0)
+      e.push_back("model.moe_pad_to_capacity = true needs moe_capacity_factor > 0");
+    if (moe_expert_bias && moe_router_score != cpu::RouterScore::sigmoid)
+      e.push_back("model.moe_expert_bias = true needs moe_router_score = sigmoid (aux-loss-free balancing)");
+    if (moe_router_pre_softmax && moe_router_score != cpu::RouterScore::softmax)
+      e.push_back("model.moe_router_pre_softmax = true only applies to moe_router_score = softmax");
+    if (moe_aux_loss_coeff < 0) e.push_back(strprintf("model.moe_aux_loss_coeff = %g: must be >= 0", moe_aux_loss_coeff));
+    if (moe_z_loss_coeff < 0) e.push_back(strprintf("model.moe_z_loss_coeff = %g: must be >= 0", moe_z_loss_coeff));
+    if (!(moe_router_topk_scaling > 0)) e.push_back(strprintf("model.moe_router_topk_scaling = %g: must be > 0", moe_router_topk_scaling));
+  }
+  return e;
+}
+
+namespace {
+
+int64_t norm_params(const ModelConfig& c) { return c.norm == NormKind::layernorm1p ? 2 * c.d_model : c.d_model; }
+
+int64_t mlp_params(const ModelConfig& c, int64_t hidden) {
+  int64_t in = c.activation == Activation::swiglu ? 2 * hidden : hidden;
+  return c.d_model * in + hidden * c.d_model;
+}
+
+int64_t attention_params(const ModelConfig& c) {
+  int64_t q = c.num_heads * c.kv_channels(), kv = c.num_kv_heads * c.kv_channels();
+  return c.d_model * (q + 2 * kv) + q * c.d_model;
+}
+
+int64_t shared_expert_params(const ModelConfig& c) {
+  if (c.moe_shared_expert_hidden == 0) return 0;
+  return mlp_params(c, c.moe_shared_expert_hidden) + (c.moe_shared_expert_gate ? c.d_model : 0);
+}
+
+int64_t count(const ModelConfig& c, int64_t experts_counted) {
+  int64_t n = c.vocab_size * c.d_model * (c.tie_embeddings ? 1 : 2) + norm_params(c);
+  for (LayerKind k : c.layers()) {
+    n += norm_params(c);
+    switch (k) {
+      case LayerKind::attention: n += attention_params(c); break;
+      case LayerKind::mlp: n += mlp_params(c, c.ffn_hidden); break;
+      case LayerKind::moe:
+        n += c.num_experts * c.d_model + experts_counted * mlp_params(c, c.moe_ffn_hidden) + shared_expert_params(c);
+        break;
+      case LayerKind::mamba: break;
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+int64_t count_parameters(const ModelConfig& c) { return count(c, c.num_experts); }
+int64_t count_active_parameters(const ModelConfig& c) { return count(c, c.moe_top_k); }
+
+std::vector<std::string> model_preset_names() {
+  return {"moe-tiny", "moe-small", "llama-small", "mixtral-small", "qwen2-moe-small", "nemotron4-small", "nemotron4-15b"};
+}
+
+ModelConfig model_preset(const std::string& name) {
+  ModelConfig c;  // the defaults are the small Mixtral-style MoE of the benchmarks
+  if (name == "moe-small" || name == "mixtral-small") return c;
+  if (name == "moe-tiny") {  // the default training job: learns visibly in minutes on 2 cores
+    c.vocab_size = 256; c.d_model = 256; c.num_layers = 4; c.num_heads = 4; c.num_kv_heads = 2; c.seq_len = 256;
+    c.num_experts = 8; c.moe_top_k = 2; c.moe_ffn_hidden = 512; c.ffn_hidden = 704;
+    return c;
+  }
+  if (name == "llama-small") {
+    c.num_experts = 0; c.layer_pattern = ""; c.ffn_hidden = 1408;
+    return c;
+  }
+  if (name == "qwen2-moe-small") {
+    c.num_experts = 16; c.moe_top_k = 4; c.moe_ffn_hidden = 352;
+    c.moe_router_pre_softmax = true; c.moe_router_norm_topk_prob = false;
+    c.moe_shared_expert_hidden = 1408; c.moe_shared_expert_gate = true;
+    return c;
+  }
+  if (name == "nemotron4-small") {  // methods.md §2.3 (a)
+    c.num_experts = 0; c.d_model = 256; c.num_layers = 4; c.num_heads = 8; c.num_kv_heads = 2;
+    c.ffn_hidden = 1024; c.activation = Activation::squared_relu; c.norm = NormKind::layernorm1p;
+    c.rotary_percent = 0.5;
+    return c;
+  }
+  if (name == "nemotron4-15b") {  // methods.md §2.1
+    c.num_experts = 0; c.vocab_size = 256000; c.d_model = 6144; c.num_layers = 32; c.num_heads = 48;
+    c.num_kv_heads = 8; c.head_dim = 128; c.ffn_hidden = 24576; c.activation = Activation::squared_relu;
+    c.norm = NormKind::layernorm1p; c.rotary_percent = 0.5; c.seq_len = 4096; c.init_std = 0.0134;
+    return c;
+  }
+  std::string names;
+  for (const auto& n : model_preset_names()) names += " " + n;
+  FF_FAIL("unknown model preset '%s'; choose one of:%s", name.c_str(), names.c_str());
+}
+
+}  // namespace ff

@@ -1,0 +1,92 @@
+// DecoderLM: a decoder-only language model assembled from the layer pattern: token embedding ->
+// per layer (pre-norm, then attention, dense MLP or MoE, then the residual add) -> final norm ->
+// LM head -> softmax cross-entropy. Forward and backward are explicit; everything one
+// micro-batch needs for backward lives in a MicroBatch record owned by the caller, so several
+// micro-batches can be in flight. Legend: B sequences, S positions, N = B*S, D width, V vocab.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/param.h"
+#include "layers/attention.h"
+#include "layers/mlp.h"
+#include "layers/moe/moe_layer.h"
+#include "layers/norm.h"
+#include "parallel/grid.h"
+
+namespace ff {
+
+// What forward returns for one micro-batch.
+struct ForwardResult {
+  double loss = 0;           // mean cross-entropy over the valid targets
+  int64_t valid_tokens = 0;
+  double aux_loss = 0, z_loss = 0;  // summed over MoE layers
+  std::vector<int64_t> expert_load;  // [moe layers * E] rows per expert
+  int64_t routed_slots = 0, dropped_slots = 0;
+};
+
+class DecoderLM {
+ public:
+  DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed);
+  DecoderLM(const DecoderLM&) = delete;
+  DecoderLM& operator=(const DecoderLM&) = delete;
+
+  // Per-micro-batch state: saved activations in an arena (reused pass after pass) and the layer records.
+  struct MicroBatch {
+    Arena arena;                 // activations saved by forward
+    Arena scratch;               // backward temporaries, rewound after every layer
+    int64_t B = 0, S = 0;
+    const int32_t* tokens = nullptr;
+    const int32_t* targets = nullptr;
+    std::vector<int32_t> positions;
+    std::vector<Tensor> resid;   // [L + 1] x [N, D]: input of layer j, and the final output
+    std::vector<Norm::Saved> norms;
+    std::vector<Attention::Saved> attention;
+    std::vector<Mlp::Saved> mlp;
+    std::vector<MoeLayer::Saved> moe;
+    Norm::Saved final_norm;
+    Tensor logits, losses, lse;  // [N, V], [N], [N]
+    int64_t valid_tokens = 0;
+  };
+
+  std::unique_ptr<MicroBatch> new_micro_batch() const;
+
+  // tokens/targets [B*S]; a target of -1 is ignored. targets may be null: logits only (inference).
+  ForwardResult forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
+  // Gradients of loss_scale * (loss + the MoE losses' injected gradients) accumulate into the
+  // parameter grads. loss_scale is 1 / micro-batches per step.
+  void backward(MicroBatch& mb, float loss_scale);
+  // [N, V] logits of the last forward (valid until the next forward on mb; consumed by backward).
+  const float* logits(const MicroBatch& mb) const;
+
+  // Apply the aux-loss-free expert-bias update (once per optimizer step).
+  void end_of_step();
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+  int64_t num_moe_layers() const;
+
+ private:
+  struct Layer {
+    LayerKind kind;
+    std::unique_ptr<Norm> norm;
+    std::unique_ptr<Attention> attention;
+    std::unique_ptr<Mlp> mlp;
+    std::unique_ptr<MoeLayer> moe;
+  };
+  ModelConfig cfg_;
+  ParamStore params_;
+  Param* embedding_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<Norm> final_norm_;
+  Param* head_;  // == embedding_ when tied
+};
+
+// The name prefix of pattern layer j: "model.layers.{b}", where b pairs an attention layer with
+// the MLP/MoE layer after it (Hugging Face block numbering) when the pattern alternates, and is
+// j otherwise.
+std::string layer_prefix(const std::string& pattern, size_t j);
+
+}  // namespace ff

@@ -1,0 +1,108 @@
+#include "parallel/comm.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/check.h"
+
+namespace ff {
+
+namespace {
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  FF_FAIL("MPI %s failed: %s", what, msg);
+}
+}  // namespace
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int provided = 0;
+  check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "init");
+  // Errors come back as return codes so they become FF errors with a rank attached.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  error_rank() = rank;
+}
+
+MpiSession::~MpiSession() { MPI_Finalize(); }
+
+Communicator::~Communicator() {
+  if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+Communicator::Communicator(Communicator&& o) noexcept
+    : comm_(o.comm_), owned_(o.owned_), rank_(o.rank_), size_(o.size_) {
+  o.comm_ = MPI_COMM_NULL;
+  o.owned_ = false;
+}
+
+Communicator& Communicator::operator=(Communicator&& o) noexcept {
+  if (this != &o) {
+    if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    comm_ = o.comm_;
+    owned_ = o.owned_;
+    rank_ = o.rank_;
+    size_ = o.size_;
+    o.comm_ = MPI_COMM_NULL;
+    o.owned_ = false;
+  }
+  return *this;
+}
+
+Communicator Communicator::world() {
+  Communicator c;
+  c.comm_ = MPI_COMM_WORLD;
+  MPI_Comm_rank(MPI_COMM_WORLD, &c.rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &c.size_);
+  return c;
+}
+
+Communicator Communicator::split(int color, int key) const {
+  Communicator c;
+  check_mpi(MPI_Comm_split(comm_, color, key, &c.comm_), "comm_split");
+  c.owned_ = true;
+  MPI_Comm_rank(c.comm_, &c.rank_);
+  MPI_Comm_size(c.comm_, &c.size_);
+  return c;
+}
+
+void Communicator::all_reduce_sum(float* data, int64_t n) const {
+  if (size_ == 1 || n == 0) return;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "allreduce");
+}
+void Communicator::all_reduce_sum(double* data, int64_t n) const {
+  if (size_ == 1 || n == 0) return;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_), "allreduce");
+}
+void Communicator::all_reduce_sum(int64_t* data, int64_t n) const {
+  if (size_ == 1 || n == 0) return;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_INT64_T, MPI_SUM, comm_), "allreduce");
+}
+void Communicator::all_reduce_max(double* data, int64_t n) const {
+  if (size_ == 1 || n == 0) return;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm_), "allreduce");
+}
+void Communicator::broadcast(void* data, int64_t bytes, int root) const {
+  if (size_ == 1 || bytes == 0) return;
+  check_mpi(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_), "bcast");
+}
+void Communicator::barrier() const {
+  if (size_ > 1) check_mpi(MPI_Barrier(comm_), "barrier");
+}
+
+void abort_job(const std::string& message) {
+  std::fprintf(stderr, "fivefold: error: %s\n", message.c_str());
+  std::fflush(stderr);
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  int size = 1;
+  if (initialized && !finalized) MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+  std::exit(1);
+}
+
+}  // namespace ff

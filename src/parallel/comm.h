@@ -1,0 +1,58 @@
+// Communicator: a thin owner of one MPI communicator with the collectives fivefold uses.
+// Every collective names the group it runs on; there is no default to the world.
+// Sums of floats are computed by MPI's reduction, which Open MPI performs in a fixed order for a
+// fixed group size, so results are reproducible run to run.
+#pragma once
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ff {
+
+// Initialises MPI for the lifetime of the object (MPI_THREAD_FUNNELED) and records the world rank
+// for error messages. One per process, made by main() or a test main.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+
+class Communicator {
+ public:
+  Communicator() = default;  // invalid until assigned
+  ~Communicator();
+  Communicator(Communicator&& o) noexcept;
+  Communicator& operator=(Communicator&& o) noexcept;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  static Communicator world();
+  // Ranks with the same color form a group, ordered by key.
+  Communicator split(int color, int key) const;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm handle() const { return comm_; }
+
+  void all_reduce_sum(float* data, int64_t n) const;
+  void all_reduce_sum(double* data, int64_t n) const;
+  void all_reduce_sum(int64_t* data, int64_t n) const;
+  void all_reduce_max(double* data, int64_t n) const;
+  void broadcast(void* data, int64_t bytes, int root) const;
+  void barrier() const;
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owned_ = false;
+  int rank_ = 0, size_ = 0;
+};
+
+// Ends the whole job after an unrecoverable error on this rank: prints the message and calls
+// MPI_Abort so the other ranks do not wait forever in a collective.
+[[noreturn]] void abort_job(const std::string& message);
+
+}  // namespace ff

@@ -1,0 +1,75 @@
+#include "train/config.h"
+
+#include "io/config_json.h"
+
+namespace ff {
+
+std::vector<std::string> TrainConfig::validate() const {
+  std::vector<std::string> e;
+  if (steps < 0) e.push_back(strprintf("train.steps = %lld: must be >= 0", (long long)steps));
+  if (micro_batch < 1) e.push_back(strprintf("train.micro_batch = %lld: must be >= 1", (long long)micro_batch));
+  if (grad_accum < 1) e.push_back(strprintf("train.grad_accum = %lld: must be >= 1", (long long)grad_accum));
+  if (!(valid_fraction > 0 && valid_fraction < 1))
+    e.push_back(strprintf("train.valid_fraction = %g: must be in (0, 1)", valid_fraction));
+  if (eval_interval < 0) e.push_back(strprintf("train.eval_interval = %lld: must be >= 0", (long long)eval_interval));
+  if (eval_batches < 1) e.push_back(strprintf("train.eval_batches = %lld: must be >= 1", (long long)eval_batches));
+  if (log_interval < 1) e.push_back(strprintf("train.log_interval = %lld: must be >= 1", (long long)log_interval));
+  if (peak_tflops < 0) e.push_back(strprintf("train.peak_tflops = %g: must be >= 0", peak_tflops));
+  if (threads < 0) e.push_back(strprintf("train.threads = %lld: must be >= 0", (long long)threads));
+  if (data_path.empty()) e.push_back("train.data_path is empty: give a text file to train on");
+  return e;
+}
+
+std::vector<std::string> RunConfig::validate(int64_t world) const {
+  auto e = model.validate();
+  auto add = [&](std::vector<std::string> more) { e.insert(e.end(), more.begin(), more.end()); };
+  add(optim.validate());
+  add(train.validate());
+  add(parallel.validate(world));
+  return e;
+}
+
+RunConfig run_config_from_json(const std::string& text, const std::string& source_name) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& ex) {
+    FF_FAIL("%s: not valid JSON: %s", source_name.c_str(), ex.what());
+  }
+  FF_CHECK(j.is_object(), "%s: the config must be a JSON object with sections model, optim, train, parallel",
+           source_name.c_str());
+  RunConfig c;
+  std::vector<std::string> errors;
+  if (j.contains("train")) config_from_json(c.train, j["train"], "train", errors);
+  if (!c.train.model_preset.empty()) {
+    try {
+      c.model = model_preset(c.train.model_preset);
+    } catch (const Error& ex) {
+      errors.push_back(std::string("train.model_preset: ") + ex.what());
+    }
+  }
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    if (k == "model") config_from_json(c.model, *it, "model", errors);
+    else if (k == "optim") config_from_json(c.optim, *it, "optim", errors);
+    else if (k == "parallel") config_from_json(c.parallel, *it, "parallel", errors);
+    else if (k != "train") errors.push_back(k + ": unknown section; use model, optim, train or parallel");
+  }
+  if (!errors.empty()) {
+    std::string all;
+    for (const auto& e : errors) all += "\n  " + e;
+    FF_FAIL("%s: %zu problem(s):%s", source_name.c_str(), errors.size(), all.c_str());
+  }
+  return c;
+}
+
+std::string run_config_to_json(RunConfig& c) {
+  nlohmann::json j;
+  j["model"] = config_to_json(c.model);
+  j["optim"] = config_to_json(c.optim);
+  j["train"] = config_to_json(c.train);
+  j["parallel"] = config_to_json(c.parallel);
+  return j.dump(2);
+}
+
+}  // namespace ff

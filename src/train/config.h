@@ -1,0 +1,62 @@
+// RunConfig: everything a training run is made of, as four plain sections with one field list
+// each. JSON: {"model": {...}, "optim": {...}, "train": {...}, "parallel": {...}}; each field is
+// also a command-line flag --name (names are unique across sections).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "models/config.h"
+#include "optim/optimizer.h"
+#include "parallel/grid.h"
+
+namespace ff {
+
+struct TrainConfig {
+  uint64_t seed = 1234;
+  int64_t steps = 300;
+  int64_t micro_batch = 8;      // sequences per micro-batch
+  int64_t grad_accum = 1;       // micro-batches per optimizer step
+  std::string data_path = "data/kjv.txt";
+  double valid_fraction = 0.02; // tail of the corpus held out for validation
+  int64_t eval_interval = 50;   // steps between validation passes; 0 = only at the end
+  int64_t eval_batches = 8;
+  int64_t log_interval = 1;
+  std::string out_dir = "runs/default";
+  double peak_tflops = 0;       // MFU denominator; 0 = measure this machine's fp32 GEMM ceiling
+  int64_t threads = 0;          // OpenMP threads; 0 = all cores
+  std::string model_preset = "moe-tiny";  // start from a named preset, then apply the "model" fields
+
+  template <class V>
+  void visit_fields(V& v) {
+    v(seed, "seed", "seed of every random stream (init, data order)");
+    v(steps, "steps", "optimizer steps");
+    v(micro_batch, "micro_batch", "sequences per micro-batch");
+    v(grad_accum, "grad_accum", "micro-batches accumulated per optimizer step");
+    v(data_path, "data_path", "training text file (byte-level tokens)");
+    v(valid_fraction, "valid_fraction", "fraction of the corpus (its tail) held out for validation");
+    v(eval_interval, "eval_interval", "steps between validation passes; 0 = only at the end");
+    v(eval_batches, "eval_batches", "micro-batches per validation pass");
+    v(log_interval, "log_interval", "steps between log lines");
+    v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
+    v(peak_tflops, "peak_tflops", "peak TFLOP/s for MFU; 0 = measure the GEMM ceiling at start");
+    v(threads, "threads", "OpenMP threads; 0 = all cores");
+    v(model_preset, "model_preset", "named model preset applied before the model fields");
+  }
+  std::vector<std::string> validate() const;
+};
+
+struct RunConfig {
+  ModelConfig model;
+  OptimizerConfig optim;
+  TrainConfig train;
+  ParallelConfig parallel;
+
+  std::vector<std::string> validate(int64_t world) const;
+};
+
+// Parses a JSON document (text) into a RunConfig on top of the defaults (and of the preset named
+// by train.model_preset). Throws ff::Error listing every problem.
+RunConfig run_config_from_json(const std::string& text, const std::string& source_name);
+std::string run_config_to_json(RunConfig& c);
+
+}  // namespace ff

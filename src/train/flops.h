@@ -1,0 +1,19 @@
+// Model FLOPs by the Megatron formula (specs/parallelism-and-moe.md §11), and the machine's
+// measured GEMM ceiling that MFU is taken against.
+#pragma once
+#include <cstdint>
+
+#include "models/config.h"
+
+namespace ff {
+
+// FLOPs of one training step (forward + backward) over `sequences` sequences of S tokens:
+// F = T * [6h(F_dense f N_dense + F_moe K f N_moe + F_shared f N_moe) + N_attn * 6(h(Qd+Kd+Vd) + Qd h)
+//          + 6 h V] + B S^2 * 6 Qd N_attn,   f = 3 for SwiGLU else 2, T = B S.
+double training_flops(const ModelConfig& c, int64_t sequences, int64_t S);
+
+// Measured fp32 GEMM rate (TFLOP/s) on the current OpenMP thread count: the best of a few
+// square products of size n, about a second of work.
+double measure_gemm_tflops(int64_t n = 1536);
+
+}  // namespace ff

@@ -1,0 +1,200 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors.h"
+#include "io/text_data.h"
+#include "train/flops.h"
+
+namespace ff {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string format_duration(double s) {
+  int64_t t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return strprintf("%lldh%02lldm", (long long)(t / 3600), (long long)(t % 3600 / 60));
+  return strprintf("%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
+}
+
+double unigram_entropy(const std::vector<int32_t>& ids, int64_t V) {
+  std::vector<double> counts(static_cast<size_t>(V), 0.0);
+  for (int32_t t : ids) counts[static_cast<size_t>(t)] += 1;
+  double h = 0, n = static_cast<double>(ids.size());
+  for (double c : counts)
+    if (c > 0) h -= c / n * std::log(c / n);
+  return h;
+}
+}  // namespace
+
+Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
+    : cfg_(std::move(cfg)), grid_(grid), model_(cfg_.model, grid, cfg_.train.seed),
+      optimizer_(model_.params(), cfg_.optim) {
+  for (int64_t m = 0; m < cfg_.train.grad_accum; ++m) micro_batches_.push_back(model_.new_micro_batch());
+  peak_tflops_ = cfg_.train.peak_tflops;
+}
+
+StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
+                          const std::vector<std::vector<int32_t>>& targets) {
+  const int64_t M = static_cast<int64_t>(tokens.size()), B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
+  StepMetrics m;
+  m.step = step_index + 1;
+  auto t_step = Clock::now();
+  model_.params().zero_grads();
+  std::vector<int64_t> load;
+  int64_t routed = 0, dropped = 0;
+  const float loss_scale = 1.0f / static_cast<float>(M);
+  for (int64_t i = 0; i < M; ++i) {
+    auto& mb = *micro_batches_[static_cast<size_t>(i % static_cast<int64_t>(micro_batches_.size()))];
+    auto t0 = Clock::now();
+    ForwardResult r = model_.forward(mb, tokens[static_cast<size_t>(i)].data(), targets[static_cast<size_t>(i)].data(), B, S);
+    m.forward_s += seconds_since(t0);
+    t0 = Clock::now();
+    model_.backward(mb, loss_scale);
+    m.backward_s += seconds_since(t0);
+    m.loss += r.loss / static_cast<double>(M);
+    m.aux_loss += r.aux_loss / static_cast<double>(M);
+    m.z_loss += r.z_loss / static_cast<double>(M);
+    if (load.empty()) load.assign(r.expert_load.size(), 0);
+    for (size_t e = 0; e < r.expert_load.size(); ++e) load[e] += r.expert_load[e];
+    routed += r.routed_slots;
+    dropped += r.dropped_slots;
+  }
+  auto t0 = Clock::now();
+  m.lr = learning_rate(cfg_.optim, step_index, cfg_.train.steps);
+  m.grad_norm = optimizer_.step(m.lr, grid_.mp());
+  model_.end_of_step();
+  m.optimizer_s = seconds_since(t0);
+  m.step_s = seconds_since(t_step);
+  const double tokens_step = static_cast<double>(M * B * S);
+  m.tokens_per_s = tokens_step / m.step_s;
+  if (peak_tflops_ > 0)
+    m.mfu = training_flops(cfg_.model, M * B, S) / m.step_s / 1e12 / peak_tflops_;
+  if (!load.empty()) {
+    double mx = 0, sum = 0;
+    for (int64_t c : load) {
+      mx = std::max(mx, static_cast<double>(c));
+      sum += static_cast<double>(c);
+    }
+    m.max_expert_load = mx;
+    m.mean_expert_load = sum / static_cast<double>(load.size());
+  }
+  m.dropped_fraction = routed > 0 ? static_cast<double>(dropped) / static_cast<double>(routed) : 0.0;
+  return m;
+}
+
+double Trainer::validation_loss(const std::vector<int32_t>& split, int64_t batches) {
+  const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
+  Rng rng(cfg_.train.seed, "valid");  // the same windows at every evaluation
+  std::vector<int32_t> tokens, targets;
+  auto& mb = *micro_batches_[0];
+  double sum = 0;
+  for (int64_t b = 0; b < batches; ++b) {
+    sample_batch(tokens, targets, split, B, S, rng);
+    sum += model_.forward(mb, tokens.data(), targets.data(), B, S).loss;
+  }
+  return sum / static_cast<double>(batches);
+}
+
+TrainResult Trainer::run(bool quiet) {
+  const auto& tc = cfg_.train;
+  const int64_t B = tc.micro_batch, S = cfg_.model.seq_len;
+  FF_CHECK(cfg_.model.vocab_size >= ByteTokenizer::kVocabSize,
+           "model.vocab_size = %lld is smaller than the byte tokenizer's 256 tokens; set vocab_size >= 256",
+           (long long)cfg_.model.vocab_size);
+  TextData data = TextData::load(tc.data_path, tc.valid_fraction, S);
+  std::filesystem::create_directories(tc.out_dir);
+  const bool lead = grid_.world_rank() == 0;
+  if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops();
+  if (lead && !quiet) {
+    std::printf("%s\n", grid_.describe().c_str());
+    std::printf("model: %s, pattern %s, %.2fM parameters (%.2fM active per token); %d threads\n",
+                tc.model_preset.empty() ? "custom" : tc.model_preset.c_str(), cfg_.model.pattern().c_str(),
+                count_parameters(cfg_.model) / 1e6, count_active_parameters(cfg_.model) / 1e6, omp_get_max_threads());
+    std::printf("data: %s, %zu train / %zu valid tokens (bytes); %lld steps of %lld x %lld x %lld tokens; "
+                "MFU against %.3f TFLOP/s\n", tc.data_path.c_str(), data.train.size(), data.valid.size(),
+                (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S, peak_tflops_);
+    std::fflush(stdout);
+  }
+  std::ofstream metrics(tc.out_dir + "/metrics.jsonl");
+  FF_CHECK(metrics.good(), "cannot write %s/metrics.jsonl", tc.out_dir.c_str());
+
+  TrainResult result;
+  result.unigram_entropy = unigram_entropy(data.train, cfg_.model.vocab_size);
+  result.first_valid_loss = validation_loss(data.valid, tc.eval_batches);
+  if (lead && !quiet)
+    std::printf("validation loss before training %.4f (unigram baseline %.4f nats/token)\n", result.first_valid_loss,
+                result.unigram_entropy);
+  Rng data_rng(tc.seed, "train-data", static_cast<uint64_t>(grid_.dp().rank()));
+  std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size());
+  auto t_start = Clock::now();
+  for (int64_t s = 0; s < tc.steps; ++s) {
+    for (size_t m = 0; m < tokens.size(); ++m) sample_batch(tokens[m], targets[m], data.train, B, S, data_rng);
+    StepMetrics m = step(s, tokens, targets);
+    result.losses.push_back(m.loss);
+    nlohmann::json rec = {{"step", m.step}, {"loss", m.loss}, {"aux_loss", m.aux_loss}, {"z_loss", m.z_loss},
+                          {"lr", m.lr}, {"grad_norm", m.grad_norm}, {"tokens_per_s", m.tokens_per_s},
+                          {"mfu", m.mfu}, {"step_s", m.step_s}, {"forward_s", m.forward_s},
+                          {"backward_s", m.backward_s}, {"optimizer_s", m.optimizer_s},
+                          {"max_expert_load", m.max_expert_load}, {"mean_expert_load", m.mean_expert_load},
+                          {"dropped_fraction", m.dropped_fraction}};
+    const bool last = s + 1 == tc.steps;
+    if ((tc.eval_interval > 0 && m.step % tc.eval_interval == 0) || last) {
+      rec["valid_loss"] = validation_loss(data.valid, tc.eval_batches);
+      result.final_valid_loss = rec["valid_loss"];
+    }
+    metrics << rec.dump() << "\n";
+    metrics.flush();
+    if (lead && !quiet && (m.step % tc.log_interval == 0 || last || rec.contains("valid_loss"))) {
+      double elapsed = seconds_since(t_start);
+      double eta = elapsed / static_cast<double>(s + 1) * static_cast<double>(tc.steps - s - 1);
+      std::printf("step %5lld/%lld %3.0f%% | loss %.4f | aux %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% |"
+                  " load max/mean %.2f | drop %.3f | ETA %s%s\n",
+                  (long long)m.step, (long long)tc.steps, 100.0 * static_cast<double>(m.step) / static_cast<double>(tc.steps),
+                  m.loss, m.aux_loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu,
+                  m.mean_expert_load > 0 ? m.max_expert_load / m.mean_expert_load : 0.0, m.dropped_fraction,
+                  format_duration(eta).c_str(),
+                  rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : "");
+      std::fflush(stdout);
+    }
+  }
+  if (tc.steps == 0) result.final_valid_loss = result.first_valid_loss;
+  result.first_loss = result.losses.empty() ? 0 : result.losses.front();
+  result.final_loss = result.losses.empty() ? 0 : result.losses.back();
+  if (lead) {
+    save_model(model_, cfg_, tc.out_dir + "/model.safetensors");
+    if (!quiet)
+      std::printf("saved %s/model.safetensors; validation loss %.4f -> %.4f (unigram baseline %.4f)\n",
+                  tc.out_dir.c_str(), result.first_valid_loss, result.final_valid_loss, result.unigram_entropy);
+  }
+  return result;
+}
+
+void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path) {
+  std::vector<SafetensorsEntry> entries;
+  for (const Param& p : model.params().params()) entries.push_back({p.name, p.global_shape.vec(), p.value});
+  write_safetensors(path, entries, {{"fivefold_config", run_config_to_json(cfg)}, {"format", "fivefold-model-1"}});
+}
+
+RunConfig load_model_config(const std::string& path) {
+  SafetensorsFile f(path);
+  auto it = f.metadata().find("fivefold_config");
+  FF_CHECK(it != f.metadata().end(), "'%s' has no fivefold_config metadata; was it written by fivefold train?",
+           path.c_str());
+  return run_config_from_json(it->second, path + " (metadata)");
+}
+
+void load_model_weights(DecoderLM& model, const std::string& path) {
+  SafetensorsFile f(path);
+  for (Param& p : model.params().params()) f.read(p.name, p.global_shape.vec(), p.value);
+}
+
+}  // namespace ff

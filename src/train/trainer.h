@@ -1,0 +1,55 @@
+// The training loop: micro-batches with gradient accumulation, AdamW with warmup + decay and
+// clipping, a log line and a JSONL metrics record per step, validation at intervals, and the
+// trained model saved as safetensors at the end (out_dir/model.safetensors).
+#pragma once
+#include <string>
+
+#include "models/decoder_lm.h"
+#include "train/config.h"
+
+namespace ff {
+
+struct StepMetrics {
+  int64_t step = 0;
+  double loss = 0, aux_loss = 0, z_loss = 0, lr = 0, grad_norm = 0;
+  double tokens_per_s = 0, mfu = 0, step_s = 0;
+  double forward_s = 0, backward_s = 0, optimizer_s = 0;
+  double max_expert_load = 0, mean_expert_load = 0;  // rows per expert, over MoE layers
+  double dropped_fraction = 0;
+};
+
+struct TrainResult {
+  double first_loss = 0, final_loss = 0;
+  double first_valid_loss = 0, final_valid_loss = 0;
+  double unigram_entropy = 0;  // nats per token of the training split's byte distribution
+  std::vector<double> losses;  // per step
+};
+
+class Trainer {
+ public:
+  Trainer(RunConfig cfg, const ParallelGrid& grid);
+  // quiet: no per-step log lines (tests). Writes out_dir/metrics.jsonl and the final model.
+  TrainResult run(bool quiet = false);
+  // One optimizer step on the given micro-batches; used by run() and by the bench.
+  StepMetrics step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
+                   const std::vector<std::vector<int32_t>>& targets);
+  double validation_loss(const std::vector<int32_t>& split, int64_t batches);
+  DecoderLM& model() { return model_; }
+  void set_peak_tflops(double t) { peak_tflops_ = t; }
+
+ private:
+  RunConfig cfg_;
+  const ParallelGrid& grid_;
+  DecoderLM model_;
+  AdamW optimizer_;
+  std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;
+  double peak_tflops_ = 0;
+};
+
+// Save / load the model weights (global names) with the run config as metadata.
+void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path);
+// Reads the config stored in a model file written by save_model.
+RunConfig load_model_config(const std::string& path);
+void load_model_weights(DecoderLM& model, const std::string& path);
+
+}  // namespace ff
