@@ -290,8 +290,22 @@ TEST(Permute, TokensWithoutRowsGetZero) {
 }
 
 TEST(Permute, ScatterAddSumsInRowOrderForAnyThreadCount) {
-  Case c = std::move(cases()[2]);  // padded: tokens appear in many rows
-  const int64_t R = c.plan.num_rows(), N = c.N, D = c.D;
+  // Many rows per token (K = 6 of E = 8) so that the order of the float sums matters.
+  const int64_t N = 9, E = 8, K = 6, D = 23;
+  Rng rng(51, "many");
+  std::vector<int32_t> idx(N * K);
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<int32_t> pool = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (int64_t j = 0; j < K; ++j) {
+      const size_t pick = rng.below(pool.size());
+      idx[n * K + j] = pool[pick];
+      pool.erase(pool.begin() + static_cast<std::ptrdiff_t>(pick));
+    }
+  }
+  std::vector<float> prob(N * K, 1.0f);
+  Case c{{}, N, D};
+  build_dispatch_plan(c.plan, idx.data(), prob.data(), nullptr, N, K, E, -1);
+  const int64_t R = c.plan.num_rows();
   auto g = randn(R * D, 50, 3.0f);
   std::vector<float> serial(N * D, 0.0f), ys(N * D, 0.0f);
   for (int64_t r = 0; r < R; ++r)  // the reference order: by row index
