@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev     # configs and the command line
   libgtest-dev libbenchmark-dev       # tests and kernel benchmarks
   python3 python3-torch python3-numpy # the independent oracle in parity tests and the bench peer
+  bible-kjv                           # the default training corpus (King James Bible)
 )
 missing=()
 for p in "${packages[@]}"; do
