@@ -13,7 +13,7 @@ namespace ff {
 
 struct TrainConfig {
   uint64_t seed = 1234;
-  int64_t steps = 300;
+  int64_t steps = 500;
   int64_t micro_batch = 8;      // sequences per micro-batch
   int64_t grad_accum = 1;       // micro-batches per optimizer step
   std::string data_path = "data/kjv.txt";
