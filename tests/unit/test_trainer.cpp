@@ -1,0 +1,108 @@
+// The training loop end to end on a small synthetic corpus: it learns (validation loss falls
+// well below the unigram baseline), it is deterministic, and it writes its metrics and model.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/rng.h"
+#include "train/trainer.h"
+
+namespace ff {
+namespace {
+
+// Sentences from a tiny grammar: far from uniform bytes, so a model can learn them quickly.
+std::string synthetic_corpus(size_t bytes) {
+  const char* subjects[] = {"the king", "a shepherd", "the people", "my servant", "his son"};
+  const char* verbs[] = {"went up to", "spake unto", "dwelt in", "came out of", "looked upon"};
+  const char* objects[] = {"the city.", "the mountain.", "the house of the lord.", "the land.", "the sea."};
+  Rng rng(3, "corpus");
+  std::string s;
+  while (s.size() < bytes) {
+    s += subjects[rng.below(5)];
+    s += " ";
+    s += verbs[rng.below(5)];
+    s += " ";
+    s += objects[rng.below(5)];
+    s += "\n";
+  }
+  return s;
+}
+
+RunConfig small_run(const std::string& dir) {
+  RunConfig c;
+  c.model = model_preset("moe-tiny");
+  c.model.d_model = 64;
+  c.model.num_layers = 2;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 2;
+  c.model.seq_len = 64;
+  c.model.num_experts = 4;
+  c.model.moe_ffn_hidden = 96;
+  c.optim.lr = 3e-3;
+  c.optim.warmup_steps = 10;
+  c.train.steps = 80;
+  c.train.micro_batch = 8;
+  c.train.grad_accum = 2;
+  c.train.eval_interval = 40;
+  c.train.eval_batches = 4;
+  c.train.out_dir = dir;
+  c.train.peak_tflops = 1.0;  // skip the ceiling measurement
+  c.train.data_path = dir + "/corpus.txt";
+  std::filesystem::create_directories(dir);
+  std::ofstream(c.train.data_path) << synthetic_corpus(200000);
+  return c;
+}
+
+TEST(Trainer, LearnsWellBelowTheUnigramBaselineAndWritesMetrics) {
+  const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_trainer_learns").string();
+  RunConfig c = small_run(dir);
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, c.parallel);
+  Trainer t(c, grid);
+  TrainResult r = t.run(/*quiet=*/true);
+  EXPECT_LT(r.final_valid_loss, 0.7 * r.unigram_entropy) << "valid " << r.final_valid_loss << " unigram " << r.unigram_entropy;
+  EXPECT_LT(r.final_valid_loss, r.first_valid_loss - 1.0);
+  // One JSON record per step, with the fields the issue asks for.
+  std::ifstream f(dir + "/metrics.jsonl");
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    for (const char* k : {"loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "max_expert_load",
+                          "mean_expert_load", "dropped_fraction", "forward_s", "backward_s", "optimizer_s"})
+      EXPECT_TRUE(j.contains(k)) << k;
+    ++n;
+  }
+  EXPECT_EQ(n, c.train.steps);
+  // The saved model reloads with its config and gives the same validation loss.
+  RunConfig saved = load_model_config(dir + "/model.safetensors");
+  EXPECT_EQ(saved.model.d_model, 64);
+  DecoderLM reloaded(saved.model, grid, 999);
+  load_model_weights(reloaded, dir + "/model.safetensors");
+  EXPECT_EQ(0, std::memcmp(reloaded.params().values(), t.model().params().values(),
+                           sizeof(float) * static_cast<size_t>(t.model().params().numel())));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Trainer, SameSeedSameConfigGivesBitIdenticalLosses) {
+  const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_trainer_det").string();
+  RunConfig c = small_run(dir);
+  c.train.steps = 6;
+  c.model.moe_capacity_factor = 1.0;  // exercise dropping too
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, c.parallel);
+  std::vector<double> losses[2];
+  for (int run = 0; run < 2; ++run) {
+    Trainer t(c, grid);
+    losses[run] = t.run(true).losses;
+  }
+  ASSERT_EQ(losses[0].size(), 6u);
+  for (size_t i = 0; i < losses[0].size(); ++i) EXPECT_EQ(losses[0][i], losses[1][i]) << "step " << i;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace ff
