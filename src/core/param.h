@@ -23,6 +23,7 @@ struct Param {
   Shape local_offset;      // where that slice starts in the global tensor (per dim)
   bool replica = false;    // true if another rank holds the same slice (written once)
   bool weight_decay = true;  // false for norms and biases
+  bool expert = false;       // an expert weight: gradients reduce over expert-DP, not DP x CP
   ParamInit init = ParamInit::normal;
   float init_std = 0.0f;
   int64_t offset = 0;      // first element in the store's flat buffers

@@ -23,6 +23,11 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     for (const auto& e : errors) all += "\n  " + e;
     FF_FAIL("invalid model config:%s", all.c_str());
   }
+  const ParallelConfig& pc = grid.config();
+  FF_CHECK(pc.tp == 1 && pc.cp == 1 && pc.pp == 1,
+           "parallel.tp = %lld, cp = %lld, pp = %lld: tensor, context and pipeline parallelism are not implemented "
+           "yet; use data (more ranks) and expert (parallel.ep) parallelism", (long long)pc.tp, (long long)pc.cp,
+           (long long)pc.pp);
   const int64_t D = cfg.d_model, V = cfg.vocab_size;
   const float std0 = static_cast<float>(cfg.init_std);
   const std::string pattern = cfg.pattern();
@@ -58,8 +63,9 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
   head_ = cfg.tie_embeddings ? embedding_ : params_.add("lm_head.weight", Shape{V, D}, ParamInit::normal, std0);
   params_.allocate(seed);
-  FF_CHECK(params_.numel() == count_parameters(cfg), "parameter count %lld differs from the formula %lld",
-           (long long)params_.numel(), (long long)count_parameters(cfg));
+  if (grid.ep().size() == 1)  // this rank holds the whole model: its size must match the formula
+    FF_CHECK(params_.numel() == count_parameters(cfg), "parameter count %lld differs from the formula %lld",
+             (long long)params_.numel(), (long long)count_parameters(cfg));
 }
 
 std::unique_ptr<DecoderLM::MicroBatch> DecoderLM::new_micro_batch() const {
@@ -181,6 +187,13 @@ void DecoderLM::backward(MicroBatch& mb, float loss_scale) {
 }
 
 const float* DecoderLM::logits(const MicroBatch& mb) const { return mb.logits.f32(); }
+
+std::vector<MoeLayer*> DecoderLM::moe_layers() {
+  std::vector<MoeLayer*> out;
+  for (auto& L : layers_)
+    if (L.moe) out.push_back(L.moe.get());
+  return out;
+}
 
 void DecoderLM::end_of_step() {
   for (auto& L : layers_)

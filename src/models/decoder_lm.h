@@ -67,6 +67,7 @@ class DecoderLM {
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
   int64_t num_moe_layers() const;
+  std::vector<MoeLayer*> moe_layers();
 
  private:
   struct Layer {

@@ -1,6 +1,7 @@
 #include "parallel/comm.h"
 
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 
 #include "core/check.h"
@@ -91,6 +92,62 @@ void Communicator::broadcast(void* data, int64_t bytes, int root) const {
 }
 void Communicator::barrier() const {
   if (size_ > 1) check_mpi(MPI_Barrier(comm_), "barrier");
+}
+
+void Communicator::all_gather(int64_t* out, const int64_t* in, int64_t n) const {
+  if (size_ == 1) {
+    std::copy(in, in + n, out);
+    return;
+  }
+  check_mpi(MPI_Allgather(in, static_cast<int>(n), MPI_INT64_T, out, static_cast<int>(n), MPI_INT64_T, comm_), "allgather");
+}
+
+void Communicator::all_gather(float* out, const float* in, int64_t n) const {
+  if (size_ == 1) {
+    std::copy(in, in + n, out);
+    return;
+  }
+  check_mpi(MPI_Allgather(in, static_cast<int>(n), MPI_FLOAT, out, static_cast<int>(n), MPI_FLOAT, comm_), "allgather");
+}
+
+void Communicator::reduce_scatter(float* out, const float* in, int64_t n) const {
+  if (size_ == 1) {
+    std::copy(in, in + n, out);
+    return;
+  }
+  check_mpi(MPI_Reduce_scatter_block(in, out, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "reduce_scatter");
+}
+
+void Communicator::all_to_all_v(float* recv, const std::vector<int64_t>& recv_rows, const float* send,
+                                const std::vector<int64_t>& send_rows, int64_t width) const {
+  FF_CHECK(static_cast<int>(recv_rows.size()) == size_ && static_cast<int>(send_rows.size()) == size_,
+           "all_to_all_v: %zu/%zu counts for a group of %d", send_rows.size(), recv_rows.size(), size_);
+  std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
+  int64_t so = 0, ro = 0;
+  for (int q = 0; q < size_; ++q) {
+    FF_CHECK(send_rows[q] * width < (int64_t(1) << 31) && ro + recv_rows[q] * width < (int64_t(1) << 31),
+             "all_to_all_v: message too large for MPI int counts");
+    sc[q] = static_cast<int>(send_rows[q] * width);
+    sd[q] = static_cast<int>(so);
+    rc[q] = static_cast<int>(recv_rows[q] * width);
+    rd[q] = static_cast<int>(ro);
+    so += sc[q];
+    ro += rc[q];
+  }
+  if (size_ == 1) {
+    std::copy(send, send + so, recv);
+    return;
+  }
+  check_mpi(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_),
+            "alltoallv");
+}
+
+Communicator Communicator::self() {
+  Communicator c;
+  c.comm_ = MPI_COMM_SELF;
+  c.rank_ = 0;
+  c.size_ = 1;
+  return c;
 }
 
 void abort_job(const std::string& message) {

@@ -45,6 +45,19 @@ class Communicator {
   void broadcast(void* data, int64_t bytes, int root) const;
   void barrier() const;
 
+  // out[size * n] = concatenation over ranks (in rank order) of each rank's in[n].
+  void all_gather(int64_t* out, const int64_t* in, int64_t n) const;
+  void all_gather(float* out, const float* in, int64_t n) const;
+  // out[n] = this rank's block of the rank-ordered blocks of in[size * n], summed over ranks.
+  void reduce_scatter(float* out, const float* in, int64_t n) const;
+  // Variable all-to-all of rows of `width` floats: send_rows[q] rows go to rank q (contiguous, in
+  // rank order); recv_rows[q] rows arrive from rank q. Its adjoint is the same call with the
+  // counts swapped.
+  void all_to_all_v(float* recv, const std::vector<int64_t>& recv_rows, const float* send,
+                    const std::vector<int64_t>& send_rows, int64_t width) const;
+  // A sub-communicator of MPI_COMM_SELF: the one-rank world, for single-process references.
+  static Communicator self();
+
  private:
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;

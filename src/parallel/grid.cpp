@@ -6,6 +6,12 @@
 
 namespace ff {
 
+namespace {
+constexpr EnumName<MoeDispatcher> kDispatchers[] = {{MoeDispatcher::alltoall, "alltoall"},
+                                                    {MoeDispatcher::allgather, "allgather"}};
+}
+std::span<const EnumName<MoeDispatcher>> enum_names(MoeDispatcher) { return kDispatchers; }
+
 std::vector<std::string> ParallelConfig::validate(int64_t world) const {
   std::vector<std::string> e;
   auto positive = [&](int64_t v, const char* name) {
@@ -96,6 +102,7 @@ ParallelGrid::ParallelGrid(const Communicator& world, const ParallelConfig& cfg)
   etp_ = make_group(world, expert_sizes_, {kTp});
   edp_ = make_group(world, expert_sizes_, {kDp});
   etp_ep_ = make_group(world, expert_sizes_, {kTp, kEp});
+  expert_mp_ = make_group(world, expert_sizes_, {kTp, kEp, kPp});
   // The pipeline groups of both grids must coincide (§1.3): PP is the slowest axis of both.
   auto expert_pp = rank_groups(expert_sizes_, {kPp});
   FF_CHECK(expert_pp == rank_groups(attn_sizes_, {kPp}), "attention and expert pipeline groups differ");

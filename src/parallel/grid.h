@@ -4,17 +4,23 @@
 // A single process is the grid with every size 1: the same code path, with groups of one rank.
 #pragma once
 #include <array>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "core/fields.h"
 #include "parallel/comm.h"
 
 namespace ff {
+
+enum class MoeDispatcher : uint8_t { alltoall, allgather };
+std::span<const EnumName<MoeDispatcher>> enum_names(MoeDispatcher);
 
 struct ParallelConfig {
   int64_t tp = 1, cp = 1, pp = 1, ep = 1;
   int64_t etp = 0;  // expert tensor parallel; 0 = same as tp
   bool sequence_parallel = false;
+  MoeDispatcher moe_dispatcher = MoeDispatcher::alltoall;
 
   template <class V>
   void visit_fields(V& v) {
@@ -24,6 +30,7 @@ struct ParallelConfig {
     v(ep, "ep", "expert-parallel size");
     v(etp, "etp", "expert-tensor-parallel size; 0 = same as tp");
     v(sequence_parallel, "sequence_parallel", "split norms/dropout activations along the sequence over TP");
+    v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group (specs §7.3, §7.4)");
   }
   int64_t expert_tp() const { return etp > 0 ? etp : tp; }
   // Every problem with these sizes for a world of `world` ranks; empty = valid.
@@ -64,6 +71,7 @@ class ParallelGrid {
   const Communicator& etp() const { return etp_; }
   const Communicator& edp() const { return edp_; }
   const Communicator& etp_ep() const { return etp_ep_; }
+  const Communicator& expert_mp() const { return expert_mp_; }  // etp-ep-pp: grad norm of expert params
 
   // A multi-line table of sizes and this rank's coordinates, printed at start-up.
   std::string describe() const;
@@ -73,7 +81,7 @@ class ParallelGrid {
   int world_size_ = 1, world_rank_ = 0;
   std::array<int64_t, kNumAxes> attn_sizes_{}, expert_sizes_{};
   Communicator tp_, cp_, dp_, dp_cp_, pp_, tp_cp_, tp_dp_cp_, mp_;
-  Communicator ep_, etp_, edp_, etp_ep_;
+  Communicator ep_, etp_, edp_, etp_ep_, expert_mp_;
 };
 
 }  // namespace ff

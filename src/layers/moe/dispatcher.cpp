@@ -2,7 +2,19 @@
 
 #include <algorithm>
 
+#include "layers/moe/allgather_dispatcher.h"
+#include "layers/moe/alltoall_dispatcher.h"
+#include "parallel/grid.h"
+
 namespace ff {
+
+std::unique_ptr<TokenDispatcher> make_dispatcher(const ParallelGrid& grid, int64_t num_experts, int64_t top_k,
+                                                 int64_t d_model) {
+  if (grid.ep().size() == 1) return std::make_unique<LocalDispatcher>(num_experts, top_k, d_model);
+  if (grid.config().moe_dispatcher == MoeDispatcher::allgather)
+    return std::make_unique<AllGatherDispatcher>(grid.ep(), num_experts, top_k, d_model);
+  return std::make_unique<AllToAllDispatcher>(grid.ep(), num_experts, top_k, d_model);
+}
 
 void LocalDispatcher::dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N, Arena& arena) {
   cpu::build_dispatch_plan(st.plan, routing.topk_idx, routing.topk_probs, routing.keep, N, K_, E_,

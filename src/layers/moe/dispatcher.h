@@ -6,6 +6,7 @@
 // Legend: N local tokens, K top-k, E experts, D width, R rows received for the local experts.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
@@ -23,10 +24,14 @@ struct Routing {
 
 // What a dispatch leaves for the rest of the layer and for backward.
 struct DispatchState {
-  cpu::DispatchPlan plan;                      // local permutation
+  cpu::DispatchPlan plan;                      // local permutation (of the tokens this rank routes)
   std::vector<int64_t> tokens_per_local_expert;
   Tensor rows;       // [R, D] tokens for the local experts, expert-major
   Tensor row_probs;  // [R] their gating probs
+  // Expert-parallel dispatchers: rows exchanged with each EP peer, and G[q * E_loc + l] = rows
+  // that EP rank q sends to local expert l.
+  std::vector<int64_t> send_rows, recv_rows, peer_expert_rows;
+  int64_t local_tokens = 0;  // N
 };
 
 class TokenDispatcher {
@@ -41,6 +46,10 @@ class TokenDispatcher {
   virtual void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
                                  const DispatchState& st, int64_t N) = 0;
 };
+
+// The dispatcher a layer uses, chosen from the parallel layout (EP = 1: LocalDispatcher).
+std::unique_ptr<TokenDispatcher> make_dispatcher(const class ParallelGrid& grid, int64_t num_experts, int64_t top_k,
+                                                 int64_t d_model);
 
 class LocalDispatcher final : public TokenDispatcher {
  public:

@@ -20,10 +20,13 @@ Experts::Experts(ParamStore& store, const std::string& prefix, const ModelConfig
     }
     if (e == first) fc1_ = w;
   }
+  for (auto it = store.params().rbegin(); it != store.params().rend() && it->name.rfind(prefix + ".experts.", 0) == 0; ++it)
+    it->expert = true;
   for (int64_t e = first; e < first + count; ++e) {
     Param* w = store.add(prefix + ".experts." + std::to_string(e) + ".down_proj.weight", Shape{D_, F_},
                          ParamInit::normal, out_init_std);
     if (e == first) fc2_ = w;
+    w->expert = true;
   }
 }
 

@@ -7,21 +7,30 @@
 
 namespace ff {
 
+namespace {
+// Experts held by this rank: E / EP of them, starting at ep_rank * E / EP.
+int64_t local_experts(const ModelConfig& cfg, const ParallelGrid& grid) {
+  FF_CHECK(cfg.num_experts % grid.ep().size() == 0, "model.num_experts = %lld is not divisible by parallel.ep = %d",
+           (long long)cfg.num_experts, grid.ep().size());
+  FF_CHECK(grid.etp().size() == 1, "parallel.etp = %d: expert-tensor parallelism is not implemented yet; use etp = 1",
+           grid.etp().size());
+  return cfg.num_experts / grid.ep().size();
+}
+}  // namespace
+
 MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
                    float init_std, float out_init_std)
     : cfg_(cfg),
-      router_(store, prefix + ".gate", cfg, grid.tp_cp()),
-      experts_(store, prefix, cfg, 0, cfg.num_experts, init_std, out_init_std) {
-  FF_CHECK(grid.ep().size() == 1 && grid.etp().size() == 1,
-           "expert parallelism (ep = %d, etp = %d) needs the EP dispatcher, which this build does not have yet; "
-           "run with ep = 1 and etp = 1", grid.ep().size(), grid.etp().size());
+      router_(store, prefix + ".gate", cfg, grid),
+      experts_(store, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
+               out_init_std) {
   if (cfg.moe_shared_expert_hidden > 0) {
     shared_.emplace(store, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
                     init_std, out_init_std);
     if (cfg.moe_shared_expert_gate)
       shared_gate_ = store.add(prefix + ".shared_expert_gate.weight", Shape{1, cfg.d_model}, ParamInit::normal, init_std);
   }
-  dispatcher_ = std::make_unique<LocalDispatcher>(cfg.num_experts, cfg.moe_top_k, cfg.d_model);
+  dispatcher_ = make_dispatcher(grid, cfg.num_experts, cfg.moe_top_k, cfg.d_model);
 }
 
 void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) {
@@ -66,16 +75,17 @@ void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N, Arena& a
     }
   }
 
-  // Statistics: kept rows per expert exclude pad rows (slot -1).
+  // Statistics of this rank's tokens: kept (token, expert) slots per expert, before dispatch.
   s.stats.aux_loss = s.router.aux_loss;
   s.stats.z_loss = s.router.z_loss;
   s.stats.routed_slots = N * K;
   s.stats.tokens_per_expert.assign(static_cast<size_t>(E), 0);
-  int64_t r = 0, kept = 0;
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t i = 0; i < s.dispatch.tokens_per_local_expert[static_cast<size_t>(e)]; ++i, ++r)
-      if (s.dispatch.plan.row_slot[static_cast<size_t>(r)] >= 0) ++s.stats.tokens_per_expert[static_cast<size_t>(e)];
-  for (int64_t c : s.stats.tokens_per_expert) kept += c;
+  int64_t kept = 0;
+  for (int64_t i = 0; i < N * K; ++i)
+    if (s.keep.empty() || s.keep[static_cast<size_t>(i)]) {
+      ++s.stats.tokens_per_expert[static_cast<size_t>(routing.topk_idx[i])];
+      ++kept;
+    }
   s.stats.dropped_slots = N * K - kept;
   router_.accumulate_expert_load(s.stats.tokens_per_expert.data());
 }

@@ -6,8 +6,8 @@
 
 namespace ff {
 
-Router::Router(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const Communicator& tp_cp)
-    : cfg_(cfg), opt_(cfg.router_options()), tp_cp_(tp_cp) {
+Router::Router(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid)
+    : cfg_(cfg), opt_(cfg.router_options()), tp_cp_(grid.tp_cp()), tp_dp_cp_(grid.tp_dp_cp()) {
   weight_ = store.add(prefix + ".weight", Shape{cfg.num_experts, cfg.d_model}, ParamInit::normal,
                       static_cast<float>(cfg.init_std));
   if (cfg.moe_expert_bias) {
@@ -64,6 +64,7 @@ void Router::accumulate_expert_load(const int64_t* tokens_per_expert) {
 
 void Router::update_expert_bias() {
   if (expert_bias_.empty()) return;
+  tp_dp_cp_.all_reduce_sum(step_load_.data(), static_cast<int64_t>(step_load_.size()));
   double mean = 0;
   for (int64_t c : step_load_) mean += static_cast<double>(c);
   mean /= static_cast<double>(step_load_.size());

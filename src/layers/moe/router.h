@@ -9,14 +9,15 @@
 #include "core/param.h"
 #include "kernels/cpu/router.h"
 #include "models/config.h"
-#include "parallel/comm.h"
+#include "parallel/grid.h"
 
 namespace ff {
 
 class Router {
  public:
-  // tp_cp: the ranks that together hold one micro-batch; aux-loss token counts are summed there.
-  Router(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const Communicator& tp_cp);
+  // Aux-loss token counts are summed over grid.tp_cp() (the ranks that hold one micro-batch);
+  // expert-bias loads over grid.tp_dp_cp() (every rank's tokens, §6.7).
+  Router(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid);
 
   struct Saved {
     Tensor logits;      // [N, E]
@@ -45,6 +46,7 @@ class Router {
   const ModelConfig& cfg_;
   cpu::RouterOptions opt_;
   const Communicator& tp_cp_;
+  const Communicator& tp_dp_cp_;
   Param* weight_;  // [E, D]
   std::vector<float> expert_bias_;     // [E], fp32, affects selection only
   std::vector<int64_t> step_load_;     // [E]

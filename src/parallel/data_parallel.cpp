@@ -1,0 +1,26 @@
+#include "parallel/data_parallel.h"
+
+namespace ff {
+
+void reduce_gradients(ParamStore& store, const ParallelGrid& grid) {
+  const float scale = 1.0f / static_cast<float>(grid.dp_size() * grid.cp().size());
+  auto& params = store.params();
+  for (auto it = params.begin(); it != params.end();) {
+    // [it, end) is a run of adjacent parameters of the same kind, contiguous in the grad buffer.
+    auto end = it;
+    int64_t n = 0;
+    while (end != params.end() && end->expert == it->expert && end->grad == it->grad + n) {
+      n += end->numel();
+      ++end;
+    }
+    float* g = it->grad;
+    if (scale != 1.0f) {
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < n; ++i) g[i] *= scale;
+    }
+    (it->expert ? grid.edp() : grid.dp_cp()).all_reduce_sum(g, n);
+    it = end;
+  }
+}
+
+}  // namespace ff
