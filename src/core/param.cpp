@@ -22,6 +22,20 @@ Param* ParamStore::add(const std::string& name, const Shape& shape, ParamInit in
   return &params_.back();
 }
 
+Param* ParamStore::add_slice(const std::string& name, const Shape& global_shape, const Shape& local_shape,
+                             const Shape& local_offset, ParamInit init, float init_std, bool weight_decay) {
+  FF_CHECK(global_shape.rank <= 2 && local_shape.rank == global_shape.rank && local_offset.rank == global_shape.rank,
+           "parameter '%s': slices of up to 2-D tensors only", name.c_str());
+  for (int d = 0; d < global_shape.rank; ++d)
+    FF_CHECK(local_offset[d] >= 0 && local_offset[d] + local_shape[d] <= global_shape[d],
+             "parameter '%s': slice %s at %s outside %s", name.c_str(), local_shape.str().c_str(),
+             local_offset.str().c_str(), global_shape.str().c_str());
+  Param* p = add(name, local_shape, init, init_std, weight_decay);
+  p->global_shape = global_shape;
+  p->local_offset = local_offset;
+  return p;
+}
+
 void ParamStore::allocate(uint64_t seed) {
   values_.assign(static_cast<size_t>(total_), 0.0f);
   grads_.assign(static_cast<size_t>(total_), 0.0f);
@@ -32,8 +46,19 @@ void ParamStore::allocate(uint64_t seed) {
       case ParamInit::zeros: std::fill(p.value, p.value + p.numel(), 0.0f); break;
       case ParamInit::ones: std::fill(p.value, p.value + p.numel(), 1.0f); break;
       case ParamInit::normal: {
+        // Draw the global tensor in order and keep this rank's slice (rows x cols of a matrix).
         Rng rng(seed, "init:" + p.name);
-        for (int64_t i = 0; i < p.numel(); ++i) p.value[i] = rng.normal() * p.init_std;
+        const int64_t rows = p.global_shape.rank == 2 ? p.global_shape[0] : 1;
+        const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
+        const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
+        const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : (p.local_offset.rank ? p.local_offset[0] : 0);
+        const int64_t lr = p.global_shape.rank == 2 ? p.local_shape[0] : 1;
+        const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const float v = rng.normal() * p.init_std;
+            if (r >= r0 && r < r0 + lr && c >= c0 && c < c0 + lc) p.value[(r - r0) * lc + (c - c0)] = v;
+          }
         break;
       }
     }

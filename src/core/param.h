@@ -24,6 +24,9 @@ struct Param {
   bool replica = false;    // true if another rank holds the same slice (written once)
   bool weight_decay = true;  // false for norms and biases
   bool expert = false;       // an expert weight: gradients reduce over expert-DP, not DP x CP
+  // Held whole by every tensor-parallel rank (norms, router). With sequence parallelism each TP
+  // rank sees other tokens, so its gradient is a partial sum, all-reduced over TP (§5.4 b).
+  bool tp_replicated = false;
   ParamInit init = ParamInit::normal;
   float init_std = 0.0f;
   int64_t offset = 0;      // first element in the store's flat buffers
@@ -39,9 +42,13 @@ class ParamStore {
   // filled in by allocate().
   Param* add(const std::string& name, const Shape& shape, ParamInit init, float init_std = 0.0f,
              bool weight_decay = true);
+  // Register the slice [offset, offset + local_shape) of a sharded parameter (2-D at most).
+  Param* add_slice(const std::string& name, const Shape& global_shape, const Shape& local_shape,
+                   const Shape& local_offset, ParamInit init, float init_std = 0.0f, bool weight_decay = true);
   // Lay out and allocate the flat value/grad buffers (grads zeroed, values initialised).
-  // Each parameter draws from its own named stream Rng(seed, "init:" + name), so its values do
-  // not depend on the other parameters or on the parallel layout.
+  // Each parameter draws from its own named stream Rng(seed, "init:" + name) over its GLOBAL
+  // shape and keeps its slice, so its values depend neither on the other parameters nor on the
+  // parallel layout.
   void allocate(uint64_t seed);
 
   std::deque<Param>& params() { return params_; }

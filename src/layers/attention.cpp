@@ -8,18 +8,27 @@
 namespace ff {
 
 Attention::Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg,
-                     float init_std, float out_init_std)
+                     float init_std, float out_init_std, TensorParallel tp)
     : D_(cfg.d_model),
-      Hq_(cfg.num_heads),
-      Hkv_(cfg.num_kv_heads),
+      Hq_(cfg.num_heads / tp.size()),
+      Hkv_(cfg.num_kv_heads / tp.size()),
       dh_(cfg.kv_channels()),
+      tp_(tp),
       rope_on_(cfg.position_embedding == PositionEmbedding::rope) {
+  FF_CHECK(cfg.num_heads % tp.size() == 0 && cfg.num_kv_heads % tp.size() == 0,
+           "model.num_heads = %lld and num_kv_heads = %lld must be divisible by parallel.tp = %d",
+           (long long)cfg.num_heads, (long long)cfg.num_kv_heads, tp.size());
   if (rope_on_)
     rope_ = cpu::rope_table(cfg.seq_len, static_cast<int64_t>(cfg.rotary_percent * dh_), cfg.rope_base);
-  wqkv_ = store.add(prefix + ".q_proj.weight", Shape{Hq_ * dh_, D_}, ParamInit::normal, init_std);
-  store.add(prefix + ".k_proj.weight", Shape{Hkv_ * dh_, D_}, ParamInit::normal, init_std);
-  store.add(prefix + ".v_proj.weight", Shape{Hkv_ * dh_, D_}, ParamInit::normal, init_std);
-  wo_ = store.add(prefix + ".o_proj.weight", Shape{D_, Hq_ * dh_}, ParamInit::normal, out_init_std);
+  const int64_t t = tp.rank(), q = Hq_ * dh_, kv = Hkv_ * dh_;
+  wqkv_ = store.add_slice(prefix + ".q_proj.weight", Shape{cfg.num_heads * dh_, D_}, Shape{q, D_}, Shape{t * q, 0},
+                          ParamInit::normal, init_std);
+  store.add_slice(prefix + ".k_proj.weight", Shape{cfg.num_kv_heads * dh_, D_}, Shape{kv, D_}, Shape{t * kv, 0},
+                  ParamInit::normal, init_std);
+  store.add_slice(prefix + ".v_proj.weight", Shape{cfg.num_kv_heads * dh_, D_}, Shape{kv, D_}, Shape{t * kv, 0},
+                  ParamInit::normal, init_std);
+  wo_ = store.add_slice(prefix + ".o_proj.weight", Shape{D_, cfg.num_heads * dh_}, Shape{D_, q}, Shape{0, t * q},
+                        ParamInit::normal, out_init_std);
 }
 
 namespace {
@@ -32,30 +41,36 @@ cpu::AttentionShape shape_of(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int6
 void Attention::forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B,
                         int64_t S, Arena& arena) const {
   const int64_t N = B * S, W = qkv_width();
+  s.x_full = tp_.enter(x, N, D_, arena);
   s.qkv = arena.alloc(Shape{N, W});
   s.o = arena.alloc(Shape{N, Hq_ * dh_});
   s.lse = arena.alloc(Shape{B, Hq_, S});
   float* qkv = s.qkv.f32();
-  cpu::linear_forward(qkv, x, wqkv_->value, N, D_, W);
+  cpu::linear_forward(qkv, s.x_full, wqkv_->value, N, D_, W);
   if (rope_on_) cpu::rope_forward(qkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);  // q and k heads
   const float* q = qkv;
   const float* k = qkv + Hq_ * dh_;
   const float* v = k + Hkv_ * dh_;
   cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_));
-  cpu::linear_forward(out, s.o.f32(), wo_->value, N, Hq_ * dh_, D_);
+  float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
+  cpu::linear_forward(partial, s.o.f32(), wo_->value, N, Hq_ * dh_, D_);
+  tp_.leave(out, partial, N, D_);
 }
 
-void Attention::backward(float* dx, const float* dout, const float* x, const int32_t* positions,
-                         const Saved& s, int64_t B, int64_t S, Arena& scratch) const {
+void Attention::backward(float* dx, const float* dout, const int32_t* positions, const Saved& s, int64_t B,
+                         int64_t S, Arena& scratch) const {
   const int64_t N = B * S, W = qkv_width();
   float* dO = scratch.alloc_f32(N * Hq_ * dh_);
   float* dqkv = scratch.alloc_f32(N * W);
-  cpu::linear_backward(dO, wo_->grad, dout, s.o.f32(), wo_->value, N, Hq_ * dh_, D_, false);
+  const float* dout_full = tp_.leave_backward(dout, N, D_, scratch);
+  cpu::linear_backward(dO, wo_->grad, dout_full, s.o.f32(), wo_->value, N, Hq_ * dh_, D_, false);
   const float* qkv = s.qkv.f32();
   cpu::attention_backward(dqkv, dqkv + Hq_ * dh_, dqkv + (Hq_ + Hkv_) * dh_, dO, qkv, qkv + Hq_ * dh_,
                           qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), shape_of(B, S, Hq_, Hkv_, dh_));
   if (rope_on_) cpu::rope_backward(dqkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
-  cpu::linear_backward(dx, wqkv_->grad, dqkv, x, wqkv_->value, N, D_, W, false);
+  float* dx_full = tp_.active() ? scratch.alloc_f32(N * D_) : dx;
+  cpu::linear_backward(dx_full, wqkv_->grad, dqkv, s.x_full, wqkv_->value, N, D_, W, false);
+  tp_.enter_backward(dx, dx_full, N, D_, false, scratch);
 }
 
 }  // namespace ff

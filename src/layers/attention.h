@@ -1,11 +1,15 @@
 // Self-attention with GQA and (partial) RoPE. q_proj, k_proj and v_proj are registered adjacently
 // so one GEMM gives the fused row [q (Hq*dh) | k (Hkv*dh) | v (Hkv*dh)].
-// Legend: B sequences, S positions, N = B*S tokens, D width, Hq/Hkv heads, dh head dim.
+// Tensor parallelism splits the heads: TP rank t holds query heads [t Hq/TP, (t+1) Hq/TP) and the
+// matching KV heads (column-parallel q/k/v), and the same columns of o_proj (row-parallel).
+// Legend: B sequences, S positions, N = B*S tokens, D width, Hq/Hkv heads (local: divided by
+// TP), dh head dim. The input and output hold tp.local_rows(N) rows.
 #pragma once
 #include <string>
 
 #include "core/param.h"
 #include "kernels/cpu/rope.h"
+#include "layers/tensor_parallel.h"
 #include "models/config.h"
 
 namespace ff {
@@ -13,9 +17,10 @@ namespace ff {
 class Attention {
  public:
   Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, float init_std,
-            float out_init_std);
+            float out_init_std, TensorParallel tp = {});
 
   struct Saved {
+    const float* x_full = nullptr;  // [N, D] the region's input (the gathered stream under SP)
     Tensor qkv;  // [N, (Hq + 2 Hkv) dh], after RoPE
     Tensor o;    // [N, Hq dh] attention output before o_proj
     Tensor lse;  // [B, Hq, S]
@@ -24,11 +29,12 @@ class Attention {
   void forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B, int64_t S,
                Arena& arena) const;
   // dx[N, D] overwritten; parameter gradients accumulate.
-  void backward(float* dx, const float* dout, const float* x, const int32_t* positions,
-                const Saved& s, int64_t B, int64_t S, Arena& scratch) const;
+  void backward(float* dx, const float* dout, const int32_t* positions, const Saved& s, int64_t B, int64_t S,
+                Arena& scratch) const;
 
  private:
-  int64_t D_, Hq_, Hkv_, dh_;
+  int64_t D_, Hq_, Hkv_, dh_;  // heads held here
+  TensorParallel tp_;
   bool rope_on_;
   cpu::RopeTable rope_;
   Param* wqkv_;  // q_proj (k_proj, v_proj follow): [(Hq + 2 Hkv) dh, D] as one matrix

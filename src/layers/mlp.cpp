@@ -24,34 +24,49 @@ void activation_backward(Activation act, float* din, const float* dout, const fl
 }
 
 Mlp::Mlp(ParamStore& store, const std::string& prefix, int64_t D, int64_t F, Activation act,
-         float init_std, float out_init_std)
-    : D_(D), F_(F), act_(act) {
+         float init_std, float out_init_std, TensorParallel tp)
+    : D_(D), F_(F / tp.size()), act_(act), tp_(tp) {
+  FF_CHECK(F % tp.size() == 0, "%s: hidden width %lld is not divisible by parallel.tp = %d", prefix.c_str(),
+           (long long)F, tp.size());
+  const int64_t f0 = tp.rank() * F_;
   if (act == Activation::swiglu) {
-    fc1_ = store.add(prefix + ".gate_proj.weight", Shape{F, D}, ParamInit::normal, init_std);
-    store.add(prefix + ".up_proj.weight", Shape{F, D}, ParamInit::normal, init_std);
+    fc1_ = store.add_slice(prefix + ".gate_proj.weight", Shape{F, D}, Shape{F_, D}, Shape{f0, 0}, ParamInit::normal,
+                           init_std);
+    store.add_slice(prefix + ".up_proj.weight", Shape{F, D}, Shape{F_, D}, Shape{f0, 0}, ParamInit::normal, init_std);
   } else {
-    fc1_ = store.add(prefix + ".up_proj.weight", Shape{F, D}, ParamInit::normal, init_std);
+    fc1_ = store.add_slice(prefix + ".up_proj.weight", Shape{F, D}, Shape{F_, D}, Shape{f0, 0}, ParamInit::normal,
+                           init_std);
   }
-  fc2_ = store.add(prefix + ".down_proj.weight", Shape{D, F}, ParamInit::normal, out_init_std);
+  fc2_ = store.add_slice(prefix + ".down_proj.weight", Shape{D, F}, Shape{D, F_}, Shape{0, f0}, ParamInit::normal,
+                         out_init_std);
 }
 
 void Mlp::forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) const {
   const int64_t W = fc1_width(act_, F_);
+  s.x_full = tp_.enter(x, N, D_, arena);
   s.h1 = arena.alloc(Shape{N, W});
   s.act = arena.alloc(Shape{N, F_});
-  cpu::linear_forward(s.h1.f32(), x, fc1_->value, N, D_, W);
+  cpu::linear_forward(s.h1.f32(), s.x_full, fc1_->value, N, D_, W);
   activation_forward(act_, s.act.f32(), s.h1.f32(), N, F_);
-  cpu::linear_forward(out, s.act.f32(), fc2_->value, N, F_, D_);
+  float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;
+  cpu::linear_forward(partial, s.act.f32(), fc2_->value, N, F_, D_);
+  tp_.leave(out, partial, N, D_);
 }
 
-void Mlp::backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N,
-                   bool accumulate_dx, Arena& scratch) const {
+void Mlp::backward(float* dx, const float* dout, const Saved& s, int64_t N, bool accumulate_dx, Arena& scratch) const {
   const int64_t W = fc1_width(act_, F_);
   float* dact = scratch.alloc_f32(N * F_);
   float* dh1 = scratch.alloc_f32(N * W);
-  cpu::linear_backward(dact, fc2_->grad, dout, s.act.f32(), fc2_->value, N, F_, D_, false);
+  const float* dout_full = tp_.leave_backward(dout, N, D_, scratch);
+  cpu::linear_backward(dact, fc2_->grad, dout_full, s.act.f32(), fc2_->value, N, F_, D_, false);
   activation_backward(act_, dh1, dact, s.h1.f32(), N, F_);
-  cpu::linear_backward(dx, fc1_->grad, dh1, x, fc1_->value, N, D_, W, accumulate_dx);
+  if (!tp_.active()) {
+    cpu::linear_backward(dx, fc1_->grad, dh1, s.x_full, fc1_->value, N, D_, W, accumulate_dx);
+    return;
+  }
+  float* dx_full = scratch.alloc_f32(N * D_);
+  cpu::linear_backward(dx_full, fc1_->grad, dh1, s.x_full, fc1_->value, N, D_, W, false);
+  tp_.enter_backward(dx, dx_full, N, D_, accumulate_dx, scratch);
 }
 
 }  // namespace ff

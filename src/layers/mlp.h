@@ -1,10 +1,14 @@
 // Dense MLP: out = fc2(act(fc1(x))). With SwiGLU, fc1 is gate_proj and up_proj registered
-// adjacently so one GEMM computes [gate | up]. Also the body of each expert and the shared
-// expert. Legend: N rows, D width, F hidden.
+// adjacently so one GEMM computes [gate | up]. Also the shared expert of MoE layers.
+// Tensor parallelism splits F: TP rank t holds rows [t F/TP, (t+1) F/TP) of gate_proj and up_proj
+// (column-parallel; the rank's fc1 is [gate_t; up_t]) and those columns of down_proj (row-parallel).
+// Legend: N rows of the full stream, D width, F hidden (local: F / TP). Input and output hold
+// tp.local_rows(N) rows.
 #pragma once
 #include <string>
 
 #include "core/param.h"
+#include "layers/tensor_parallel.h"
 #include "models/config.h"
 
 namespace ff {
@@ -18,9 +22,10 @@ class Mlp {
  public:
   // prefix e.g. "model.layers.1.mlp"; registers gate_proj+up_proj (SwiGLU) or up_proj, and down_proj.
   Mlp(ParamStore& store, const std::string& prefix, int64_t D, int64_t F, Activation act,
-      float init_std, float out_init_std);
+      float init_std, float out_init_std, TensorParallel tp = {});
 
   struct Saved {
+    const float* x_full = nullptr;  // [N, D] the region's input
     Tensor h1;   // [N, fc1_width] pre-activation
     Tensor act;  // [N, F]
   };
@@ -28,14 +33,14 @@ class Mlp {
   void forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) const;
   // dx[N, D] overwritten, or accumulated when accumulate_dx; parameter gradients accumulate.
   // scratch supplies two [N, fc1_width] buffers.
-  void backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N,
-                bool accumulate_dx, Arena& scratch) const;
+  void backward(float* dx, const float* dout, const Saved& s, int64_t N, bool accumulate_dx, Arena& scratch) const;
 
   int64_t hidden() const { return F_; }
 
  private:
-  int64_t D_, F_;
+  int64_t D_, F_;  // F_ = hidden width held here
   Activation act_;
+  TensorParallel tp_;
   Param* fc1_;  // first of gate/up (adjacent); [fc1_width, D] as one matrix
   Param* fc2_;  // [D, F]
 };

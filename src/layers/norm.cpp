@@ -11,7 +11,9 @@ Norm::Norm(ParamStore& store, const std::string& prefix, int64_t D, NormKind kin
   } else {  // zero-centred gain: gamma = 0 is the identity scale
     weight_ = store.add(prefix + ".weight", Shape{D}, ParamInit::zeros, 0.0f, false);
     bias_ = store.add(prefix + ".bias", Shape{D}, ParamInit::zeros, 0.0f, false);
+    bias_->tp_replicated = true;
   }
+  weight_->tp_replicated = true;
 }
 
 void Norm::forward(Saved& s, const float* x, int64_t N, Arena& arena) const {

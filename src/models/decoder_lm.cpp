@@ -6,6 +6,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/softmax_ce.h"
+#include "layers/vocab_parallel.h"
 
 namespace ff {
 
@@ -24,11 +25,19 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     FF_FAIL("invalid model config:%s", all.c_str());
   }
   const ParallelConfig& pc = grid.config();
-  FF_CHECK(pc.tp == 1 && pc.cp == 1 && pc.pp == 1,
-           "parallel.tp = %lld, cp = %lld, pp = %lld: tensor, context and pipeline parallelism are not implemented "
-           "yet; use data (more ranks) and expert (parallel.ep) parallelism", (long long)pc.tp, (long long)pc.cp,
-           (long long)pc.pp);
-  const int64_t D = cfg.d_model, V = cfg.vocab_size;
+  FF_CHECK(pc.cp == 1 && pc.pp == 1,
+           "parallel.cp = %lld, pp = %lld: context and pipeline parallelism are not implemented yet; use data, "
+           "tensor (parallel.tp) and expert (parallel.ep) parallelism", (long long)pc.cp, (long long)pc.pp);
+  tp_ = TensorParallel{&grid.tp(), pc.sequence_parallel};
+  const int64_t D = cfg.d_model, V = cfg.vocab_size, T = tp_.size();
+  FF_CHECK(V % T == 0, "model.vocab_size = %lld is not divisible by parallel.tp = %lld; pad the vocabulary to a "
+           "multiple of tp", (long long)V, (long long)T);
+  if (pc.sequence_parallel)
+    FF_CHECK(cfg.seq_len % T == 0, "model.seq_len = %lld is not divisible by parallel.tp = %lld, which sequence "
+             "parallelism needs", (long long)cfg.seq_len, (long long)T);
+  if (T > 1 && cfg.pattern().find('E') != std::string::npos)
+    FF_CHECK(pc.sequence_parallel, "MoE layers with parallel.tp = %lld need parallel.sequence_parallel = true (each "
+             "TP rank then routes its own share of the tokens)", (long long)T);
   const float std0 = static_cast<float>(cfg.init_std);
   const std::string pattern = cfg.pattern();
   int64_t blocks = 0;
@@ -37,7 +46,10 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   const float out_std = std0 / std::sqrt(2.0f * static_cast<float>(std::max<int64_t>(blocks, 1)));
   const float eps = static_cast<float>(cfg.norm_eps);
 
-  embedding_ = params_.add("model.embed_tokens.weight", Shape{V, D}, ParamInit::normal, std0);
+  // Vocabulary-parallel embedding and LM head: TP rank t holds ids [t V/TP, (t+1) V/TP).
+  const int64_t Vl = V / T, v0 = tp_.rank() * Vl;
+  embedding_ = params_.add_slice("model.embed_tokens.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
+                                 ParamInit::normal, std0);
   const auto kinds = cfg.layers();
   for (size_t j = 0; j < kinds.size(); ++j) {
     const std::string p = layer_prefix(pattern, j);
@@ -46,11 +58,11 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     switch (L.kind) {
       case LayerKind::attention:
         L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
-        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std);
+        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std, tp_);
         break;
       case LayerKind::mlp:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.mlp = std::make_unique<Mlp>(params_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std);
+        L.mlp = std::make_unique<Mlp>(params_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std, tp_);
         break;
       case LayerKind::moe:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
@@ -61,9 +73,14 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     layers_.push_back(std::move(L));
   }
   final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
-  head_ = cfg.tie_embeddings ? embedding_ : params_.add("lm_head.weight", Shape{V, D}, ParamInit::normal, std0);
+  head_ = cfg.tie_embeddings ? embedding_
+                             : params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
+                                                 ParamInit::normal, std0);
+  // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once.
+  for (Param& prm : params_.params())
+    if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
   params_.allocate(seed);
-  if (grid.ep().size() == 1)  // this rank holds the whole model: its size must match the formula
+  if (grid.ep().size() == 1 && T == 1)  // this rank holds the whole model: its size must match the formula
     FF_CHECK(params_.numel() == count_parameters(cfg), "parameter count %lld differs from the formula %lld",
              (long long)params_.numel(), (long long)count_parameters(cfg));
 }
@@ -99,14 +116,21 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
   for (int64_t r = 0; r < N; ++r) mb.positions[static_cast<size_t>(r)] = static_cast<int32_t>(r % S);
 
   ForwardResult res;
-  mb.resid[0] = A.alloc(Shape{N, D});
-  cpu::embedding_forward(mb.resid[0].f32(), tokens, embedding_->value, N, D, V);
+  // The residual stream holds Nl rows here: all N, or this rank's N / TP under sequence parallelism.
+  const int64_t Nl = tp_.local_rows(N), Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
+  mb.resid[0] = A.alloc(Shape{Nl, D});
+  {
+    // Each vocabulary shard contributes the rows it holds (zeros elsewhere); the sum is the lookup.
+    float* partial = tp_.active() ? A.alloc_f32(N * D) : mb.resid[0].f32();
+    cpu::embedding_forward(partial, tokens, embedding_->value, N, D, Vl, v0, V);
+    tp_.leave(mb.resid[0].f32(), partial, N, D);
+  }
   for (size_t j = 0; j < layers_.size(); ++j) {
     Layer& L = layers_[j];
     const float* in = mb.resid[j].f32();
-    mb.resid[j + 1] = A.alloc(Shape{N, D});
+    mb.resid[j + 1] = A.alloc(Shape{Nl, D});
     float* out = mb.resid[j + 1].f32();
-    L.norm->forward(mb.norms[j], in, N, A);
+    L.norm->forward(mb.norms[j], in, Nl, A);
     const float* xn = mb.norms[j].y.f32();
     switch (L.kind) {
       case LayerKind::attention: L.attention->forward(mb.attention[j], out, xn, mb.positions.data(), B, S, A); break;
@@ -124,16 +148,22 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
       case LayerKind::mamba: break;
     }
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < N * D; ++i) out[i] += in[i];
+    for (int64_t i = 0; i < Nl * D; ++i) out[i] += in[i];
   }
-  final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), N, A);
-  mb.logits = A.alloc(Shape{N, V});
-  cpu::linear_forward(mb.logits.f32(), mb.final_norm.y.f32(), head_->value, N, D, V);
+  final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
+  // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
+  mb.head_input = tp_.enter(mb.final_norm.y.f32(), N, D, A);
+  mb.logits = A.alloc(Shape{N, Vl});
+  cpu::linear_forward(mb.logits.f32(), mb.head_input, head_->value, N, D, Vl);
   if (!targets) return res;
 
   mb.losses = A.alloc(Shape{N});
   mb.lse = A.alloc(Shape{N});
-  cpu::cross_entropy_forward(mb.losses.f32(), mb.lse.f32(), mb.logits.f32(), targets, N, V);
+  if (tp_.active())
+    vocab_parallel_cross_entropy_forward(mb.losses.f32(), mb.lse.f32(), mb.logits.f32(), targets, N, Vl, v0, V,
+                                         *tp_.group);
+  else
+    cpu::cross_entropy_forward(mb.losses.f32(), mb.lse.f32(), mb.logits.f32(), targets, N, V);
   double sum = 0;
   int64_t valid = 0;
   for (int64_t n = 0; n < N; ++n)
@@ -157,14 +187,20 @@ void DecoderLM::backward(MicroBatch& mb, float loss_scale) {
   float* dloss = A.alloc_f32(N);
   const float g = mb.valid_tokens > 0 ? loss_scale / static_cast<float>(mb.valid_tokens) : 0.0f;
   for (int64_t n = 0; n < N; ++n) dloss[n] = mb.targets[n] >= 0 ? g : 0.0f;
+  const int64_t Nl = tp_.local_rows(N), Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
   float* dlogits = mb.logits.f32();  // consumed in place
-  cpu::cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, V);
+  if (tp_.active())
+    vocab_parallel_cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, Vl, v0);
+  else
+    cpu::cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, V);
 
-  float* dxf = A.alloc_f32(N * D);
-  cpu::linear_backward(dxf, head_->grad, dlogits, mb.final_norm.y.f32(), head_->value, N, D, V, false);
-  float* dresid = A.alloc_f32(N * D);
-  std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(N * D));
-  final_norm_->backward(dresid, dxf, mb.resid[layers_.size()].f32(), mb.final_norm, N);
+  float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
+  cpu::linear_backward(dhead_in, head_->grad, dlogits, mb.head_input, head_->value, N, D, Vl, false);
+  float* dxf = A.alloc_f32(Nl * D);
+  tp_.enter_backward(dxf, dhead_in, N, D, false, T);
+  float* dresid = A.alloc_f32(Nl * D);
+  std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));
+  final_norm_->backward(dresid, dxf, mb.resid[layers_.size()].f32(), mb.final_norm, Nl);
 
   float* dxn = dxf;  // reuse: [N, D] gradient at each layer's normalised input
   for (size_t j = layers_.size(); j-- > 0;) {
@@ -174,15 +210,17 @@ void DecoderLM::backward(MicroBatch& mb, float loss_scale) {
     // resid[j+1] = resid[j] + f(norm(resid[j])):  d resid[j] = d resid[j+1] + norm'(f'(d resid[j+1])).
     switch (L.kind) {
       case LayerKind::attention:
-        L.attention->backward(dxn, dresid, xn, mb.positions.data(), mb.attention[j], mb.B, mb.S, T);
+        L.attention->backward(dxn, dresid, mb.positions.data(), mb.attention[j], mb.B, mb.S, T);
         break;
-      case LayerKind::mlp: L.mlp->backward(dxn, dresid, xn, mb.mlp[j], N, false, T); break;
+      case LayerKind::mlp: L.mlp->backward(dxn, dresid, mb.mlp[j], N, false, T); break;
       case LayerKind::moe: L.moe->backward(dxn, dresid, xn, mb.moe[j], N, loss_scale, T); break;
       case LayerKind::mamba: break;
     }
-    L.norm->backward(dresid, dxn, mb.resid[j].f32(), mb.norms[j], N);
+    L.norm->backward(dresid, dxn, mb.resid[j].f32(), mb.norms[j], Nl);
   }
-  cpu::embedding_backward(embedding_->grad, dresid, mb.tokens, N, D, V);
+  T.reset();
+  const float* dembed = tp_.leave_backward(dresid, N, D, T);
+  cpu::embedding_backward(embedding_->grad, dembed, mb.tokens, N, D, Vl, v0, V);
   mb.losses = Tensor{};  // the logits were consumed; a second backward needs a new forward
 }
 

@@ -46,7 +46,8 @@ class DecoderLM {
     std::vector<Mlp::Saved> mlp;
     std::vector<MoeLayer::Saved> moe;
     Norm::Saved final_norm;
-    Tensor logits, losses, lse;  // [N, V], [N], [N]
+    const float* head_input = nullptr;  // [N, D] final-norm output seen by the LM head
+    Tensor logits, losses, lse;  // [N, V / TP], [N], [N]
     int64_t valid_tokens = 0;
   };
 
@@ -78,6 +79,7 @@ class DecoderLM {
     std::unique_ptr<MoeLayer> moe;
   };
   ModelConfig cfg_;
+  TensorParallel tp_;
   ParamStore params_;
   Param* embedding_;
   std::vector<Layer> layers_;

@@ -10,8 +10,9 @@
 
 namespace ff {
 
-// One all-reduce per run of adjacent parameters of the same kind (dense / expert), so the
-// collectives are few and large and every rank issues them in the same order.
+// Parameters every TP rank holds whole (norms, router) are first summed over TP when sequence
+// parallelism gave each TP rank different tokens. One all-reduce per run of adjacent parameters of
+// the same kind, so the collectives are few and large and every rank issues them in the same order.
 void reduce_gradients(ParamStore& store, const ParallelGrid& grid);
 
 }  // namespace ff

@@ -21,20 +21,24 @@ int64_t local_experts(const ModelConfig& cfg, const ParallelGrid& grid) {
 MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
                    float init_std, float out_init_std)
     : cfg_(cfg),
+      tp_{&grid.tp(), grid.config().sequence_parallel},
       router_(store, prefix + ".gate", cfg, grid),
       experts_(store, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
                out_init_std) {
   if (cfg.moe_shared_expert_hidden > 0) {
+    // The shared expert is a dense MLP on the attention TP group (with sequence parallelism).
     shared_.emplace(store, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
-                    init_std, out_init_std);
-    if (cfg.moe_shared_expert_gate)
+                    init_std, out_init_std, tp_);
+    if (cfg.moe_shared_expert_gate) {
       shared_gate_ = store.add(prefix + ".shared_expert_gate.weight", Shape{1, cfg.d_model}, ParamInit::normal, init_std);
+      shared_gate_->tp_replicated = true;
+    }
   }
   dispatcher_ = make_dispatcher(grid, cfg.num_experts, cfg.moe_top_k, cfg.d_model);
 }
 
-void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) {
-  const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, E = cfg_.num_experts;
+void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, Arena& arena) {
+  const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, E = cfg_.num_experts, N = tp_.local_rows(N_full);
   router_.forward(s.router, x, N, arena);
 
   Routing routing;
@@ -58,7 +62,7 @@ void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N, Arena& a
 
   if (shared_) {
     s.shared_out = arena.alloc(Shape{N, D});
-    shared_->forward(s.shared, s.shared_out.f32(), x, N, arena);
+    shared_->forward(s.shared, s.shared_out.f32(), x, N_full, arena);
     const float* so = s.shared_out.f32();
     if (shared_gate_) {
       s.shared_gate = arena.alloc(Shape{N});
@@ -90,9 +94,9 @@ void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N, Arena& a
   router_.accumulate_expert_load(s.stats.tokens_per_expert.data());
 }
 
-void MoeLayer::backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N, float loss_scale,
-                        Arena& scratch) {
-  const int64_t D = cfg_.d_model, K = cfg_.moe_top_k;
+void MoeLayer::backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N_full,
+                        float loss_scale, Arena& scratch) {
+  const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, N = tp_.local_rows(N_full);
   const int64_t R = s.dispatch.rows.shape[0];
   // Shared expert first: it writes dx, the routed path then accumulates.
   bool dx_written = false;
@@ -117,7 +121,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const Save
       cpu::linear_backward(dx, shared_gate_->grad, dlogit, x, shared_gate_->value, N, D, 1, false);
       dx_written = true;
     }
-    shared_->backward(dx, dshared, x, s.shared, N, dx_written, scratch);
+    shared_->backward(dx, dshared, s.shared, N_full, dx_written, scratch);
     dx_written = true;
   }
   if (!dx_written) std::memset(dx, 0, sizeof(float) * static_cast<size_t>(N * D));

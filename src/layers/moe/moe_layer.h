@@ -38,16 +38,18 @@ class MoeLayer {
     Tensor shared_gate;         // [N] sigmoid gate values
     MoeStats stats;
   };
-  // out[N, D] overwritten.
-  void forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena);
-  // dx[N, D] overwritten. loss_scale scales the aux/z-loss gradients (1 / micro-batches).
-  void backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N, float loss_scale,
+  // N_full: rows of the whole stream; x and out hold this rank's tp.local_rows(N_full) of them
+  // (its sequence-parallel share; it routes those tokens). out overwritten.
+  void forward(Saved& s, float* out, const float* x, int64_t N_full, Arena& arena);
+  // dx overwritten. loss_scale scales the aux/z-loss gradients (1 / micro-batches).
+  void backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N_full, float loss_scale,
                 Arena& scratch);
 
   Router& router() { return router_; }
 
  private:
   const ModelConfig& cfg_;
+  TensorParallel tp_;
   Router router_;
   Experts experts_;
   std::optional<Mlp> shared_;

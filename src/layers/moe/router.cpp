@@ -10,6 +10,7 @@ Router::Router(ParamStore& store, const std::string& prefix, const ModelConfig& 
     : cfg_(cfg), opt_(cfg.router_options()), tp_cp_(grid.tp_cp()), tp_dp_cp_(grid.tp_dp_cp()) {
   weight_ = store.add(prefix + ".weight", Shape{cfg.num_experts, cfg.d_model}, ParamInit::normal,
                       static_cast<float>(cfg.init_std));
+  weight_->tp_replicated = true;
   if (cfg.moe_expert_bias) {
     expert_bias_.assign(static_cast<size_t>(cfg.num_experts), 0.0f);
     step_load_.assign(static_cast<size_t>(cfg.num_experts), 0);
@@ -40,6 +41,13 @@ void Router::forward(Saved& s, const float* x, int64_t N, Arena& arena) const {
     tp_cp_.all_reduce_sum(s.counts.data(), E);
     s.aux_loss = cpu::aux_loss_value(s.aux_scores.f32(), s.counts.data(), N, N * tp_cp_.size(),
                                      static_cast<float>(cfg_.moe_aux_loss_coeff), opt_);
+  }
+  // Each rank's values are its share of the micro-batch's losses; report the sums (§6.3, §6.5).
+  if (tp_cp_.size() > 1) {
+    double both[2] = {s.aux_loss, s.z_loss};
+    tp_cp_.all_reduce_sum(both, 2);
+    s.aux_loss = both[0];
+    s.z_loss = both[1];
   }
 }
 

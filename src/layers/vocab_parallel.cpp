@@ -1,0 +1,59 @@
+#include "layers/vocab_parallel.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/check.h"
+
+namespace ff {
+
+void vocab_parallel_cross_entropy_forward(float* loss, float* lse, const float* logits, const int32_t* targets,
+                                          int64_t N, int64_t Vl, int64_t v0, int64_t V, const Communicator& tp) {
+  for (int64_t n = 0; n < N; ++n)
+    FF_CHECK(targets[n] >= -1 && targets[n] < V, "target token %d at row %lld is outside the vocabulary [0, %lld)",
+             targets[n], (long long)n, (long long)V);
+  std::vector<double> mx(static_cast<size_t>(N)), sum(static_cast<size_t>(N)), tgt(static_cast<size_t>(N));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = logits + n * Vl;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < Vl; ++j) m = std::max(m, row[j]);
+    mx[static_cast<size_t>(n)] = m;
+  }
+  tp.all_reduce_max(mx.data(), N);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = logits + n * Vl;
+    const double m = mx[static_cast<size_t>(n)];
+    double s = 0;
+    for (int64_t j = 0; j < Vl; ++j) s += std::exp(static_cast<double>(row[j]) - m);
+    sum[static_cast<size_t>(n)] = s;
+    const int64_t t = static_cast<int64_t>(targets[n]) - v0;
+    tgt[static_cast<size_t>(n)] = (targets[n] >= 0 && t >= 0 && t < Vl) ? row[t] : 0.0;
+  }
+  tp.all_reduce_sum(sum.data(), N);
+  tp.all_reduce_sum(tgt.data(), N);
+  for (int64_t n = 0; n < N; ++n) {
+    const double l = mx[static_cast<size_t>(n)] + std::log(sum[static_cast<size_t>(n)]);
+    lse[n] = static_cast<float>(l);
+    loss[n] = targets[n] >= 0 ? static_cast<float>(l - tgt[static_cast<size_t>(n)]) : 0.0f;
+  }
+}
+
+void vocab_parallel_cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
+                                           const int32_t* targets, const float* dloss, int64_t N, int64_t Vl,
+                                           int64_t v0) {
+  // loss = lse - logit[target]:  dloss/dlogit_j = softmax_j - [j == target].
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float g = targets[n] >= 0 ? dloss[n] : 0.0f;
+    const float* row = logits + n * Vl;
+    float* d = dlogits + n * Vl;
+    for (int64_t j = 0; j < Vl; ++j) d[j] = g * std::exp(row[j] - lse[n]);
+    const int64_t t = static_cast<int64_t>(targets[n]) - v0;
+    if (targets[n] >= 0 && t >= 0 && t < Vl) d[t] -= g;
+  }
+}
+
+}  // namespace ff
