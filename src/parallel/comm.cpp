@@ -142,6 +142,44 @@ void Communicator::all_to_all_v(float* recv, const std::vector<int64_t>& recv_ro
             "alltoallv");
 }
 
+namespace {
+// MPI counts and displacements (in floats) for per-rank row counts.
+void counts_of(const std::vector<int64_t>& rows, int64_t width, std::vector<int>& counts, std::vector<int>& displs) {
+  counts.resize(rows.size());
+  displs.resize(rows.size());
+  int64_t off = 0;
+  for (size_t q = 0; q < rows.size(); ++q) {
+    FF_CHECK(off + rows[q] * width < (int64_t(1) << 31), "collective too large for MPI int counts");
+    counts[q] = static_cast<int>(rows[q] * width);
+    displs[q] = static_cast<int>(off);
+    off += counts[q];
+  }
+}
+}  // namespace
+
+void Communicator::all_gather_v(float* out, const float* in, const std::vector<int64_t>& rows, int64_t width) const {
+  FF_CHECK(static_cast<int>(rows.size()) == size_, "all_gather_v: %zu counts for a group of %d", rows.size(), size_);
+  if (size_ == 1) {
+    std::copy(in, in + rows[0] * width, out);
+    return;
+  }
+  std::vector<int> counts, displs;
+  counts_of(rows, width, counts, displs);
+  check_mpi(MPI_Allgatherv(in, counts[static_cast<size_t>(rank_)], MPI_FLOAT, out, counts.data(), displs.data(),
+                           MPI_FLOAT, comm_), "allgatherv");
+}
+
+void Communicator::reduce_scatter_v(float* out, const float* in, const std::vector<int64_t>& rows, int64_t width) const {
+  FF_CHECK(static_cast<int>(rows.size()) == size_, "reduce_scatter_v: %zu counts for a group of %d", rows.size(), size_);
+  if (size_ == 1) {
+    std::copy(in, in + rows[0] * width, out);
+    return;
+  }
+  std::vector<int> counts, displs;
+  counts_of(rows, width, counts, displs);
+  check_mpi(MPI_Reduce_scatter(in, out, counts.data(), MPI_FLOAT, MPI_SUM, comm_), "reduce_scatter");
+}
+
 Communicator Communicator::self() {
   Communicator c;
   c.comm_ = MPI_COMM_SELF;

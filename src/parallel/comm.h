@@ -50,6 +50,11 @@ class Communicator {
   void all_gather(float* out, const float* in, int64_t n) const;
   // out[n] = this rank's block of the rank-ordered blocks of in[size * n], summed over ranks.
   void reduce_scatter(float* out, const float* in, int64_t n) const;
+  // Variable all-gather of rows of `width` floats: rank q contributes rows[q] rows (in holds
+  // rows[rank]); out receives all of them in rank order. Its adjoint is reduce_scatter_v.
+  void all_gather_v(float* out, const float* in, const std::vector<int64_t>& rows, int64_t width) const;
+  // out[rows[rank], width] = this rank's row block of in[sum(rows), width], summed over ranks.
+  void reduce_scatter_v(float* out, const float* in, const std::vector<int64_t>& rows, int64_t width) const;
   // Variable all-to-all of rows of `width` floats: send_rows[q] rows go to rank q (contiguous, in
   // rank order); recv_rows[q] rows arrive from rank q. Its adjoint is the same call with the
   // counts swapped.

@@ -136,12 +136,12 @@ ParallelConfig layout(int64_t ep, MoeDispatcher d = MoeDispatcher::alltoall) {
   return pc;
 }
 
-ParallelConfig tensor_layout(int64_t tp, bool sp, int64_t ep = 1) {
+ParallelConfig tensor_layout(int64_t tp, bool sp, int64_t ep = 1, int64_t etp = 1) {
   ParallelConfig pc;
   pc.tp = tp;
   pc.sequence_parallel = sp;
   pc.ep = ep;
-  pc.etp = 1;
+  pc.etp = etp;
   return pc;
 }
 
@@ -238,6 +238,20 @@ TEST(Invariance, TensorAndExpertParallelFolded) {
   ag.moe_dispatcher = MoeDispatcher::allgather;
   expect_invariant(tiny_moe(), ag);
   if (world_size() >= 4) expect_invariant(tiny_moe(), tensor_layout(2, true, 4));  // EP over TP x DP
+}
+
+// Expert-tensor parallelism: each expert's hidden width split over the ETP ranks.
+TEST(Invariance, ExpertTensorParallel) {
+  expect_invariant(tiny_moe(), tensor_layout(2, true, 1, 2));
+  ParallelConfig ag = tensor_layout(2, true, 1, 2);
+  ag.moe_dispatcher = MoeDispatcher::allgather;
+  expect_invariant(tiny_moe(), ag);
+  if (world_size() >= 4) {
+    expect_invariant(tiny_moe(), tensor_layout(2, true, 2, 2));  // TP 2 x EP 2 with ETP 2
+    ParallelConfig ag4 = tensor_layout(2, true, 2, 2);
+    ag4.moe_dispatcher = MoeDispatcher::allgather;
+    expect_invariant(tiny_moe(), ag4);
+  }
 }
 
 }  // namespace

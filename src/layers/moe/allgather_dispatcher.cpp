@@ -4,10 +4,11 @@
 
 namespace ff {
 
-AllGatherDispatcher::AllGatherDispatcher(const Communicator& ep, int64_t num_experts, int64_t top_k, int64_t d_model)
-    : ep_(ep), E_(num_experts), K_(top_k), D_(d_model), E_loc_(num_experts / ep.size()) {
-  FF_CHECK(num_experts % ep.size() == 0, "model.num_experts = %lld is not divisible by parallel.ep = %d",
-           (long long)num_experts, ep.size());
+AllGatherDispatcher::AllGatherDispatcher(const Communicator& domain, int64_t ep_rank, int64_t ep_size,
+                                         int64_t num_experts, int64_t top_k, int64_t d_model)
+    : ep_(domain), ep_rank_(ep_rank), E_(num_experts), K_(top_k), D_(d_model), E_loc_(num_experts / ep_size) {
+  FF_CHECK(num_experts % ep_size == 0, "model.num_experts = %lld is not divisible by parallel.ep = %lld",
+           (long long)num_experts, (long long)ep_size);
 }
 
 void AllGatherDispatcher::dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N, Arena& arena) {
@@ -36,7 +37,7 @@ void AllGatherDispatcher::dispatch(DispatchState& st, const float* x, const Rout
   cpu::DispatchPlan all;
   cpu::build_dispatch_plan(all, idx.data(), probs.data(), keep.data(), P * N, K_, E_, -1);
   // Keep the rows of my experts: a contiguous range of the expert-major plan.
-  const int64_t first = ep_.rank() * E_loc_;
+  const int64_t first = ep_rank_ * E_loc_;
   int64_t begin = 0;
   for (int64_t e = 0; e < first; ++e) begin += all.tokens_per_expert[static_cast<size_t>(e)];
   st.tokens_per_local_expert.assign(all.tokens_per_expert.begin() + first, all.tokens_per_expert.begin() + first + E_loc_);

@@ -10,10 +10,11 @@ namespace ff {
 
 std::unique_ptr<TokenDispatcher> make_dispatcher(const ParallelGrid& grid, int64_t num_experts, int64_t top_k,
                                                  int64_t d_model) {
-  if (grid.ep().size() == 1) return std::make_unique<LocalDispatcher>(num_experts, top_k, d_model);
+  if (grid.etp_ep().size() == 1) return std::make_unique<LocalDispatcher>(num_experts, top_k, d_model);
   if (grid.config().moe_dispatcher == MoeDispatcher::allgather)
-    return std::make_unique<AllGatherDispatcher>(grid.ep(), num_experts, top_k, d_model);
-  return std::make_unique<AllToAllDispatcher>(grid.ep(), num_experts, top_k, d_model);
+    return std::make_unique<AllGatherDispatcher>(grid.etp_ep(), grid.ep().rank(), grid.ep().size(), num_experts,
+                                                 top_k, d_model);
+  return std::make_unique<AllToAllDispatcher>(grid.ep(), grid.etp(), grid.etp_ep(), num_experts, top_k, d_model);
 }
 
 void LocalDispatcher::dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N, Arena& arena) {

@@ -28,9 +28,9 @@ struct DispatchState {
   std::vector<int64_t> tokens_per_local_expert;
   Tensor rows;       // [R, D] tokens for the local experts, expert-major
   Tensor row_probs;  // [R] their gating probs
-  // Expert-parallel dispatchers: rows exchanged with each EP peer, and G[q * E_loc + l] = rows
-  // that EP rank q sends to local expert l.
-  std::vector<int64_t> send_rows, recv_rows, peer_expert_rows;
+  // Expert-parallel dispatchers: rows exchanged with each EP peer, rows per ETP rank, and
+  // G[s * E_loc + l] = rows that source s sends to local expert l.
+  std::vector<int64_t> send_rows, recv_rows, peer_expert_rows, etp_rows;
   int64_t local_tokens = 0;  // N
 };
 

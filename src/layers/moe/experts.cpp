@@ -6,25 +6,30 @@
 namespace ff {
 
 Experts::Experts(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, int64_t first,
-                 int64_t count, float init_std, float out_init_std)
-    : D_(cfg.d_model), F_(cfg.moe_ffn_hidden), W_(fc1_width(cfg.activation, cfg.moe_ffn_hidden)),
+                 int64_t count, float init_std, float out_init_std, int64_t etp_rank, int64_t etp_size)
+    : D_(cfg.d_model), F_(cfg.moe_ffn_hidden / etp_size), W_(fc1_width(cfg.activation, F_)),
       count_(count), act_(cfg.activation) {
+  const int64_t F = cfg.moe_ffn_hidden, f0 = etp_rank * F_;
+  FF_CHECK(F % etp_size == 0, "model.moe_ffn_hidden = %lld is not divisible by parallel.etp = %lld", (long long)F,
+           (long long)etp_size);
   for (int64_t e = first; e < first + count; ++e) {
     std::string p = prefix + ".experts." + std::to_string(e);
     Param* w = nullptr;
     if (act_ == Activation::swiglu) {
-      w = store.add(p + ".gate_proj.weight", Shape{F_, D_}, ParamInit::normal, init_std);
-      store.add(p + ".up_proj.weight", Shape{F_, D_}, ParamInit::normal, init_std);
+      w = store.add_slice(p + ".gate_proj.weight", Shape{F, D_}, Shape{F_, D_}, Shape{f0, 0}, ParamInit::normal,
+                          init_std);
+      store.add_slice(p + ".up_proj.weight", Shape{F, D_}, Shape{F_, D_}, Shape{f0, 0}, ParamInit::normal, init_std);
     } else {
-      w = store.add(p + ".up_proj.weight", Shape{F_, D_}, ParamInit::normal, init_std);
+      w = store.add_slice(p + ".up_proj.weight", Shape{F, D_}, Shape{F_, D_}, Shape{f0, 0}, ParamInit::normal,
+                          init_std);
     }
     if (e == first) fc1_ = w;
   }
   for (auto it = store.params().rbegin(); it != store.params().rend() && it->name.rfind(prefix + ".experts.", 0) == 0; ++it)
     it->expert = true;
   for (int64_t e = first; e < first + count; ++e) {
-    Param* w = store.add(prefix + ".experts." + std::to_string(e) + ".down_proj.weight", Shape{D_, F_},
-                         ParamInit::normal, out_init_std);
+    Param* w = store.add_slice(prefix + ".experts." + std::to_string(e) + ".down_proj.weight", Shape{D_, F},
+                               Shape{D_, F_}, Shape{0, f0}, ParamInit::normal, out_init_std);
     if (e == first) fc2_ = w;
     w->expert = true;
   }

@@ -3,7 +3,10 @@
 // scaled by its gating prob after the activation (§8): out = fc2(act(fc1(x)) * prob).
 // Weights are registered stacked: all fc1 (gate, up per expert) first, then all fc2, so expert e's
 // fc1 is fc1_base + e * W * D and its fc2 is fc2_base + e * D * F.
-// Legend: R rows, D width, F expert hidden, W = fc1 width (2F for SwiGLU).
+// Expert-tensor parallelism: ETP rank t holds rows [t F/ETP, (t+1) F/ETP) of every gate/up and those
+// columns of every down projection, with no collective here: its outputs (and input and prob
+// gradients) are partial sums that the dispatcher reduces over ETP.
+// Legend: R rows, D width, F expert hidden (local: F / ETP), W = fc1 width (2F for SwiGLU).
 #pragma once
 #include <string>
 #include <vector>
@@ -17,7 +20,7 @@ class Experts {
  public:
   // Registers experts [first, first + count) of the layer under prefix + ".experts.{e}".
   Experts(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, int64_t first, int64_t count,
-          float init_std, float out_init_std);
+          float init_std, float out_init_std, int64_t etp_rank = 0, int64_t etp_size = 1);
 
   struct Saved {
     Tensor h1;   // [R, W]

@@ -12,8 +12,6 @@ namespace {
 int64_t local_experts(const ModelConfig& cfg, const ParallelGrid& grid) {
   FF_CHECK(cfg.num_experts % grid.ep().size() == 0, "model.num_experts = %lld is not divisible by parallel.ep = %d",
            (long long)cfg.num_experts, grid.ep().size());
-  FF_CHECK(grid.etp().size() == 1, "parallel.etp = %d: expert-tensor parallelism is not implemented yet; use etp = 1",
-           grid.etp().size());
   return cfg.num_experts / grid.ep().size();
 }
 }  // namespace
@@ -24,7 +22,7 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const ModelConf
       tp_{&grid.tp(), grid.config().sequence_parallel},
       router_(store, prefix + ".gate", cfg, grid),
       experts_(store, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
-               out_init_std) {
+               out_init_std, grid.etp().rank(), grid.etp().size()) {
   if (cfg.moe_shared_expert_hidden > 0) {
     // The shared expert is a dense MLP on the attention TP group (with sequence parallelism).
     shared_.emplace(store, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
