@@ -39,21 +39,22 @@ AdamW::AdamW(ParamStore& params, const OptimizerConfig& cfg)
     : params_(params), cfg_(cfg), m_(static_cast<size_t>(params.numel()), 0.0f),
       v_(static_cast<size_t>(params.numel()), 0.0f) {}
 
-double AdamW::grad_norm(const Communicator& group) const {
-  double sq = 0;
+double AdamW::grad_norm(const Communicator& dense_group, const Communicator& expert_group) const {
+  double sq[2] = {0, 0};  // dense, expert
   for (const Param& p : params_.params()) {
     if (p.replica) continue;  // counted by the rank that owns it
     double s = 0;
 #pragma omp parallel for reduction(+ : s) schedule(static)
     for (int64_t i = 0; i < p.numel(); ++i) s += static_cast<double>(p.grad[i]) * p.grad[i];
-    sq += s;
+    sq[p.expert ? 1 : 0] += s;
   }
-  group.all_reduce_sum(&sq, 1);
-  return std::sqrt(sq);
+  dense_group.all_reduce_sum(&sq[0], 1);
+  expert_group.all_reduce_sum(&sq[1], 1);
+  return std::sqrt(sq[0] + sq[1]);
 }
 
-double AdamW::step(double lr, const Communicator& group) {
-  const double norm = grad_norm(group);
+double AdamW::step(double lr, const Communicator& dense_group, const Communicator& expert_group) {
+  const double norm = grad_norm(dense_group, expert_group);
   FF_CHECK(std::isfinite(norm), "gradient norm is %g at step %lld: the loss diverged (lower optim.lr or raise warmup)",
            norm, (long long)t_ + 1);
   float clip_scale = 1.0f;

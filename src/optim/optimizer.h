@@ -47,13 +47,15 @@ double learning_rate(const OptimizerConfig& c, int64_t step, int64_t total);
 class AdamW {
  public:
   AdamW(ParamStore& params, const OptimizerConfig& cfg);
-  // Global L2 norm of the gradients. grad_norm_group: ranks whose grads are disjoint parts of
-  // one model (the model-parallel group); squared norms are summed over it.
-  double grad_norm(const Communicator& grad_norm_group) const;
+  // Global L2 norm of the gradients of the whole model. Squared norms of dense parameters are
+  // summed over dense_group (the ranks holding disjoint parts of the dense model: TP x PP), those
+  // of expert parameters over expert_group (ETP x EP x PP); replicas are counted once.
+  double grad_norm(const Communicator& dense_group, const Communicator& expert_group) const;
   // One update with learning rate lr; clips first (scale = clip / norm when norm > clip).
   // Returns the pre-clip gradient norm.
-  double step(double lr, const Communicator& grad_norm_group);
+  double step(double lr, const Communicator& dense_group, const Communicator& expert_group);
   int64_t steps_taken() const { return t_; }
+  void set_steps_taken(int64_t t) { t_ = t; }  // resume from a checkpoint
 
   std::vector<float>& exp_avg() { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }

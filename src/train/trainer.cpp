@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "parallel/data_parallel.h"
 #include "io/text_data.h"
 #include "train/flops.h"
 
@@ -70,7 +71,8 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   }
   auto t0 = Clock::now();
   m.lr = learning_rate(cfg_.optim, step_index, cfg_.train.steps);
-  m.grad_norm = optimizer_.step(m.lr, grid_.mp());
+  reduce_gradients(model_.params(), grid_);
+  m.grad_norm = optimizer_.step(m.lr, grid_.mp(), grid_.expert_mp());
   model_.end_of_step();
   m.optimizer_s = seconds_since(t0);
   m.step_s = seconds_since(t_step);
