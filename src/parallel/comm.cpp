@@ -1,5 +1,7 @@
 #include "parallel/comm.h"
 
+#include <chrono>
+
 #include <cstdio>
 #include <algorithm>
 #include <cstdlib>
@@ -18,6 +20,24 @@ void check_mpi(int rc, const char* what) {
 }
 }  // namespace
 
+// Times one collective and, in the debug mode, records it.
+class CollectiveScope {
+ public:
+  CollectiveScope(const Communicator& c, const char* op, int64_t elements) : c_(c), t0_(Clock::now()) {
+    if (c.trace_ && c.trace_->out) {
+      std::fprintf(c.trace_->out, "%lld %s %s %lld\n", (long long)c.trace_->seq++, c.name_.c_str(), op,
+                   (long long)elements);
+      std::fflush(c.trace_->out);
+    }
+  }
+  ~CollectiveScope() { c_.seconds_ += std::chrono::duration<double>(Clock::now() - t0_).count(); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  const Communicator& c_;
+  Clock::time_point t0_;
+};
+
 MpiSession::MpiSession(int* argc, char*** argv) {
   int provided = 0;
   check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "init");
@@ -35,7 +55,8 @@ Communicator::~Communicator() {
 }
 
 Communicator::Communicator(Communicator&& o) noexcept
-    : comm_(o.comm_), owned_(o.owned_), rank_(o.rank_), size_(o.size_) {
+    : comm_(o.comm_), owned_(o.owned_), rank_(o.rank_), size_(o.size_), name_(std::move(o.name_)),
+      trace_(o.trace_), seconds_(o.seconds_) {
   o.comm_ = MPI_COMM_NULL;
   o.owned_ = false;
 }
@@ -47,6 +68,9 @@ Communicator& Communicator::operator=(Communicator&& o) noexcept {
     owned_ = o.owned_;
     rank_ = o.rank_;
     size_ = o.size_;
+    name_ = std::move(o.name_);
+    trace_ = o.trace_;
+    seconds_ = o.seconds_;
     o.comm_ = MPI_COMM_NULL;
     o.owned_ = false;
   }
@@ -72,26 +96,33 @@ Communicator Communicator::split(int color, int key) const {
 
 void Communicator::all_reduce_sum(float* data, int64_t n) const {
   if (size_ == 1 || n == 0) return;
+  CollectiveScope scope(*this, "all_reduce", n);
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "allreduce");
 }
 void Communicator::all_reduce_sum(double* data, int64_t n) const {
   if (size_ == 1 || n == 0) return;
+  CollectiveScope scope(*this, "all_reduce", n);
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_), "allreduce");
 }
 void Communicator::all_reduce_sum(int64_t* data, int64_t n) const {
   if (size_ == 1 || n == 0) return;
+  CollectiveScope scope(*this, "all_reduce", n);
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_INT64_T, MPI_SUM, comm_), "allreduce");
 }
 void Communicator::all_reduce_max(double* data, int64_t n) const {
   if (size_ == 1 || n == 0) return;
+  CollectiveScope scope(*this, "all_reduce", n);
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm_), "allreduce");
 }
 void Communicator::broadcast(void* data, int64_t bytes, int root) const {
   if (size_ == 1 || bytes == 0) return;
+  CollectiveScope scope(*this, "broadcast", bytes);
   check_mpi(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_), "bcast");
 }
 void Communicator::barrier() const {
-  if (size_ > 1) check_mpi(MPI_Barrier(comm_), "barrier");
+  if (size_ == 1) return;
+  CollectiveScope scope(*this, "barrier", 0);
+  check_mpi(MPI_Barrier(comm_), "barrier");
 }
 
 void Communicator::all_gather(int64_t* out, const int64_t* in, int64_t n) const {
@@ -99,6 +130,7 @@ void Communicator::all_gather(int64_t* out, const int64_t* in, int64_t n) const 
     std::copy(in, in + n, out);
     return;
   }
+  CollectiveScope scope(*this, "all_gather", n);
   check_mpi(MPI_Allgather(in, static_cast<int>(n), MPI_INT64_T, out, static_cast<int>(n), MPI_INT64_T, comm_), "allgather");
 }
 
@@ -107,6 +139,7 @@ void Communicator::all_gather(float* out, const float* in, int64_t n) const {
     std::copy(in, in + n, out);
     return;
   }
+  CollectiveScope scope(*this, "all_gather", n);
   check_mpi(MPI_Allgather(in, static_cast<int>(n), MPI_FLOAT, out, static_cast<int>(n), MPI_FLOAT, comm_), "allgather");
 }
 
@@ -115,6 +148,7 @@ void Communicator::reduce_scatter(float* out, const float* in, int64_t n) const 
     std::copy(in, in + n, out);
     return;
   }
+  CollectiveScope scope(*this, "reduce_scatter", n);
   check_mpi(MPI_Reduce_scatter_block(in, out, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "reduce_scatter");
 }
 
@@ -138,6 +172,7 @@ void Communicator::all_to_all_v(float* recv, const std::vector<int64_t>& recv_ro
     std::copy(send, send + so, recv);
     return;
   }
+  CollectiveScope scope(*this, "all_to_all_v", so);
   check_mpi(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_),
             "alltoallv");
 }
@@ -165,6 +200,7 @@ void Communicator::all_gather_v(float* out, const float* in, const std::vector<i
   }
   std::vector<int> counts, displs;
   counts_of(rows, width, counts, displs);
+  CollectiveScope scope(*this, "all_gather_v", rows[static_cast<size_t>(rank_)] * width);
   check_mpi(MPI_Allgatherv(in, counts[static_cast<size_t>(rank_)], MPI_FLOAT, out, counts.data(), displs.data(),
                            MPI_FLOAT, comm_), "allgatherv");
 }
@@ -177,6 +213,7 @@ void Communicator::reduce_scatter_v(float* out, const float* in, const std::vect
   }
   std::vector<int> counts, displs;
   counts_of(rows, width, counts, displs);
+  CollectiveScope scope(*this, "reduce_scatter_v", rows[static_cast<size_t>(rank_)] * width);
   check_mpi(MPI_Reduce_scatter(in, out, counts.data(), MPI_FLOAT, MPI_SUM, comm_), "reduce_scatter");
 }
 

@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,14 @@ class MpiSession {
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
+};
+
+// Where a rank's collectives are recorded in the debug mode (parallel.trace_collectives): one line
+// per collective, "seq group op elements", so the logs of all ranks can be compared: every rank of
+// a group must issue the same collectives in the same order. Owned by the ParallelGrid.
+struct CollectiveTrace {
+  std::FILE* out = nullptr;
+  int64_t seq = 0;
 };
 
 class Communicator {
@@ -37,6 +46,14 @@ class Communicator {
   int rank() const { return rank_; }
   int size() const { return size_; }
   MPI_Comm handle() const { return comm_; }
+
+  // Names the group in traces; attaches a trace (null = off).
+  void set_name(std::string name, CollectiveTrace* trace) {
+    name_ = std::move(name);
+    trace_ = trace;
+  }
+  // Seconds this rank has spent inside this group's collectives (waiting included).
+  double seconds() const { return seconds_; }
 
   void all_reduce_sum(float* data, int64_t n) const;
   void all_reduce_sum(double* data, int64_t n) const;
@@ -67,6 +84,10 @@ class Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owned_ = false;
   int rank_ = 0, size_ = 0;
+  std::string name_ = "world";
+  CollectiveTrace* trace_ = nullptr;
+  mutable double seconds_ = 0;
+  friend class CollectiveScope;
 };
 
 // Ends the whole job after an unrecoverable error on this rank: prints the message and calls

@@ -103,9 +103,40 @@ ParallelGrid::ParallelGrid(const Communicator& world, const ParallelConfig& cfg)
   edp_ = make_group(world, expert_sizes_, {kDp});
   etp_ep_ = make_group(world, expert_sizes_, {kTp, kEp});
   expert_mp_ = make_group(world, expert_sizes_, {kTp, kEp, kPp});
+  if (!cfg.trace_collectives.empty()) {
+    const std::string path = cfg.trace_collectives + ".rank" + std::to_string(world.rank()) + ".log";
+    trace_.out = std::fopen(path.c_str(), "w");
+    FF_CHECK(trace_.out, "parallel.trace_collectives: cannot write '%s'", path.c_str());
+  }
+  CollectiveTrace* t = &trace_;
+  tp_.set_name("tp", t);
+  cp_.set_name("cp", t);
+  dp_.set_name("dp", t);
+  dp_cp_.set_name("dp_cp", t);
+  pp_.set_name("pp", t);
+  tp_cp_.set_name("tp_cp", t);
+  tp_dp_cp_.set_name("tp_dp_cp", t);
+  mp_.set_name("mp", t);
+  ep_.set_name("ep", t);
+  etp_.set_name("etp", t);
+  edp_.set_name("edp", t);
+  etp_ep_.set_name("etp_ep", t);
+  expert_mp_.set_name("expert_mp", t);
   // The pipeline groups of both grids must coincide (§1.3): PP is the slowest axis of both.
   auto expert_pp = rank_groups(expert_sizes_, {kPp});
   FF_CHECK(expert_pp == rank_groups(attn_sizes_, {kPp}), "attention and expert pipeline groups differ");
+}
+
+ParallelGrid::~ParallelGrid() {
+  if (trace_.out) std::fclose(trace_.out);
+}
+
+double ParallelGrid::communication_seconds() const {
+  double s = 0;
+  for (const Communicator* c : {&tp_, &cp_, &dp_, &dp_cp_, &pp_, &tp_cp_, &tp_dp_cp_, &mp_, &ep_, &etp_, &edp_,
+                                &etp_ep_, &expert_mp_})
+    s += c->seconds();
+  return s;
 }
 
 std::string ParallelGrid::describe() const {

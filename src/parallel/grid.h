@@ -21,6 +21,7 @@ struct ParallelConfig {
   int64_t etp = 0;  // expert tensor parallel; 0 = same as tp
   bool sequence_parallel = false;
   MoeDispatcher moe_dispatcher = MoeDispatcher::alltoall;
+  std::string trace_collectives;  // debug: log every collective to PREFIX.rank<r>.log
 
   template <class V>
   void visit_fields(V& v) {
@@ -31,6 +32,8 @@ struct ParallelConfig {
     v(etp, "etp", "expert-tensor-parallel size; 0 = same as tp");
     v(sequence_parallel, "sequence_parallel", "split norms/dropout activations along the sequence over TP");
     v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group (specs §7.3, §7.4)");
+    v(trace_collectives, "trace_collectives", "debug: write every collective of rank r to PREFIX.rank<r>.log, "
+      "to check that all ranks issue them in one order; empty = off");
   }
   int64_t expert_tp() const { return etp > 0 ? etp : tp; }
   // Every problem with these sizes for a world of `world` ranks; empty = valid.
@@ -50,6 +53,9 @@ class ParallelGrid {
  public:
   // Collective over `world`: builds every group as a communicator.
   ParallelGrid(const Communicator& world, const ParallelConfig& cfg);
+  ~ParallelGrid();
+  ParallelGrid(const ParallelGrid&) = delete;
+  ParallelGrid& operator=(const ParallelGrid&) = delete;
 
   const ParallelConfig& config() const { return cfg_; }
   int world_size() const { return world_size_; }
@@ -75,6 +81,8 @@ class ParallelGrid {
 
   // A multi-line table of sizes and this rank's coordinates, printed at start-up.
   std::string describe() const;
+  // Seconds this rank has spent in the grid's collectives since it was built.
+  double communication_seconds() const;
 
  private:
   ParallelConfig cfg_;
@@ -82,6 +90,7 @@ class ParallelGrid {
   std::array<int64_t, kNumAxes> attn_sizes_{}, expert_sizes_{};
   Communicator tp_, cp_, dp_, dp_cp_, pp_, tp_cp_, tp_dp_cp_, mp_;
   Communicator ep_, etp_, edp_, etp_ep_, expert_mp_;
+  CollectiveTrace trace_;
 };
 
 }  // namespace ff

@@ -6,6 +6,11 @@
 #include "core/rng.h"
 #include "layers/moe/alltoall_dispatcher.h"
 #include "parallel/comm.h"
+#include "parallel/grid.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace ff {
 namespace {
@@ -68,6 +73,31 @@ TEST(SortChunks, SpecExampleRankZero) {
   EXPECT_EQ(out, (std::vector<float>{0, 2, 11, 13, 1, 10, 11}));
   sort_chunks(back.data(), out.data(), G, 2, 2, 1, false);
   EXPECT_EQ(back, in);
+}
+
+// The debug trace: every rank logs its collectives; ranks of one group log the same sequence.
+TEST(CollectiveTrace, EveryRankOfAGroupIssuesTheSameCollectivesInOrder) {
+  Communicator w = Communicator::world();
+  const std::string prefix = (std::filesystem::temp_directory_path() / "fivefold_trace").string();
+  {
+    ParallelConfig pc;
+    pc.ep = w.size();
+    pc.trace_collectives = prefix;
+    ParallelGrid g(w, pc);
+    std::vector<float> v(7, 1.0f);
+    g.dp_cp().all_reduce_sum(v.data(), 7);
+    g.ep().all_reduce_sum(v.data(), 3);
+    EXPECT_GT(g.communication_seconds(), 0.0);
+  }
+  w.barrier();
+  auto read = [&](int r) {
+    std::ifstream f(prefix + ".rank" + std::to_string(r) + ".log");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  EXPECT_EQ(read(w.rank()), "0 dp_cp all_reduce 7\n1 ep all_reduce 3\n");
+  EXPECT_EQ(read(w.rank()), read(0));
 }
 
 }  // namespace
