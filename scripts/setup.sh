@@ -7,6 +7,7 @@ packages=(
   libopenmpi-dev openmpi-bin          # the distributed engine
   libopenblas-openmp-dev              # fp32 GEMM; the OpenMP build runs single-threaded inside our parallel regions
   nlohmann-json3-dev libcli11-dev     # configs and the command line
+  libsentencepiece-dev libicu-dev     # tokenizers: SentencePiece (load, train); Unicode classes for byte-level BPE
   libgtest-dev libbenchmark-dev       # tests and kernel benchmarks
   python3 python3-torch python3-numpy # the independent oracle in parity tests and the bench peer
   bible-kjv                           # the default training corpus (King James Bible)
