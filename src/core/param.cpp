@@ -36,7 +36,20 @@ Param* ParamStore::add_slice(const std::string& name, const Shape& global_shape,
   return p;
 }
 
-void ParamStore::allocate(uint64_t seed) {
+void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert_alignment) {
+  // Lay out the dense region, then the expert region, each in registration order and padded.
+  int64_t off = 0;
+  for (bool expert : {false, true}) {
+    for (auto& p : params_)
+      if (p.expert == expert) {
+        p.offset = off;
+        off += p.numel();
+      }
+    const int64_t align = expert ? expert_alignment : dense_alignment;
+    off = (off + align - 1) / align * align;
+    if (!expert) dense_end_ = off;
+  }
+  total_ = off;
   values_.assign(static_cast<size_t>(total_), 0.0f);
   grads_.assign(static_cast<size_t>(total_), 0.0f);
   for (auto& p : params_) {

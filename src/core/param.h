@@ -1,8 +1,10 @@
 // Parameters with their global placement (DESIGN decision 4). A Param knows its global name
 // (Hugging Face naming where one exists), its global shape, the slice this rank holds and whether
 // it is a replica of a slice another rank also holds. Values and gradients of all parameters live
-// in two contiguous fp32 buffers in registration order, so parameters registered one after the
-// other (q, k, v; gate, up) are adjacent and can be used as one fused matrix.
+// in two contiguous fp32 buffers in two regions, dense parameters first and expert parameters
+// after, each in registration order: parameters of a kind registered one after the other (q, k, v;
+// gate, up) are adjacent and can be used as one fused matrix, and each region is one contiguous
+// buffer that data parallelism reduces (and the distributed optimizer shards) over its own group.
 #pragma once
 #include <cstdint>
 #include <deque>
@@ -49,12 +51,17 @@ class ParamStore {
   // Each parameter draws from its own named stream Rng(seed, "init:" + name) over its GLOBAL
   // shape and keeps its slice, so its values depend neither on the other parameters nor on the
   // parallel layout.
-  void allocate(uint64_t seed);
+  // Each region is padded with zeros to a multiple of its alignment (the sizes of the groups
+  // that shard it: DP x CP for dense, expert-DP for experts).
+  void allocate(uint64_t seed, int64_t dense_alignment = 1, int64_t expert_alignment = 1);
 
   std::deque<Param>& params() { return params_; }
   const std::deque<Param>& params() const { return params_; }
   Param* find(const std::string& name);
-  int64_t numel() const { return total_; }
+  int64_t numel() const { return total_; }  // both regions, padding included
+  // [begin, end) of a region in the flat buffers; expert = false: the dense region.
+  int64_t region_begin(bool expert) const { return expert ? dense_end_ : 0; }
+  int64_t region_end(bool expert) const { return expert ? total_ : dense_end_; }
   float* values() { return values_.data(); }
   float* grads() { return grads_.data(); }
   void zero_grads();
@@ -62,7 +69,7 @@ class ParamStore {
  private:
   std::deque<Param> params_;
   std::vector<float> values_, grads_;
-  int64_t total_ = 0;
+  int64_t total_ = 0, dense_end_ = 0;
 };
 
 }  // namespace ff

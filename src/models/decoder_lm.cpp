@@ -79,10 +79,13 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once.
   for (Param& prm : params_.params())
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
-  params_.allocate(seed);
-  if (grid.ep().size() == 1 && T == 1)  // this rank holds the whole model: its size must match the formula
-    FF_CHECK(params_.numel() == count_parameters(cfg), "parameter count %lld differs from the formula %lld",
-             (long long)params_.numel(), (long long)count_parameters(cfg));
+  params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
+  if (grid.ep().size() == 1 && grid.etp().size() == 1 && T == 1) {  // the whole model is here
+    int64_t n = 0;
+    for (const Param& prm : params_.params()) n += prm.numel();
+    FF_CHECK(n == count_parameters(cfg), "parameter count %lld differs from the formula %lld", (long long)n,
+             (long long)count_parameters(cfg));
+  }
 }
 
 std::unique_ptr<DecoderLM::MicroBatch> DecoderLM::new_micro_batch() const {

@@ -136,7 +136,12 @@ void Communicator::all_gather(int64_t* out, const int64_t* in, int64_t n) const 
 
 void Communicator::all_gather(float* out, const float* in, int64_t n) const {
   if (size_ == 1) {
-    std::copy(in, in + n, out);
+    if (in != out) std::copy(in, in + n, out);
+    return;
+  }
+  if (in == out + static_cast<int64_t>(rank_) * n) {  // in place: this rank's block is already there
+    CollectiveScope scope(*this, "all_gather", n);
+    check_mpi(MPI_Allgather(MPI_IN_PLACE, 0, MPI_FLOAT, out, static_cast<int>(n), MPI_FLOAT, comm_), "allgather");
     return;
   }
   CollectiveScope scope(*this, "all_gather", n);

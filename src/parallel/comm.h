@@ -62,7 +62,8 @@ class Communicator {
   void broadcast(void* data, int64_t bytes, int root) const;
   void barrier() const;
 
-  // out[size * n] = concatenation over ranks (in rank order) of each rank's in[n].
+  // out[size * n] = concatenation over ranks (in rank order) of each rank's in[n]. in may be this
+  // rank's own block of out (in place).
   void all_gather(int64_t* out, const int64_t* in, int64_t n) const;
   void all_gather(float* out, const float* in, int64_t n) const;
   // out[n] = this rank's block of the rank-ordered blocks of in[size * n], summed over ranks.

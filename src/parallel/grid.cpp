@@ -98,6 +98,7 @@ ParallelGrid::ParallelGrid(const Communicator& world, const ParallelConfig& cfg)
   tp_cp_ = make_group(world, attn_sizes_, {kTp, kCp});
   tp_dp_cp_ = make_group(world, attn_sizes_, {kTp, kCp, kDp});
   mp_ = make_group(world, attn_sizes_, {kTp, kPp});
+  all_ = make_group(world, attn_sizes_, {kTp, kCp, kEp, kDp, kPp});
   ep_ = make_group(world, expert_sizes_, {kEp});
   etp_ = make_group(world, expert_sizes_, {kTp});
   edp_ = make_group(world, expert_sizes_, {kDp});
@@ -117,6 +118,7 @@ ParallelGrid::ParallelGrid(const Communicator& world, const ParallelConfig& cfg)
   tp_cp_.set_name("tp_cp", t);
   tp_dp_cp_.set_name("tp_dp_cp", t);
   mp_.set_name("mp", t);
+  all_.set_name("all", t);
   ep_.set_name("ep", t);
   etp_.set_name("etp", t);
   edp_.set_name("edp", t);
@@ -133,7 +135,7 @@ ParallelGrid::~ParallelGrid() {
 
 double ParallelGrid::communication_seconds() const {
   double s = 0;
-  for (const Communicator* c : {&tp_, &cp_, &dp_, &dp_cp_, &pp_, &tp_cp_, &tp_dp_cp_, &mp_, &ep_, &etp_, &edp_,
+  for (const Communicator* c : {&tp_, &cp_, &dp_, &dp_cp_, &pp_, &tp_cp_, &tp_dp_cp_, &mp_, &all_, &ep_, &etp_, &edp_,
                                 &etp_ep_, &expert_mp_})
     s += c->seconds();
   return s;

@@ -72,6 +72,7 @@ class ParallelGrid {
   const Communicator& tp_cp() const { return tp_cp_; }
   const Communicator& tp_dp_cp() const { return tp_dp_cp_; }
   const Communicator& mp() const { return mp_; }  // tp-pp: grad norm of dense params
+  const Communicator& all() const { return all_; }  // every rank of the job
   // Expert grid.
   const Communicator& ep() const { return ep_; }
   const Communicator& etp() const { return etp_; }
@@ -88,7 +89,7 @@ class ParallelGrid {
   ParallelConfig cfg_;
   int world_size_ = 1, world_rank_ = 0;
   std::array<int64_t, kNumAxes> attn_sizes_{}, expert_sizes_{};
-  Communicator tp_, cp_, dp_, dp_cp_, pp_, tp_cp_, tp_dp_cp_, mp_;
+  Communicator tp_, cp_, dp_, dp_cp_, pp_, tp_cp_, tp_dp_cp_, mp_, all_;
   Communicator ep_, etp_, edp_, etp_ep_, expert_mp_;
   CollectiveTrace trace_;
 };

@@ -13,6 +13,7 @@
 #include <functional>
 
 #include "models/decoder_lm.h"
+#include "optim/distributed_optimizer.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
 
@@ -51,16 +52,18 @@ Batch micro_batch(int64_t step, int64_t replica, int64_t B, const ModelConfig& c
   return b;
 }
 
-// Compares this rank's slice of a gradient with the same slice of the reference's whole gradient.
-::testing::AssertionResult tensors_match(const Param& p, const Param& ref) {
+// Compares this rank's slice of a gradient (or of the values) with the same slice of the
+// reference's whole tensor.
+::testing::AssertionResult tensors_match(const Param& p, const Param& ref, bool values = false) {
   const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
   const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
   const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
   const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : 0;
   double worst = 0, scale = 0;
   for (int64_t i = 0; i < p.numel(); ++i) {
-    const double want = ref.grad[(r0 + i / lc) * cols + c0 + i % lc];
-    worst = std::max(worst, std::fabs(double(p.grad[i]) - want));
+    const float* mine = values ? p.value : p.grad;
+    const double want = (values ? ref.value : ref.grad)[(r0 + i / lc) * cols + c0 + i % lc];
+    worst = std::max(worst, std::fabs(double(mine[i]) - want));
     scale = std::max(scale, std::fabs(want));
   }
   if (worst <= 1e-4 * scale + 1e-7) return ::testing::AssertionSuccess();
@@ -70,7 +73,10 @@ Batch micro_batch(int64_t step, int64_t replica, int64_t B, const ModelConfig& c
 using ModelSetup = std::function<void(DecoderLM&)>;
 
 // Returns this rank's last forward result (for layout-specific assertions).
-ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc, const ModelSetup& setup = {}) {
+// distributed: the parallel model uses the distributed optimizer (ZeRO-1); its reduced gradients
+// never exist whole, so the parameters after each step are compared instead.
+ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc, const ModelSetup& setup = {},
+                               bool distributed = false) {
   Communicator world = Communicator::world();
   auto problems = pc.validate(world.size());
   EXPECT_TRUE(problems.empty()) << problems[0];
@@ -86,6 +92,7 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
   oc.lr = 1e-2;
   oc.warmup_steps = 0;
   AdamW opt(model.params(), oc), ref_opt(ref.params(), oc);
+  DistributedAdamW dist_opt(model.params(), oc, grid);
   const int64_t B = 2, DP = grid.dp_size(), my_replica = grid.dp().rank();
   auto mb = model.new_micro_batch(), ref_mb = ref.new_micro_batch();
   ForwardResult last;
@@ -103,7 +110,7 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
     Batch b = micro_batch(step, my_replica, B, cfg);
     ForwardResult r = model.forward(*mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len);
     model.backward(*mb, 1.0f);
-    reduce_gradients(model.params(), grid);
+    if (!distributed) reduce_gradients(model.params(), grid);
 
     const ForwardResult& want = ref_results[static_cast<size_t>(my_replica)];
     EXPECT_NEAR(r.loss, want.loss, 1e-5 * std::fabs(want.loss)) << "step " << step;
@@ -115,13 +122,17 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
     for (const Param& p : model.params().params()) {
       Param* q = ref.params().find(p.name);
       EXPECT_NE(q, nullptr) << p.name;
-      if (q) {
+      if (q && !distributed) {
         EXPECT_TRUE(tensors_match(p, *q)) << "step " << step;
       }
     }
-    const double norm = opt.step(oc.lr, grid.mp(), grid.expert_mp());
+    const double norm = distributed ? dist_opt.step(oc.lr) : opt.step(oc.lr, grid.mp(), grid.expert_mp());
     const double ref_norm = ref_opt.step(oc.lr, self, self);
     EXPECT_NEAR(norm, ref_norm, 1e-5 * ref_norm) << "step " << step;
+    for (const Param& p : model.params().params()) {
+      Param* q = ref.params().find(p.name);
+      if (q) EXPECT_TRUE(tensors_match(p, *q, true)) << "values after step " << step;
+    }
     model.end_of_step();
     ref.end_of_step();
     last = r;
@@ -252,6 +263,27 @@ TEST(Invariance, ExpertTensorParallel) {
     ag4.moe_dispatcher = MoeDispatcher::allgather;
     expect_invariant(tiny_moe(), ag4);
   }
+}
+
+// ZeRO-1: gradients reduce-scattered, Adam moments for the owned shard only, parameters gathered.
+TEST(Invariance, DistributedOptimizer) {
+  expect_invariant(tiny_moe(), layout(1), {}, true);                 // DP = world
+  expect_invariant(tiny_moe(), layout(world_size()), {}, true);      // experts: EDP = 1
+  expect_invariant(tiny_moe(), tensor_layout(2, true, 1, 2), {}, true);
+  if (world_size() >= 4) expect_invariant(tiny_moe(), layout(2), {}, true);  // EDP = 2
+}
+
+TEST(DistributedOptimizer, StateShrinksWithTheDataParallelSize) {
+  Communicator world = Communicator::world();
+  Communicator self = Communicator::self();
+  ParallelGrid grid(world, ParallelConfig{}), one(self, ParallelConfig{});
+  ModelConfig c = tiny_dense();
+  DecoderLM model(c, grid, 1), ref(c, one, 1);
+  OptimizerConfig oc;
+  DistributedAdamW dist(model.params(), oc, grid), whole(ref.params(), oc, one);
+  // Each rank holds 1/DP of the (padded) moments.
+  EXPECT_EQ(dist.state_bytes() * world.size(), model.params().numel() * 8);
+  EXPECT_LE(dist.state_bytes() * world.size(), whole.state_bytes() + 8 * world.size());
 }
 
 }  // namespace
