@@ -216,5 +216,53 @@ TEST(Attention, BadShapeThrows) {
   }
 }
 
+// Context parallelism computes a sequence's queries in chunks, each seeing the keys up to its own
+// positions (q_offset). Chunked forward equals the rows of the whole-sequence forward, and the
+// chunks' dk/dv summed equal the whole-sequence dk/dv.
+TEST(Attention, QueryChunksWithOffsetsEqualTheWholeSequence) {
+  const int64_t B = 2, S = 12, Hq = 4, Hkv = 2, dh = 5, ld = (Hq + 2 * Hkv) * dh, ld_o = Hq * dh;
+  auto qkv = randn(static_cast<size_t>(B * S * ld), 31);
+  auto dout = randn(static_cast<size_t>(B * S * ld_o), 32);
+  const float* q = qkv.data();
+  const float* k = q + Hq * dh;
+  const float* v = k + Hkv * dh;
+  cpu::AttentionShape whole{B, S, Hq, Hkv, dh, ld, ld, 0.37f};
+  std::vector<float> o(static_cast<size_t>(B * S * ld_o)), lse(static_cast<size_t>(B * Hq * S));
+  std::vector<float> dqkv(qkv.size());
+  cpu::attention_forward(o.data(), lse.data(), q, k, v, whole);
+  cpu::attention_backward(dqkv.data(), dqkv.data() + Hq * dh, dqkv.data() + (Hq + Hkv) * dh, dout.data(), q, k, v,
+                          o.data(), lse.data(), whole);
+  // Chunks [0, 5) and [5, 12): queries copied to their own buffers, keys / values whole.
+  std::vector<float> dk_sum(qkv.size(), 0.0f);
+  for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, 5}, {5, 12}}) {
+    const int64_t C = c1 - c0;
+    std::vector<float> qc(static_cast<size_t>(B * C * ld_o)), doc(qc.size()), oc(qc.size()), lc(static_cast<size_t>(B * Hq * C));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < C; ++i)
+        for (int64_t j = 0; j < ld_o; ++j) {
+          qc[static_cast<size_t>((b * C + i) * ld_o + j)] = q[(b * S + c0 + i) * ld + j];
+          doc[static_cast<size_t>((b * C + i) * ld_o + j)] = dout[static_cast<size_t>((b * S + c0 + i) * ld_o + j)];
+        }
+    cpu::AttentionShape chunk{B, C, Hq, Hkv, dh, ld_o, ld, 0.37f, S, c0};
+    cpu::attention_forward(oc.data(), lc.data(), qc.data(), k, v, chunk);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < C; ++i)
+        for (int64_t j = 0; j < ld_o; ++j)
+          EXPECT_NEAR(oc[static_cast<size_t>((b * C + i) * ld_o + j)], o[static_cast<size_t>((b * S + c0 + i) * ld_o + j)], 1e-5);
+    std::vector<float> dqc(qc.size()), dkv(qkv.size());
+    cpu::attention_backward(dqc.data(), dkv.data() + Hq * dh, dkv.data() + (Hq + Hkv) * dh, doc.data(), qc.data(), k, v,
+                            oc.data(), lc.data(), cpu::AttentionShape{B, C, Hq, Hkv, dh, ld_o, ld, 0.37f, S, c0});
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < C; ++i)
+        for (int64_t j = 0; j < ld_o; ++j)
+          EXPECT_NEAR(dqc[static_cast<size_t>((b * C + i) * ld_o + j)], dqkv[static_cast<size_t>((b * S + c0 + i) * ld + j)], 1e-5);
+    for (int64_t r = 0; r < B * S; ++r)
+      for (int64_t j = Hq * dh; j < ld; ++j) dk_sum[static_cast<size_t>(r * ld + j)] += dkv[static_cast<size_t>(r * ld + j)];
+  }
+  for (int64_t r = 0; r < B * S; ++r)
+    for (int64_t j = Hq * dh; j < ld; ++j)
+      EXPECT_NEAR(dk_sum[static_cast<size_t>(r * ld + j)], dqkv[static_cast<size_t>(r * ld + j)], 1e-5);
+}
+
 }  // namespace
 }  // namespace ff

@@ -7,8 +7,9 @@
 #include "kernels/cpu/gemm.h"
 
 // Both passes walk the query rows of one (b, head) in blocks of kRows. Under the causal mask the
-// block [i0, i1) sees keys [0, i1) only, so a block's scores are kRows x i1 (at most kRows x S) and
-// the upper triangle is never computed. The BLAS runs single-threaded inside the OpenMP region.
+// block [i0, i1) sees keys [0, off + i1) only (off = q_offset), so a block's scores are at most
+// kRows x S_kv and the upper triangle is never computed. The BLAS runs single-threaded inside the
+// OpenMP region.
 
 namespace ff::cpu {
 namespace {
@@ -25,6 +26,9 @@ void check_shape(const AttentionShape& s, const char* what) {
            (long long)(s.Hq * s.dh));
   FF_CHECK(s.ld_kv >= s.Hkv * s.dh, "%s: ld_kv %lld < Hkv*dh = %lld", what, (long long)s.ld_kv,
            (long long)(s.Hkv * s.dh));
+  FF_CHECK(s.q_offset >= 0 && s.q_offset + s.S <= (s.S_kv > 0 ? s.S_kv : s.S),
+           "%s: query rows [%lld, %lld) exceed the %lld key rows", what, (long long)s.q_offset,
+           (long long)(s.q_offset + s.S), (long long)(s.S_kv > 0 ? s.S_kv : s.S));
 }
 
 }  // namespace
@@ -33,42 +37,43 @@ void attention_forward(float* o, float* lse, const float* q, const float* k, con
                        const AttentionShape& s) {
   // P = softmax_j(scale q_i . k_j) over j <= i;  o_i = sum_j P_ij v_j;  lse_i = log sum_j exp(.)
   check_shape(s, "attention_forward");
-  const int64_t S = s.S, dh = s.dh, group = s.Hq / s.Hkv, ld_o = s.Hq * dh;
+  const int64_t S = s.S, Skv = s.S_kv > 0 ? s.S_kv : S, off = s.q_offset;
+  const int64_t dh = s.dh, group = s.Hq / s.Hkv, ld_o = s.Hq * dh;
   const int64_t tasks = s.B * s.Hq;
 #pragma omp parallel
   {
-    std::vector<float> P(static_cast<size_t>((S < kRows ? S : kRows) * S));  // per-thread scratch
+    std::vector<float> P(static_cast<size_t>((S < kRows ? S : kRows) * Skv));  // per-thread scratch
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / s.Hq, h = task % s.Hq, g = h / group;
       const float* qh = q + b * S * s.ld_q + h * dh;
-      const float* kh = k + b * S * s.ld_kv + g * dh;
-      const float* vh = v + b * S * s.ld_kv + g * dh;
+      const float* kh = k + b * Skv * s.ld_kv + g * dh;
+      const float* vh = v + b * Skv * s.ld_kv + g * dh;
       float* oh = o + b * S * ld_o + h * dh;
       float* lh = lse + (b * s.Hq + h) * S;
       for (int64_t i0 = 0; i0 < S; i0 += kRows) {
-        const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0;
-        // scores[r, j] = scale * q_{i0+r} . k_j,  j < i1   (ld = i1)
-        gemm(false, true, rows, i1, dh, s.scale, qh + i0 * s.ld_q, s.ld_q, kh, s.ld_kv, 0.0f,
-             P.data(), i1);
+        const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0, kend = off + i1;
+        // scores[r, j] = scale * q_{i0+r} . k_j,  j < kend   (ld = kend)
+        gemm(false, true, rows, kend, dh, s.scale, qh + i0 * s.ld_q, s.ld_q, kh, s.ld_kv, 0.0f,
+             P.data(), kend);
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r;
-          float* p = P.data() + r * i1;
+          const int64_t last = off + i0 + r;  // the last key this query sees
+          float* p = P.data() + r * kend;
           float mx = -INFINITY;
-          for (int64_t j = 0; j <= i; ++j) mx = p[j] > mx ? p[j] : mx;
+          for (int64_t j = 0; j <= last; ++j) mx = p[j] > mx ? p[j] : mx;
           double sum = 0.0;
-          for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t j = 0; j <= last; ++j) {
             p[j] = std::exp(p[j] - mx);
             sum += p[j];
           }
           const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
-          for (int64_t j = i + 1; j < i1; ++j) p[j] = 0.0f;  // causal mask
-          lh[i] = mx + static_cast<float>(std::log(sum));
+          for (int64_t j = 0; j <= last; ++j) p[j] *= inv;
+          for (int64_t j = last + 1; j < kend; ++j) p[j] = 0.0f;  // causal mask
+          lh[i0 + r] = mx + static_cast<float>(std::log(sum));
         }
-        // o[i0:i1] = P v[0:i1]
-        gemm(false, false, rows, dh, i1, 1.0f, P.data(), i1, vh, s.ld_kv, 0.0f, oh + i0 * ld_o,
-             ld_o);
+        // o[i0:i1] = P v[0:kend]
+        gemm(false, false, rows, dh, kend, 1.0f, P.data(), kend, vh, s.ld_kv, 0.0f,
+             oh + i0 * ld_o, ld_o);
       }
     }
   }
@@ -84,21 +89,22 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   // One task per (b, KV head): it owns dk/dv of that head and loops over the group's query heads,
   // so the group sum needs no atomics. Per task scratch: P and dP blocks of kRows x S.
   check_shape(s, "attention_backward");
-  const int64_t S = s.S, dh = s.dh, group = s.Hq / s.Hkv, ld_o = s.Hq * dh;
+  const int64_t S = s.S, Skv = s.S_kv > 0 ? s.S_kv : S, off = s.q_offset;
+  const int64_t dh = s.dh, group = s.Hq / s.Hkv, ld_o = s.Hq * dh;
   const int64_t tasks = s.B * s.Hkv;
 #pragma omp parallel
   {
     const int64_t blk = S < kRows ? S : kRows;
-    std::vector<float> P(static_cast<size_t>(blk * S)), dP(static_cast<size_t>(blk * S));
+    std::vector<float> P(static_cast<size_t>(blk * Skv)), dP(static_cast<size_t>(blk * Skv));
     std::vector<float> D(static_cast<size_t>(blk));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / s.Hkv, g = task % s.Hkv;
-      const float* kh = k + b * S * s.ld_kv + g * dh;
-      const float* vh = v + b * S * s.ld_kv + g * dh;
-      float* dkh = dk + b * S * s.ld_kv + g * dh;
-      float* dvh = dv + b * S * s.ld_kv + g * dh;
-      for (int64_t j = 0; j < S; ++j)
+      const float* kh = k + b * Skv * s.ld_kv + g * dh;
+      const float* vh = v + b * Skv * s.ld_kv + g * dh;
+      float* dkh = dk + b * Skv * s.ld_kv + g * dh;
+      float* dvh = dv + b * Skv * s.ld_kv + g * dh;
+      for (int64_t j = 0; j < Skv; ++j)
         for (int64_t d = 0; d < dh; ++d) dkh[j * s.ld_kv + d] = dvh[j * s.ld_kv + d] = 0.0f;
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         const float* qh = q + b * S * s.ld_q + h * dh;
@@ -107,34 +113,34 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* doh = dout + b * S * ld_o + h * dh;
         const float* lh = lse + (b * s.Hq + h) * S;
         for (int64_t i0 = 0; i0 < S; i0 += kRows) {
-          const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0;
-          gemm(false, true, rows, i1, dh, s.scale, qh + i0 * s.ld_q, s.ld_q, kh, s.ld_kv, 0.0f,
-               P.data(), i1);
+          const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0, kend = off + i1;
+          gemm(false, true, rows, kend, dh, s.scale, qh + i0 * s.ld_q, s.ld_q, kh, s.ld_kv, 0.0f,
+               P.data(), kend);
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r;
-            float* p = P.data() + r * i1;
-            for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - lh[i]);
-            for (int64_t j = i + 1; j < i1; ++j) p[j] = 0.0f;
+            const int64_t i = i0 + r, last = off + i;
+            float* p = P.data() + r * kend;
+            for (int64_t j = 0; j <= last; ++j) p[j] = std::exp(p[j] - lh[i]);
+            for (int64_t j = last + 1; j < kend; ++j) p[j] = 0.0f;
             double acc = 0.0;
             for (int64_t d = 0; d < dh; ++d)
               acc += double(doh[i * ld_o + d]) * double(oh[i * ld_o + d]);
             D[r] = static_cast<float>(acc);
           }
-          // dv[0:i1] += P^T do[i0:i1]
-          gemm(true, false, i1, dh, rows, 1.0f, P.data(), i1, doh + i0 * ld_o, ld_o, 1.0f, dvh,
+          // dv[0:kend] += P^T do[i0:i1]
+          gemm(true, false, kend, dh, rows, 1.0f, P.data(), kend, doh + i0 * ld_o, ld_o, 1.0f, dvh,
                s.ld_kv);
-          // dP = do[i0:i1] v[0:i1]^T, then dS = P (dP - D) in place in dP
-          gemm(false, true, rows, i1, dh, 1.0f, doh + i0 * ld_o, ld_o, vh, s.ld_kv, 0.0f,
-               dP.data(), i1);
+          // dP = do[i0:i1] v[0:kend]^T, then dS = P (dP - D) in place in dP
+          gemm(false, true, rows, kend, dh, 1.0f, doh + i0 * ld_o, ld_o, vh, s.ld_kv, 0.0f,
+               dP.data(), kend);
           for (int64_t r = 0; r < rows; ++r) {
-            const float* p = P.data() + r * i1;
-            float* ds = dP.data() + r * i1;
-            for (int64_t j = 0; j < i1; ++j) ds[j] = p[j] * (ds[j] - D[r]);
+            const float* p = P.data() + r * kend;
+            float* ds = dP.data() + r * kend;
+            for (int64_t j = 0; j < kend; ++j) ds[j] = p[j] * (ds[j] - D[r]);
           }
-          // dq[i0:i1] = scale dS k[0:i1]  (overwrite);  dk[0:i1] += scale dS^T q[i0:i1]
-          gemm(false, false, rows, dh, i1, s.scale, dP.data(), i1, kh, s.ld_kv, 0.0f,
+          // dq[i0:i1] = scale dS k[0:kend]  (overwrite);  dk[0:kend] += scale dS^T q[i0:i1]
+          gemm(false, false, rows, dh, kend, s.scale, dP.data(), kend, kh, s.ld_kv, 0.0f,
                dqh + i0 * s.ld_q, s.ld_q);
-          gemm(true, false, i1, dh, rows, s.scale, dP.data(), i1, qh + i0 * s.ld_q, s.ld_q, 1.0f,
+          gemm(true, false, kend, dh, rows, s.scale, dP.data(), kend, qh + i0 * s.ld_q, s.ld_q, 1.0f,
                dkh, s.ld_kv);
         }
       }
