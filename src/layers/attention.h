@@ -9,6 +9,7 @@
 
 #include "core/param.h"
 #include "kernels/cpu/rope.h"
+#include "layers/context_parallel.h"
 #include "layers/tensor_parallel.h"
 #include "models/config.h"
 
@@ -17,15 +18,17 @@ namespace ff {
 class Attention {
  public:
   Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, float init_std,
-            float out_init_std, TensorParallel tp = {});
+            float out_init_std, TensorParallel tp = {}, const Communicator* cp = nullptr);
 
   struct Saved {
     const float* x_full = nullptr;  // [N, D] the region's input (the gathered stream under SP)
     Tensor qkv;  // [N, (Hq + 2 Hkv) dh], after RoPE
     Tensor o;    // [N, Hq dh] attention output before o_proj
     Tensor lse;  // [B, Hq, S]
+    CpAttentionSaved cp;  // context parallelism: gathered K/V and the two query chunks
   };
-  // out[N, D] overwritten. positions[N] are the RoPE positions of the rows.
+  // out[N, D] overwritten. positions[N] are the RoPE positions of the rows. With context
+  // parallelism S is the local length (two chunks of each sequence, see context_parallel.h).
   void forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B, int64_t S,
                Arena& arena) const;
   // dx[N, D] overwritten; parameter gradients accumulate.
@@ -35,6 +38,7 @@ class Attention {
  private:
   int64_t D_, Hq_, Hkv_, dh_;  // heads held here
   TensorParallel tp_;
+  const Communicator* cp_;  // null or one rank: no context parallelism
   bool rope_on_;
   cpu::RopeTable rope_;
   Param* wqkv_;  // q_proj (k_proj, v_proj follow): [(Hq + 2 Hkv) dh, D] as one matrix

@@ -25,16 +25,18 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     FF_FAIL("invalid model config:%s", all.c_str());
   }
   const ParallelConfig& pc = grid.config();
-  FF_CHECK(pc.cp == 1 && pc.pp == 1,
-           "parallel.cp = %lld, pp = %lld: context and pipeline parallelism are not implemented yet; use data, "
-           "tensor (parallel.tp) and expert (parallel.ep) parallelism", (long long)pc.cp, (long long)pc.pp);
+  FF_CHECK(pc.pp == 1, "parallel.pp = %lld: pipeline parallelism is not implemented yet; use data, tensor, "
+           "context and expert parallelism", (long long)pc.pp);
   tp_ = TensorParallel{&grid.tp(), pc.sequence_parallel};
+  cp_ = grid.cp().size() > 1 ? &grid.cp() : nullptr;
+  FF_CHECK(cfg.seq_len % (2 * pc.cp) == 0, "model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld (context "
+           "parallelism cuts each sequence into 2 cp chunks)", (long long)cfg.seq_len, (long long)(2 * pc.cp));
   const int64_t D = cfg.d_model, V = cfg.vocab_size, T = tp_.size();
   FF_CHECK(V % T == 0, "model.vocab_size = %lld is not divisible by parallel.tp = %lld; pad the vocabulary to a "
            "multiple of tp", (long long)V, (long long)T);
   if (pc.sequence_parallel)
-    FF_CHECK(cfg.seq_len % T == 0, "model.seq_len = %lld is not divisible by parallel.tp = %lld, which sequence "
-             "parallelism needs", (long long)cfg.seq_len, (long long)T);
+    FF_CHECK(cfg.seq_len / pc.cp % T == 0, "model.seq_len / parallel.cp = %lld is not divisible by parallel.tp = "
+             "%lld, which sequence parallelism needs", (long long)(cfg.seq_len / pc.cp), (long long)T);
   if (T > 1 && cfg.pattern().find('E') != std::string::npos)
     FF_CHECK(pc.sequence_parallel, "MoE layers with parallel.tp = %lld need parallel.sequence_parallel = true (each "
              "TP rank then routes its own share of the tokens)", (long long)T);
@@ -58,7 +60,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     switch (L.kind) {
       case LayerKind::attention:
         L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
-        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std, tp_);
+        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std, tp_, cp_);
         break;
       case LayerKind::mlp:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
@@ -108,15 +110,36 @@ int64_t DecoderLM::num_moe_layers() const {
 ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) {
   FF_CHECK(S >= 1 && S <= cfg_.seq_len, "sequence length %lld outside [1, model.seq_len = %lld]", (long long)S,
            (long long)cfg_.seq_len);
-  const int64_t N = B * S, D = cfg_.d_model, V = cfg_.vocab_size;
   Arena& A = mb.arena;
   A.reset();
+  if (cp_) {
+    // Context parallelism: keep this rank's two chunks of every sequence (context_parallel.h).
+    const int P = cp_->size();
+    FF_CHECK(S % (2 * P) == 0, "sequence length %lld is not divisible by 2 * parallel.cp = %d", (long long)S, 2 * P);
+    const int64_t L = S / P;
+    mb.local_tokens.resize(static_cast<size_t>(B * L));
+    mb.local_targets.resize(targets ? static_cast<size_t>(B * L) : 0);
+    mb.positions.resize(static_cast<size_t>(B * L));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t pos = cp_position(i, L, cp_->rank(), P);
+        const auto r = static_cast<size_t>(b * L + i);
+        mb.local_tokens[r] = tokens[b * S + pos];
+        if (targets) mb.local_targets[r] = targets[b * S + pos];
+        mb.positions[r] = static_cast<int32_t>(pos);
+      }
+    tokens = mb.local_tokens.data();
+    targets = targets ? mb.local_targets.data() : nullptr;
+    S = L;
+  } else {
+    mb.positions.resize(static_cast<size_t>(B * S));
+    for (int64_t r = 0; r < B * S; ++r) mb.positions[static_cast<size_t>(r)] = static_cast<int32_t>(r % S);
+  }
+  const int64_t N = B * S, D = cfg_.d_model, V = cfg_.vocab_size;
   mb.B = B;
   mb.S = S;
   mb.tokens = tokens;
   mb.targets = targets;
-  mb.positions.resize(static_cast<size_t>(N));
-  for (int64_t r = 0; r < N; ++r) mb.positions[static_cast<size_t>(r)] = static_cast<int32_t>(r % S);
 
   ForwardResult res;
   // The residual stream holds Nl rows here: all N, or this rank's N / TP under sequence parallelism.
@@ -167,16 +190,17 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
                                          *tp_.group);
   else
     cpu::cross_entropy_forward(mb.losses.f32(), mb.lse.f32(), mb.logits.f32(), targets, N, V);
-  double sum = 0;
-  int64_t valid = 0;
+  double sum_count[2] = {0, 0};  // loss sum and valid targets, over the CP ranks' rows
   for (int64_t n = 0; n < N; ++n)
     if (targets[n] >= 0) {
-      sum += mb.losses.f32()[n];
-      ++valid;
+      sum_count[0] += mb.losses.f32()[n];
+      sum_count[1] += 1;
     }
+  if (cp_) cp_->all_reduce_sum(sum_count, 2);
+  const auto valid = static_cast<int64_t>(sum_count[1]);
   mb.valid_tokens = valid;
   res.valid_tokens = valid;
-  res.loss = valid > 0 ? sum / static_cast<double>(valid) : 0.0;
+  res.loss = valid > 0 ? sum_count[0] / static_cast<double>(valid) : 0.0;
   return res;
 }
 
@@ -186,7 +210,11 @@ void DecoderLM::backward(MicroBatch& mb, float loss_scale) {
   Arena& A = mb.arena;  // gradients of the residual stream live after the saved activations
   Arena& T = mb.scratch;
 
-  // loss = mean over valid targets: dloss[n] = loss_scale / valid for valid rows.
+  // loss = mean over valid targets: dloss[n] = loss_scale / valid for valid rows. Under context
+  // parallelism each CP rank's gradients are a part of the whole and the data-parallel reduction
+  // divides by DP x CP, so they are scaled by CP here (and the MoE losses' too).
+  const float cp_scale = cp_ ? static_cast<float>(cp_->size()) : 1.0f;
+  loss_scale *= cp_scale;
   float* dloss = A.alloc_f32(N);
   const float g = mb.valid_tokens > 0 ? loss_scale / static_cast<float>(mb.valid_tokens) : 0.0f;
   for (int64_t n = 0; n < N; ++n) dloss[n] = mb.targets[n] >= 0 ? g : 0.0f;

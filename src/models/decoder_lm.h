@@ -40,6 +40,7 @@ class DecoderLM {
     const int32_t* tokens = nullptr;
     const int32_t* targets = nullptr;
     std::vector<int32_t> positions;
+    std::vector<int32_t> local_tokens, local_targets;  // this CP rank's rows (context parallelism)
     std::vector<Tensor> resid;   // [L + 1] x [N, D]: input of layer j, and the final output
     std::vector<Norm::Saved> norms;
     std::vector<Attention::Saved> attention;
@@ -80,6 +81,7 @@ class DecoderLM {
   };
   ModelConfig cfg_;
   TensorParallel tp_;
+  const Communicator* cp_ = nullptr;  // context-parallel group, null when CP = 1
   ParamStore params_;
   Param* embedding_;
   std::vector<Layer> layers_;

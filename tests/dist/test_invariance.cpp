@@ -286,5 +286,22 @@ TEST(DistributedOptimizer, StateShrinksWithTheDataParallelSize) {
   EXPECT_LE(dist.state_bytes() * world.size(), whole.state_bytes() + 8 * world.size());
 }
 
+// Context parallelism: each sequence cut into 2 CP chunks, rank r holding chunks r and 2CP-1-r,
+// K/V all-gathered over CP; the loss and token counts reduced over CP.
+TEST(Invariance, ContextParallel) {
+  ParallelConfig pc;
+  pc.cp = 2;
+  expect_invariant(tiny_dense(), pc);
+  expect_invariant(tiny_moe(), pc);
+  if (world_size() >= 4) {
+    pc.cp = 4;
+    expect_invariant(tiny_moe(), pc);
+    ParallelConfig mixed = tensor_layout(2, true, 4);  // TP 2 x CP 2, EP 4 folded over TP x CP
+    mixed.cp = 2;
+    expect_invariant(tiny_moe(), mixed);
+    expect_invariant(tiny_moe(), mixed, {}, true);  // and the distributed optimizer over DP x CP
+  }
+}
+
 }  // namespace
 }  // namespace ff
