@@ -10,6 +10,8 @@
 #include "cli/cli_config.h"
 #include "io/text_data.h"
 #include "train/flops.h"
+#include "train/convert.h"
+#include "train/run_checkpoint.h"
 #include "train/trainer.h"
 
 namespace ff {
@@ -32,6 +34,8 @@ RunConfig RunConfigFlags::resolve() const {
     std::stringstream ss;
     ss << f.rdbuf();
     c = run_config_from_json(ss.str(), config_path);
+  } else if (given.count("resume")) {
+    c = checkpoint_run_config(given.at("resume"));  // a resumed run keeps its config; flags override
   } else {
     c.model = model_preset(c.train.model_preset);
   }
@@ -214,6 +218,18 @@ int main(int argc, char** argv) {
     train_flags.add_to(*train, defaults);
     train->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
 
+    ConvertOptions conv;
+    auto* convert = app.add_subcommand("convert", "Hugging Face export (--to hf) or import (--from hf)");
+    convert->add_option("--to", conv.to, "hf: write a Hugging Face folder from --checkpoint");
+    convert->add_option("--from", conv.from, "hf: read the Hugging Face folder --in into a model file");
+    convert->add_option("--checkpoint", conv.checkpoint, "checkpoint folder, save folder (latest) or model file");
+    convert->add_option("--in", conv.in, "Hugging Face model folder (config.json + safetensors)");
+    convert->add_option("--out", conv.out, "export: output folder; import: output model .safetensors");
+    convert->add_option("--family", conv.family, "llama | mixtral | qwen2_moe | auto")->capture_default_str();
+    convert->add_option("--dtype", conv.dtype, "export dtype: f32 (exact) or bf16")->capture_default_str();
+    convert->add_option("--max_shard_mb", conv.max_shard_mb, "export: shard files past this size (MiB)")
+        ->capture_default_str();
+
     GenerateOptions gen;
     auto* generate = app.add_subcommand("generate", "sample text from a trained model");
     generate->add_option("--model", gen.model_path, "model file written by train")->capture_default_str();
@@ -237,6 +253,10 @@ int main(int argc, char** argv) {
     }
     if (train->parsed()) return cmd_train(train_flags, print_config);
     if (generate->parsed()) return cmd_generate(gen);
+    if (convert->parsed()) {
+      run_convert(conv);
+      return 0;
+    }
     if (bench->parsed()) return cmd_bench(bench_flags, bench_steps, warmup);
   } catch (const std::exception& e) {
     abort_job(e.what());

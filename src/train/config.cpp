@@ -17,6 +17,9 @@ std::vector<std::string> TrainConfig::validate() const {
   if (peak_tflops < 0) e.push_back(strprintf("train.peak_tflops = %g: must be >= 0", peak_tflops));
   if (threads < 0) e.push_back(strprintf("train.threads = %lld: must be >= 0", (long long)threads));
   if (data_path.empty()) e.push_back("train.data_path is empty: give a text file to train on");
+  if (save_interval < 0) e.push_back(strprintf("train.save_interval = %lld: must be >= 0 (0 = none)", (long long)save_interval));
+  if (keep_checkpoints < 0)
+    e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));
   return e;
 }
 

@@ -25,6 +25,9 @@ struct TrainConfig {
   double peak_tflops = 0;       // MFU denominator; 0 = measure this machine's fp32 GEMM ceiling
   int64_t threads = 0;          // OpenMP threads; 0 = all cores
   std::string model_preset = "moe-tiny";  // start from a named preset, then apply the "model" fields
+  int64_t save_interval = 0;    // steps between checkpoints (out_dir/checkpoints); 0 = none
+  int64_t keep_checkpoints = 3; // newest checkpoints kept; 0 = all
+  std::string resume;           // checkpoint folder, or a save folder with `latest`, to continue from
 
   template <class V>
   void visit_fields(V& v) {
@@ -41,6 +44,9 @@ struct TrainConfig {
     v(peak_tflops, "peak_tflops", "peak TFLOP/s for MFU; 0 = measure the GEMM ceiling at start");
     v(threads, "threads", "OpenMP threads; 0 = all cores");
     v(model_preset, "model_preset", "named model preset applied before the model fields");
+    v(save_interval, "save_interval", "steps between checkpoints in out_dir/checkpoints (and at the end); 0 = none");
+    v(keep_checkpoints, "keep_checkpoints", "newest checkpoints kept; 0 = keep all");
+    v(resume, "resume", "continue from a checkpoint folder or a save folder (its `latest`); its config is the base");
   }
   std::vector<std::string> validate() const;
 };

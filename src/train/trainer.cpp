@@ -13,6 +13,8 @@
 #include "parallel/data_parallel.h"
 #include "io/text_data.h"
 #include "train/flops.h"
+#include "train/run_checkpoint.h"
+#include "train/stop_signal.h"
 
 namespace ff {
 
@@ -126,7 +128,19 @@ TrainResult Trainer::run(bool quiet) {
                 (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S, peak_tflops_);
     std::fflush(stdout);
   }
-  std::ofstream metrics(tc.out_dir + "/metrics.jsonl");
+  // Checkpoints: resume (train.resume) restores parameters, optimizer and buffers here and the
+  // data cursor below; SIGTERM/SIGINT save a checkpoint at the end of the current step.
+  RunCheckpoint ckpt(cfg_, model_, optimizer_, grid_);
+  StopSignalGuard stop_guard;
+  TrainingState resumed;
+  if (!tc.resume.empty()) {
+    auto t_load = Clock::now();
+    resumed = ckpt.resume();
+    if (lead) truncate_metrics(tc.out_dir + "/metrics.jsonl", resumed.step);
+    if (lead && !quiet) std::printf("resumed from %s at step %lld (%.2f s)\n", tc.resume.c_str(), (long long)resumed.step,
+                                    seconds_since(t_load));
+  }
+  std::ofstream metrics(tc.out_dir + "/metrics.jsonl", resumed.step > 0 ? std::ios::app : std::ios::trunc);
   FF_CHECK(metrics.good(), "cannot write %s/metrics.jsonl", tc.out_dir.c_str());
 
   TrainResult result;
@@ -136,9 +150,11 @@ TrainResult Trainer::run(bool quiet) {
     std::printf("validation loss before training %.4f (unigram baseline %.4f nats/token)\n", result.first_valid_loss,
                 result.unigram_entropy);
   Rng data_rng(tc.seed, "train-data", static_cast<uint64_t>(grid_.dp().rank()));
+  RngDataCursor data_cursor(data_rng);  // the data source's resumable position
+  if (!tc.resume.empty()) data_cursor.load_cursor(resumed.data_cursor);
   std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size());
   auto t_start = Clock::now();
-  for (int64_t s = 0; s < tc.steps; ++s) {
+  for (int64_t s = resumed.step; s < tc.steps; ++s) {
     for (size_t m = 0; m < tokens.size(); ++m) sample_batch(tokens[m], targets[m], data.train, B, S, data_rng);
     StepMetrics m = step(s, tokens, targets);
     result.losses.push_back(m.loss);
@@ -157,7 +173,7 @@ TrainResult Trainer::run(bool quiet) {
     metrics.flush();
     if (lead && !quiet && (m.step % tc.log_interval == 0 || last || rec.contains("valid_loss"))) {
       double elapsed = seconds_since(t_start);
-      double eta = elapsed / static_cast<double>(s + 1) * static_cast<double>(tc.steps - s - 1);
+      double eta = elapsed / static_cast<double>(s + 1 - resumed.step) * static_cast<double>(tc.steps - s - 1);
       std::printf("step %5lld/%lld %3.0f%% | loss %.4f | aux %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% |"
                   " load max/mean %.2f | drop %.3f | ETA %s%s\n",
                   (long long)m.step, (long long)tc.steps, 100.0 * static_cast<double>(m.step) / static_cast<double>(tc.steps),
@@ -167,11 +183,24 @@ TrainResult Trainer::run(bool quiet) {
                   rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : "");
       std::fflush(stdout);
     }
+    const bool stop = ckpt.stop_agreed();
+    if (ckpt.due(m.step) || stop) {
+      auto t_save = Clock::now();
+      const std::string dir = ckpt.save(m.step, data_cursor);
+      if (lead && !quiet) std::printf("saved checkpoint %s (%.2f s)\n", dir.c_str(), seconds_since(t_save));
+    }
+    if (stop) {
+      result.stopped = true;
+      if (lead)
+        std::printf("stopped by a signal after step %lld; continue with --resume %s\n", (long long)m.step,
+                    ckpt.save_dir().c_str());
+      break;
+    }
   }
   if (tc.steps == 0) result.final_valid_loss = result.first_valid_loss;
   result.first_loss = result.losses.empty() ? 0 : result.losses.front();
   result.final_loss = result.losses.empty() ? 0 : result.losses.back();
-  if (lead) {
+  if (lead && !result.stopped) {
     save_model(model_, cfg_, tc.out_dir + "/model.safetensors");
     if (!quiet)
       std::printf("saved %s/model.safetensors; validation loss %.4f -> %.4f (unigram baseline %.4f)\n",

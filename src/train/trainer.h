@@ -23,6 +23,7 @@ struct TrainResult {
   double first_valid_loss = 0, final_valid_loss = 0;
   double unigram_entropy = 0;  // nats per token of the training split's byte distribution
   std::vector<double> losses;  // per step
+  bool stopped = false;        // by SIGTERM/SIGINT, after saving a checkpoint
 };
 
 class Trainer {

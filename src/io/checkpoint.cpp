@@ -1,0 +1,434 @@
+#include "io/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/check.h"
+
+namespace ff {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kFormat = "fivefold-checkpoint";
+constexpr int kVersion = 1;
+
+std::string step_name(int64_t step) { return strprintf("step_%08lld", (long long)step); }
+std::string rank_file(const char* kind, int rank, const char* ext) {
+  return strprintf("%s.r%05d.%s", kind, rank, ext);
+}
+
+// Parses "step_<digits>" (and, with tmp, "step_<digits>.tmp"); -1 otherwise.
+int64_t parse_step_name(const std::string& n, bool tmp) {
+  const std::string suffix = tmp ? ".tmp" : "";
+  if (n.size() <= 5 + suffix.size() || n.compare(0, 5, "step_") != 0) return -1;
+  if (!suffix.empty() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0) return -1;
+  const std::string digits = n.substr(5, n.size() - 5 - suffix.size());
+  if (digits.empty() || digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return -1;
+  return std::stoll(digits);
+}
+
+void fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  FF_CHECK(fd >= 0, "cannot open '%s' to fsync it: %s", path.c_str(), std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  FF_CHECK(rc == 0, "fsync of '%s' failed: %s", path.c_str(), std::strerror(err));
+}
+
+// tmp + fsync + rename; the caller fsyncs the folder when the rename must be durable.
+void write_text_durably(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    FF_CHECK(f.good(), "cannot write '%s'", tmp.c_str());
+    f << text;
+    f.flush();
+    FF_CHECK(f.good(), "writing '%s' failed (disk full?)", tmp.c_str());
+  }
+  fsync_path(tmp, false);
+  FF_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(),
+           std::strerror(errno));
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  FF_CHECK(f.good(), "cannot open '%s'", path.c_str());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+json parse_json_file(const std::string& path) {
+  const std::string text = read_text(path);
+  try {
+    return json::parse(text);
+  } catch (const std::exception& e) {
+    FF_FAIL("'%s' is not valid JSON (%s); the checkpoint is damaged: resume from an older one", path.c_str(), e.what());
+  }
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+json read_meta(const std::string& folder) {
+  const std::string path = folder + "/meta.json";
+  FF_CHECK(fs::exists(path), "'%s' is not a fivefold checkpoint: it has no meta.json", folder.c_str());
+  json meta = parse_json_file(path);
+  FF_CHECK(meta.is_object() && meta.value("format", "") == kFormat, "'%s': format is not '%s'", path.c_str(), kFormat);
+  FF_CHECK(meta.value("version", 0) == kVersion, "'%s': version %s; this fivefold reads version %d", path.c_str(),
+           meta.value("version", json()).dump().c_str(), kVersion);
+  for (const char* k : {"step", "consumed_samples", "optimizer_steps", "world_size"})
+    FF_CHECK(meta.contains(k) && meta[k].is_number_integer(), "'%s': field '%s' is missing or not an integer",
+             path.c_str(), k);
+  FF_CHECK(meta.contains("files") && meta["files"].is_array(), "'%s': field 'files' is missing", path.c_str());
+  // Every listed file exists with the size it was written with (catches truncation early).
+  for (const auto& f : meta["files"]) {
+    FF_CHECK(f.is_object() && f.contains("file") && f["file"].is_string() && f.contains("bytes") &&
+             f["bytes"].is_number_unsigned() && f.contains("rank") && f.contains("kind"),
+             "'%s': a 'files' entry lacks file, rank, kind or bytes", path.c_str());
+    const std::string p = folder + "/" + f["file"].get<std::string>();
+    FF_CHECK(fs::exists(p), "checkpoint file '%s' listed in meta.json is missing", p.c_str());
+    const auto size = fs::file_size(p);
+    FF_CHECK(size == f["bytes"].get<uint64_t>(), "checkpoint file '%s' has %llu bytes, meta.json says %llu "
+             "(truncated or overwritten); resume from an older checkpoint", p.c_str(), (unsigned long long)size,
+             (unsigned long long)f["bytes"].get<uint64_t>());
+  }
+  return meta;
+}
+
+// One stored piece of a tensor: where it sits in the global tensor and which file holds it.
+struct Chunk {
+  const SafetensorsFile* file;
+  std::vector<int64_t> global_shape, offset, shape;
+};
+
+// The chunks of every tensor in the files of one kind ("model" or "optim").
+struct ChunkIndex {
+  std::vector<SafetensorsFile> files;
+  std::map<std::string, std::vector<Chunk>> chunks;
+  std::string folder;
+
+  ChunkIndex(const std::string& dir, const json& meta, const std::string& kind) : folder(dir) {
+    for (const auto& f : meta["files"])
+      if (f["kind"] == kind) files.emplace_back(dir + "/" + f["file"].get<std::string>());
+    for (const auto& file : files) {
+      const char* p = file.path().c_str();
+      auto it = file.metadata().find("fivefold_placement");
+      FF_CHECK(it != file.metadata().end(), "'%s' has no fivefold_placement metadata; not a fivefold checkpoint file", p);
+      json placement;
+      try {
+        placement = json::parse(it->second);
+      } catch (const std::exception& e) {
+        FF_FAIL("'%s': fivefold_placement is not valid JSON: %s", p, e.what());
+      }
+      FF_CHECK(placement.is_object(), "'%s': fivefold_placement must be an object", p);
+      for (const std::string& name : file.names())
+        FF_CHECK(placement.contains(name), "'%s': tensor '%s' has no placement entry", p, name.c_str());
+      for (auto e = placement.begin(); e != placement.end(); ++e) {
+        const std::string& name = e.key();
+        FF_CHECK(file.contains(name), "'%s': placement names tensor '%s', which the file does not hold", p, name.c_str());
+        Chunk c{&file, {}, {}, file.info(name).shape};
+        try {
+          c.global_shape = e->at("global_shape").get<std::vector<int64_t>>();
+          c.offset = e->at("offset").get<std::vector<int64_t>>();
+        } catch (const std::exception& ex) {
+          FF_FAIL("'%s': placement of tensor '%s' lacks global_shape or offset: %s", p, name.c_str(), ex.what());
+        }
+        FF_CHECK(c.global_shape.size() == c.shape.size() && c.offset.size() == c.shape.size(),
+                 "'%s': tensor '%s' placement has the wrong number of dims", p, name.c_str());
+        for (size_t d = 0; d < c.shape.size(); ++d)
+          FF_CHECK(c.offset[d] >= 0 && c.offset[d] + c.shape[d] <= c.global_shape[d],
+                   "'%s': tensor '%s' slice %s at offset %s lies outside its global shape %s", p, name.c_str(),
+                   shape_str(c.shape).c_str(), shape_str(c.offset).c_str(), shape_str(c.global_shape).c_str());
+        chunks[name].push_back(std::move(c));
+      }
+    }
+  }
+
+  std::string file_list() const {
+    std::string s;
+    for (const auto& f : files) s += (s.empty() ? "" : ", ") + fs::path(f.path()).filename().string();
+    return s;
+  }
+
+  // Fills dst, the slice [offset, offset + shape) of tensor `name` whose global shape is
+  // `global`, from the chunks that overlap it.
+  void load(const std::string& name, const std::vector<int64_t>& global, const std::vector<int64_t>& offset,
+            const std::vector<int64_t>& shape, float* dst) const {
+    auto it = chunks.find(name);
+    FF_CHECK(it != chunks.end(), "tensor '%s' is missing from checkpoint '%s' (files: %s); was it written by a "
+             "different model config?", name.c_str(), folder.c_str(), file_list().c_str());
+    int64_t want = 1;
+    for (int64_t d : shape) want *= d;
+    int64_t got = 0;
+    for (const Chunk& c : it->second) {
+      const char* p = c.file->path().c_str();
+      FF_CHECK(c.global_shape == global, "'%s': tensor '%s' has global shape %s, the model expects %s (a checkpoint "
+               "of a different model config?)", p, name.c_str(), shape_str(c.global_shape).c_str(),
+               shape_str(global).c_str());
+      FF_CHECK(c.file->info(name).dtype == StDtype::F32, "'%s': tensor '%s' has dtype %s; checkpoints hold F32",
+               p, name.c_str(), st_dtype_name(c.file->info(name).dtype));
+      got += copy_overlap(static_cast<const char*>(c.file->raw(name)), c, offset, shape, dst);
+    }
+    FF_CHECK(got == want, "checkpoint '%s' covers %lld of the %lld elements this rank needs of tensor '%s' "
+             "(missing or overlapping shards)", folder.c_str(), (long long)got, (long long)want, name.c_str());
+  }
+
+  // Copies the intersection of chunk c and the slice (offset, shape); returns elements copied.
+  static int64_t copy_overlap(const char* src, const Chunk& c, const std::vector<int64_t>& offset,
+                              const std::vector<int64_t>& shape, float* dst) {
+    const size_t R = shape.size();
+    if (R == 0) {
+      std::memcpy(dst, src, 4);
+      return 1;
+    }
+    std::vector<int64_t> lo(R), hi(R);
+    for (size_t d = 0; d < R; ++d) {
+      lo[d] = std::max(offset[d], c.offset[d]);
+      hi[d] = std::min(offset[d] + shape[d], c.offset[d] + c.shape[d]);
+      if (lo[d] >= hi[d]) return 0;
+    }
+    const int64_t run = hi[R - 1] - lo[R - 1];
+    std::vector<int64_t> idx(lo);  // global index of the current run's start
+    int64_t copied = 0;
+    while (true) {
+      int64_t s = 0, t = 0;  // flat positions in the chunk and in dst
+      for (size_t d = 0; d < R; ++d) {
+        s = s * c.shape[d] + (idx[d] - c.offset[d]);
+        t = t * shape[d] + (idx[d] - offset[d]);
+      }
+      std::memcpy(dst + t, src + 4 * s, 4 * static_cast<size_t>(run));
+      copied += run;
+      size_t d = R - 1;
+      while (d-- > 0) {
+        if (++idx[d] < hi[d]) break;
+        idx[d] = lo[d];
+      }
+      if (d == static_cast<size_t>(-1)) break;
+    }
+    return copied;
+  }
+};
+
+void write_rank_tensors(const std::string& path, const std::vector<SafetensorsEntry>& entries, const json& placement,
+                        int rank) {
+  write_safetensors(path, entries,
+                    {{"format", kFormat}, {"rank", std::to_string(rank)}, {"fivefold_placement", placement.dump()}});
+}
+
+}  // namespace
+
+std::string RngDataCursor::save_cursor() const {
+  return json{{"kind", "rng"}, {"state", rng_.state()}}.dump();
+}
+
+void RngDataCursor::load_cursor(const std::string& text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    FF_FAIL("checkpoint data cursor is not valid JSON: %s", e.what());
+  }
+  FF_CHECK(j.is_object() && j.value("kind", "") == "rng" && j.contains("state"),
+           "checkpoint data cursor %s is not an RNG-stream cursor; was the checkpoint written with another data "
+           "pipeline?", text.substr(0, 200).c_str());
+  rng_.set_state(j["state"].get<std::array<uint64_t, 4>>());
+}
+
+std::vector<std::string> list_checkpoints(const std::string& save_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(save_dir, ec)) {
+    const std::string n = e.path().filename().string();
+    const int64_t step = parse_step_name(n, false);
+    if (step >= 0 && e.is_directory() && fs::exists(e.path() / "meta.json")) found.emplace_back(step, e.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& [s, p] : found) out.push_back(p);
+  return out;
+}
+
+std::string save_checkpoint(const std::string& save_dir, const CheckpointContents& contents,
+                            const TrainingState& state, const Communicator& world, int64_t keep_last) {
+  FF_CHECK(contents.params != nullptr, "save_checkpoint: no parameters given");
+  const int rank = world.rank();
+  const bool lead = rank == 0;
+  const std::string name = step_name(state.step);
+  const std::string final_dir = save_dir + "/" + name, tmp_dir = final_dir + ".tmp";
+  int64_t exists = 0;
+  if (lead) {
+    fs::create_directories(save_dir);
+    exists = fs::exists(final_dir + "/meta.json") ? 1 : 0;
+    if (!exists) {
+      fs::remove_all(tmp_dir);
+      fs::remove_all(final_dir);  // an incomplete folder of the same name (no meta.json)
+      fs::create_directories(tmp_dir);
+    }
+  }
+  world.broadcast(&exists, sizeof(exists), 0);
+  if (!exists) {
+    // This rank's files.
+    std::vector<SafetensorsEntry> model, optim;
+    json model_place = json::object(), optim_place = json::object();
+    for (const Param& p : contents.params->params()) {
+      if (p.replica) continue;
+      const json place = {{"global_shape", p.global_shape.vec()}, {"offset", p.local_offset.vec()}};
+      model.push_back({p.name, p.local_shape.vec(), p.value});
+      model_place[p.name] = place;
+      if (contents.exp_avg) {
+        optim.push_back({p.name + ".exp_avg", p.local_shape.vec(), contents.exp_avg->data() + p.offset});
+        optim.push_back({p.name + ".exp_avg_sq", p.local_shape.vec(), contents.exp_avg_sq->data() + p.offset});
+        optim_place[p.name + ".exp_avg"] = place;
+        optim_place[p.name + ".exp_avg_sq"] = place;
+      }
+    }
+    if (lead)
+      for (const StateBuffer& b : contents.buffers) {
+        const std::vector<int64_t> shape{static_cast<int64_t>(b.data->size())};
+        model.push_back({b.name, shape, b.data->data()});
+        model_place[b.name] = {{"global_shape", shape}, {"offset", {0}}};
+      }
+    const std::string model_file = rank_file("model", rank, "safetensors");
+    const std::string optim_file = rank_file("optim", rank, "safetensors");
+    const std::string state_file = rank_file("state", rank, "json");
+    write_rank_tensors(tmp_dir + "/" + model_file, model, model_place, rank);
+    if (contents.exp_avg) write_rank_tensors(tmp_dir + "/" + optim_file, optim, optim_place, rank);
+    json st = {{"rank", rank}, {"data_cursor", state.data_cursor}, {"rng", state.rng}};
+    write_text_durably(tmp_dir + "/" + state_file, st.dump(1));
+    // Sizes of every rank's files, for meta.json.
+    int64_t mine[3] = {static_cast<int64_t>(fs::file_size(tmp_dir + "/" + model_file)),
+                       contents.exp_avg ? static_cast<int64_t>(fs::file_size(tmp_dir + "/" + optim_file)) : -1,
+                       static_cast<int64_t>(fs::file_size(tmp_dir + "/" + state_file))};
+    std::vector<int64_t> all(3 * static_cast<size_t>(world.size()));
+    world.all_gather(all.data(), mine, 3);
+    if (lead) {
+      json files = json::array();
+      for (int r = 0; r < world.size(); ++r) {
+        const int64_t* s = all.data() + 3 * r;
+        files.push_back({{"file", rank_file("model", r, "safetensors")}, {"rank", r}, {"kind", "model"}, {"bytes", s[0]}});
+        if (s[1] >= 0)
+          files.push_back({{"file", rank_file("optim", r, "safetensors")}, {"rank", r}, {"kind", "optim"}, {"bytes", s[1]}});
+        files.push_back({{"file", rank_file("state", r, "json")}, {"rank", r}, {"kind", "state"}, {"bytes", s[2]}});
+      }
+      json meta = {{"format", kFormat}, {"version", kVersion}, {"step", state.step},
+                   {"consumed_samples", state.consumed_samples}, {"optimizer_steps", state.optimizer_steps},
+                   {"world_size", world.size()}, {"files", files}};
+      meta["config"] = state.config_json.empty() ? json::object() : json::parse(state.config_json);
+      meta["layout"] = state.layout_json.empty() ? json::object() : json::parse(state.layout_json);
+      write_text_durably(tmp_dir + "/meta.json", meta.dump(1));
+      fsync_path(tmp_dir, true);
+      FF_CHECK(std::rename(tmp_dir.c_str(), final_dir.c_str()) == 0, "cannot rename '%s' to '%s': %s",
+               tmp_dir.c_str(), final_dir.c_str(), std::strerror(errno));
+      fsync_path(save_dir, true);
+    }
+  }
+  if (lead) {
+    write_text_durably(save_dir + "/latest", name + "\n");
+    fsync_path(save_dir, true);
+    // Prune: stale temporary folders of killed saves, then the oldest beyond keep_last.
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(save_dir, ec))
+      if (parse_step_name(e.path().filename().string(), true) >= 0) fs::remove_all(e.path(), ec);
+    if (keep_last > 0) {
+      auto all = list_checkpoints(save_dir);
+      for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i)
+        if (fs::path(all[i]).filename() != name) fs::remove_all(all[i], ec);
+    }
+  }
+  world.barrier();
+  return final_dir;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  FF_CHECK(fs::exists(path), "checkpoint path '%s' does not exist", path.c_str());
+  if (fs::exists(path + "/meta.json")) return path;
+  if (fs::exists(path + "/latest")) {
+    std::string n = read_text(path + "/latest");
+    while (!n.empty() && (n.back() == '\n' || n.back() == ' ')) n.pop_back();
+    FF_CHECK(parse_step_name(n, false) >= 0 && fs::exists(path + "/" + n + "/meta.json"),
+             "'%s/latest' names '%s', which is not a complete checkpoint folder there", path.c_str(), n.c_str());
+    return path + "/" + n;
+  }
+  auto all = list_checkpoints(path);  // killed before the first `latest` was written
+  FF_CHECK(!all.empty(), "'%s' holds no checkpoint: expected meta.json (a checkpoint folder) or a 'latest' pointer "
+           "(a save folder)", path.c_str());
+  return all.back();
+}
+
+TrainingState read_checkpoint_state(const std::string& folder, int world_rank) {
+  json meta = read_meta(folder);
+  TrainingState s;
+  s.step = meta["step"].get<int64_t>();
+  s.consumed_samples = meta["consumed_samples"].get<int64_t>();
+  s.optimizer_steps = meta["optimizer_steps"].get<int64_t>();
+  s.config_json = meta.value("config", json::object()).dump();
+  s.layout_json = meta.value("layout", json::object()).dump();
+  const std::string path = folder + "/" + rank_file("state", world_rank, "json");
+  FF_CHECK(fs::exists(path), "checkpoint '%s' was written by %lld rank(s) and has no state file for rank %d: the "
+           "per-rank data cursor and RNG streams need the same number of ranks", folder.c_str(),
+           (long long)meta["world_size"].get<int64_t>(), world_rank);
+  json st = parse_json_file(path);
+  try {
+    s.data_cursor = st.at("data_cursor").get<std::string>();
+    s.rng = st.at("rng").get<std::map<std::string, std::array<uint64_t, 4>>>();
+  } catch (const std::exception& e) {
+    FF_FAIL("'%s': data_cursor or rng is missing or malformed: %s", path.c_str(), e.what());
+  }
+  return s;
+}
+
+void load_checkpoint_tensors(const std::string& folder, const CheckpointContents& contents) {
+  json meta = read_meta(folder);
+  ChunkIndex model(folder, meta, "model");
+  FF_CHECK(!model.files.empty(), "checkpoint '%s' lists no model files", folder.c_str());
+  for (Param& p : contents.params->params())
+    model.load(p.name, p.global_shape.vec(), p.local_offset.vec(), p.local_shape.vec(), p.value);
+  for (const StateBuffer& b : contents.buffers) {
+    const std::vector<int64_t> shape{static_cast<int64_t>(b.data->size())};
+    model.load(b.name, shape, {0}, shape, b.data->data());
+  }
+  if (!contents.exp_avg) return;
+  ChunkIndex optim(folder, meta, "optim");
+  FF_CHECK(!optim.files.empty(), "checkpoint '%s' holds no optimizer state (weights only); it cannot resume training",
+           folder.c_str());
+  for (Param& p : contents.params->params()) {
+    optim.load(p.name + ".exp_avg", p.global_shape.vec(), p.local_offset.vec(), p.local_shape.vec(),
+               contents.exp_avg->data() + p.offset);
+    optim.load(p.name + ".exp_avg_sq", p.global_shape.vec(), p.local_offset.vec(), p.local_shape.vec(),
+               contents.exp_avg_sq->data() + p.offset);
+  }
+}
+
+std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folder) {
+  json meta = read_meta(folder);
+  ChunkIndex model(folder, meta, "model");
+  std::map<std::string, HostTensor> out;
+  for (const auto& [name, chunks] : model.chunks) {
+    HostTensor t;
+    t.shape = chunks.front().global_shape;
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    t.data.resize(static_cast<size_t>(n));
+    model.load(name, t.shape, std::vector<int64_t>(t.shape.size(), 0), t.shape, t.data.data());
+    out[name] = std::move(t);
+  }
+  return out;
+}
+
+}  // namespace ff

@@ -1,0 +1,106 @@
+// Training checkpoints: a folder holding everything a run needs to continue exactly.
+//
+//   SAVE_DIR/latest                     the name of the newest complete checkpoint, updated last
+//   SAVE_DIR/step_00000100/meta.json    format + version, step, consumed samples, optimizer steps,
+//                                        the full run config, the parallel layout, and every file
+//                                        with the rank that wrote it and its size
+//   .../model.r00000.safetensors        rank 0's slice of every parameter (fp32: these are the
+//                                        master weights) and of the state buffers (expert bias)
+//   .../optim.r00000.safetensors        Adam moments, "<name>.exp_avg" / "<name>.exp_avg_sq"
+//   .../state.r00000.json               rank 0's RNG streams and data cursor
+//
+// Tensors carry global (Hugging Face style) names. Each safetensors file's metadata
+// "fivefold_placement" gives, per tensor, its global shape and the offset of the slice stored
+// there, so a reader assembles any slice it needs from the chunks of all ranks: a checkpoint
+// written under one parallel layout loads under another (specs/parallelism-and-moe.md §10).
+// Replicas (Param::replica) are not written; the main replicas cover each tensor exactly once.
+//
+// Atomicity: files go to SAVE_DIR/step_N.tmp, each fsynced, then the folder is fsynced, renamed
+// to step_N, SAVE_DIR fsynced, and `latest` replaced (tmp + fsync + rename). A process killed
+// at any point leaves `latest` naming a complete checkpoint; stale .tmp folders are removed by
+// the next save. Pruning keeps the newest keep_last checkpoints and never the one `latest` names.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/param.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include "parallel/comm.h"
+
+namespace ff {
+
+// A named fp32 buffer that is training state but not a parameter (a router's expert bias).
+// Held whole by every rank that uses it; rank 0 writes it.
+struct StateBuffer {
+  std::string name;
+  std::vector<float>* data = nullptr;
+};
+
+// The run's position and everything that is not a tensor.
+struct TrainingState {
+  int64_t step = 0;              // optimizer steps completed
+  int64_t consumed_samples = 0;  // sequences consumed by all data-parallel ranks together
+  int64_t optimizer_steps = 0;   // AdamW's bias-correction counter
+  std::string data_cursor;       // this rank's data position, opaque JSON written by the data source
+  std::map<std::string, std::array<uint64_t, 4>> rng;  // this rank's live RNG streams, by purpose
+  std::string config_json;       // the full run config
+  std::string layout_json;       // the parallel layout ({"world": n, "tp": .., ...})
+};
+
+// What a data source gives a checkpoint so a resumed run reads on from the same place: its
+// position as a JSON text. The GPT dataset's sample cursor plugs in here; until then the data
+// order is an RNG stream.
+class DataCursor {
+ public:
+  virtual ~DataCursor() = default;
+  virtual std::string save_cursor() const = 0;
+  virtual void load_cursor(const std::string& json) = 0;
+};
+
+class RngDataCursor : public DataCursor {
+ public:
+  explicit RngDataCursor(Rng& rng) : rng_(rng) {}
+  std::string save_cursor() const override;
+  void load_cursor(const std::string& json) override;
+
+ private:
+  Rng& rng_;
+};
+
+// Live training state a checkpoint reads from and writes into.
+struct CheckpointContents {
+  ParamStore* params = nullptr;
+  std::vector<float>* exp_avg = nullptr;  // null: weights only
+  std::vector<float>* exp_avg_sq = nullptr;
+  std::vector<StateBuffer> buffers;
+};
+
+// Collective over `world`. Writes SAVE_DIR/step_N atomically, points `latest` at it, prunes to
+// keep_last (0 = keep all). Returns the checkpoint folder. If step_N already exists complete, it
+// is kept and only `latest` is updated.
+std::string save_checkpoint(const std::string& save_dir, const CheckpointContents& contents,
+                            const TrainingState& state, const Communicator& world, int64_t keep_last);
+
+// The checkpoint folder `path` names: a checkpoint folder itself (it holds meta.json), or a save
+// folder with a `latest` pointer. Errors say what was found instead.
+std::string resolve_checkpoint(const std::string& path);
+
+// Reads meta.json and this rank's state file.
+TrainingState read_checkpoint_state(const std::string& folder, int world_rank);
+
+// Fills the contents' parameters, moments and buffers from the checkpoint, each local slice
+// assembled from the stored chunks. Every problem (missing tensor, other global shape, wrong
+// dtype, truncated file) is an error naming the tensor and the file.
+void load_checkpoint_tensors(const std::string& folder, const CheckpointContents& contents);
+
+// Every model tensor of the checkpoint at its global shape (conversion, inspection).
+std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folder);
+
+// Complete checkpoint folders under save_dir, oldest first.
+std::vector<std::string> list_checkpoints(const std::string& save_dir);
+
+}  // namespace ff

@@ -1,0 +1,277 @@
+// Resume end to end: a run resumed from a checkpoint gives bit-identical losses and weights to an
+// uninterrupted run (fp32, one process); a `fivefold train` killed with SIGKILL in the middle of
+// a save resumes from the previous checkpoint with nothing lost; SIGTERM saves and exits cleanly.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "io/checkpoint.h"
+#include "train/trainer.h"
+
+extern char** environ;
+
+namespace ff {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string fresh_dir(const std::string& name) {
+  const std::string d = (fs::temp_directory_path() / ("fivefold_resume_" + name)).string();
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+// Sets the enum field `name` of a config, if it has one, to `value`.
+struct EnumSetter {
+  const char* name;
+  const char* value;
+  template <class T>
+  void operator()(T& field, const char* n, const char*) {
+    if constexpr (FieldEnum<T>)
+      if (std::strcmp(n, name) == 0) EXPECT_TRUE(enum_from_string(value, field));
+  }
+};
+template <class Config>
+void set_enum_field(Config& c, const char* name, const char* value) {
+  EnumSetter s{name, value};
+  c.visit_fields(s);
+}
+
+RunConfig tiny_run(const std::string& dir) {
+  RunConfig c;
+  c.model = model_preset("moe-tiny");
+  c.model.d_model = 32;
+  c.model.num_layers = 2;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 2;
+  c.model.seq_len = 32;
+  c.model.num_experts = 4;
+  c.model.moe_ffn_hidden = 48;
+  c.optim.warmup_steps = 2;
+  c.train.micro_batch = 2;
+  c.train.grad_accum = 2;
+  c.train.eval_interval = 0;
+  c.train.eval_batches = 1;
+  c.train.peak_tflops = 1.0;
+  c.train.out_dir = dir;
+  c.train.data_path = dir + "/corpus.txt";
+  set_enum_field(c.train, "tokenizer_type", "byte");  // byte tokens where the data pipeline has a choice
+  std::string text;
+  for (int i = 0; i < 400; ++i) text += "and the lord spake unto moses, saying " + std::to_string(i * 7919 % 1000) + "\n\n";
+  std::ofstream(c.train.data_path) << text;
+  return c;
+}
+
+TrainResult train(const RunConfig& c, std::vector<float>* weights = nullptr) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, c.parallel);
+  Trainer t(c, grid);
+  TrainResult r = t.run(/*quiet=*/true);
+  if (weights) weights->assign(t.model().params().values(), t.model().params().values() + t.model().params().numel());
+  return r;
+}
+
+TEST(Resume, StoppedAndResumedRunIsBitIdenticalToAnUninterruptedOne) {
+  const std::string a = fresh_dir("a"), b = fresh_dir("b");
+  RunConfig c = tiny_run(a);
+  c.train.steps = 6;
+  c.train.save_interval = 3;
+  c.train.keep_checkpoints = 0;
+  // Token dropping on. (The expert-bias buffers are saved and restored too, but today every forward,
+  // validation included, adds to the routers' pending expert load, so with moe_expert_bias the
+  // validation pass a resumed run makes at its start shifts the bias update: not bit-exact yet.)
+  c.model.moe_capacity_factor = 1.0;
+  std::vector<float> wa, wb;
+  TrainResult ra = train(c, &wa);
+  ASSERT_EQ(ra.losses.size(), 6u);
+  ASSERT_TRUE(fs::exists(a + "/checkpoints/step_00000003/meta.json"));
+  ASSERT_EQ(resolve_checkpoint(a + "/checkpoints"), a + "/checkpoints/step_00000006");
+
+  RunConfig cb = c;
+  cb.train.out_dir = b;
+  cb.train.resume = a + "/checkpoints/step_00000003";
+  TrainResult rb = train(cb, &wb);
+  ASSERT_EQ(rb.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rb.losses[i], ra.losses[3 + i]) << "step " << 4 + i;
+  ASSERT_EQ(wa.size(), wb.size());
+  EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), sizeof(float) * wa.size()));
+  // A checkpoint of another model is refused with the tensor named.
+  RunConfig cc = cb;
+  cc.model.moe_ffn_hidden = 40;
+  try {
+    train(cc);
+    FAIL() << "resumed a checkpoint of another shape";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("experts.0"), std::string::npos) << e.what();
+  }
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+// The `fivefold` binary beside this test binary, or "" if it was not built.
+std::string fivefold_binary() {
+  const fs::path p = fs::read_symlink("/proc/self/exe").parent_path() / "fivefold";
+  return fs::exists(p) ? p.string() : "";
+}
+
+// Starts `fivefold train --config <json>` with its output in dir/log.txt. MPI variables of this
+// (singleton) process are not passed on: the child is a singleton of its own.
+pid_t start_train(const std::string& bin, RunConfig c, const std::string& dir) {
+  const std::string cfg = dir + "/run.json";
+  std::ofstream(cfg) << run_config_to_json(c);
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    std::string s = *e;
+    if (s.rfind("OMPI_", 0) != 0 && s.rfind("PMIX_", 0) != 0 && s.rfind("ORTE_", 0) != 0) env.push_back(s);
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    const std::string log = dir + "/log.txt";
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    if (f) dup2(fileno(stdout), 2);
+    std::vector<char*> argv = {const_cast<char*>(bin.c_str()), const_cast<char*>("train"),
+                               const_cast<char*>("--config"), const_cast<char*>(cfg.c_str()), nullptr};
+    std::vector<char*> envp;
+    for (auto& s : env) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    execve(bin.c_str(), argv.data(), envp.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string read_file(const std::string& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+bool has_tmp_folder(const std::string& save_dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(save_dir, ec))
+    if (e.path().extension() == ".tmp") return true;
+  return false;
+}
+
+TEST(Resume, SigkillDuringASaveResumesFromThePreviousCheckpoint) {
+  const std::string bin = fivefold_binary();
+  if (bin.empty()) GTEST_SKIP() << "the fivefold binary is not built beside the tests";
+  const std::string ref_dir = fresh_dir("kill_ref");
+  RunConfig c = tiny_run(ref_dir);
+  // Wide experts and short sequences: saving dominates a step, so a kill lands inside a save.
+  c.model.d_model = 64;
+  c.model.moe_ffn_hidden = 512;
+  c.model.num_experts = 8;
+  c.model.seq_len = 8;
+  c.train.micro_batch = 1;
+  c.train.grad_accum = 1;
+  c.train.steps = 12;
+  const TrainResult ref = train(c);
+
+  bool killed_in_save = false;
+  for (int attempt = 0; attempt < 5 && !killed_in_save; ++attempt) {
+    const std::string dir = fresh_dir("kill");
+    RunConfig k = c;
+    k.train.out_dir = dir;
+    k.train.save_interval = 1;
+    k.train.keep_checkpoints = 2;
+    const pid_t pid = start_train(bin, k, dir);
+    ASSERT_GT(pid, 0);
+    const std::string save_dir = dir + "/checkpoints";
+    // Wait for a complete checkpoint and a save in progress, then SIGKILL.
+    auto t0 = std::chrono::steady_clock::now();
+    int status = 0;
+    bool ended = false;
+    for (int poll = 0; !ended && !(fs::exists(save_dir + "/latest") && list_checkpoints(save_dir).size() >= 2 &&
+                                   has_tmp_folder(save_dir)) &&
+                       std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60);
+         ++poll) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (poll % 50 == 0) ended = waitpid(pid, &status, WNOHANG) == pid;
+    }
+    if (!ended) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    }
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the run ended before it was killed:\n" << read_file(dir + "/log.txt");
+    killed_in_save = has_tmp_folder(save_dir);
+    // Resume in this process from whatever `latest` names; the rest of the run must match.
+    const TrainingState at = read_checkpoint_state(resolve_checkpoint(save_dir), 0);
+    ASSERT_GE(at.step, 1);
+    ASSERT_LT(at.step, c.train.steps);
+    RunConfig r = k;
+    r.train.save_interval = 0;
+    r.train.resume = save_dir;
+    const TrainResult rest = train(r);
+    ASSERT_EQ(rest.losses.size(), static_cast<size_t>(c.train.steps - at.step));
+    for (size_t i = 0; i < rest.losses.size(); ++i)
+      ASSERT_EQ(rest.losses[i], ref.losses[static_cast<size_t>(at.step) + i]) << "step " << at.step + 1 + int64_t(i);
+    fs::remove_all(dir);
+  }
+  EXPECT_TRUE(killed_in_save) << "no kill landed inside a save in 5 attempts";
+  fs::remove_all(ref_dir);
+}
+
+TEST(Resume, SigtermSavesACheckpointAndExitsCleanly) {
+  const std::string bin = fivefold_binary();
+  if (bin.empty()) GTEST_SKIP() << "the fivefold binary is not built beside the tests";
+  const std::string dir = fresh_dir("term");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 10;
+  const pid_t pid = start_train(bin, c, dir);
+  ASSERT_GT(pid, 0);
+  auto lines = [&] {
+    std::ifstream f(dir + "/metrics.jsonl");
+    return static_cast<int64_t>(std::count(std::istreambuf_iterator<char>(f), {}, '\n'));
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  bool ended = false;
+  while (lines() < 2 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60) && !ended) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ended = waitpid(pid, &status, WNOHANG) == pid;
+  }
+  if (!ended) {
+    kill(pid, SIGTERM);
+    waitpid(pid, &status, 0);
+  }
+  const std::string log = read_file(dir + "/log.txt");
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << log;
+  ASSERT_NE(log.find("stopped by a signal"), std::string::npos) << "the run ended before the signal:\n" << log;
+  const std::string folder = resolve_checkpoint(dir + "/checkpoints");
+  const TrainingState at = read_checkpoint_state(folder, 0);
+  ASSERT_GE(at.step, 2);
+  ASSERT_LT(at.step, c.train.steps);
+  EXPECT_EQ(at.step, lines());  // saved at the end of the last step it logged
+  EXPECT_FALSE(fs::exists(dir + "/model.safetensors"));  // a stopped run is not a finished one
+
+  // The checkpoint equals the one an uninterrupted run writes at that step: weights, moments,
+  // data cursor.
+  const std::string ref_dir = fresh_dir("term_ref");
+  RunConfig ref = c;
+  ref.train.out_dir = ref_dir;
+  ref.train.save_interval = 1;
+  ref.train.keep_checkpoints = 0;
+  train(ref);
+  const std::string ref_folder = ref_dir + "/checkpoints/" + fs::path(folder).filename().string();
+  const TrainingState ref_at = read_checkpoint_state(ref_folder, 0);
+  EXPECT_EQ(at.data_cursor, ref_at.data_cursor);
+  EXPECT_EQ(at.optimizer_steps, ref_at.optimizer_steps);
+  for (const char* f : {"/model.r00000.safetensors", "/optim.r00000.safetensors"})
+    EXPECT_EQ(read_file(folder + f), read_file(ref_folder + f)) << f;
+  fs::remove_all(dir);
+  fs::remove_all(ref_dir);
+}
+
+}  // namespace
+}  // namespace ff
