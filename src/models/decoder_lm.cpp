@@ -25,9 +25,16 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     FF_FAIL("invalid model config:%s", all.c_str());
   }
   const ParallelConfig& pc = grid.config();
-  FF_CHECK(pc.pp == 1, "parallel.pp = %lld: pipeline parallelism is not implemented yet; use data, tensor, "
-           "context and expert parallelism", (long long)pc.pp);
   tp_ = TensorParallel{&grid.tp(), pc.sequence_parallel};
+  pp_rank_ = grid.pp().rank();
+  pp_size_ = grid.pp().size();
+  chunks_ = pc.virtual_stages;
+  const int64_t virtual_stages = pp_size_ * chunks_;
+  FF_CHECK(static_cast<int64_t>(cfg.pattern().size()) >= virtual_stages,
+           "the model has %zu layers, fewer than parallel.pp x parallel.virtual_stages = %lld pipeline stages",
+           cfg.pattern().size(), (long long)virtual_stages);
+  FF_CHECK(!(cfg.tie_embeddings && pp_size_ > 1), "model.tie_embeddings with parallel.pp > 1 is not supported yet "
+           "(the embedding and the LM head live on different stages); untie them or use pp = 1");
   cp_ = grid.cp().size() > 1 ? &grid.cp() : nullptr;
   FF_CHECK(cfg.seq_len % (2 * pc.cp) == 0, "model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld (context "
            "parallelism cuts each sequence into 2 cp chunks)", (long long)cfg.seq_len, (long long)(2 * pc.cp));
@@ -48,15 +55,24 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   const float out_std = std0 / std::sqrt(2.0f * static_cast<float>(std::max<int64_t>(blocks, 1)));
   const float eps = static_cast<float>(cfg.norm_eps);
 
-  // Vocabulary-parallel embedding and LM head: TP rank t holds ids [t V/TP, (t+1) V/TP).
+  // Vocabulary-parallel embedding and LM head: TP rank t holds ids [t V/TP, (t+1) V/TP). The
+  // embedding lives on the first pipeline stage, the final norm and the head on the last.
   const int64_t Vl = V / T, v0 = tp_.rank() * Vl;
-  embedding_ = params_.add_slice("model.embed_tokens.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
-                                 ParamInit::normal, std0);
+  if (chunk_range(0).first)
+    embedding_ = params_.add_slice("model.embed_tokens.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
+                                   ParamInit::normal, std0);
   const auto kinds = cfg.layers();
+  std::vector<bool> held(kinds.size(), false);
+  for (int64_t c = 0; c < chunks_; ++c)
+    for (int64_t j = chunk_range(c).begin; j < chunk_range(c).end; ++j) held[static_cast<size_t>(j)] = true;
   for (size_t j = 0; j < kinds.size(); ++j) {
     const std::string p = layer_prefix(pattern, j);
     Layer L;
     L.kind = kinds[j];
+    if (!held[j]) {  // another pipeline stage's layer
+      layers_.push_back(std::move(L));
+      continue;
+    }
     switch (L.kind) {
       case LayerKind::attention:
         L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
@@ -74,15 +90,17 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     }
     layers_.push_back(std::move(L));
   }
-  final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
-  head_ = cfg.tie_embeddings ? embedding_
-                             : params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
-                                                 ParamInit::normal, std0);
+  if (chunk_range(chunks_ - 1).last) {
+    final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
+    head_ = cfg.tie_embeddings ? embedding_
+                               : params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
+                                                   ParamInit::normal, std0);
+  }
   // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once.
   for (Param& prm : params_.params())
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
   params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
-  if (grid.ep().size() == 1 && grid.etp().size() == 1 && T == 1) {  // the whole model is here
+  if (grid.ep().size() == 1 && grid.etp().size() == 1 && T == 1 && pp_size_ == 1) {  // the whole model is here
     int64_t n = 0;
     for (const Param& prm : params_.params()) n += prm.numel();
     FF_CHECK(n == count_parameters(cfg), "parameter count %lld differs from the formula %lld", (long long)n,
@@ -107,7 +125,21 @@ int64_t DecoderLM::num_moe_layers() const {
   return n;
 }
 
+DecoderLM::ChunkRange DecoderLM::chunk_range(int64_t chunk) const {
+  // Virtual stage vs = chunk P + p holds pattern layers [vs L / (P V), (vs + 1) L / (P V)).
+  const int64_t L = static_cast<int64_t>(cfg_.pattern().size()), VS = pp_size_ * chunks_;
+  const int64_t vs = chunk * pp_size_ + pp_rank_;
+  return {vs * L / VS, (vs + 1) * L / VS, vs == 0, vs == VS - 1};
+}
+
 ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) {
+  FF_CHECK(pp_size_ == 1, "DecoderLM::forward runs the whole model; with pipeline stages use the pipeline executor");
+  return forward_chunk(mb, 0, tokens, targets, B, S, nullptr);
+}
+
+void DecoderLM::backward(MicroBatch& mb, float loss_scale) { backward_chunk(mb, 0, nullptr, loss_scale); }
+
+void DecoderLM::prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) {
   FF_CHECK(S >= 1 && S <= cfg_.seq_len, "sequence length %lld outside [1, model.seq_len = %lld]", (long long)S,
            (long long)cfg_.seq_len);
   Arena& A = mb.arena;
@@ -135,23 +167,43 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
     mb.positions.resize(static_cast<size_t>(B * S));
     for (int64_t r = 0; r < B * S; ++r) mb.positions[static_cast<size_t>(r)] = static_cast<int32_t>(r % S);
   }
-  const int64_t N = B * S, D = cfg_.d_model, V = cfg_.vocab_size;
   mb.B = B;
   mb.S = S;
   mb.tokens = tokens;
   mb.targets = targets;
+}
+
+int64_t DecoderLM::stream_rows(int64_t B, int64_t S) const {
+  return tp_.local_rows(B * S / (cp_ ? cp_->size() : 1));
+}
+
+ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int32_t* tokens, const int32_t* targets,
+                                       int64_t B, int64_t S, const float* input) {
+  if (chunk == 0) prepare(mb, tokens, targets, B, S);
+  Arena& A = mb.arena;
+  B = mb.B;
+  S = mb.S;
+  tokens = mb.tokens;
+  targets = mb.targets;
+  const ChunkRange range = chunk_range(chunk);
+  const int64_t N = B * S, D = cfg_.d_model, V = cfg_.vocab_size;
 
   ForwardResult res;
   // The residual stream holds Nl rows here: all N, or this rank's N / TP under sequence parallelism.
-  const int64_t Nl = tp_.local_rows(N), Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
-  mb.resid[0] = A.alloc(Shape{Nl, D});
-  {
+  const int64_t Nl = tp_.local_rows(N);
+  if (range.first) {
     // Each vocabulary shard contributes the rows it holds (zeros elsewhere); the sum is the lookup.
+    const int64_t Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
+    mb.resid[0] = A.alloc(Shape{Nl, D});
     float* partial = tp_.active() ? A.alloc_f32(N * D) : mb.resid[0].f32();
     cpu::embedding_forward(partial, tokens, embedding_->value, N, D, Vl, v0, V);
     tp_.leave(mb.resid[0].f32(), partial, N, D);
+  } else {
+    FF_CHECK(input != nullptr, "pipeline chunk %lld needs the previous stage's activation", (long long)chunk);
+    mb.resid[static_cast<size_t>(range.begin)].ptr = const_cast<float*>(input);  // owned by the executor
+    mb.resid[static_cast<size_t>(range.begin)].shape = Shape{Nl, D};
   }
-  for (size_t j = 0; j < layers_.size(); ++j) {
+  for (size_t j = static_cast<size_t>(range.begin); j < static_cast<size_t>(range.end); ++j) {
     Layer& L = layers_[j];
     const float* in = mb.resid[j].f32();
     mb.resid[j + 1] = A.alloc(Shape{Nl, D});
@@ -176,6 +228,8 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < Nl * D; ++i) out[i] += in[i];
   }
+  if (!range.last) return res;
+  const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
   mb.head_input = tp_.enter(mb.final_norm.y.f32(), N, D, A);
@@ -204,37 +258,47 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
   return res;
 }
 
-void DecoderLM::backward(MicroBatch& mb, float loss_scale) {
-  FF_CHECK(mb.targets != nullptr && !mb.losses.empty(), "backward needs a forward with targets first");
-  const int64_t N = mb.B * mb.S, D = cfg_.d_model, V = cfg_.vocab_size;
+const float* DecoderLM::chunk_output(const MicroBatch& mb, int64_t chunk) const {
+  return mb.resid[static_cast<size_t>(chunk_range(chunk).end)].f32();
+}
+
+const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, float loss_scale) {
+  const ChunkRange range = chunk_range(chunk);
+  const int64_t N = mb.B * mb.S, D = cfg_.d_model, V = cfg_.vocab_size, Nl = tp_.local_rows(N);
   Arena& A = mb.arena;  // gradients of the residual stream live after the saved activations
   Arena& T = mb.scratch;
-
-  // loss = mean over valid targets: dloss[n] = loss_scale / valid for valid rows. Under context
-  // parallelism each CP rank's gradients are a part of the whole and the data-parallel reduction
-  // divides by DP x CP, so they are scaled by CP here (and the MoE losses' too).
+  // Under context parallelism each CP rank's gradients are a part of the whole and the
+  // data-parallel reduction divides by DP x CP, so they are scaled by CP here (the MoE losses' too).
   const float cp_scale = cp_ ? static_cast<float>(cp_->size()) : 1.0f;
   loss_scale *= cp_scale;
-  float* dloss = A.alloc_f32(N);
-  const float g = mb.valid_tokens > 0 ? loss_scale / static_cast<float>(mb.valid_tokens) : 0.0f;
-  for (int64_t n = 0; n < N; ++n) dloss[n] = mb.targets[n] >= 0 ? g : 0.0f;
-  const int64_t Nl = tp_.local_rows(N), Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
-  float* dlogits = mb.logits.f32();  // consumed in place
-  if (tp_.active())
-    vocab_parallel_cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, Vl, v0);
-  else
-    cpu::cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, V);
-
-  float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
-  cpu::linear_backward(dhead_in, head_->grad, dlogits, mb.head_input, head_->value, N, D, Vl, false);
-  float* dxf = A.alloc_f32(Nl * D);
-  tp_.enter_backward(dxf, dhead_in, N, D, false, T);
   float* dresid = A.alloc_f32(Nl * D);
-  std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));
-  final_norm_->backward(dresid, dxf, mb.resid[layers_.size()].f32(), mb.final_norm, Nl);
+  if (!range.last) {
+    FF_CHECK(dout != nullptr, "pipeline chunk %lld needs the next stage's gradient", (long long)chunk);
+    std::memcpy(dresid, dout, sizeof(float) * static_cast<size_t>(Nl * D));
+  } else {
+    FF_CHECK(mb.targets != nullptr && !mb.losses.empty(), "backward needs a forward with targets first");
+    // loss = mean over valid targets: dloss[n] = loss_scale / valid for valid rows.
+    float* dloss = A.alloc_f32(N);
+    const float g = mb.valid_tokens > 0 ? loss_scale / static_cast<float>(mb.valid_tokens) : 0.0f;
+    for (int64_t n = 0; n < N; ++n) dloss[n] = mb.targets[n] >= 0 ? g : 0.0f;
+    const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
+    float* dlogits = mb.logits.f32();  // consumed in place
+    if (tp_.active())
+      vocab_parallel_cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, Vl, v0);
+    else
+      cpu::cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, V);
 
-  float* dxn = dxf;  // reuse: [N, D] gradient at each layer's normalised input
-  for (size_t j = layers_.size(); j-- > 0;) {
+    float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
+    cpu::linear_backward(dhead_in, head_->grad, dlogits, mb.head_input, head_->value, N, D, Vl, false);
+    float* dxf = A.alloc_f32(Nl * D);
+    tp_.enter_backward(dxf, dhead_in, N, D, false, T);
+    std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));
+    final_norm_->backward(dresid, dxf, mb.resid[layers_.size()].f32(), mb.final_norm, Nl);
+    mb.losses = Tensor{};  // the logits were consumed; a second backward needs a new forward
+  }
+
+  float* dxn = A.alloc_f32(Nl * D);  // gradient at each layer's normalised input
+  for (size_t j = static_cast<size_t>(range.end); j-- > static_cast<size_t>(range.begin);) {
     Layer& L = layers_[j];
     T.reset();
     const float* xn = mb.norms[j].y.f32();
@@ -249,10 +313,12 @@ void DecoderLM::backward(MicroBatch& mb, float loss_scale) {
     }
     L.norm->backward(dresid, dxn, mb.resid[j].f32(), mb.norms[j], Nl);
   }
+  if (!range.first) return dresid;  // the gradient of this chunk's input, for the previous stage
   T.reset();
+  const int64_t Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
   const float* dembed = tp_.leave_backward(dresid, N, D, T);
   cpu::embedding_backward(embedding_->grad, dembed, mb.tokens, N, D, Vl, v0, V);
-  mb.losses = Tensor{};  // the logits were consumed; a second backward needs a new forward
+  return nullptr;
 }
 
 const float* DecoderLM::logits(const MicroBatch& mb) const { return mb.logits.f32(); }

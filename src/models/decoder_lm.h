@@ -55,10 +55,33 @@ class DecoderLM {
   std::unique_ptr<MicroBatch> new_micro_batch() const;
 
   // tokens/targets [B*S]; a target of -1 is ignored. targets may be null: logits only (inference).
+  // The whole model (one pipeline stage).
   ForwardResult forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
   // Gradients of loss_scale * (loss + the MoE losses' injected gradients) accumulate into the
   // parameter grads. loss_scale is 1 / micro-batches per step.
   void backward(MicroBatch& mb, float loss_scale);
+
+  // Pipeline parallelism: this rank holds model chunks 0 .. num_chunks() - 1; chunk c is virtual
+  // stage c P + p and holds the pattern layers of chunk_range(c). Virtual stage 0 also embeds the
+  // tokens, the last one also computes the loss.
+  struct ChunkRange {
+    int64_t begin, end;  // pattern layers [begin, end)
+    bool first, last;    // virtual stage 0 / the last virtual stage
+  };
+  ChunkRange chunk_range(int64_t chunk) const;
+  int64_t num_chunks() const { return chunks_; }
+  // Forward of one chunk. input: the previous virtual stage's output [stream_rows, D] (kept alive by
+  // the caller until this micro-batch's backward), null on virtual stage 0. Every chunk gets the
+  // micro-batch's tokens and targets; chunk 0 must run first for each micro-batch.
+  ForwardResult forward_chunk(MicroBatch& mb, int64_t chunk, const int32_t* tokens, const int32_t* targets,
+                              int64_t B, int64_t S, const float* input);
+  // The chunk's output activation [stream_rows, D] for the next virtual stage.
+  const float* chunk_output(const MicroBatch& mb, int64_t chunk) const;
+  // Backward of one chunk. dout: gradient of its output (null on the last virtual stage). Returns
+  // the gradient of its input for the previous virtual stage (null on virtual stage 0).
+  const float* backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, float loss_scale);
+  // Rows of the residual stream this rank holds for B sequences of S (after CP and SP splits).
+  int64_t stream_rows(int64_t B, int64_t S) const;
   // [N, V] logits of the last forward (valid until the next forward on mb; consumed by backward).
   const float* logits(const MicroBatch& mb) const;
 
@@ -79,14 +102,17 @@ class DecoderLM {
     std::unique_ptr<Mlp> mlp;
     std::unique_ptr<MoeLayer> moe;
   };
+  void prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
+
   ModelConfig cfg_;
+  int64_t pp_rank_ = 0, pp_size_ = 1, chunks_ = 1;
   TensorParallel tp_;
   const Communicator* cp_ = nullptr;  // context-parallel group, null when CP = 1
   ParamStore params_;
-  Param* embedding_;
+  Param* embedding_ = nullptr;  // first pipeline stage only
   std::vector<Layer> layers_;
   std::unique_ptr<Norm> final_norm_;
-  Param* head_;  // == embedding_ when tied
+  Param* head_ = nullptr;  // last pipeline stage only; == embedding_ when tied
 };
 
 // The name prefix of pattern layer j: "model.layers.{b}", where b pairs an attention layer with

@@ -222,6 +222,28 @@ void Communicator::reduce_scatter_v(float* out, const float* in, const std::vect
   check_mpi(MPI_Reduce_scatter(in, out, counts.data(), MPI_FLOAT, MPI_SUM, comm_), "reduce_scatter");
 }
 
+void Communicator::send(const float* data, int64_t n, int dest, int tag) const {
+  FF_CHECK(n < (int64_t(1) << 31), "send of %lld floats is too large for MPI int counts", (long long)n);
+  CollectiveScope scope(*this, "send", n);
+  MPI_Request req;
+  check_mpi(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm_, &req), "isend");
+  pending_sends_.push_back(req);
+}
+
+void Communicator::recv(float* data, int64_t n, int src, int tag) const {
+  FF_CHECK(n < (int64_t(1) << 31), "recv of %lld floats is too large for MPI int counts", (long long)n);
+  CollectiveScope scope(*this, "recv", n);
+  check_mpi(MPI_Recv(data, static_cast<int>(n), MPI_FLOAT, src, tag, comm_, MPI_STATUS_IGNORE), "recv");
+}
+
+void Communicator::wait_sends() const {
+  if (pending_sends_.empty()) return;
+  CollectiveScope scope(*this, "wait_sends", static_cast<int64_t>(pending_sends_.size()));
+  check_mpi(MPI_Waitall(static_cast<int>(pending_sends_.size()), pending_sends_.data(), MPI_STATUSES_IGNORE),
+            "waitall");
+  pending_sends_.clear();
+}
+
 Communicator Communicator::self() {
   Communicator c;
   c.comm_ = MPI_COMM_SELF;

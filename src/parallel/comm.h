@@ -78,6 +78,11 @@ class Communicator {
   // counts swapped.
   void all_to_all_v(float* recv, const std::vector<int64_t>& recv_rows, const float* send,
                     const std::vector<int64_t>& send_rows, int64_t width) const;
+  // Point-to-point (pipeline stages): send is non-blocking and completes in wait_sends() (the data
+  // must stay alive until then); recv blocks. tag names the message.
+  void send(const float* data, int64_t n, int dest, int tag) const;
+  void recv(float* data, int64_t n, int src, int tag) const;
+  void wait_sends() const;
   // A sub-communicator of MPI_COMM_SELF: the one-rank world, for single-process references.
   static Communicator self();
 
@@ -88,6 +93,7 @@ class Communicator {
   std::string name_ = "world";
   CollectiveTrace* trace_ = nullptr;
   mutable double seconds_ = 0;
+  mutable std::vector<MPI_Request> pending_sends_;
   friend class CollectiveScope;
 };
 

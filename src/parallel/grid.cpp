@@ -20,6 +20,7 @@ std::vector<std::string> ParallelConfig::validate(int64_t world) const {
   positive(tp, "tp");
   positive(cp, "cp");
   positive(pp, "pp");
+  positive(virtual_stages, "virtual_stages");
   positive(ep, "ep");
   if (etp < 0) e.push_back(strprintf("parallel.etp = %lld: must be >= 0 (0 = same as tp)", (long long)etp));
   if (!e.empty()) return e;

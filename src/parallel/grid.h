@@ -22,6 +22,7 @@ struct ParallelConfig {
   bool sequence_parallel = false;
   MoeDispatcher moe_dispatcher = MoeDispatcher::alltoall;
   std::string trace_collectives;  // debug: log every collective to PREFIX.rank<r>.log
+  int64_t virtual_stages = 1;     // model chunks per pipeline stage (interleaved schedule when > 1)
 
   template <class V>
   void visit_fields(V& v) {
@@ -32,6 +33,7 @@ struct ParallelConfig {
     v(etp, "etp", "expert-tensor-parallel size; 0 = same as tp");
     v(sequence_parallel, "sequence_parallel", "split norms/dropout activations along the sequence over TP");
     v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group (specs §7.3, §7.4)");
+    v(virtual_stages, "virtual_stages", "model chunks per pipeline stage; > 1 uses the interleaved schedule");
     v(trace_collectives, "trace_collectives", "debug: write every collective of rank r to PREFIX.rank<r>.log, "
       "to check that all ranks issue them in one order; empty = off");
   }

@@ -14,6 +14,7 @@
 
 #include "models/decoder_lm.h"
 #include "optim/distributed_optimizer.h"
+#include "train/pipeline.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
 
@@ -165,13 +166,15 @@ ModelConfig tiny_dense() {
 }
 
 int world_size() { return Communicator::world().size(); }
+// The largest EP over all ranks that the tiny model's 4 experts allow.
+int64_t max_ep() { return std::min(world_size(), 4); }
 
 TEST(Invariance, DataParallel) { expect_invariant(tiny_moe(), layout(1)); }
 
-TEST(Invariance, ExpertParallelAllToAllOverAllRanks) { expect_invariant(tiny_moe(), layout(world_size())); }
+TEST(Invariance, ExpertParallelAllToAllOverAllRanks) { expect_invariant(tiny_moe(), layout(max_ep())); }
 
 TEST(Invariance, ExpertParallelAllGatherOverAllRanks) {
-  expect_invariant(tiny_moe(), layout(world_size(), MoeDispatcher::allgather));
+  expect_invariant(tiny_moe(), layout(max_ep(), MoeDispatcher::allgather));
 }
 
 TEST(Invariance, ExpertParallelTwoWithExpertDataParallel) {
@@ -192,7 +195,7 @@ TEST(Invariance, PadToCapacityPositionPolicy) {
   c.moe_capacity_factor = 0.75;
   c.moe_drop_policy = cpu::DropPolicy::position;
   c.moe_pad_to_capacity = true;
-  expect_invariant(c, layout(world_size()));
+  expect_invariant(c, layout(max_ep()));
 }
 
 TEST(Invariance, SharedExpertAndEightExperts) {
@@ -201,7 +204,7 @@ TEST(Invariance, SharedExpertAndEightExperts) {
   c.moe_top_k = 3;
   c.moe_shared_expert_hidden = 10;
   c.moe_shared_expert_gate = true;
-  expect_invariant(c, layout(world_size()));
+  expect_invariant(c, layout(max_ep()));
 }
 
 // Dropless with a router skewed so that experts 2 and 3 (all of EP rank 1's experts when EP = 2)
@@ -268,7 +271,7 @@ TEST(Invariance, ExpertTensorParallel) {
 // ZeRO-1: gradients reduce-scattered, Adam moments for the owned shard only, parameters gathered.
 TEST(Invariance, DistributedOptimizer) {
   expect_invariant(tiny_moe(), layout(1), {}, true);                 // DP = world
-  expect_invariant(tiny_moe(), layout(world_size()), {}, true);      // experts: EDP = 1
+  expect_invariant(tiny_moe(), layout(max_ep()), {}, true);      // experts: EDP = 1
   expect_invariant(tiny_moe(), tensor_layout(2, true, 1, 2), {}, true);
   if (world_size() >= 4) expect_invariant(tiny_moe(), layout(2), {}, true);  // EDP = 2
 }
@@ -301,6 +304,89 @@ TEST(Invariance, ContextParallel) {
     expect_invariant(tiny_moe(), mixed);
     expect_invariant(tiny_moe(), mixed, {}, true);  // and the distributed optimizer over DP x CP
   }
+}
+
+// Pipeline parallelism: the same as expect_invariant with M micro-batches per DP replica, run by
+// the pipeline executor over the stages; the reference accumulates all DP x M micro-batches.
+void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc, int64_t M) {
+  Communicator world = Communicator::world();
+  auto problems = pc.validate(world.size());
+  EXPECT_TRUE(problems.empty()) << problems[0];
+  ParallelGrid grid(world, pc);
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  DecoderLM model(cfg, grid, 11), ref(cfg, one, 11);
+  OptimizerConfig oc;
+  oc.lr = 1e-2;
+  oc.warmup_steps = 0;
+  AdamW opt(model.params(), oc), ref_opt(ref.params(), oc);
+  PipelineExecutor pipe(model, grid, M);
+  const int64_t B = 2, DP = grid.dp_size(), replica = grid.dp().rank();
+  auto ref_mb = ref.new_micro_batch();
+  for (int64_t step = 0; step < 3; ++step) {
+    ref.params().zero_grads();
+    double ref_loss = 0, ref_aux = 0;
+    for (int64_t d = 0; d < DP; ++d)
+      for (int64_t m = 0; m < M; ++m) {
+        Batch b = micro_batch(step, d * M + m, B, cfg);
+        ForwardResult r = ref.forward(*ref_mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len);
+        if (d == replica) {
+          ref_loss += r.loss / static_cast<double>(M);
+          ref_aux += r.aux_loss / static_cast<double>(M);
+        }
+        ref.backward(*ref_mb, 1.0f / static_cast<float>(DP * M));
+      }
+    model.params().zero_grads();
+    std::vector<std::vector<int32_t>> tokens, targets;
+    for (int64_t m = 0; m < M; ++m) {
+      Batch b = micro_batch(step, replica * M + m, B, cfg);
+      tokens.push_back(b.tokens);
+      targets.push_back(b.targets);
+    }
+    PipelineResult r = pipe.run(tokens, targets, B, cfg.seq_len, 1.0f / static_cast<float>(M));
+    reduce_gradients(model.params(), grid);
+    EXPECT_NEAR(r.loss, ref_loss, 1e-5 * ref_loss) << "step " << step;
+    EXPECT_NEAR(r.aux_loss, ref_aux, 1e-5 * ref_aux + 1e-9) << "step " << step;
+    for (const Param& p : model.params().params()) {
+      Param* q = ref.params().find(p.name);
+      EXPECT_NE(q, nullptr) << p.name;
+      if (q) {
+        EXPECT_TRUE(tensors_match(p, *q)) << "step " << step;
+      }
+    }
+    const double norm = opt.step(oc.lr, grid.mp(), grid.expert_mp());
+    const double ref_norm = ref_opt.step(oc.lr, self, self);
+    EXPECT_NEAR(norm, ref_norm, 1e-5 * ref_norm) << "step " << step;
+    model.end_of_step();
+    ref.end_of_step();
+  }
+}
+
+TEST(Invariance, PipelineOneFOneB) {
+  ParallelConfig pc;
+  pc.pp = 2;
+  expect_pipeline_invariant(tiny_moe(), pc, 4);
+  expect_pipeline_invariant(tiny_dense(), pc, 3);
+  if (world_size() >= 4) {
+    pc.pp = 4;
+    expect_pipeline_invariant(tiny_moe(), pc, 4);
+  }
+}
+
+TEST(Invariance, PipelineInterleavedTwoVirtualStages) {
+  ParallelConfig pc;
+  pc.pp = 2;
+  pc.virtual_stages = 2;
+  expect_pipeline_invariant(tiny_moe(), pc, 4);
+}
+
+// All five dimensions at once: TP 2 x CP 2 x PP 2 with EP 4 folded over TP x CP (8 ranks).
+TEST(Invariance, AllFiveDimensions) {
+  if (world_size() != 8) GTEST_SKIP() << "needs 8 ranks";
+  ParallelConfig pc = tensor_layout(2, true, 4);
+  pc.cp = 2;
+  pc.pp = 2;
+  expect_pipeline_invariant(tiny_moe(), pc, 2);
 }
 
 }  // namespace

@@ -1,0 +1,73 @@
+#include "train/pipeline.h"
+
+#include "parallel/schedule.h"
+
+namespace ff {
+
+PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches)
+    : model_(model), grid_(grid), M_(micro_batches) {
+  for (int64_t m = 0; m < M_; ++m) micro_batches_.push_back(model.new_micro_batch());
+  activations_.resize(static_cast<size_t>(M_ * model.num_chunks()));
+  gradients_.resize(activations_.size());
+}
+
+PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& tokens,
+                                     const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
+                                     float loss_scale) {
+  FF_CHECK(static_cast<int64_t>(tokens.size()) == M_ && targets.size() == tokens.size(),
+           "pipeline step: %zu micro-batches given, %lld expected", tokens.size(), (long long)M_);
+  const Communicator& pp = grid_.pp();
+  const int64_t P = pp.size(), p = pp.rank(), V = model_.num_chunks(), VS = P * V;
+  const int64_t rows = model_.stream_rows(B, S), width = rows * model_.config().d_model;
+  // Tag of a message to virtual stage vs for micro-batch m (dir 0: activation, 1: gradient).
+  auto tag = [&](int64_t m, int64_t vs, int dir) { return static_cast<int>((m * VS + vs) * 2 + dir); };
+  auto stage_of = [&](int64_t vs) { return static_cast<int>(vs % P); };
+
+  PipelineResult result;
+  std::vector<std::vector<int64_t>> load(static_cast<size_t>(V));  // per chunk, summed over micro-batches
+  for (const PipeAction& a : pipeline_schedule(P, p, M_, V)) {
+    const int64_t m = a.microbatch, c = a.chunk, vs = c * P + p;
+    auto& mb = *micro_batches_[static_cast<size_t>(m)];
+    auto& act = activations_[static_cast<size_t>(m * V + c)];
+    auto& grad = gradients_[static_cast<size_t>(m * V + c)];
+    if (a.op == PipeOp::forward) {
+      const float* input = nullptr;
+      if (vs > 0) {
+        act.resize(static_cast<size_t>(width));
+        pp.recv(act.data(), width, stage_of(vs - 1), tag(m, vs, 0));
+        input = act.data();
+      }
+      ForwardResult r = model_.forward_chunk(mb, c, tokens[static_cast<size_t>(m)].data(),
+                                             targets[static_cast<size_t>(m)].data(), B, S, input);
+      if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0));
+      if (vs == VS - 1) result.loss += r.loss / static_cast<double>(M_);
+      result.aux_loss += r.aux_loss / static_cast<double>(M_);
+      result.z_loss += r.z_loss / static_cast<double>(M_);
+      result.routed_slots += r.routed_slots;
+      result.dropped_slots += r.dropped_slots;
+      auto& l = load[static_cast<size_t>(c)];
+      l.resize(r.expert_load.size(), 0);
+      for (size_t e = 0; e < r.expert_load.size(); ++e) l[e] += r.expert_load[e];
+    } else {
+      const float* dout = nullptr;
+      if (vs < VS - 1) {
+        grad.resize(static_cast<size_t>(width));
+        pp.recv(grad.data(), width, stage_of(vs + 1), tag(m, vs, 1));
+        dout = grad.data();
+      }
+      const float* din = model_.backward_chunk(mb, c, dout, loss_scale);
+      if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1));
+    }
+  }
+  pp.wait_sends();
+  for (const auto& l : load) result.expert_load.insert(result.expert_load.end(), l.begin(), l.end());
+  // The loss lives on the last stage, the MoE losses on every stage: sum them over the stages.
+  double sums[3] = {result.loss, result.aux_loss, result.z_loss};
+  pp.all_reduce_sum(sums, 3);
+  result.loss = sums[0];
+  result.aux_loss = sums[1];
+  result.z_loss = sums[2];
+  return result;
+}
+
+}  // namespace ff

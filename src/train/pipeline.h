@@ -1,0 +1,40 @@
+// The pipeline executor: walks this stage's schedule table (parallel/schedule.h) with
+// point-to-point messages over the PP group (specs/parallelism-and-moe.md §4). Activations go to
+// the next virtual stage, gradients to the previous one (rank P-1's chunk v feeds rank 0's chunk
+// v+1: a ring). Sends are non-blocking and complete at the end of the step; receives block; each
+// message's tag names (micro-batch, destination virtual stage, direction), so messages never
+// mismatch and the table order alone rules out deadlock (the schedule tests simulate it).
+// With one stage it simply runs the micro-batches one after the other.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "models/decoder_lm.h"
+#include "parallel/grid.h"
+
+namespace ff {
+
+struct PipelineResult {
+  double loss = 0;                  // mean over the micro-batches (every rank receives it)
+  double aux_loss = 0, z_loss = 0;  // means over the micro-batches, summed over layers and stages
+  int64_t routed_slots = 0, dropped_slots = 0;
+  std::vector<int64_t> expert_load;  // rows per expert of this stage's MoE layers, in layer order
+};
+
+class PipelineExecutor {
+ public:
+  PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches);
+  // One step's forward and backward over the micro-batches tokens[m] / targets[m] ([B*S] each;
+  // every stage gets them). Gradients of loss_scale * loss accumulate into the parameters.
+  PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
+                     int64_t B, int64_t S, float loss_scale);
+
+ private:
+  DecoderLM& model_;
+  const ParallelGrid& grid_;
+  int64_t M_;
+  std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;
+  std::vector<std::vector<float>> activations_, gradients_;  // received, per (micro-batch, chunk)
+};
+
+}  // namespace ff
