@@ -10,6 +10,50 @@
 
 namespace ff {
 
+std::vector<std::string> layout_problems(const ModelConfig& cfg, const ParallelConfig& pc) {
+  std::vector<std::string> e;
+  const int64_t T = pc.tp, E = cfg.num_experts, layers = static_cast<int64_t>(cfg.pattern().size());
+  const bool moe = cfg.pattern().find('E') != std::string::npos;
+  auto need = [&](bool ok, std::string msg) {
+    if (!ok) e.push_back(std::move(msg));
+  };
+  need(cfg.vocab_size % T == 0, strprintf("model.vocab_size = %lld is not divisible by parallel.tp = %lld; pad the "
+                                          "vocabulary to a multiple of tp", (long long)cfg.vocab_size, (long long)T));
+  need(cfg.num_heads % T == 0 && cfg.num_kv_heads % T == 0,
+       strprintf("model.num_heads = %lld and num_kv_heads = %lld must be divisible by parallel.tp = %lld",
+                 (long long)cfg.num_heads, (long long)cfg.num_kv_heads, (long long)T));
+  if (cfg.pattern().find('-') != std::string::npos)
+    need(cfg.ffn_hidden % T == 0, strprintf("model.ffn_hidden = %lld is not divisible by parallel.tp = %lld",
+                                            (long long)cfg.ffn_hidden, (long long)T));
+  need(cfg.seq_len % (2 * pc.cp) == 0, strprintf("model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld "
+                                                 "(context parallelism cuts each sequence into 2 cp chunks)",
+                                                 (long long)cfg.seq_len, (long long)(2 * pc.cp)));
+  if (pc.sequence_parallel)
+    need(cfg.seq_len / pc.cp % T == 0, strprintf("model.seq_len / parallel.cp = %lld is not divisible by parallel.tp "
+                                                 "= %lld, which sequence parallelism needs",
+                                                 (long long)(cfg.seq_len / pc.cp), (long long)T));
+  need(layers >= pc.pp * pc.virtual_stages,
+       strprintf("the model has %lld layers, fewer than parallel.pp x parallel.virtual_stages = %lld pipeline stages",
+                 (long long)layers, (long long)(pc.pp * pc.virtual_stages)));
+  need(!(cfg.tie_embeddings && pc.pp > 1), "model.tie_embeddings with parallel.pp > 1 is not supported yet (the "
+                                           "embedding and the LM head live on different stages); untie them or use pp = 1");
+  if (moe) {
+    need(T == 1 || pc.sequence_parallel, strprintf("MoE layers with parallel.tp = %lld need parallel.sequence_parallel "
+                                                   "= true (each TP rank then routes its own share of the tokens)",
+                                                   (long long)T));
+    need(E % pc.ep == 0, strprintf("model.num_experts = %lld is not divisible by parallel.ep = %lld", (long long)E,
+                                   (long long)pc.ep));
+    need(cfg.moe_ffn_hidden % pc.expert_tp() == 0,
+         strprintf("model.moe_ffn_hidden = %lld is not divisible by the expert-tensor-parallel size %lld",
+                   (long long)cfg.moe_ffn_hidden, (long long)pc.expert_tp()));
+    if (cfg.moe_shared_expert_hidden > 0)
+      need(cfg.moe_shared_expert_hidden % T == 0,
+           strprintf("model.moe_shared_expert_hidden = %lld is not divisible by parallel.tp = %lld",
+                     (long long)cfg.moe_shared_expert_hidden, (long long)T));
+  }
+  return e;
+}
+
 std::string layer_prefix(const std::string& pattern, size_t j) {
   bool alternating = pattern.size() % 2 == 0;
   for (size_t i = 0; i < pattern.size() && alternating; ++i)
@@ -25,28 +69,18 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     FF_FAIL("invalid model config:%s", all.c_str());
   }
   const ParallelConfig& pc = grid.config();
+  auto problems = layout_problems(cfg, pc);
+  if (!problems.empty()) {
+    std::string all;
+    for (const auto& e : problems) all += "\n  " + e;
+    FF_FAIL("this model cannot use this parallel layout:%s", all.c_str());
+  }
   tp_ = TensorParallel{&grid.tp(), pc.sequence_parallel};
   pp_rank_ = grid.pp().rank();
   pp_size_ = grid.pp().size();
   chunks_ = pc.virtual_stages;
-  const int64_t virtual_stages = pp_size_ * chunks_;
-  FF_CHECK(static_cast<int64_t>(cfg.pattern().size()) >= virtual_stages,
-           "the model has %zu layers, fewer than parallel.pp x parallel.virtual_stages = %lld pipeline stages",
-           cfg.pattern().size(), (long long)virtual_stages);
-  FF_CHECK(!(cfg.tie_embeddings && pp_size_ > 1), "model.tie_embeddings with parallel.pp > 1 is not supported yet "
-           "(the embedding and the LM head live on different stages); untie them or use pp = 1");
   cp_ = grid.cp().size() > 1 ? &grid.cp() : nullptr;
-  FF_CHECK(cfg.seq_len % (2 * pc.cp) == 0, "model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld (context "
-           "parallelism cuts each sequence into 2 cp chunks)", (long long)cfg.seq_len, (long long)(2 * pc.cp));
   const int64_t D = cfg.d_model, V = cfg.vocab_size, T = tp_.size();
-  FF_CHECK(V % T == 0, "model.vocab_size = %lld is not divisible by parallel.tp = %lld; pad the vocabulary to a "
-           "multiple of tp", (long long)V, (long long)T);
-  if (pc.sequence_parallel)
-    FF_CHECK(cfg.seq_len / pc.cp % T == 0, "model.seq_len / parallel.cp = %lld is not divisible by parallel.tp = "
-             "%lld, which sequence parallelism needs", (long long)(cfg.seq_len / pc.cp), (long long)T);
-  if (T > 1 && cfg.pattern().find('E') != std::string::npos)
-    FF_CHECK(pc.sequence_parallel, "MoE layers with parallel.tp = %lld need parallel.sequence_parallel = true (each "
-             "TP rank then routes its own share of the tokens)", (long long)T);
   const float std0 = static_cast<float>(cfg.init_std);
   const std::string pattern = cfg.pattern();
   int64_t blocks = 0;

@@ -115,6 +115,10 @@ class DecoderLM {
   Param* head_ = nullptr;  // last pipeline stage only; == embedding_ when tied
 };
 
+// Every reason this model cannot run under this parallel layout (sizes that do not divide, unsupported
+// combinations), each naming the fields; empty = it can. Pure: `fivefold plan` uses it too.
+std::vector<std::string> layout_problems(const ModelConfig& cfg, const ParallelConfig& pc);
+
 // The name prefix of pattern layer j: "model.layers.{b}", where b pairs an attention layer with
 // the MLP/MoE layer after it (Hugging Face block numbering) when the pattern alternates, and is
 // j otherwise.

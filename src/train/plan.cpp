@@ -1,0 +1,197 @@
+#include "train/plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "models/decoder_lm.h"
+#include "parallel/schedule.h"
+#include "train/flops.h"
+
+namespace ff {
+
+namespace {
+
+constexpr double kFloat = 4.0;  // bytes
+
+int64_t fc1(const ModelConfig& c, int64_t F) { return c.activation == Activation::swiglu ? 2 * F : F; }
+
+// Parameters of pattern layer `kind` held by one rank: {dense, expert}.
+std::pair<double, double> layer_params(const ModelConfig& c, LayerKind kind, const ParallelConfig& p) {
+  const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
+  const double norm = c.norm == NormKind::layernorm1p ? 2 * D : D;
+  const double dh = static_cast<double>(c.kv_channels());
+  switch (kind) {
+    case LayerKind::attention:
+      return {norm + (D * dh * static_cast<double>(c.num_heads + 2 * c.num_kv_heads) + dh * c.num_heads * D) / T, 0};
+    case LayerKind::mlp:
+      return {norm + (D * fc1(c, c.ffn_hidden) + c.ffn_hidden * D) / T, 0};
+    case LayerKind::moe: {
+      double shared = c.moe_shared_expert_hidden > 0
+                          ? (D * fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden * D) / T +
+                                (c.moe_shared_expert_gate ? D : 0)
+                          : 0;
+      double experts = static_cast<double>(c.num_experts / p.ep) *
+                       (D * fc1(c, c.moe_ffn_hidden) + c.moe_ffn_hidden * D) / static_cast<double>(p.expert_tp());
+      return {norm + c.num_experts * D + shared, experts};
+    }
+    case LayerKind::mamba: return {0, 0};
+  }
+  return {0, 0};
+}
+
+// Bytes saved for backward by one micro-batch in pattern layer `kind` on one rank.
+double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelConfig& p, int64_t B) {
+  const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
+  const double N = static_cast<double>(B * c.seq_len / p.cp);          // rows of attention / MLP regions
+  const double Ns = p.sequence_parallel ? N / T : N;                   // rows of the residual stream
+  const double gathered = p.sequence_parallel && p.tp > 1 ? N * D : 0;  // a region's gathered input
+  const double partial = p.tp > 1 ? N * D : 0;                          // a row-parallel GEMM's partial sums
+  const double dh = static_cast<double>(c.kv_channels());
+  double a = 2 * Ns * D + 2 * Ns;  // the layer's output stream, its norm output and statistics
+  switch (kind) {
+    case LayerKind::attention: {
+      a += gathered + partial + N * dh * (c.num_heads + 2 * c.num_kv_heads) / T + N * dh * c.num_heads / T +
+           N * c.num_heads / T;
+      if (p.cp > 1)  // gathered K/V of whole sequences, the query chunks and their outputs
+        a += static_cast<double>(B * c.seq_len) * 2 * dh * c.num_kv_heads / T + 2 * N * dh * c.num_heads / T;
+      break;
+    }
+    case LayerKind::mlp: a += gathered + partial + N * (fc1(c, c.ffn_hidden) + c.ffn_hidden) / T; break;
+    case LayerKind::moe: {
+      const double E = static_cast<double>(c.num_experts), K = static_cast<double>(c.moe_top_k);
+      const double F = static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp());
+      const double R = Ns * K * static_cast<double>(p.expert_tp());  // rows this rank's experts compute, on average
+      a += Ns * E * 3 + Ns * K * 2;                                    // logits, scores, aux scores, routing
+      a += 2 * Ns * K * D + R * (2 * D + fc1(c, c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()) + 2 * F);
+      if (c.moe_shared_expert_hidden > 0)
+        a += gathered + partial + N * (fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden) / T + Ns * D;
+      break;
+    }
+    case LayerKind::mamba: break;
+  }
+  return a * kFloat;
+}
+
+}  // namespace
+
+Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
+  Plan plan;
+  const ModelConfig& c = in.model;
+  const ParallelConfig& p = in.layout;
+  plan.problems = p.validate(in.world);
+  if (plan.problems.empty()) plan.problems = layout_problems(c, p);
+  if (!plan.problems.empty()) return plan;
+  const auto kinds = c.layers();
+  const int64_t L = static_cast<int64_t>(kinds.size()), VS = p.pp * p.virtual_stages;
+  const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
+  const double dp_cp = static_cast<double>(in.world / (p.tp * p.pp));  // DP x CP
+  const double edp = static_cast<double>(in.world / (p.expert_tp() * p.ep * p.pp));
+  const int64_t M = in.grad_accum, B = in.micro_batch;
+  const double N = static_cast<double>(B * c.seq_len / p.cp), Ns = p.sequence_parallel ? N / T : N;
+
+  // The most loaded pipeline stage decides the memory.
+  for (int64_t stage = 0; stage < p.pp; ++stage) {
+    double dense = 0, expert = 0, act = 0;
+    for (int64_t chunk = 0; chunk < p.virtual_stages; ++chunk) {
+      const int64_t vs = chunk * p.pp + stage;
+      for (int64_t j = vs * L / VS; j < (vs + 1) * L / VS; ++j) {
+        auto [d, e] = layer_params(c, kinds[static_cast<size_t>(j)], p);
+        dense += d;
+        expert += e;
+        act += layer_activations(c, kinds[static_cast<size_t>(j)], p, B);
+      }
+      if (vs == 0) {
+        dense += static_cast<double>(c.vocab_size) * D / T;
+        act += Ns * D * kFloat + (p.tp > 1 ? N * D * kFloat : 0);
+      }
+      if (vs == VS - 1) {
+        dense += (c.tie_embeddings ? 0 : static_cast<double>(c.vocab_size) * D / T) + D;
+        act += (N * static_cast<double>(c.vocab_size) / T + 3 * N + 2 * Ns * D) * kFloat;  // logits, losses, norm
+      }
+    }
+    // Every micro-batch of a step keeps its own activation record (the executor's and the trainer's).
+    act *= static_cast<double>(M);
+    const double weights = (dense + expert) * kFloat;
+    const double opt = in.distributed_optimizer ? 2 * kFloat * (dense / dp_cp + expert / edp) : 2 * weights;
+    if (weights + weights + opt + act > plan.total()) {
+      plan.weights = weights;
+      plan.grads = weights;
+      plan.optimizer = opt;
+      plan.activations = act;
+    }
+  }
+
+  // Time: the global batch's model FLOPs spread over the ranks at the measured rate, plus the
+  // pipeline bubble, plus the bytes each rank moves in collectives over its link (ring costs).
+  const double flops = training_flops(c, M * B * in.world / (p.tp * p.cp * p.pp), c.seq_len) /
+                       static_cast<double>(in.world);
+  plan.compute_s = flops / (dev.gemm_tflops * 1e12 * dev.efficiency);
+  if (p.pp > 1)
+    plan.bubble_s = plan.compute_s * static_cast<double>(p.pp - 1) / static_cast<double>(M * p.virtual_stages);
+  auto ring = [](double bytes, double n) { return n > 1 ? 2 * (n - 1) / n * bytes : 0.0; };
+  double bytes = ring(plan.grads, dp_cp);  // DP gradient reduction (dense; experts over EDP, approximated alike)
+  int64_t attn = 0, mlp = 0, moe = 0;
+  for (LayerKind k : kinds) {
+    attn += k == LayerKind::attention;
+    mlp += k == LayerKind::mlp;
+    moe += k == LayerKind::moe;
+  }
+  const double per_mb_layers = static_cast<double>(attn + mlp + (c.moe_shared_expert_hidden > 0 ? moe : 0)) /
+                               static_cast<double>(p.pp);
+  bytes += static_cast<double>(M) * per_mb_layers * 2 * ring(N * D * kFloat, T);  // TP: forward and backward
+  if (p.cp > 1)  // K/V all-gather forward, reduce-scatter backward
+    bytes += static_cast<double>(M * attn / p.pp) * 2 * static_cast<double>(p.cp - 1) / static_cast<double>(p.cp) *
+             static_cast<double>(B * c.seq_len) * 2 * static_cast<double>(c.kv_channels() * c.num_kv_heads) / T * kFloat;
+  if (p.ep > 1)  // dispatch and combine, forward and backward, of K copies of each token
+    bytes += static_cast<double>(M * moe / p.pp) * 4 * static_cast<double>(p.ep - 1) / static_cast<double>(p.ep) * Ns *
+             static_cast<double>(c.moe_top_k) * D * kFloat;
+  if (p.pp > 1) bytes += static_cast<double>(M * p.virtual_stages) * 2 * Ns * D * kFloat;
+  plan.communication_s = bytes / (dev.link_gbytes * 1e9);
+  return plan;
+}
+
+std::vector<std::pair<ParallelConfig, Plan>> plan_all_layouts(const PlanInput& in, const DeviceSpec& dev) {
+  std::vector<std::pair<ParallelConfig, Plan>> out;
+  const int64_t W = in.world;
+  for (int64_t tp = 1; tp <= W; tp *= 2)
+    for (int64_t cp = 1; tp * cp <= W; cp *= 2)
+      for (int64_t pp = 1; tp * cp * pp <= W; pp *= 2)
+        for (int64_t ep = 1; ep <= W; ep *= 2)
+          for (int64_t etp : {int64_t(1), tp}) {
+            ParallelConfig p = in.layout;
+            p.tp = tp;
+            p.cp = cp;
+            p.pp = pp;
+            p.ep = ep;
+            p.etp = etp;
+            p.sequence_parallel = tp > 1;
+            if (in.model.num_experts == 0 && ep > 1) continue;
+            PlanInput one = in;
+            one.layout = p;
+            Plan plan = plan_layout(one, dev);
+            if (plan.problems.empty()) out.emplace_back(p, plan);
+            if (tp == 1) break;  // etp in {1, tp} is one choice
+          }
+  const double cap = dev.memory_gib * 1024 * 1024 * 1024;
+  std::stable_sort(out.begin(), out.end(), [&](const auto& a, const auto& b) {
+    const bool fa = a.second.total() <= cap, fb = b.second.total() <= cap;
+    if (fa != fb) return fa;
+    return a.second.step_s() < b.second.step_s();
+  });
+  return out;
+}
+
+std::string plan_table(const std::vector<std::pair<ParallelConfig, Plan>>& plans, const DeviceSpec& dev) {
+  const double gib = 1024.0 * 1024 * 1024, cap = dev.memory_gib * gib;
+  std::string s = strprintf("%-26s %9s %9s %9s %9s %9s %5s %10s %6s\n", "layout (tp cp pp ep etp)", "weights", "grads",
+                            "optim", "activ", "total", "fits", "step (s)", "comm");
+  for (const auto& [p, plan] : plans)
+    s += strprintf("tp%-3lld cp%-3lld pp%-3lld ep%-3lld etp%-3lld %8.2fG %8.2fG %8.2fG %8.2fG %8.2fG %5s %10.3f %5.1f%%\n",
+                   (long long)p.tp, (long long)p.cp, (long long)p.pp, (long long)p.ep, (long long)p.expert_tp(),
+                   plan.weights / gib, plan.grads / gib, plan.optimizer / gib, plan.activations / gib,
+                   plan.total() / gib, plan.total() <= cap ? "yes" : "no", plan.step_s(),
+                   100 * plan.communication_share());
+  return s;
+}
+
+}  // namespace ff

@@ -1,0 +1,73 @@
+// `fivefold plan`: memory terms follow the layout the way the implementation allocates.
+#include <gtest/gtest.h>
+
+#include "train/plan.h"
+
+namespace ff {
+namespace {
+
+PlanInput small(int64_t world) {
+  PlanInput in;
+  in.model = model_preset("moe-small");
+  in.world = world;
+  in.micro_batch = 4;
+  in.grad_accum = 2;
+  return in;
+}
+
+TEST(Plan, OneRankHoldsTheWholeModel) {
+  DeviceSpec dev;
+  Plan p = plan_layout(small(1), dev);
+  ASSERT_TRUE(p.problems.empty());
+  EXPECT_DOUBLE_EQ(p.weights, 4.0 * static_cast<double>(count_parameters(model_preset("moe-small"))));
+  EXPECT_DOUBLE_EQ(p.grads, p.weights);
+  EXPECT_DOUBLE_EQ(p.optimizer, 2 * p.weights);  // Adam moments
+  EXPECT_GT(p.activations, 0);
+  EXPECT_EQ(p.communication_s, 0);
+  EXPECT_EQ(p.bubble_s, 0);
+}
+
+TEST(Plan, ParallelismDividesWhatItShards) {
+  DeviceSpec dev;
+  PlanInput in = small(4);
+  Plan dp = plan_layout(in, dev);  // DP 4: everything replicated
+  in.distributed_optimizer = true;
+  Plan zero = plan_layout(in, dev);
+  EXPECT_NEAR(zero.optimizer, dp.optimizer / 4, dp.optimizer * 1e-9);
+  EXPECT_GT(dp.communication_s, 0);
+  in.distributed_optimizer = false;
+  in.layout.ep = 4;  // experts split four ways: 8 experts -> 2 per rank
+  Plan ep = plan_layout(in, dev);
+  EXPECT_LT(ep.weights, dp.weights / 2);
+  in.layout.ep = 1;
+  in.layout.pp = 2;
+  Plan pp = plan_layout(in, dev);
+  EXPECT_LT(pp.weights, 0.6 * dp.weights);
+  EXPECT_GT(pp.bubble_s, 0);
+  in.layout.pp = 3;  // 16 layers but 4 ranks: not divisible
+  EXPECT_FALSE(plan_layout(in, dev).problems.empty());
+}
+
+TEST(Plan, AllLayoutsAreValidAndThoseThatFitComeFirstFastestFirst) {
+  DeviceSpec dev;
+  dev.memory_gib = 3.0;
+  auto all = plan_all_layouts(small(8), dev);
+  ASSERT_GT(all.size(), 10u);
+  const double cap = dev.memory_gib * 1024 * 1024 * 1024;
+  bool seen_unfit = false;
+  double last = 0;
+  for (const auto& [layout, plan] : all) {
+    EXPECT_TRUE(plan.problems.empty());
+    const bool fits = plan.total() <= cap;
+    if (!fits) seen_unfit = true;
+    EXPECT_FALSE(fits && seen_unfit) << "a fitting layout after one that does not fit";
+    if (fits) {
+      EXPECT_GE(plan.step_s(), last);
+      last = plan.step_s();
+    }
+  }
+  EXPECT_FALSE(plan_table(all, dev).empty());
+}
+
+}  // namespace
+}  // namespace ff
