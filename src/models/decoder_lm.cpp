@@ -25,7 +25,7 @@ std::vector<std::string> layout_problems(const ModelConfig& cfg, const ParallelC
   if (cfg.pattern().find('-') != std::string::npos)
     need(cfg.ffn_hidden % T == 0, strprintf("model.ffn_hidden = %lld is not divisible by parallel.tp = %lld",
                                             (long long)cfg.ffn_hidden, (long long)T));
-  need(cfg.seq_len % (2 * pc.cp) == 0, strprintf("model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld "
+  need(pc.cp == 1 || cfg.seq_len % (2 * pc.cp) == 0, strprintf("model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld "
                                                  "(context parallelism cuts each sequence into 2 cp chunks)",
                                                  (long long)cfg.seq_len, (long long)(2 * pc.cp)));
   if (pc.sequence_parallel)

@@ -1,12 +1,21 @@
 #include "train/pipeline.h"
 
+#include <algorithm>
+
 #include "parallel/schedule.h"
 
 namespace ff {
 
+int64_t micro_batch_records(int64_t P, int64_t p, int64_t M, int64_t V) {
+  // 1F1B: micro-batch m + W + 1 starts after m's backward (the schedule tests check that at most
+  // W + 1 are in flight), so W + 1 records suffice. Interleaved: one per micro-batch.
+  return V == 1 ? std::min(M, pipeline_warmup(P, p, M, 1) + 1) : M;
+}
+
 PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches)
     : model_(model), grid_(grid), M_(micro_batches) {
-  for (int64_t m = 0; m < M_; ++m) micro_batches_.push_back(model.new_micro_batch());
+  const int64_t records = micro_batch_records(grid.pp().size(), grid.pp().rank(), M_, model.num_chunks());
+  for (int64_t m = 0; m < records; ++m) micro_batches_.push_back(model.new_micro_batch());
   activations_.resize(static_cast<size_t>(M_ * model.num_chunks()));
   gradients_.resize(activations_.size());
 }
@@ -27,7 +36,7 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
   std::vector<std::vector<int64_t>> load(static_cast<size_t>(V));  // per chunk, summed over micro-batches
   for (const PipeAction& a : pipeline_schedule(P, p, M_, V)) {
     const int64_t m = a.microbatch, c = a.chunk, vs = c * P + p;
-    auto& mb = *micro_batches_[static_cast<size_t>(m)];
+    auto& mb = *micro_batches_[static_cast<size_t>(m) % micro_batches_.size()];
     auto& act = activations_[static_cast<size_t>(m * V + c)];
     auto& grad = gradients_[static_cast<size_t>(m * V + c)];
     if (a.op == PipeOp::forward) {

@@ -21,6 +21,9 @@ struct PipelineResult {
   std::vector<int64_t> expert_load;  // rows per expert of this stage's MoE layers, in layer order
 };
 
+// Micro-batch activation records stage p keeps alive at once (what its memory holds).
+int64_t micro_batch_records(int64_t P, int64_t p, int64_t M, int64_t V);
+
 class PipelineExecutor {
  public:
   PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches);
@@ -33,7 +36,7 @@ class PipelineExecutor {
   DecoderLM& model_;
   const ParallelGrid& grid_;
   int64_t M_;
-  std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;
+  std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;  // micro-batch m uses m % size
   std::vector<std::vector<float>> activations_, gradients_;  // received, per (micro-batch, chunk)
 };
 

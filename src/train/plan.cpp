@@ -6,6 +6,7 @@
 #include "models/decoder_lm.h"
 #include "parallel/schedule.h"
 #include "train/flops.h"
+#include "train/pipeline.h"
 
 namespace ff {
 
@@ -109,8 +110,8 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
         act += (N * static_cast<double>(c.vocab_size) / T + 3 * N + 2 * Ns * D) * kFloat;  // logits, losses, norm
       }
     }
-    // Every micro-batch of a step keeps its own activation record (the executor's and the trainer's).
-    act *= static_cast<double>(M);
+    // The activation records the pipeline executor keeps alive on this stage.
+    act *= static_cast<double>(micro_batch_records(p.pp, stage, M, p.virtual_stages));
     const double weights = (dense + expert) * kFloat;
     const double opt = in.distributed_optimizer ? 2 * kFloat * (dense / dp_cp + expert / edp) : 2 * weights;
     if (weights + weights + opt + act > plan.total()) {

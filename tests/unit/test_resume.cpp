@@ -86,10 +86,12 @@ TEST(Resume, StoppedAndResumedRunIsBitIdenticalToAnUninterruptedOne) {
   c.train.steps = 6;
   c.train.save_interval = 3;
   c.train.keep_checkpoints = 0;
-  // Token dropping on. (The expert-bias buffers are saved and restored too, but today every forward,
-  // validation included, adds to the routers' pending expert load, so with moe_expert_bias the
-  // validation pass a resumed run makes at its start shifts the bias update: not bit-exact yet.)
+  // Token dropping and the aux-loss-free expert bias on: the bias buffers are saved and restored,
+  // and only training micro-batches count towards their updates (not the validation passes).
   c.model.moe_capacity_factor = 1.0;
+  c.model.moe_router_score = cpu::RouterScore::sigmoid;
+  c.model.moe_router_norm_topk_prob = true;
+  c.model.moe_expert_bias = true;
   std::vector<float> wa, wb;
   TrainResult ra = train(c, &wa);
   ASSERT_EQ(ra.losses.size(), 6u);

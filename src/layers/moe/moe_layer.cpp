@@ -89,13 +89,15 @@ void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, Are
       ++kept;
     }
   s.stats.dropped_slots = N * K - kept;
-  router_.accumulate_expert_load(s.stats.tokens_per_expert.data());
 }
 
 void MoeLayer::backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N_full,
                         float loss_scale, Arena& scratch) {
   const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, N = tp_.local_rows(N_full);
   const int64_t R = s.dispatch.rows.shape[0];
+  // The expert-bias load counts training micro-batches only (those that reach backward), not
+  // validation or generation forwards.
+  router_.accumulate_expert_load(s.stats.tokens_per_expert.data());
   // Shared expert first: it writes dx, the routed path then accumulates.
   bool dx_written = false;
   if (shared_) {
