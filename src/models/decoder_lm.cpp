@@ -35,8 +35,6 @@ std::vector<std::string> layout_problems(const ModelConfig& cfg, const ParallelC
   need(layers >= pc.pp * pc.virtual_stages,
        strprintf("the model has %lld layers, fewer than parallel.pp x parallel.virtual_stages = %lld pipeline stages",
                  (long long)layers, (long long)(pc.pp * pc.virtual_stages)));
-  need(!(cfg.tie_embeddings && pc.pp > 1), "model.tie_embeddings with parallel.pp > 1 is not supported yet (the "
-                                           "embedding and the LM head live on different stages); untie them or use pp = 1");
   if (moe) {
     need(T == 1 || pc.sequence_parallel, strprintf("MoE layers with parallel.tp = %lld need parallel.sequence_parallel "
                                                    "= true (each TP rank then routes its own share of the tokens)",
@@ -126,10 +124,20 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   }
   if (chunk_range(chunks_ - 1).last) {
     final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
-    head_ = cfg.tie_embeddings ? embedding_
-                               : params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
-                                                   ParamInit::normal, std0);
+    if (!cfg.tie_embeddings) {
+      head_ = params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0}, ParamInit::normal, std0);
+    } else if (embedding_) {
+      head_ = embedding_;
+    } else {
+      // Tied across pipeline stages: the last stage keeps a copy of the embedding (same name, same
+      // initial values), counted and written once; their gradients are summed before each step.
+      head_ = params_.add_slice("model.embed_tokens.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
+                                ParamInit::normal, std0);
+      head_->replica = true;
+    }
   }
+  tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1;
+  pp_ = &grid.pp();
   // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once.
   for (Param& prm : params_.params())
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
@@ -362,6 +370,21 @@ std::vector<MoeLayer*> DecoderLM::moe_layers() {
   for (auto& L : layers_)
     if (L.moe) out.push_back(L.moe.get());
   return out;
+}
+
+void DecoderLM::synchronize_tied_embeddings() {
+  if (!tied_across_stages_) return;
+  // The first stage's embedding and the last stage's copy each hold part of the gradient. Summed
+  // over the pipeline group; middle stages take part with zeros (a group of the first and last
+  // stage alone would spare them the traffic).
+  const Param* e = embedding_ ? embedding_ : head_;
+  const int64_t n = (cfg_.vocab_size / tp_.size()) * cfg_.d_model;
+  if (e) {
+    pp_->all_reduce_sum(e->grad, n);
+  } else {
+    std::vector<float> zeros(static_cast<size_t>(n), 0.0f);
+    pp_->all_reduce_sum(zeros.data(), n);
+  }
 }
 
 void DecoderLM::end_of_step() {

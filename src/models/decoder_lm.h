@@ -85,6 +85,9 @@ class DecoderLM {
   // [N, V] logits of the last forward (valid until the next forward on mb; consumed by backward).
   const float* logits(const MicroBatch& mb) const;
 
+  // With tied embeddings over several pipeline stages: sum the embedding's gradient of the first
+  // stage and its copy's on the last (all pipeline ranks call it, after the last backward).
+  void synchronize_tied_embeddings();
   // Apply the aux-loss-free expert-bias update (once per optimizer step).
   void end_of_step();
 
@@ -106,6 +109,8 @@ class DecoderLM {
 
   ModelConfig cfg_;
   int64_t pp_rank_ = 0, pp_size_ = 1, chunks_ = 1;
+  bool tied_across_stages_ = false;
+  const Communicator* pp_ = nullptr;
   TensorParallel tp_;
   const Communicator* cp_ = nullptr;  // context-parallel group, null when CP = 1
   ParamStore params_;

@@ -344,6 +344,7 @@ void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
       targets.push_back(b.targets);
     }
     PipelineResult r = pipe.run(tokens, targets, B, cfg.seq_len, 1.0f / static_cast<float>(M));
+    model.synchronize_tied_embeddings();
     reduce_gradients(model.params(), grid);
     EXPECT_NEAR(r.loss, ref_loss, 1e-5 * ref_loss) << "step " << step;
     EXPECT_NEAR(r.aux_loss, ref_aux, 1e-5 * ref_aux + 1e-9) << "step " << step;
@@ -370,6 +371,18 @@ TEST(Invariance, PipelineOneFOneB) {
   if (world_size() >= 4) {
     pc.pp = 4;
     expect_pipeline_invariant(tiny_moe(), pc, 4);
+  }
+}
+
+TEST(Invariance, PipelineWithTiedEmbeddings) {
+  ModelConfig c = tiny_moe();
+  c.tie_embeddings = true;
+  ParallelConfig pc;
+  pc.pp = 2;
+  expect_pipeline_invariant(c, pc, 2);
+  if (world_size() >= 4) {
+    pc.pp = 4;
+    expect_pipeline_invariant(c, pc, 4);
   }
 }
 
