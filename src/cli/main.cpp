@@ -8,7 +8,8 @@
 #include <sstream>
 
 #include "cli/cli_config.h"
-#include "io/text_data.h"
+#include "io/preprocess.h"
+#include "io/tokenizer.h"
 #include "train/flops.h"
 #include "train/convert.h"
 #include "train/run_checkpoint.h"
@@ -113,8 +114,10 @@ int cmd_generate(const GenerateOptions& g) {
   DecoderLM model(c.model, grid, c.train.seed);
   load_model_weights(model, g.model_path);
   auto mb = model.new_micro_batch();
-  ByteTokenizer tok;
-  std::vector<int32_t> ids = tok.encode(g.prompt);
+  auto tok = load_tokenizer(c.train.tokenizer_type, c.train.tokenizer_path);  // the one the model was trained with
+  std::vector<int32_t> ids = tok->encode(g.prompt);
+  const size_t prompt_tokens = ids.size();
+  size_t printed = 0;  // bytes of the decoded continuation already printed
   FF_CHECK(!ids.empty(), "--prompt is empty: give at least one character");
   Rng rng(g.seed, "generate");
   std::printf("%s", g.prompt.c_str());
@@ -125,8 +128,8 @@ int cmd_generate(const GenerateOptions& g) {
     const int32_t* ctx = ids.data() + ids.size() - static_cast<size_t>(S);
     model.forward(*mb, ctx, nullptr, 1, S);
     const float* logits = model.logits(*mb) + (S - 1) * V;
-    // Sample among the byte tokens (the model may carry unused vocabulary rows).
-    const int64_t Vb = std::min<int64_t>(V, ByteTokenizer::kVocabSize);
+    // Sample among the tokenizer's tokens (the model may carry unused vocabulary rows).
+    const int64_t Vb = std::min<int64_t>(V, tok->vocab_size());
     int32_t next = 0;
     if (g.temperature == 0) {
       for (int64_t v = 1; v < Vb; ++v)
@@ -150,10 +153,50 @@ int cmd_generate(const GenerateOptions& g) {
       }
     }
     ids.push_back(next);
-    std::printf("%s", tok.decode(&next, 1).c_str());
+    // Decode the whole continuation and print what is new: a token's text can depend on its
+    // neighbours (SentencePiece spaces, multi-byte characters split over byte tokens).
+    const std::string text = tok->decode(std::span<const int32_t>(ids).subspan(prompt_tokens));
+    if (text.size() > printed) std::printf("%s", text.c_str() + printed);
+    printed = std::max(printed, text.size());
     std::fflush(stdout);
   }
   std::printf("\n");
+  return 0;
+}
+
+// Flags of a plain config struct, derived from its field list (as RunConfigFlags does for runs).
+template <class Config>
+struct FieldFlags {
+  std::map<std::string, std::string> given;
+  Config defaults;
+  void add_to(CLI::App& app, const std::string& group) {
+    CliRegistrar r{app, given, group};
+    defaults.visit_fields(r);
+  }
+  Config resolve() const {
+    Config c;
+    std::vector<std::string> errors;
+    CliApplier a{given, "", errors};
+    c.visit_fields(a);
+    if (!errors.empty()) {
+      std::string all;
+      for (const auto& e : errors) all += "\n  " + e;
+      FF_FAIL("bad command line:%s", all.c_str());
+    }
+    return c;
+  }
+};
+
+int cmd_preprocess(const PreprocessConfig& c) {
+  auto errors = c.validate();
+  if (!errors.empty()) {
+    std::string all;
+    for (const auto& e : errors) all += "\n  " + e;
+    FF_FAIL("preprocess:%s", all.c_str());
+  }
+  auto tok = load_tokenizer(c.tokenizer_type, c.tokenizer_path);
+  std::printf("preprocess: %s -> %s.{bin,idx} with %s\n", c.input.c_str(), c.output_prefix.c_str(), tok->describe().c_str());
+  preprocess(c, *tok);
   return 0;
 }
 
@@ -230,6 +273,15 @@ int main(int argc, char** argv) {
     convert->add_option("--max_shard_mb", conv.max_shard_mb, "export: shard files past this size (MiB)")
         ->capture_default_str();
 
+    FieldFlags<PreprocessConfig> pre_flags;
+    auto* pre = app.add_subcommand("preprocess", "JSONL or text -> Megatron indexed dataset (PREFIX.bin + PREFIX.idx)");
+    pre_flags.add_to(*pre, "Preprocess");
+    FieldFlags<SentencePieceTrainConfig> tok_flags;
+    auto* tokenizer = app.add_subcommand("tokenizer", "tokenizer tools");
+    auto* tok_train = tokenizer->add_subcommand("train", "train a SentencePiece model on text files");
+    tok_flags.add_to(*tok_train, "Tokenizer");
+    tokenizer->require_subcommand(1);
+
     GenerateOptions gen;
     auto* generate = app.add_subcommand("generate", "sample text from a trained model");
     generate->add_option("--model", gen.model_path, "model file written by train")->capture_default_str();
@@ -253,6 +305,14 @@ int main(int argc, char** argv) {
     }
     if (train->parsed()) return cmd_train(train_flags, print_config);
     if (generate->parsed()) return cmd_generate(gen);
+    if (pre->parsed()) return cmd_preprocess(pre_flags.resolve());
+    if (tok_train->parsed()) {
+      const auto tc = tok_flags.resolve();
+      train_sentencepiece(tc);
+      std::printf("wrote %s.model and %s.vocab (%lld tokens)\n", tc.model_prefix.c_str(), tc.model_prefix.c_str(),
+                  (long long)tc.vocab_size);
+      return 0;
+    }
     if (convert->parsed()) {
       run_convert(conv);
       return 0;

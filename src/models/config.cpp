@@ -168,7 +168,7 @@ ModelConfig model_preset(const std::string& name) {
   ModelConfig c;  // the defaults are the small Mixtral-style MoE of the benchmarks
   if (name == "moe-small" || name == "mixtral-small") return c;
   if (name == "moe-tiny") {  // the default training job: learns visibly in minutes on 2 cores
-    c.vocab_size = 256; c.d_model = 256; c.num_layers = 4; c.num_heads = 4; c.num_kv_heads = 2; c.seq_len = 256;
+    c.vocab_size = 4096; c.d_model = 256; c.num_layers = 4; c.num_heads = 4; c.num_kv_heads = 2; c.seq_len = 256;
     c.num_experts = 8; c.moe_top_k = 2; c.moe_ffn_hidden = 512; c.ffn_hidden = 704;
     return c;
   }

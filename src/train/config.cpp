@@ -9,14 +9,14 @@ std::vector<std::string> TrainConfig::validate() const {
   if (steps < 0) e.push_back(strprintf("train.steps = %lld: must be >= 0", (long long)steps));
   if (micro_batch < 1) e.push_back(strprintf("train.micro_batch = %lld: must be >= 1", (long long)micro_batch));
   if (grad_accum < 1) e.push_back(strprintf("train.grad_accum = %lld: must be >= 1", (long long)grad_accum));
-  if (!(valid_fraction > 0 && valid_fraction < 1))
-    e.push_back(strprintf("train.valid_fraction = %g: must be in (0, 1)", valid_fraction));
   if (eval_interval < 0) e.push_back(strprintf("train.eval_interval = %lld: must be >= 0", (long long)eval_interval));
   if (eval_batches < 1) e.push_back(strprintf("train.eval_batches = %lld: must be >= 1", (long long)eval_batches));
   if (log_interval < 1) e.push_back(strprintf("train.log_interval = %lld: must be >= 1", (long long)log_interval));
   if (peak_tflops < 0) e.push_back(strprintf("train.peak_tflops = %g: must be >= 0", peak_tflops));
   if (threads < 0) e.push_back(strprintf("train.threads = %lld: must be >= 0", (long long)threads));
-  if (data_path.empty()) e.push_back("train.data_path is empty: give a text file to train on");
+  if (data_path.empty()) e.push_back("train.data_path is empty: give a text file or an indexed-dataset prefix");
+  if (tokenizer_type != TokenizerType::byte && tokenizer_path.empty())
+    e.push_back("train.tokenizer_path is empty: give the tokenizer file, or --tokenizer_type byte");
   if (save_interval < 0) e.push_back(strprintf("train.save_interval = %lld: must be >= 0 (0 = none)", (long long)save_interval));
   if (keep_checkpoints < 0)
     e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "io/tokenizer.h"
 #include "models/config.h"
 #include "optim/optimizer.h"
 #include "parallel/grid.h"
@@ -16,8 +17,12 @@ struct TrainConfig {
   int64_t steps = 500;
   int64_t micro_batch = 8;      // sequences per micro-batch
   int64_t grad_accum = 1;       // micro-batches per optimizer step
+  // Data (train/data.h): a text/JSONL file, an indexed-dataset prefix, or a blend "W1 P1 W2 P2".
   std::string data_path = "data/kjv.txt";
-  double valid_fraction = 0.02; // tail of the corpus held out for validation
+  std::string split = "98,2,0";  // train, valid, test ratios over each source's documents
+  std::string json_key = "text";
+  TokenizerType tokenizer_type = TokenizerType::sentencepiece;
+  std::string tokenizer_path = "data/kjv-sp4096.model";
   int64_t eval_interval = 50;   // steps between validation passes; 0 = only at the end
   int64_t eval_batches = 8;
   int64_t log_interval = 1;
@@ -35,8 +40,12 @@ struct TrainConfig {
     v(steps, "steps", "optimizer steps");
     v(micro_batch, "micro_batch", "sequences per micro-batch");
     v(grad_accum, "grad_accum", "micro-batches accumulated per optimizer step");
-    v(data_path, "data_path", "training text file (byte-level tokens)");
-    v(valid_fraction, "valid_fraction", "fraction of the corpus (its tail) held out for validation");
+    v(data_path, "data_path", "a text/JSONL file (tokenised on first use into PATH-TOKENIZER.{bin,idx} beside it), "
+                              "an indexed dataset PREFIX (PREFIX.bin + PREFIX.idx), or a blend \"W1 PATH1 W2 PATH2 ...\"");
+    v(split, "split", "train,valid,test ratios over each source's documents, e.g. 98,2,0");
+    v(json_key, "json_key", "JSONL sources: the key holding each document's text");
+    v(tokenizer_type, "tokenizer_type", "tokenizer kind");
+    v(tokenizer_path, "tokenizer_path", "SentencePiece .model (trained on the text sources if missing) or tokenizer.json");
     v(eval_interval, "eval_interval", "steps between validation passes; 0 = only at the end");
     v(eval_batches, "eval_batches", "micro-batches per validation pass");
     v(log_interval, "log_interval", "steps between log lines");

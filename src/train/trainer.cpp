@@ -11,7 +11,7 @@
 
 #include "io/safetensors.h"
 #include "parallel/data_parallel.h"
-#include "io/text_data.h"
+#include "train/data.h"
 #include "train/flops.h"
 #include "train/run_checkpoint.h"
 #include "train/stop_signal.h"
@@ -26,15 +26,6 @@ std::string format_duration(double s) {
   int64_t t = static_cast<int64_t>(s + 0.5);
   if (t >= 3600) return strprintf("%lldh%02lldm", (long long)(t / 3600), (long long)(t % 3600 / 60));
   return strprintf("%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
-}
-
-double unigram_entropy(const std::vector<int32_t>& ids, int64_t V) {
-  std::vector<double> counts(static_cast<size_t>(V), 0.0);
-  for (int32_t t : ids) counts[static_cast<size_t>(t)] += 1;
-  double h = 0, n = static_cast<double>(ids.size());
-  for (double c : counts)
-    if (c > 0) h -= c / n * std::log(c / n);
-  return h;
 }
 }  // namespace
 
@@ -95,14 +86,13 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   return m;
 }
 
-double Trainer::validation_loss(const std::vector<int32_t>& split, int64_t batches) {
+double Trainer::validation_loss(const BlendedDataset& split, int64_t batches) {
   const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
-  Rng rng(cfg_.train.seed, "valid");  // the same windows at every evaluation
   std::vector<int32_t> tokens, targets;
   auto& mb = *micro_batches_[0];
   double sum = 0;
   for (int64_t b = 0; b < batches; ++b) {
-    sample_batch(tokens, targets, split, B, S, rng);
+    fill_batch(tokens, targets, split, b * B, B, S);  // the same samples at every evaluation
     sum += model_.forward(mb, tokens.data(), targets.data(), B, S).loss;
   }
   return sum / static_cast<double>(batches);
@@ -111,10 +101,9 @@ double Trainer::validation_loss(const std::vector<int32_t>& split, int64_t batch
 TrainResult Trainer::run(bool quiet) {
   const auto& tc = cfg_.train;
   const int64_t B = tc.micro_batch, S = cfg_.model.seq_len;
-  FF_CHECK(cfg_.model.vocab_size >= ByteTokenizer::kVocabSize,
-           "model.vocab_size = %lld is smaller than the byte tokenizer's 256 tokens; set vocab_size >= 256",
-           (long long)cfg_.model.vocab_size);
-  TextData data = TextData::load(tc.data_path, tc.valid_fraction, S);
+  const int64_t dp = grid_.dp_size(), global_batch = dp * tc.grad_accum * B;
+  TrainingData data = open_training_data(cfg_, std::max<int64_t>(1, tc.steps * global_batch), tc.eval_batches * B,
+                                         Communicator::world(), quiet);
   std::filesystem::create_directories(tc.out_dir);
   const bool lead = grid_.world_rank() == 0;
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops();
@@ -123,8 +112,7 @@ TrainResult Trainer::run(bool quiet) {
     std::printf("model: %s, pattern %s, %.2fM parameters (%.2fM active per token); %d threads\n",
                 tc.model_preset.empty() ? "custom" : tc.model_preset.c_str(), cfg_.model.pattern().c_str(),
                 count_parameters(cfg_.model) / 1e6, count_active_parameters(cfg_.model) / 1e6, omp_get_max_threads());
-    std::printf("data: %s, %zu train / %zu valid tokens (bytes); %lld steps of %lld x %lld x %lld tokens; "
-                "MFU against %.3f TFLOP/s\n", tc.data_path.c_str(), data.train.size(), data.valid.size(),
+    std::printf("%s\n%lld steps of %lld x %lld x %lld tokens; MFU against %.3f TFLOP/s\n", data.summary.c_str(),
                 (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S, peak_tflops_);
     std::fflush(stdout);
   }
@@ -144,18 +132,21 @@ TrainResult Trainer::run(bool quiet) {
   FF_CHECK(metrics.good(), "cannot write %s/metrics.jsonl", tc.out_dir.c_str());
 
   TrainResult result;
-  result.unigram_entropy = unigram_entropy(data.train, cfg_.model.vocab_size);
-  result.first_valid_loss = validation_loss(data.valid, tc.eval_batches);
+  result.unigram_entropy = data.unigram_entropy;
+  result.first_valid_loss = validation_loss(*data.valid, tc.eval_batches);
   if (lead && !quiet)
     std::printf("validation loss before training %.4f (unigram baseline %.4f nats/token)\n", result.first_valid_loss,
                 result.unigram_entropy);
-  Rng data_rng(tc.seed, "train-data", static_cast<uint64_t>(grid_.dp().rank()));
-  RngDataCursor data_cursor(data_rng);  // the data source's resumable position
+  SampleCursor data_cursor;  // the data source's resumable position
+  data_cursor.data = tc.data_path;
   if (!tc.resume.empty()) data_cursor.load_cursor(resumed.data_cursor);
   std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size());
   auto t_start = Clock::now();
   for (int64_t s = resumed.step; s < tc.steps; ++s) {
-    for (size_t m = 0; m < tokens.size(); ++m) sample_batch(tokens[m], targets[m], data.train, B, S, data_rng);
+    for (size_t m = 0; m < tokens.size(); ++m)  // micro-batch m of data-parallel rank r: samples (m * dp + r) * B ..
+      fill_batch(tokens[m], targets[m], *data.train,
+                 data_cursor.next_sample + (static_cast<int64_t>(m) * dp + grid_.dp().rank()) * B, B, S);
+    data_cursor.next_sample += global_batch;
     StepMetrics m = step(s, tokens, targets);
     result.losses.push_back(m.loss);
     nlohmann::json rec = {{"step", m.step}, {"loss", m.loss}, {"aux_loss", m.aux_loss}, {"z_loss", m.z_loss},
@@ -166,7 +157,7 @@ TrainResult Trainer::run(bool quiet) {
                           {"dropped_fraction", m.dropped_fraction}};
     const bool last = s + 1 == tc.steps;
     if ((tc.eval_interval > 0 && m.step % tc.eval_interval == 0) || last) {
-      rec["valid_loss"] = validation_loss(data.valid, tc.eval_batches);
+      rec["valid_loss"] = validation_loss(*data.valid, tc.eval_batches);
       result.final_valid_loss = rec["valid_loss"];
     }
     metrics << rec.dump() << "\n";

@@ -4,6 +4,7 @@
 #pragma once
 #include <string>
 
+#include "io/gpt_dataset.h"
 #include "models/decoder_lm.h"
 #include "train/config.h"
 
@@ -21,7 +22,7 @@ struct StepMetrics {
 struct TrainResult {
   double first_loss = 0, final_loss = 0;
   double first_valid_loss = 0, final_valid_loss = 0;
-  double unigram_entropy = 0;  // nats per token of the training split's byte distribution
+  double unigram_entropy = 0;  // nats per token of the training split's token distribution
   std::vector<double> losses;  // per step
   bool stopped = false;        // by SIGTERM/SIGINT, after saving a checkpoint
 };
@@ -34,7 +35,8 @@ class Trainer {
   // One optimizer step on the given micro-batches; used by run() and by the bench.
   StepMetrics step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
                    const std::vector<std::vector<int32_t>>& targets);
-  double validation_loss(const std::vector<int32_t>& split, int64_t batches);
+  // Mean loss over the split's first `batches` micro-batches of samples.
+  double validation_loss(const BlendedDataset& split, int64_t batches);
   DecoderLM& model() { return model_; }
   void set_peak_tflops(double t) { peak_tflops_ = t; }
 

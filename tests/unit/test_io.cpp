@@ -8,7 +8,6 @@
 
 #include "core/rng.h"
 #include "io/safetensors.h"
-#include "io/text_data.h"
 
 namespace ff {
 namespace {
@@ -96,26 +95,6 @@ TEST(Safetensors, FuzzedHeadersNeverCrash) {
     }
   }
   EXPECT_GT(errors, 0);
-  std::remove(p.c_str());
-}
-
-TEST(TextData, ByteTokenizerRoundTripsAnyBytes) {
-  std::string s = "In the beginning \xF0\x9F\x98\x80 caf\xC3\xA9 \x01\xFF";
-  ByteTokenizer t;
-  auto ids = t.encode(s);
-  EXPECT_EQ(t.decode(ids.data(), static_cast<int64_t>(ids.size())), s);
-}
-
-TEST(TextData, MissingOrShortFilesNameTheFile) {
-  try {
-    TextData::load("/nonexistent/corpus.txt", 0.1, 8);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/corpus.txt"), std::string::npos);
-  }
-  const std::string p = temp_path("short.txt");
-  write_all(p, {'a', 'b', 'c'});
-  EXPECT_THROW(TextData::load(p, 0.1, 8), Error);
   std::remove(p.c_str());
 }
 

@@ -26,7 +26,7 @@ std::string synthetic_corpus(size_t bytes) {
     s += verbs[rng.below(5)];
     s += " ";
     s += objects[rng.below(5)];
-    s += "\n";
+    s += rng.below(4) == 0 ? "\n\n" : "\n";  // blank lines separate the documents
   }
   return s;
 }
@@ -34,6 +34,7 @@ std::string synthetic_corpus(size_t bytes) {
 RunConfig small_run(const std::string& dir) {
   RunConfig c;
   c.model = model_preset("moe-tiny");
+  c.model.vocab_size = ByteTokenizer::kVocabSize;
   c.model.d_model = 64;
   c.model.num_layers = 2;
   c.model.num_heads = 4;
@@ -50,7 +51,9 @@ RunConfig small_run(const std::string& dir) {
   c.train.eval_batches = 4;
   c.train.out_dir = dir;
   c.train.peak_tflops = 1.0;  // skip the ceiling measurement
-  c.train.data_path = dir + "/corpus.txt";
+  c.train.data_path = dir + "/corpus.txt";  // preprocessed on first use into dir/corpus-byte.{bin,idx}
+  c.train.tokenizer_type = TokenizerType::byte;
+  std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   std::ofstream(c.train.data_path) << synthetic_corpus(200000);
   return c;

@@ -1,0 +1,53 @@
+// The trainer's data: the tokenizer and the train / valid sample streams named by train.data_path.
+//
+// train.data_path is one source or a blend "W1 PATH1 W2 PATH2 ...". A source is an indexed dataset
+// PREFIX (PREFIX.idx + PREFIX.bin exist) or a text / JSONL file, which is prepared on first use:
+//   - with train.tokenizer_type sentencepiece and no file at train.tokenizer_path, a tokenizer of
+//     model.vocab_size entries is trained on the run's text sources;
+//   - the file is preprocessed into PREFIX = the file's path without its extension, then "-" and
+//     the tokenizer's file stem ("-byte" for the byte tokenizer), leaving out a repeated corpus
+//     name: data/kjv.txt + data/kjv-sp4096.model -> data/kjv-sp4096.{bin,idx}.
+// Later runs reuse both unless the text or the tokenizer is newer than the prepared files. Rank 0
+// prepares while the other ranks wait. Each source is split by documents with train.split; the
+// train stream blends the train splits by weight, the valid stream the valid splits.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "io/gpt_dataset.h"
+#include "io/tokenizer.h"
+#include "parallel/comm.h"
+#include "train/config.h"
+
+namespace ff {
+
+struct TrainingData {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<BlendedDataset> train, valid;
+  double unigram_entropy = 0;  // nats per token of the train splits' token distribution (blend-weighted)
+  std::string summary;         // one line for the log
+};
+
+// Collective over `world` (every rank of the job reads the data).
+TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64_t valid_samples,
+                                const Communicator& world, bool quiet);
+
+// tokens/targets [B*S]: samples first .. first + B - 1 of `ds` (indices taken modulo its size);
+// tokens are each sample's first S tokens, targets its last S.
+void fill_batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, const BlendedDataset& ds, int64_t first,
+                int64_t B, int64_t S);
+
+// The resumable position in the train stream: the next sample of the blend, the same on every
+// rank (data-parallel rank r of R reads samples next + (m * R + r) * B .. of micro-batch m).
+// Stored in checkpoints as {"kind": "gpt-samples", "next_sample": N, "data": "<train.data_path>"}.
+struct SampleCursor : DataCursor {
+  int64_t next_sample = 0;
+  std::string data;  // train.data_path, to refuse a cursor from another data set
+  std::string save_cursor() const override;
+  void load_cursor(const std::string& json) override;
+};
+
+}  // namespace ff

@@ -1,0 +1,108 @@
+// The trainer's data path in miniature (train/data.h): a text corpus and no tokenizer file give a
+// SentencePiece model of model.vocab_size tokens and a preprocessed dataset beside the text, reused
+// on the next run; batches are samples shifted by one token; the sample cursor round-trips and
+// refuses another data set; a tokenizer larger than the model's vocabulary is an error.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/check.h"
+#include "core/rng.h"
+#include "train/data.h"
+
+namespace ff {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string corpus(size_t bytes) {
+  const char* words[] = {"and", "the", "LORD", "spake", "unto", "Moses,", "saying,", "Speak", "children", "of",
+                         "Israel,", "that", "they", "bring", "me", "an", "offering:", "every", "man", "heart."};
+  Rng rng(2, "corpus");
+  std::string s;
+  while (s.size() < bytes) {
+    for (int i = 0; i < 12; ++i) s += std::string(words[rng.below(20)]) + (i == 11 ? "\n" : " ");
+    if (rng.below(3) == 0) s += "\n";
+  }
+  return s;
+}
+
+TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
+  const std::string dir = (fs::temp_directory_path() / "fivefold_train_data").string();
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir + "/corpus.txt") << corpus(80000);
+  RunConfig c;
+  c.model.vocab_size = 300;
+  c.model.seq_len = 16;
+  c.train.data_path = dir + "/corpus.txt";
+  c.train.tokenizer_path = dir + "/corpus-sp300.model";
+  c.train.split = "90,10,0";
+  Communicator world = Communicator::world();
+  TrainingData d = open_training_data(c, 64, 8, world, /*quiet=*/true);
+  ASSERT_TRUE(fs::exists(dir + "/corpus-sp300.model"));
+  ASSERT_TRUE(fs::exists(dir + "/corpus-sp300.idx"));  // the repeated corpus name is left out
+  EXPECT_EQ(d.tokenizer->vocab_size(), 300);
+  EXPECT_EQ(d.train->size(), 64);
+  EXPECT_GT(d.unigram_entropy, 1.0);
+  EXPECT_LT(d.unigram_entropy, std::log(300.0));
+  std::vector<int32_t> tokens, targets;
+  fill_batch(tokens, targets, *d.train, 5, 4, 16);
+  ASSERT_EQ(tokens.size(), 64u);
+  for (int b = 0; b < 4; ++b)
+    for (int s = 0; s + 1 < 16; ++s) EXPECT_EQ(targets[static_cast<size_t>(b * 16 + s)], tokens[static_cast<size_t>(b * 16 + s + 1)]);
+  // The text decodes back to corpus words (EOD decodes to nothing).
+  EXPECT_NE(d.tokenizer->decode(tokens).find("the"), std::string::npos);
+  // Second run: nothing is rebuilt.
+  const auto t_idx = fs::last_write_time(dir + "/corpus-sp300.idx");
+  const auto t_model = fs::last_write_time(dir + "/corpus-sp300.model");
+  TrainingData again = open_training_data(c, 64, 8, world, true);
+  EXPECT_EQ(fs::last_write_time(dir + "/corpus-sp300.idx"), t_idx);
+  EXPECT_EQ(fs::last_write_time(dir + "/corpus-sp300.model"), t_model);
+  EXPECT_TRUE(again.train->parts()[0]->loaded_from_cache());
+  std::vector<int32_t> tokens2, targets2;
+  fill_batch(tokens2, targets2, *again.train, 5, 4, 16);
+  EXPECT_EQ(tokens, tokens2);
+  // A model vocabulary smaller than the tokenizer's is refused, naming the field.
+  c.model.vocab_size = 299;
+  try {
+    open_training_data(c, 64, 8, world, true);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.vocab_size"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(TrainData, SampleCursorRoundTripsAndRefusesOtherData) {
+  SampleCursor a;
+  a.data = "data/kjv.txt";
+  a.next_sample = 1234;
+  SampleCursor b;
+  b.data = "data/kjv.txt";
+  b.load_cursor(a.save_cursor());
+  EXPECT_EQ(b.next_sample, 1234);
+  SampleCursor other;
+  other.data = "data/other.txt";
+  EXPECT_THROW(other.load_cursor(a.save_cursor()), Error);
+  EXPECT_THROW(b.load_cursor(R"({"kind": "rng", "state": [1, 2, 3, 4]})"), Error);
+  EXPECT_THROW(b.load_cursor("not json"), Error);
+}
+
+TEST(TrainData, BadDataPathsNameTheField) {
+  RunConfig c;
+  Communicator world = Communicator::world();
+  for (const char* bad : {"/nonexistent/corpus.txt", "0.5 a b", "x /tmp"}) {
+    c.train.data_path = bad;
+    try {
+      open_training_data(c, 8, 8, world, true);
+      ADD_FAILURE() << "no error for " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("train.data_path"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ff
