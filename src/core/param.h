@@ -29,6 +29,9 @@ struct Param {
   // Held whole by every tensor-parallel rank (norms, router). With sequence parallelism each TP
   // rank sees other tokens, so its gradient is a partial sum, all-reduced over TP (§5.4 b).
   bool tp_replicated = false;
+  // Another data-parallel replica (DP x CP for dense, expert-DP for experts) holds the same values;
+  // the first replica writes the parameter to checkpoints.
+  bool data_replica = false;
   ParamInit init = ParamInit::normal;
   float init_std = 0.0f;
   int64_t offset = 0;      // first element in the store's flat buffers

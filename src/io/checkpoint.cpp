@@ -287,7 +287,7 @@ std::string save_checkpoint(const std::string& save_dir, const CheckpointContent
     std::vector<SafetensorsEntry> model, optim;
     json model_place = json::object(), optim_place = json::object();
     for (const Param& p : contents.params->params()) {
-      if (p.replica) continue;
+      if (p.replica || p.data_replica) continue;  // another rank writes the same values
       const json place = {{"global_shape", p.global_shape.vec()}, {"offset", p.local_offset.vec()}};
       model.push_back({p.name, p.local_shape.vec(), p.value});
       model_place[p.name] = place;
@@ -298,8 +298,8 @@ std::string save_checkpoint(const std::string& save_dir, const CheckpointContent
         optim_place[p.name + ".exp_avg_sq"] = place;
       }
     }
-    if (lead)
-      for (const StateBuffer& b : contents.buffers) {
+    for (const StateBuffer& b : contents.buffers)
+      if (b.write) {
         const std::vector<int64_t> shape{static_cast<int64_t>(b.data->size())};
         model.push_back({b.name, shape, b.data->data()});
         model_place[b.name] = {{"global_shape", shape}, {"offset", {0}}};

@@ -34,10 +34,11 @@
 namespace ff {
 
 // A named fp32 buffer that is training state but not a parameter (a router's expert bias).
-// Held whole by every rank that uses it; rank 0 writes it.
+// Held whole by every rank that uses it; exactly one of them writes it.
 struct StateBuffer {
   std::string name;
   std::vector<float>* data = nullptr;
+  bool write = true;  // this rank writes it (one rank per buffer; the others hold copies)
 };
 
 // The run's position and everything that is not a tensor.

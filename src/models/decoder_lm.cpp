@@ -138,9 +138,13 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   }
   tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1;
   pp_ = &grid.pp();
-  // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once.
-  for (Param& prm : params_.params())
+  // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once;
+  // data-parallel replicas are written by the first replica.
+  for (Param& prm : params_.params()) {
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
+    prm.data_replica = (prm.expert ? grid.edp() : grid.dp_cp()).rank() > 0;
+  }
+  first_replica_ = tp_.rank() == 0 && grid.dp_cp().rank() == 0;
   params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
   if (grid.ep().size() == 1 && grid.etp().size() == 1 && T == 1 && pp_size_ == 1) {  // the whole model is here
     int64_t n = 0;
@@ -369,6 +373,17 @@ std::vector<MoeLayer*> DecoderLM::moe_layers() {
   std::vector<MoeLayer*> out;
   for (auto& L : layers_)
     if (L.moe) out.push_back(L.moe.get());
+  return out;
+}
+
+std::vector<DecoderLM::NamedBuffer> DecoderLM::state_buffers() {
+  std::vector<NamedBuffer> out;
+  if (!cfg_.moe_expert_bias) return out;
+  const std::string pattern = cfg_.pattern();
+  for (size_t j = 0; j < layers_.size(); ++j)
+    if (layers_[j].moe)
+      out.push_back({layer_prefix(pattern, j) + ".mlp.gate.expert_bias", &layers_[j].moe->router().expert_bias(),
+                     first_replica_});
   return out;
 }
 

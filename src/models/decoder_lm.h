@@ -96,6 +96,15 @@ class DecoderLM {
   const ParamStore& params() const { return params_; }
   int64_t num_moe_layers() const;
   std::vector<MoeLayer*> moe_layers();
+  // Training state that is not a parameter: the routers' expert-bias buffers of the layers held
+  // here, by global name; `writer` marks the one replica (TP rank 0, first DP x CP replica) that
+  // writes each to checkpoints.
+  struct NamedBuffer {
+    std::string name;
+    std::vector<float>* data;
+    bool writer;
+  };
+  std::vector<NamedBuffer> state_buffers();
 
  private:
   struct Layer {
@@ -110,6 +119,7 @@ class DecoderLM {
   ModelConfig cfg_;
   int64_t pp_rank_ = 0, pp_size_ = 1, chunks_ = 1;
   bool tied_across_stages_ = false;
+  bool first_replica_ = true;  // TP rank 0 of the first DP x CP replica
   const Communicator* pp_ = nullptr;
   TensorParallel tp_;
   const Communicator* cp_ = nullptr;  // context-parallel group, null when CP = 1

@@ -23,14 +23,8 @@ CheckpointContents RunCheckpoint::contents() {
   c.params = &model_.params();
   c.exp_avg = &optimizer_.exp_avg();
   c.exp_avg_sq = &optimizer_.exp_avg_sq();
-  if (cfg_.model.moe_expert_bias) {  // the only non-parameter state of the model
-    const std::string pattern = cfg_.model.pattern();
-    auto moe = model_.moe_layers();
-    size_t k = 0;
-    for (size_t j = 0; j < pattern.size(); ++j)
-      if (pattern[j] == 'E')
-        c.buffers.push_back({layer_prefix(pattern, j) + ".mlp.gate.expert_bias", &moe.at(k++)->router().expert_bias()});
-  }
+  for (const auto& b : model_.state_buffers())  // the only non-parameter state of the model
+    c.buffers.push_back({b.name, b.data, b.writer});
   return c;
 }
 

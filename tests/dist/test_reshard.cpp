@@ -1,0 +1,154 @@
+// Reshardable checkpoints: train under one parallel layout, save (every rank writes its slices with
+// their global placement), load under another layout (each rank assembles its slices from the
+// stored chunks, Adam moments included), continue, and match the single-process run that never
+// changed layout. The global batch is G micro-batches per step whatever the layout: a layout with
+// DP replicas gives each G / DP of them.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "io/checkpoint.h"
+#include "models/decoder_lm.h"
+#include "optim/optimizer.h"
+#include "parallel/data_parallel.h"
+#include "train/pipeline.h"
+
+namespace ff {
+namespace {
+
+constexpr int64_t kGlobalMicroBatches = 8, kB = 2;
+
+ModelConfig reshard_model() {
+  ModelConfig c;
+  c.vocab_size = 32;
+  c.d_model = 16;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.seq_len = 8;
+  c.num_experts = 4;
+  c.moe_top_k = 2;
+  c.moe_ffn_hidden = 12;
+  c.moe_aux_loss_coeff = 0.1;
+  c.init_std = 0.3;
+  return c;
+}
+
+std::vector<int32_t> micro_batch(int64_t step, int64_t index, bool targets, const ModelConfig& c) {
+  Rng rng(91, targets ? "reshard-targets" : "reshard-tokens", static_cast<uint64_t>(step * 100 + index));
+  std::vector<int32_t> v(static_cast<size_t>(kB * c.seq_len));
+  for (auto& t : v) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size)));
+  return v;
+}
+
+OptimizerConfig optim_config() {
+  OptimizerConfig oc;
+  oc.lr = 1e-2;
+  oc.warmup_steps = 0;
+  return oc;
+}
+
+// Runs steps [first, last) of the global schedule on `model` under `grid`. Returns the losses.
+std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid& grid, int64_t first, int64_t last) {
+  const ModelConfig& c = model.config();
+  const int64_t DP = grid.dp_size(), M = kGlobalMicroBatches / DP, replica = grid.dp().rank();
+  PipelineExecutor pipe(model, grid, M);
+  std::vector<double> losses;
+  for (int64_t step = first; step < last; ++step) {
+    std::vector<std::vector<int32_t>> tokens, targets;
+    for (int64_t m = 0; m < M; ++m) {
+      tokens.push_back(micro_batch(step, replica * M + m, false, c));
+      targets.push_back(micro_batch(step, replica * M + m, true, c));
+    }
+    model.params().zero_grads();
+    PipelineResult r = pipe.run(tokens, targets, kB, c.seq_len, 1.0f / static_cast<float>(M));
+    model.synchronize_tied_embeddings();
+    reduce_gradients(model.params(), grid);
+    opt.step(optim_config().lr, grid.mp(), grid.expert_mp());
+    model.end_of_step();
+    double loss = r.loss / static_cast<double>(DP);  // mean over the replicas
+    grid.dp().all_reduce_sum(&loss, 1);
+    losses.push_back(loss);
+  }
+  return losses;
+}
+
+void expect_reshard(const ParallelConfig& before, const ParallelConfig& after) {
+  Communicator world = Communicator::world();
+  const ModelConfig c = reshard_model();
+  const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_reshard").string();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
+  world.barrier();
+
+  // The run that never changes layout: one process, 4 steps.
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  DecoderLM ref(c, one, 5);
+  AdamW ref_opt(ref.params(), optim_config());
+  std::vector<double> want = train_steps(ref, ref_opt, one, 0, 4);
+
+  std::vector<double> got;
+  {
+    ParallelGrid grid(world, before);
+    DecoderLM model(c, grid, 5);
+    AdamW opt(model.params(), optim_config());
+    got = train_steps(model, opt, grid, 0, 2);
+    CheckpointContents contents{&model.params(), &opt.exp_avg(), &opt.exp_avg_sq(), {}};
+    TrainingState state;
+    state.step = 2;
+    state.optimizer_steps = opt.steps_taken();
+    save_checkpoint(dir, contents, state, world, 0);
+  }
+  {
+    ParallelGrid grid(world, after);
+    DecoderLM model(c, grid, 777);  // other initial values: everything must come from the checkpoint
+    AdamW opt(model.params(), optim_config());
+    const std::string folder = resolve_checkpoint(dir);
+    load_checkpoint_tensors(folder, CheckpointContents{&model.params(), &opt.exp_avg(), &opt.exp_avg_sq(), {}});
+    opt.set_steps_taken(read_checkpoint_state(folder, world.rank()).optimizer_steps);
+    auto more = train_steps(model, opt, grid, 2, 4);
+    got.insert(got.end(), more.begin(), more.end());
+    // The parameters this rank holds equal the reference's after four steps.
+    for (const Param& p : model.params().params()) {
+      const Param* q = ref.params().find(p.name);
+      ASSERT_NE(q, nullptr) << p.name;
+      const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
+      const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
+      const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0, c0 = p.global_shape.rank == 2 ? p.local_offset[1] : 0;
+      double worst = 0;
+      for (int64_t i = 0; i < p.numel(); ++i)
+        worst = std::max(worst, std::fabs(double(p.value[i]) - double(q->value[(r0 + i / lc) * cols + c0 + i % lc])));
+      EXPECT_LT(worst, 1e-5) << p.name;
+    }
+  }
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t s = 0; s < want.size(); ++s) EXPECT_NEAR(got[s], want[s], 1e-5 * want[s]) << "step " << s;
+  world.barrier();
+}
+
+ParallelConfig layout(int64_t tp, int64_t pp, int64_t ep, int64_t cp = 1) {
+  ParallelConfig p;
+  p.tp = tp;
+  p.pp = pp;
+  p.ep = ep;
+  p.cp = cp;
+  p.etp = 1;
+  p.sequence_parallel = tp > 1;
+  return p;
+}
+
+TEST(Reshard, TwoRankLayouts) {
+  if (Communicator::world().size() != 2) GTEST_SKIP() << "the two-rank pairs";
+  expect_reshard(layout(2, 1, 2), layout(1, 2, 1));  // TP 2 x EP 2 -> PP 2 x DP 1
+  expect_reshard(layout(1, 1, 1, 2), layout(2, 1, 1));  // CP 2 -> TP 2
+}
+
+TEST(Reshard, TensorPipelineExpertToExpertOnly) {
+  if (Communicator::world().size() != 8) GTEST_SKIP() << "the issue's pair runs on 8 ranks";
+  expect_reshard(layout(2, 2, 2), layout(1, 1, 4));  // TP 2 x PP 2 x EP 2 -> TP 1 x EP 4 (DP 8)
+  expect_reshard(layout(1, 1, 4), layout(2, 2, 2));
+}
+
+}  // namespace
+}  // namespace ff
