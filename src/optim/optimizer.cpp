@@ -35,9 +35,9 @@ double learning_rate(const OptimizerConfig& c, int64_t step, int64_t total) {
   return c.min_lr + coeff * (c.lr - c.min_lr);
 }
 
-AdamW::AdamW(ParamStore& params, const OptimizerConfig& cfg)
-    : params_(params), cfg_(cfg), m_(static_cast<size_t>(params.numel()), 0.0f),
-      v_(static_cast<size_t>(params.numel()), 0.0f) {}
+AdamW::AdamW(ParamStore& params, const OptimizerConfig& cfg, bool allocate_moments)
+    : params_(params), cfg_(cfg), m_(allocate_moments ? static_cast<size_t>(params.numel()) : 0, 0.0f),
+      v_(allocate_moments ? static_cast<size_t>(params.numel()) : 0, 0.0f) {}
 
 double AdamW::grad_norm(const Communicator& dense_group, const Communicator& expert_group) const {
   double sq[2] = {0, 0};  // dense, expert
@@ -54,6 +54,7 @@ double AdamW::grad_norm(const Communicator& dense_group, const Communicator& exp
 }
 
 double AdamW::step(double lr, const Communicator& dense_group, const Communicator& expert_group) {
+  FF_CHECK(m_.size() == static_cast<size_t>(params_.numel()), "AdamW::step on an optimizer without moments");
   const double norm = grad_norm(dense_group, expert_group);
   FF_CHECK(std::isfinite(norm), "gradient norm is %g at step %lld: the loss diverged (lower optim.lr or raise warmup)",
            norm, (long long)t_ + 1);

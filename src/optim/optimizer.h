@@ -25,6 +25,7 @@ struct OptimizerConfig {
   double beta2 = 0.95;
   double adam_eps = 1e-8;
   double grad_clip = 1.0;
+  bool distributed = false;
 
   template <class V>
   void visit_fields(V& v) {
@@ -37,6 +38,7 @@ struct OptimizerConfig {
     v(beta2, "beta2", "Adam beta2");
     v(adam_eps, "adam_eps", "Adam epsilon");
     v(grad_clip, "grad_clip", "clip the global gradient norm to this; 0 = off");
+    v(distributed, "distributed", "distributed optimizer (ZeRO-1): Adam moments sharded over the data-parallel ranks");
   }
   std::vector<std::string> validate() const;
 };
@@ -46,7 +48,8 @@ double learning_rate(const OptimizerConfig& c, int64_t step, int64_t total);
 
 class AdamW {
  public:
-  AdamW(ParamStore& params, const OptimizerConfig& cfg);
+  // allocate_moments = false: a placeholder that never steps (the distributed optimizer's run).
+  AdamW(ParamStore& params, const OptimizerConfig& cfg, bool allocate_moments = true);
   // Global L2 norm of the gradients of the whole model. Squared norms of dense parameters are
   // summed over dense_group (the ranks holding disjoint parts of the dense model: TP x PP), those
   // of expert parameters over expert_group (ETP x EP x PP); replicas are counted once.

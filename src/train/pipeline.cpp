@@ -1,15 +1,25 @@
 #include "train/pipeline.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "parallel/schedule.h"
 
 namespace ff {
 
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
 int64_t micro_batch_records(int64_t P, int64_t p, int64_t M, int64_t V) {
-  // 1F1B: micro-batch m + W + 1 starts after m's backward (the schedule tests check that at most
-  // W + 1 are in flight), so W + 1 records suffice. Interleaved: one per micro-batch.
-  return V == 1 ? std::min(M, pipeline_warmup(P, p, M, 1) + 1) : M;
+  // One stage: forward and backward of a micro-batch run back to back, one record serves all.
+  // Several: a record's activations may still be in flight to the next stage (a non-blocking send
+  // completes only at the end of the step), so each micro-batch keeps its own.
+  (void)p;
+  (void)V;
+  return P == 1 ? 1 : M;
 }
 
 PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches)
@@ -46,8 +56,10 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
         pp.recv(act.data(), width, stage_of(vs - 1), tag(m, vs, 0));
         input = act.data();
       }
+      auto t0 = std::chrono::steady_clock::now();
       ForwardResult r = model_.forward_chunk(mb, c, tokens[static_cast<size_t>(m)].data(),
                                              targets[static_cast<size_t>(m)].data(), B, S, input);
+      result.forward_s += seconds_since(t0);
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0));
       if (vs == VS - 1) result.loss += r.loss / static_cast<double>(M_);
       result.aux_loss += r.aux_loss / static_cast<double>(M_);
@@ -64,7 +76,9 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
         pp.recv(grad.data(), width, stage_of(vs + 1), tag(m, vs, 1));
         dout = grad.data();
       }
+      auto t0 = std::chrono::steady_clock::now();
       const float* din = model_.backward_chunk(mb, c, dout, loss_scale);
+      result.backward_s += seconds_since(t0);
       if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1));
     }
   }
@@ -77,6 +91,31 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
   result.aux_loss = sums[1];
   result.z_loss = sums[2];
   return result;
+}
+
+double PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B,
+                                  int64_t S) {
+  // Forward only, one micro-batch through every virtual stage in order: a chain, so each stage's
+  // sends complete once the next stage has received them.
+  const Communicator& pp = grid_.pp();
+  const int64_t P = pp.size(), p = pp.rank(), V = model_.num_chunks(), VS = P * V;
+  const int64_t width = model_.stream_rows(B, S) * model_.config().d_model;
+  auto& mb = *micro_batches_[0];
+  std::vector<float> input(static_cast<size_t>(width));
+  double loss = 0;
+  for (int64_t c = 0; c < V; ++c) {
+    const int64_t vs = c * P + p;
+    if (vs > 0) pp.recv(input.data(), width, static_cast<int>((vs - 1) % P), static_cast<int>(vs));
+    ForwardResult r = model_.forward_chunk(mb, c, tokens.data(), targets.data(), B, S, vs > 0 ? input.data() : nullptr);
+    if (vs < VS - 1) {
+      pp.send(model_.chunk_output(mb, c), width, static_cast<int>((vs + 1) % P), static_cast<int>(vs + 1));
+      pp.wait_sends();
+    } else {
+      loss = r.loss;
+    }
+  }
+  pp.all_reduce_sum(&loss, 1);
+  return loss;
 }
 
 }  // namespace ff

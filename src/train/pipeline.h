@@ -19,6 +19,7 @@ struct PipelineResult {
   double aux_loss = 0, z_loss = 0;  // means over the micro-batches, summed over layers and stages
   int64_t routed_slots = 0, dropped_slots = 0;
   std::vector<int64_t> expert_load;  // rows per expert of this stage's MoE layers, in layer order
+  double forward_s = 0, backward_s = 0;  // compute time of this stage (waiting excluded)
 };
 
 // Micro-batch activation records stage p keeps alive at once (what its memory holds).
@@ -31,6 +32,8 @@ class PipelineExecutor {
   // every stage gets them). Gradients of loss_scale * loss accumulate into the parameters.
   PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
                      int64_t B, int64_t S, float loss_scale);
+  // The loss of one micro-batch, forward only (validation); every rank receives it.
+  double evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B, int64_t S);
 
  private:
   DecoderLM& model_;

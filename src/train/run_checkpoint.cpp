@@ -21,8 +21,10 @@ bool RunCheckpoint::due(int64_t step) const {
 CheckpointContents RunCheckpoint::contents() {
   CheckpointContents c;
   c.params = &model_.params();
-  c.exp_avg = &optimizer_.exp_avg();
-  c.exp_avg_sq = &optimizer_.exp_avg_sq();
+  if (!optimizer_.exp_avg().empty()) {  // empty under the distributed optimizer: weights only
+    c.exp_avg = &optimizer_.exp_avg();
+    c.exp_avg_sq = &optimizer_.exp_avg_sq();
+  }
   for (const auto& b : model_.state_buffers())  // the only non-parameter state of the model
     c.buffers.push_back({b.name, b.data, b.writer});
   return c;

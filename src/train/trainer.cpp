@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "parallel/data_parallel.h"
 #include "train/data.h"
@@ -31,69 +32,72 @@ std::string format_duration(double s) {
 
 Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
     : cfg_(std::move(cfg)), grid_(grid), model_(cfg_.model, grid, cfg_.train.seed),
-      optimizer_(model_.params(), cfg_.optim) {
-  for (int64_t m = 0; m < cfg_.train.grad_accum; ++m) micro_batches_.push_back(model_.new_micro_batch());
+      optimizer_(model_.params(), cfg_.optim, /*allocate_moments=*/!cfg_.optim.distributed),
+      pipeline_(model_, grid, cfg_.train.grad_accum) {
+  if (cfg_.optim.distributed) {
+    FF_CHECK(cfg_.train.save_interval == 0 && cfg_.train.resume.empty(),
+             "optim.distributed = true cannot save or resume checkpoints yet (its Adam moments are sharded); set "
+             "train.save_interval = 0 and no train.resume, or use optim.distributed = false");
+    distributed_ = std::make_unique<DistributedAdamW>(model_.params(), cfg_.optim, grid);
+  }
   peak_tflops_ = cfg_.train.peak_tflops;
 }
 
 StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
                           const std::vector<std::vector<int32_t>>& targets) {
   const int64_t M = static_cast<int64_t>(tokens.size()), B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
+  const int64_t DP = grid_.dp_size();
   StepMetrics m;
   m.step = step_index + 1;
+  const double comm0 = grid_.communication_seconds();
   auto t_step = Clock::now();
   model_.params().zero_grads();
-  std::vector<int64_t> load;
-  int64_t routed = 0, dropped = 0;
-  const float loss_scale = 1.0f / static_cast<float>(M);
-  for (int64_t i = 0; i < M; ++i) {
-    auto& mb = *micro_batches_[static_cast<size_t>(i % static_cast<int64_t>(micro_batches_.size()))];
-    auto t0 = Clock::now();
-    ForwardResult r = model_.forward(mb, tokens[static_cast<size_t>(i)].data(), targets[static_cast<size_t>(i)].data(), B, S);
-    m.forward_s += seconds_since(t0);
-    t0 = Clock::now();
-    model_.backward(mb, loss_scale);
-    m.backward_s += seconds_since(t0);
-    m.loss += r.loss / static_cast<double>(M);
-    m.aux_loss += r.aux_loss / static_cast<double>(M);
-    m.z_loss += r.z_loss / static_cast<double>(M);
-    if (load.empty()) load.assign(r.expert_load.size(), 0);
-    for (size_t e = 0; e < r.expert_load.size(); ++e) load[e] += r.expert_load[e];
-    routed += r.routed_slots;
-    dropped += r.dropped_slots;
-  }
+  PipelineResult r = pipeline_.run(tokens, targets, B, S, 1.0f / static_cast<float>(M));
+  m.forward_s = r.forward_s;
+  m.backward_s = r.backward_s;
   auto t0 = Clock::now();
   m.lr = learning_rate(cfg_.optim, step_index, cfg_.train.steps);
-  reduce_gradients(model_.params(), grid_);
-  m.grad_norm = optimizer_.step(m.lr, grid_.mp(), grid_.expert_mp());
+  model_.synchronize_tied_embeddings();
+  if (distributed_) {
+    m.grad_norm = distributed_->step(m.lr);
+  } else {
+    reduce_gradients(model_.params(), grid_);
+    m.grad_norm = optimizer_.step(m.lr, grid_.mp(), grid_.expert_mp());
+  }
   model_.end_of_step();
   m.optimizer_s = seconds_since(t0);
+  // The job's mean losses over the data-parallel replicas.
+  double sums[3] = {r.loss, r.aux_loss, r.z_loss};
+  grid_.dp().all_reduce_sum(sums, 3);
+  m.loss = sums[0] / static_cast<double>(DP);
+  m.aux_loss = sums[1] / static_cast<double>(DP);
+  m.z_loss = sums[2] / static_cast<double>(DP);
   m.step_s = seconds_since(t_step);
-  const double tokens_step = static_cast<double>(M * B * S);
-  m.tokens_per_s = tokens_step / m.step_s;
-  if (peak_tflops_ > 0)
-    m.mfu = training_flops(cfg_.model, M * B, S) / m.step_s / 1e12 / peak_tflops_;
-  if (!load.empty()) {
+  m.communication_s = grid_.communication_seconds() - comm0;
+  m.tokens_per_s = static_cast<double>(DP * M * B * S) / m.step_s;
+  if (peak_tflops_ > 0)  // Megatron: model FLOPs / (time x ranks) against one rank's peak
+    m.mfu = training_flops(cfg_.model, DP * M * B, S) / m.step_s / static_cast<double>(grid_.world_size()) / 1e12 /
+            peak_tflops_;
+  if (!r.expert_load.empty()) {
     double mx = 0, sum = 0;
-    for (int64_t c : load) {
+    for (int64_t c : r.expert_load) {
       mx = std::max(mx, static_cast<double>(c));
       sum += static_cast<double>(c);
     }
     m.max_expert_load = mx;
-    m.mean_expert_load = sum / static_cast<double>(load.size());
+    m.mean_expert_load = sum / static_cast<double>(r.expert_load.size());
   }
-  m.dropped_fraction = routed > 0 ? static_cast<double>(dropped) / static_cast<double>(routed) : 0.0;
+  m.dropped_fraction = r.routed_slots > 0 ? static_cast<double>(r.dropped_slots) / static_cast<double>(r.routed_slots) : 0.0;
   return m;
 }
 
 double Trainer::validation_loss(const BlendedDataset& split, int64_t batches) {
   const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
   std::vector<int32_t> tokens, targets;
-  auto& mb = *micro_batches_[0];
   double sum = 0;
   for (int64_t b = 0; b < batches; ++b) {
-    fill_batch(tokens, targets, split, b * B, B, S);  // the same samples at every evaluation
-    sum += model_.forward(mb, tokens.data(), targets.data(), B, S).loss;
+    fill_batch(tokens, targets, split, b * B, B, S);  // the same samples at every evaluation, on every replica
+    sum += pipeline_.evaluate(tokens, targets, B, S);
   }
   return sum / static_cast<double>(batches);
 }
@@ -128,8 +132,11 @@ TrainResult Trainer::run(bool quiet) {
     if (lead && !quiet) std::printf("resumed from %s at step %lld (%.2f s)\n", tc.resume.c_str(), (long long)resumed.step,
                                     seconds_since(t_load));
   }
-  std::ofstream metrics(tc.out_dir + "/metrics.jsonl", resumed.step > 0 ? std::ios::app : std::ios::trunc);
-  FF_CHECK(metrics.good(), "cannot write %s/metrics.jsonl", tc.out_dir.c_str());
+  std::ofstream metrics;  // written by the lead rank only
+  if (lead) {
+    metrics.open(tc.out_dir + "/metrics.jsonl", resumed.step > 0 ? std::ios::app : std::ios::trunc);
+    FF_CHECK(metrics.good(), "cannot write %s/metrics.jsonl", tc.out_dir.c_str());
+  }
 
   TrainResult result;
   result.unigram_entropy = data.unigram_entropy;
@@ -160,8 +167,11 @@ TrainResult Trainer::run(bool quiet) {
       rec["valid_loss"] = validation_loss(*data.valid, tc.eval_batches);
       result.final_valid_loss = rec["valid_loss"];
     }
-    metrics << rec.dump() << "\n";
-    metrics.flush();
+    rec["communication_s"] = m.communication_s;
+    if (lead) {
+      metrics << rec.dump() << "\n";
+      metrics.flush();
+    }
     if (lead && !quiet && (m.step % tc.log_interval == 0 || last || rec.contains("valid_loss"))) {
       double elapsed = seconds_since(t_start);
       double eta = elapsed / static_cast<double>(s + 1 - resumed.step) * static_cast<double>(tc.steps - s - 1);
@@ -191,11 +201,19 @@ TrainResult Trainer::run(bool quiet) {
   if (tc.steps == 0) result.final_valid_loss = result.first_valid_loss;
   result.first_loss = result.losses.empty() ? 0 : result.losses.front();
   result.final_loss = result.losses.empty() ? 0 : result.losses.back();
-  if (lead && !result.stopped) {
-    save_model(model_, cfg_, tc.out_dir + "/model.safetensors");
-    if (!quiet)
-      std::printf("saved %s/model.safetensors; validation loss %.4f -> %.4f (unigram baseline %.4f)\n",
-                  tc.out_dir.c_str(), result.first_valid_loss, result.final_valid_loss, result.unigram_entropy);
+  if (!result.stopped) {
+    const std::string path = tc.out_dir + "/model.safetensors";
+    if (grid_.world_size() == 1) {
+      save_model(model_, cfg_, path);
+    } else {
+      // Every rank writes its slices to a checkpoint; the lead assembles the whole model from it.
+      const std::string dir = ckpt.save(tc.steps, data_cursor);
+      if (lead) save_model_from_checkpoint(dir, cfg_, path);
+      grid_.all().barrier();
+    }
+    if (lead && !quiet)
+      std::printf("saved %s; validation loss %.4f -> %.4f (unigram baseline %.4f)\n", path.c_str(),
+                  result.first_valid_loss, result.final_valid_loss, result.unigram_entropy);
   }
   return result;
 }
@@ -204,6 +222,16 @@ void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path) {
   std::vector<SafetensorsEntry> entries;
   for (const Param& p : model.params().params()) entries.push_back({p.name, p.global_shape.vec(), p.value});
   write_safetensors(path, entries, {{"fivefold_config", run_config_to_json(cfg)}, {"format", "fivefold-model-1"}});
+}
+
+void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path) {
+  const auto tensors = read_checkpoint_model(folder);
+  std::vector<SafetensorsEntry> entries;
+  for (const auto& [name, t] : tensors)
+    if (name.find("expert_bias") == std::string::npos) entries.push_back({name, t.shape, t.data.data()});
+  RunConfig single = cfg;
+  single.parallel = ParallelConfig{};  // the file holds the whole model
+  write_safetensors(path, entries, {{"fivefold_config", run_config_to_json(single)}, {"format", "fivefold-model-1"}});
 }
 
 RunConfig load_model_config(const std::string& path) {

@@ -4,9 +4,13 @@
 #pragma once
 #include <string>
 
+#include <memory>
+
 #include "io/gpt_dataset.h"
 #include "models/decoder_lm.h"
+#include "optim/distributed_optimizer.h"
 #include "train/config.h"
+#include "train/pipeline.h"
 
 namespace ff {
 
@@ -17,6 +21,7 @@ struct StepMetrics {
   double forward_s = 0, backward_s = 0, optimizer_s = 0;
   double max_expert_load = 0, mean_expert_load = 0;  // rows per expert, over MoE layers
   double dropped_fraction = 0;
+  double communication_s = 0;  // this rank's time inside collectives during the step
 };
 
 struct TrainResult {
@@ -32,7 +37,9 @@ class Trainer {
   Trainer(RunConfig cfg, const ParallelGrid& grid);
   // quiet: no per-step log lines (tests). Writes out_dir/metrics.jsonl and the final model.
   TrainResult run(bool quiet = false);
-  // One optimizer step on the given micro-batches; used by run() and by the bench.
+  // One optimizer step on this data-parallel replica's micro-batches (all pipeline stages and TP /
+  // CP ranks of a replica get the same ones); used by run() and by the bench. Losses and tokens/s
+  // are over the whole job (every replica), MFU per rank.
   StepMetrics step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
                    const std::vector<std::vector<int32_t>>& targets);
   // Mean loss over the split's first `batches` micro-batches of samples.
@@ -44,13 +51,17 @@ class Trainer {
   RunConfig cfg_;
   const ParallelGrid& grid_;
   DecoderLM model_;
-  AdamW optimizer_;
-  std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;
+  AdamW optimizer_;  // its moments are unused (empty) with the distributed optimizer
+  std::unique_ptr<DistributedAdamW> distributed_;  // optim.distributed
+  PipelineExecutor pipeline_;
   double peak_tflops_ = 0;
 };
 
-// Save / load the model weights (global names) with the run config as metadata.
+// Save / load the model weights (global names) with the run config as metadata. save_model writes
+// this rank's parameters: the whole model only on one rank; see Trainer::run for several.
 void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path);
+// The whole model of a checkpoint folder (written by any layout) as one model file.
+void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path);
 // Reads the config stored in a model file written by save_model.
 RunConfig load_model_config(const std::string& path);
 void load_model_weights(DecoderLM& model, const std::string& path);
