@@ -1,5 +1,6 @@
 // fivefold: one binary, subcommands train, generate, bench.
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -13,6 +14,7 @@
 #include "train/flops.h"
 #include "train/convert.h"
 #include "train/run_checkpoint.h"
+#include "train/plan.h"
 #include "train/trainer.h"
 
 namespace ff {
@@ -200,6 +202,13 @@ int cmd_preprocess(const PreprocessConfig& c) {
   return 0;
 }
 
+// Peak resident memory of this process, bytes.
+double peak_rss_bytes() {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) * 1024.0;
+}
+
 int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
@@ -207,11 +216,14 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
   FF_CHECK(steps >= 1 && warmup >= 0, "--bench_steps must be >= 1 and --warmup >= 0");
   set_threads(c);
   ParallelGrid grid(world, c.parallel);
-  const double peak = c.train.peak_tflops > 0 ? c.train.peak_tflops : measure_gemm_tflops();
+  const bool lead = world.rank() == 0;
+  double peak = c.train.peak_tflops > 0 ? c.train.peak_tflops : measure_gemm_tflops();
+  grid.all().all_reduce_max(&peak, 1);  // one figure for the job
   Trainer trainer(c, grid);
   trainer.set_peak_tflops(peak);
   const int64_t B = c.train.micro_batch, S = c.model.seq_len, V = c.model.vocab_size;
-  Rng rng(c.train.seed, "bench");
+  // Random tokens; each data-parallel replica its own.
+  Rng rng(c.train.seed, "bench", static_cast<uint64_t>(grid.dp().rank()));
   std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(c.train.grad_accum)), targets(tokens.size());
   for (size_t m = 0; m < tokens.size(); ++m) {
     tokens[m].resize(static_cast<size_t>(B * S));
@@ -219,10 +231,12 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
     for (auto& t : tokens[m]) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
     for (auto& t : targets[m]) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
   }
-  std::printf("bench: %s | %.2fM params (%.2fM active) | %lld x %lld x %lld tokens/step | %d threads | "
-              "fp32 GEMM ceiling %.3f TFLOP/s\n", c.model.pattern().c_str(), count_parameters(c.model) / 1e6,
-              count_active_parameters(c.model) / 1e6, (long long)c.train.grad_accum, (long long)B, (long long)S,
-              omp_get_max_threads(), peak);
+  if (lead)
+    std::printf("bench: %s | %.2fM params (%.2fM active) | %d ranks, %lld x %lld x %lld tokens per replica and step | "
+                "%d threads per rank | fp32 GEMM ceiling %.3f TFLOP/s per rank\n%s\n", c.model.pattern().c_str(),
+                count_parameters(c.model) / 1e6, count_active_parameters(c.model) / 1e6, world.size(),
+                (long long)c.train.grad_accum, (long long)B, (long long)S, omp_get_max_threads(), peak,
+                grid.describe().c_str());
   for (int64_t i = 0; i < warmup; ++i) trainer.step(i, tokens, targets);
   StepMetrics sum;
   for (int64_t i = 0; i < steps; ++i) {
@@ -231,15 +245,58 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
     sum.forward_s += m.forward_s;
     sum.backward_s += m.backward_s;
     sum.optimizer_s += m.optimizer_s;
-    std::printf("  step %lld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, MFU %.1f%%\n",
-                (long long)(i + 1), m.step_s, m.forward_s, m.backward_s, m.optimizer_s, m.tokens_per_s, 100 * m.mfu);
+    sum.communication_s += m.communication_s;
+    sum.tokens_per_s += m.tokens_per_s;
+    sum.mfu += m.mfu;
+    if (lead)
+      std::printf("  step %lld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f, in collectives %.3f), %.0f tokens/s, "
+                  "MFU %.1f%%\n", (long long)(i + 1), m.step_s, m.forward_s, m.backward_s, m.optimizer_s,
+                  m.communication_s, m.tokens_per_s, 100 * m.mfu);
   }
   const double n = static_cast<double>(steps);
-  const double tps = static_cast<double>(c.train.grad_accum * B * S) / (sum.step_s / n);
-  const double tflops = training_flops(c.model, c.train.grad_accum * B, S) / (sum.step_s / n) / 1e12;
-  std::printf("result: %.1f tokens/s | %.3f TFLOP/s model | MFU %.1f%% | step %.3f s = forward %.3f + backward %.3f + "
-              "optimizer %.3f\n", tps, tflops, 100 * tflops / peak, sum.step_s / n, sum.forward_s / n,
-              sum.backward_s / n, sum.optimizer_s / n);
+  // Rank 0's split; the communication share and peak memory are the maxima over the ranks.
+  double share = sum.communication_s / sum.step_s, rss = peak_rss_bytes();
+  grid.all().all_reduce_max(&share, 1);
+  grid.all().all_reduce_max(&rss, 1);
+  if (lead)
+    std::printf("result: %.1f tokens/s | MFU %.1f%% | step %.3f s = forward %.3f + backward %.3f + optimizer %.3f | "
+                "communication %.1f%% of the step | peak memory %.2f GiB per rank\n",
+                sum.tokens_per_s / n, 100 * sum.mfu / n, sum.step_s / n, sum.forward_s / n, sum.backward_s / n,
+                sum.optimizer_s / n, 100 * share, rss / (1024.0 * 1024 * 1024));
+  return 0;
+}
+
+struct PlanOptions {
+  int64_t world = 1;
+  bool all = false;
+  DeviceSpec device;
+};
+
+int cmd_plan(const RunConfigFlags& flags, const PlanOptions& o) {
+  RunConfig c = flags.resolve();
+  auto errors = c.model.validate();
+  FF_CHECK(errors.empty(), "invalid model config: %s", errors.empty() ? "" : errors[0].c_str());
+  FF_CHECK(o.world >= 1, "--world %lld: must be >= 1", (long long)o.world);
+  PlanInput in{c.model, c.parallel, o.world, c.train.micro_batch, c.train.grad_accum, c.optim.distributed};
+  std::vector<std::pair<ParallelConfig, Plan>> rows;
+  if (o.all) {
+    rows = plan_all_layouts(in, o.device);
+    FF_CHECK(!rows.empty(), "no parallel layout of %lld ranks suits this model", (long long)o.world);
+  } else {
+    Plan p = plan_layout(in, o.device);
+    if (!p.problems.empty()) {
+      std::string all;
+      for (const auto& e : p.problems) all += "\n  " + e;
+      FF_FAIL("this layout cannot run:%s", all.c_str());
+    }
+    rows.emplace_back(c.parallel, p);
+  }
+  std::printf("plan: %s, %.2fM parameters, %lld ranks, %lld x %lld x %lld tokens per replica and step; device %.1f GiB, "
+              "%.3f TFLOP/s at %.0f%%, links %.1f GB/s%s\n%s",
+              c.model.pattern().c_str(), count_parameters(c.model) / 1e6, (long long)o.world,
+              (long long)c.train.grad_accum, (long long)c.train.micro_batch, (long long)c.model.seq_len,
+              o.device.memory_gib, o.device.gemm_tflops, 100 * o.device.efficiency, o.device.link_gbytes,
+              c.optim.distributed ? "; distributed optimizer" : "", plan_table(rows, o.device).c_str());
   return 0;
 }
 
@@ -298,6 +355,19 @@ int main(int argc, char** argv) {
     bench->add_option("--bench_steps", bench_steps, "timed steps")->capture_default_str();
     bench->add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
 
+    RunConfigFlags plan_flags;
+    PlanOptions plan_opts;
+    auto* plan = app.add_subcommand("plan", "per-rank memory and step time of a layout, or of every layout (--all)");
+    plan_flags.add_to(*plan, defaults);
+    plan->add_option("--world", plan_opts.world, "ranks of the job")->capture_default_str();
+    plan->add_flag("--all", plan_opts.all, "rank every valid layout of --world ranks, those that fit first");
+    plan->add_option("--memory_gib", plan_opts.device.memory_gib, "device memory per rank (GiB)")->capture_default_str();
+    plan->add_option("--gemm_tflops", plan_opts.device.gemm_tflops, "measured GEMM rate per rank")->capture_default_str();
+    plan->add_option("--efficiency", plan_opts.device.efficiency, "fraction of the GEMM rate a step reaches")
+        ->capture_default_str();
+    plan->add_option("--link_gbytes", plan_opts.device.link_gbytes, "collective bandwidth per rank (GB/s)")
+        ->capture_default_str();
+
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -318,6 +388,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (bench->parsed()) return cmd_bench(bench_flags, bench_steps, warmup);
+    if (plan->parsed()) return cmd_plan(plan_flags, plan_opts);
   } catch (const std::exception& e) {
     abort_job(e.what());
   }
