@@ -8,13 +8,14 @@
 namespace ff {
 
 Attention::Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg,
-                     float init_std, float out_init_std, TensorParallel tp, const Communicator* cp)
+                     float init_std, float out_init_std, TensorParallel tp, const Communicator* cp, bool cp_ring)
     : D_(cfg.d_model),
       Hq_(cfg.num_heads / tp.size()),
       Hkv_(cfg.num_kv_heads / tp.size()),
       dh_(cfg.kv_channels()),
       tp_(tp),
       cp_(cp && cp->size() > 1 ? cp : nullptr),
+      cp_ring_(cp_ring),
       rope_on_(cfg.position_embedding == PositionEmbedding::rope) {
   FF_CHECK(cfg.num_heads % tp.size() == 0 && cfg.num_kv_heads % tp.size() == 0,
            "model.num_heads = %lld and num_kv_heads = %lld must be divisible by parallel.tp = %d",
@@ -53,7 +54,7 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   const float* k = qkv + Hq_ * dh_;
   const float* v = k + Hkv_ * dh_;
   if (cp_)
-    cp_attention_forward(s.cp, s.o.f32(), qkv, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_))}, *cp_,
+    cp_attention_forward(s.cp, s.o.f32(), qkv, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_}, *cp_,
                          arena);
   else
     cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_));
@@ -71,7 +72,7 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
   cpu::linear_backward(dO, wo_->grad, dout_full, s.o.f32(), wo_->value, N, Hq_ * dh_, D_, false);
   const float* qkv = s.qkv.f32();
   if (cp_)
-    cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_))}, *cp_,
+    cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_}, *cp_,
                           scratch);
   else
     cpu::attention_backward(dqkv, dqkv + Hq_ * dh_, dqkv + (Hq_ + Hkv_) * dh_, dO, qkv, qkv + Hq_ * dh_,

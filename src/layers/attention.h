@@ -18,7 +18,7 @@ namespace ff {
 class Attention {
  public:
   Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, float init_std,
-            float out_init_std, TensorParallel tp = {}, const Communicator* cp = nullptr);
+            float out_init_std, TensorParallel tp = {}, const Communicator* cp = nullptr, bool cp_ring = false);
 
   struct Saved {
     const float* x_full = nullptr;  // [N, D] the region's input (the gathered stream under SP)
@@ -39,6 +39,7 @@ class Attention {
   int64_t D_, Hq_, Hkv_, dh_;  // heads held here
   TensorParallel tp_;
   const Communicator* cp_;  // null or one rank: no context parallelism
+  bool cp_ring_;
   bool rope_on_;
   cpu::RopeTable rope_;
   Param* wqkv_;  // q_proj (k_proj, v_proj follow): [(Hq + 2 Hkv) dh, D] as one matrix

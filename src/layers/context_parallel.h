@@ -1,11 +1,16 @@
-// Context parallelism for causal attention (specs/parallelism-and-moe.md §3), all-gather-K/V
-// variant (§3.4). The sequence is cut into 2 CP chunks of c = S / (2 CP) positions; CP rank r holds
+// Context parallelism for causal attention (specs/parallelism-and-moe.md §3), in two variants:
+// all-gather-K/V (§3.4) and ring attention (§3.2, §3.3). The sequence is cut into 2 CP chunks of c = S / (2 CP) positions; CP rank r holds
 // chunks r and 2CP-1-r (load-balanced: under the causal mask the early chunk is cheap and the late
 // one expensive). Per sequence its local rows are [chunk r (c rows) | chunk 2CP-1-r (c rows)].
-// Forward: K and V of all ranks are all-gathered and put in position order, and each local query
+// All-gather: K and V of all ranks are all-gathered and put in position order, and each local query
 // chunk attends to the keys up to its own positions. Backward: each rank's dK/dV over the whole
 // sequence are partial sums, reduce-scattered back to the ranks that own those rows (the adjoint of
-// the all-gather). Legend: B sequences, S whole length, L = 2c local rows per sequence, Hq/Hkv/dh heads.
+// the all-gather).
+// Ring: K/V blocks travel around the CP ring, one neighbour per step, so no rank ever holds more
+// than two blocks. Each step's partial attention (o_b, lse_b) of the local queries against the
+// visiting block is merged by log-sum-exp: lse = log(e^lse + e^lse_b), o = o e^(lse_old - lse) +
+// o_b e^(lse_b - lse). Backward walks the ring again with the final o and lse: each block's dK/dV
+// travel with it and arrive home after the last step. Legend: B sequences, S whole length, L = 2c local rows per sequence, Hq/Hkv/dh heads.
 #pragma once
 #include <cstdint>
 
@@ -21,7 +26,8 @@ inline int64_t cp_position(int64_t i, int64_t local_len, int rank, int size) {
 }
 
 struct CpAttentionSaved {
-  Tensor kv;        // [B, S, 2 Hkv dh] K and V of the whole sequences, in position order
+  Tensor kv;        // all-gather: [B, S, 2 Hkv dh] K|V of the whole sequences, in position order;
+                    // ring: [B L, 2 Hkv dh] this rank's K|V
   Tensor q[2];      // [B c, Hq dh] the two local query chunks
   Tensor o[2];      // [B c, Hq dh]
   Tensor lse[2];    // [B, Hq, c]
@@ -30,6 +36,7 @@ struct CpAttentionSaved {
 struct CpAttentionShape {
   int64_t B, L, Hq, Hkv, dh;
   float scale;
+  bool ring = false;  // ring attention, else all-gather K/V
 };
 
 // qkv [B L, (Hq + 2 Hkv) dh] (after RoPE) -> o [B L, Hq dh] overwritten.

@@ -108,7 +108,8 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     switch (L.kind) {
       case LayerKind::attention:
         L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
-        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std, tp_, cp_);
+        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std, tp_, cp_,
+                                                  pc.cp_comm == CpComm::ring);
         break;
       case LayerKind::mlp:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);

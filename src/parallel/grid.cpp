@@ -11,6 +11,10 @@ constexpr EnumName<MoeDispatcher> kDispatchers[] = {{MoeDispatcher::alltoall, "a
                                                     {MoeDispatcher::allgather, "allgather"}};
 }
 std::span<const EnumName<MoeDispatcher>> enum_names(MoeDispatcher) { return kDispatchers; }
+namespace {
+constexpr EnumName<CpComm> kCpComms[] = {{CpComm::ring, "ring"}, {CpComm::all_gather, "all_gather"}};
+}
+std::span<const EnumName<CpComm>> enum_names(CpComm) { return kCpComms; }
 
 std::vector<std::string> ParallelConfig::validate(int64_t world) const {
   std::vector<std::string> e;

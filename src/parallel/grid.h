@@ -15,6 +15,8 @@ namespace ff {
 
 enum class MoeDispatcher : uint8_t { alltoall, allgather };
 std::span<const EnumName<MoeDispatcher>> enum_names(MoeDispatcher);
+enum class CpComm : uint8_t { ring, all_gather };
+std::span<const EnumName<CpComm>> enum_names(CpComm);
 
 struct ParallelConfig {
   int64_t tp = 1, cp = 1, pp = 1, ep = 1;
@@ -23,6 +25,7 @@ struct ParallelConfig {
   MoeDispatcher moe_dispatcher = MoeDispatcher::alltoall;
   std::string trace_collectives;  // debug: log every collective to PREFIX.rank<r>.log
   int64_t virtual_stages = 1;     // model chunks per pipeline stage (interleaved schedule when > 1)
+  CpComm cp_comm = CpComm::ring;
 
   template <class V>
   void visit_fields(V& v) {
@@ -33,6 +36,7 @@ struct ParallelConfig {
     v(etp, "etp", "expert-tensor-parallel size; 0 = same as tp");
     v(sequence_parallel, "sequence_parallel", "split norms/dropout activations along the sequence over TP");
     v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group (specs §7.3, §7.4)");
+    v(cp_comm, "cp_comm", "context-parallel attention: ring (K/V blocks passed around) or all_gather (K/V gathered)");
     v(virtual_stages, "virtual_stages", "model chunks per pipeline stage; > 1 uses the interleaved schedule");
     v(trace_collectives, "trace_collectives", "debug: write every collective of rank r to PREFIX.rank<r>.log, "
       "to check that all ranks issue them in one order; empty = off");

@@ -296,8 +296,13 @@ TEST(Invariance, ContextParallel) {
   pc.cp = 2;
   expect_invariant(tiny_dense(), pc);
   expect_invariant(tiny_moe(), pc);
+  pc.cp_comm = CpComm::all_gather;  // the other variant (ring is the default)
+  expect_invariant(tiny_dense(), pc);
+  pc.cp_comm = CpComm::ring;
   if (world_size() >= 4) {
     pc.cp = 4;
+    expect_invariant(tiny_moe(), pc);
+    pc.cp_comm = CpComm::all_gather;
     expect_invariant(tiny_moe(), pc);
     ParallelConfig mixed = tensor_layout(2, true, 4);  // TP 2 x CP 2, EP 4 folded over TP x CP
     mixed.cp = 2;

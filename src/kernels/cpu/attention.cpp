@@ -1,5 +1,6 @@
 #include "kernels/cpu/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -26,9 +27,7 @@ void check_shape(const AttentionShape& s, const char* what) {
            (long long)(s.Hq * s.dh));
   FF_CHECK(s.ld_kv >= s.Hkv * s.dh, "%s: ld_kv %lld < Hkv*dh = %lld", what, (long long)s.ld_kv,
            (long long)(s.Hkv * s.dh));
-  FF_CHECK(s.q_offset >= 0 && s.q_offset + s.S <= (s.S_kv > 0 ? s.S_kv : s.S),
-           "%s: query rows [%lld, %lld) exceed the %lld key rows", what, (long long)s.q_offset,
-           (long long)(s.q_offset + s.S), (long long)(s.S_kv > 0 ? s.S_kv : s.S));
+  FF_CHECK(s.q_offset >= 0 && s.k_offset >= 0 && s.S_kv >= 0, "%s: negative offsets or key rows", what);
 }
 
 }  // namespace
@@ -37,7 +36,8 @@ void attention_forward(float* o, float* lse, const float* q, const float* k, con
                        const AttentionShape& s) {
   // P = softmax_j(scale q_i . k_j) over j <= i;  o_i = sum_j P_ij v_j;  lse_i = log sum_j exp(.)
   check_shape(s, "attention_forward");
-  const int64_t S = s.S, Skv = s.S_kv > 0 ? s.S_kv : S, off = s.q_offset;
+  // off: query row i sees key rows j <= off + i.
+  const int64_t S = s.S, Skv = s.S_kv > 0 ? s.S_kv : S, off = s.q_offset - s.k_offset;
   const int64_t dh = s.dh, group = s.Hq / s.Hkv, ld_o = s.Hq * dh;
   const int64_t tasks = s.B * s.Hq;
 #pragma omp parallel
@@ -52,13 +52,19 @@ void attention_forward(float* o, float* lse, const float* q, const float* k, con
       float* oh = o + b * S * ld_o + h * dh;
       float* lh = lse + (b * s.Hq + h) * S;
       for (int64_t i0 = 0; i0 < S; i0 += kRows) {
-        const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0, kend = off + i1;
+        const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0;
+        const int64_t kend = std::clamp<int64_t>(off + i1, 0, Skv);
         // scores[r, j] = scale * q_{i0+r} . k_j,  j < kend   (ld = kend)
         gemm(false, true, rows, kend, dh, s.scale, qh + i0 * s.ld_q, s.ld_q, kh, s.ld_kv, 0.0f,
              P.data(), kend);
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t last = off + i0 + r;  // the last key this query sees
+          const int64_t last = std::min(off + i0 + r, Skv - 1);  // the last key this query sees
           float* p = P.data() + r * kend;
+          if (last < 0) {  // no key here: contributes nothing
+            for (int64_t j = 0; j < kend; ++j) p[j] = 0.0f;
+            lh[i0 + r] = -INFINITY;
+            continue;
+          }
           float mx = -INFINITY;
           for (int64_t j = 0; j <= last; ++j) mx = p[j] > mx ? p[j] : mx;
           double sum = 0.0;
@@ -89,7 +95,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   // One task per (b, KV head): it owns dk/dv of that head and loops over the group's query heads,
   // so the group sum needs no atomics. Per task scratch: P and dP blocks of kRows x S.
   check_shape(s, "attention_backward");
-  const int64_t S = s.S, Skv = s.S_kv > 0 ? s.S_kv : S, off = s.q_offset;
+  const int64_t S = s.S, Skv = s.S_kv > 0 ? s.S_kv : S, off = s.q_offset - s.k_offset;
   const int64_t dh = s.dh, group = s.Hq / s.Hkv, ld_o = s.Hq * dh;
   const int64_t tasks = s.B * s.Hkv;
 #pragma omp parallel
@@ -113,11 +119,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* doh = dout + b * S * ld_o + h * dh;
         const float* lh = lse + (b * s.Hq + h) * S;
         for (int64_t i0 = 0; i0 < S; i0 += kRows) {
-          const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0, kend = off + i1;
+          const int64_t i1 = i0 + kRows < S ? i0 + kRows : S, rows = i1 - i0;
+          const int64_t kend = std::clamp<int64_t>(off + i1, 0, Skv);
           gemm(false, true, rows, kend, dh, s.scale, qh + i0 * s.ld_q, s.ld_q, kh, s.ld_kv, 0.0f,
                P.data(), kend);
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r, last = off + i;
+            const int64_t i = i0 + r, last = std::min(off + i, Skv - 1);
             float* p = P.data() + r * kend;
             for (int64_t j = 0; j <= last; ++j) p[j] = std::exp(p[j] - lh[i]);
             for (int64_t j = last + 1; j < kend; ++j) p[j] = 0.0f;

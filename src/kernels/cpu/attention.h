@@ -14,10 +14,11 @@ struct AttentionShape {
   int64_t B, S, Hq, Hkv, dh;
   int64_t ld_q, ld_kv;  // row strides (floats) of q and of k/v
   float scale;          // usually 1/sqrt(dh)
-  // Context parallelism: the S query rows of a sequence may be a chunk of it. Query row i then has
-  // position q_offset + i and sees the keys 0 .. q_offset + i of the S_kv key rows the sequence
-  // has here (k/v/dk/dv use S_kv rows per sequence). S_kv = 0 means S (queries and keys alike).
-  int64_t S_kv = 0, q_offset = 0;
+  // Context parallelism: the S query rows of a sequence may be a chunk of it, and the S_kv key rows
+  // another. Query row i has position q_offset + i, key row j position k_offset + j, and a query
+  // sees the keys at positions up to its own (k/v/dk/dv use S_kv rows per sequence). A query that
+  // sees no key here gets o = 0 and lse = -inf (ring attention merges it away). S_kv = 0 means S.
+  int64_t S_kv = 0, q_offset = 0, k_offset = 0;
 };
 
 // o = softmax(scale * q k^T + causal mask) v.
