@@ -13,6 +13,7 @@
 #include <functional>
 
 #include "models/decoder_lm.h"
+#include "tiny_model.h"
 #include "optim/distributed_optimizer.h"
 #include "train/pipeline.h"
 #include "optim/optimizer.h"
@@ -21,22 +22,7 @@
 namespace ff {
 namespace {
 
-ModelConfig tiny_moe() {
-  ModelConfig c;
-  c.vocab_size = 32;
-  c.d_model = 16;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.seq_len = 8;
-  c.num_experts = 4;
-  c.moe_top_k = 2;
-  c.moe_ffn_hidden = 12;
-  c.moe_aux_loss_coeff = 0.1;
-  c.moe_z_loss_coeff = 0.01;
-  c.init_std = 0.3;
-  return c;
-}
+using test::tiny_moe;
 
 struct Batch {
   std::vector<int32_t> tokens, targets;

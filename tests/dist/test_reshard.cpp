@@ -10,6 +10,7 @@
 
 #include "io/checkpoint.h"
 #include "models/decoder_lm.h"
+#include "tiny_model.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
 #include "train/pipeline.h"
@@ -20,18 +21,8 @@ namespace {
 constexpr int64_t kGlobalMicroBatches = 8, kB = 2;
 
 ModelConfig reshard_model() {
-  ModelConfig c;
-  c.vocab_size = 32;
-  c.d_model = 16;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.seq_len = 8;
-  c.num_experts = 4;
-  c.moe_top_k = 2;
-  c.moe_ffn_hidden = 12;
-  c.moe_aux_loss_coeff = 0.1;
-  c.init_std = 0.3;
+  ModelConfig c = test::tiny_moe();
+  c.moe_z_loss_coeff = 0;
   return c;
 }
 
