@@ -233,23 +233,6 @@ void write_rank_tensors(const std::string& path, const std::vector<SafetensorsEn
 
 }  // namespace
 
-std::string RngDataCursor::save_cursor() const {
-  return json{{"kind", "rng"}, {"state", rng_.state()}}.dump();
-}
-
-void RngDataCursor::load_cursor(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    FF_FAIL("checkpoint data cursor is not valid JSON: %s", e.what());
-  }
-  FF_CHECK(j.is_object() && j.value("kind", "") == "rng" && j.contains("state"),
-           "checkpoint data cursor %s is not an RNG-stream cursor; was the checkpoint written with another data "
-           "pipeline?", text.substr(0, 200).c_str());
-  rng_.set_state(j["state"].get<std::array<uint64_t, 4>>());
-}
-
 std::vector<std::string> list_checkpoints(const std::string& save_dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   std::error_code ec;

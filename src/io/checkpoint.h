@@ -53,23 +53,12 @@ struct TrainingState {
 };
 
 // What a data source gives a checkpoint so a resumed run reads on from the same place: its
-// position as a JSON text. The GPT dataset's sample cursor plugs in here; until then the data
-// order is an RNG stream.
+// position as a JSON text (the GPT dataset's sample cursor, train/data.h).
 class DataCursor {
  public:
   virtual ~DataCursor() = default;
   virtual std::string save_cursor() const = 0;
   virtual void load_cursor(const std::string& json) = 0;
-};
-
-class RngDataCursor : public DataCursor {
- public:
-  explicit RngDataCursor(Rng& rng) : rng_(rng) {}
-  std::string save_cursor() const override;
-  void load_cursor(const std::string& json) override;
-
- private:
-  Rng& rng_;
 };
 
 // Live training state a checkpoint reads from and writes into.
