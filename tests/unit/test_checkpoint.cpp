@@ -10,17 +10,14 @@
 
 #include "io/checkpoint.h"
 
+#include "test_util.h"
+
 namespace ff {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string fresh_dir(const std::string& name) {
-  const std::string d = (fs::temp_directory_path() / ("fivefold_ckpt_" + name)).string();
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("ckpt_" + name); }
 
 // A small store: two matrices, a norm vector; values drawn from `seed`.
 struct Toy {

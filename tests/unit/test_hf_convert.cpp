@@ -11,17 +11,14 @@
 #include "io/hf_convert.h"
 #include "models/decoder_lm.h"
 
+#include "test_util.h"
+
 namespace ff {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string fresh_dir(const std::string& name) {
-  const std::string d = (fs::temp_directory_path() / ("fivefold_hf_" + name)).string();
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("hf_" + name); }
 
 ModelConfig tiny(const std::string& preset) {
   ModelConfig c = model_preset(preset);

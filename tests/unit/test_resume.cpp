@@ -18,17 +18,14 @@
 
 extern char** environ;
 
+#include "test_util.h"
+
 namespace ff {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string fresh_dir(const std::string& name) {
-  const std::string d = (fs::temp_directory_path() / ("fivefold_resume_" + name)).string();
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("resume_" + name); }
 
 // Sets the enum field `name` of a config, if it has one, to `value`.
 struct EnumSetter {

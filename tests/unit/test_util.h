@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -53,6 +54,15 @@ inline double finite_difference(const std::function<double()>& f, float& xi, flo
   double down = f();
   xi = saved;
   return (up - down) / (2.0 * double(h));
+}
+
+// An empty folder under the system's temporary directory, named fivefold_<name> (made anew).
+inline std::string fresh_dir(const std::string& name) {
+  namespace fs = std::filesystem;
+  const std::string d = (fs::temp_directory_path() / ("fivefold_" + name)).string();
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
 }
 
 // Dot product in double, the usual projection for gradient checks: L = <w, y>.
