@@ -86,7 +86,7 @@ std::vector<std::string> ModelConfig::validate() const {
                           (long long)d_model, (long long)num_heads));
   if (!(rotary_percent > 0.0 && rotary_percent <= 1.0))
     e.push_back(strprintf("model.rotary_percent = %g: must be in (0, 1]", rotary_percent));
-  else if (position_embedding == PositionEmbedding::rope) {
+  else if (position_embedding == PositionEmbedding::rope && kv_channels() > 0) {
     int64_t rot = static_cast<int64_t>(rotary_percent * kv_channels());
     if (rot % 2 != 0 || rot == 0)
       e.push_back(strprintf("model.rotary_percent = %g: rotates %lld of %lld head dims; that must be a positive even number",

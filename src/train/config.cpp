@@ -1,6 +1,7 @@
 #include "train/config.h"
 
 #include "io/config_json.h"
+#include "models/decoder_lm.h"
 
 namespace ff {
 
@@ -28,7 +29,9 @@ std::vector<std::string> RunConfig::validate(int64_t world) const {
   auto add = [&](std::vector<std::string> more) { e.insert(e.end(), more.begin(), more.end()); };
   add(optim.validate());
   add(train.validate());
-  add(parallel.validate(world));
+  const auto layout = parallel.validate(world);
+  add(layout);
+  if (layout.empty() && e.empty()) add(layout_problems(model, parallel));  // sizes vs. this layout
   return e;
 }
 
