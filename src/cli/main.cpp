@@ -209,7 +209,7 @@ double peak_rss_bytes() {
   return static_cast<double>(u.ru_maxrss) * 1024.0;
 }
 
-int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
+int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup, bool profile) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
   check_run_config(c, world.size());
@@ -238,6 +238,9 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
                 (long long)c.train.grad_accum, (long long)B, (long long)S, omp_get_max_threads(), peak,
                 grid.describe().c_str());
   for (int64_t i = 0; i < warmup; ++i) trainer.step(i, tokens, targets);
+  Profile& prof = trainer.model().profile();
+  prof.on = profile;
+  prof.reset();
   StepMetrics sum;
   for (int64_t i = 0; i < steps; ++i) {
     StepMetrics m = trainer.step(warmup + i, tokens, targets);
@@ -263,6 +266,20 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup) {
                 "communication %.1f%% of the step | peak memory %.2f GiB per rank\n",
                 sum.tokens_per_s / n, 100 * sum.mfu / n, sum.step_s / n, sum.forward_s / n, sum.backward_s / n,
                 sum.optimizer_s / n, 100 * share, rss / (1024.0 * 1024 * 1024));
+  if (profile && lead) {  // rank 0's components, per step
+    std::printf("profile (rank 0, seconds per step):\n  %-26s %9s %9s %7s\n", "component", "forward", "backward",
+                "share");
+    double total = 0;
+    for (int k = 0; k < kProfileSlots; ++k) total += prof.forward[k] + prof.backward[k];
+    const double step = sum.step_s / n;
+    for (int k = 0; k < kProfileSlots; ++k)
+      if (prof.forward[k] + prof.backward[k] > 0)
+        std::printf("  %-26s %9.3f %9.3f %6.1f%%\n", profile_slot_name(k), prof.forward[k] / n, prof.backward[k] / n,
+                    100 * (prof.forward[k] + prof.backward[k]) / n / step);
+    std::printf("  %-26s %19.3f %6.1f%%\n", "optimizer", sum.optimizer_s / n, 100 * sum.optimizer_s / n / step);
+    const double rest = step - total / n - sum.optimizer_s / n;
+    std::printf("  %-26s %19.3f %6.1f%%\n", "other (pipeline, waits)", rest, 100 * rest / step);
+  }
   return 0;
 }
 
@@ -350,10 +367,12 @@ int main(int argc, char** argv) {
 
     RunConfigFlags bench_flags;
     int64_t bench_steps = 3, warmup = 1;
+    bool bench_profile = false;
     auto* bench = app.add_subcommand("bench", "time training steps of a config on random tokens");
     bench_flags.add_to(*bench, defaults);
     bench->add_option("--bench_steps", bench_steps, "timed steps")->capture_default_str();
     bench->add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
+    bench->add_flag("--profile", bench_profile, "time every component of forward and backward");
 
     RunConfigFlags plan_flags;
     PlanOptions plan_opts;
@@ -387,7 +406,7 @@ int main(int argc, char** argv) {
       run_convert(conv);
       return 0;
     }
-    if (bench->parsed()) return cmd_bench(bench_flags, bench_steps, warmup);
+    if (bench->parsed()) return cmd_bench(bench_flags, bench_steps, warmup, bench_profile);
     if (plan->parsed()) return cmd_plan(plan_flags, plan_opts);
   } catch (const std::exception& e) {
     abort_job(e.what());

@@ -118,6 +118,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
       case LayerKind::moe:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
         L.moe = std::make_unique<MoeLayer>(params_, p + ".mlp", cfg_, grid, std0, out_std);
+        L.moe->set_profile(&profile_);
         break;
       case LayerKind::mamba: FF_FAIL("layer_pattern: Mamba layers are not implemented yet");
     }
@@ -239,6 +240,7 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   // The residual stream holds Nl rows here: all N, or this rank's N / TP under sequence parallelism.
   const int64_t Nl = tp_.local_rows(N);
   if (range.first) {
+    ProfileScope scope(&profile_, kProfileEmbedding, false);
     // Each vocabulary shard contributes the rows it holds (zeros elsewhere); the sum is the lookup.
     const int64_t Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
     mb.resid[0] = A.alloc(Shape{Nl, D});
@@ -255,11 +257,22 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
     const float* in = mb.resid[j].f32();
     mb.resid[j + 1] = A.alloc(Shape{Nl, D});
     float* out = mb.resid[j + 1].f32();
-    L.norm->forward(mb.norms[j], in, Nl, A);
+    {
+      ProfileScope scope(&profile_, kProfileNorm, false);
+      L.norm->forward(mb.norms[j], in, Nl, A);
+    }
     const float* xn = mb.norms[j].y.f32();
     switch (L.kind) {
-      case LayerKind::attention: L.attention->forward(mb.attention[j], out, xn, mb.positions.data(), B, S, A); break;
-      case LayerKind::mlp: L.mlp->forward(mb.mlp[j], out, xn, N, A); break;
+      case LayerKind::attention: {
+        ProfileScope scope(&profile_, kProfileAttention, false);
+        L.attention->forward(mb.attention[j], out, xn, mb.positions.data(), B, S, A);
+        break;
+      }
+      case LayerKind::mlp: {
+        ProfileScope scope(&profile_, kProfileMlp, false);
+        L.mlp->forward(mb.mlp[j], out, xn, N, A);
+        break;
+      }
       case LayerKind::moe: {
         L.moe->forward(mb.moe[j], out, xn, N, A);
         const MoeStats& st = mb.moe[j].stats;
@@ -272,10 +285,12 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
       }
       case LayerKind::mamba: break;
     }
+    ProfileScope scope(&profile_, kProfileNorm, false);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < Nl * D; ++i) out[i] += in[i];
   }
   if (!range.last) return res;
+  ProfileScope head_scope(&profile_, kProfileHead, false);
   const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
@@ -323,6 +338,7 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     FF_CHECK(dout != nullptr, "pipeline chunk %lld needs the next stage's gradient", (long long)chunk);
     std::memcpy(dresid, dout, sizeof(float) * static_cast<size_t>(Nl * D));
   } else {
+    ProfileScope scope(&profile_, kProfileHead, true);
     FF_CHECK(mb.targets != nullptr && !mb.losses.empty(), "backward needs a forward with targets first");
     // loss = mean over valid targets: dloss[n] = loss_scale / valid for valid rows.
     float* dloss = A.alloc_f32(N);
@@ -351,17 +367,25 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     const float* xn = mb.norms[j].y.f32();
     // resid[j+1] = resid[j] + f(norm(resid[j])):  d resid[j] = d resid[j+1] + norm'(f'(d resid[j+1])).
     switch (L.kind) {
-      case LayerKind::attention:
+      case LayerKind::attention: {
+        ProfileScope scope(&profile_, kProfileAttention, true);
         L.attention->backward(dxn, dresid, mb.positions.data(), mb.attention[j], mb.B, mb.S, T);
         break;
-      case LayerKind::mlp: L.mlp->backward(dxn, dresid, mb.mlp[j], N, false, T); break;
+      }
+      case LayerKind::mlp: {
+        ProfileScope scope(&profile_, kProfileMlp, true);
+        L.mlp->backward(dxn, dresid, mb.mlp[j], N, false, T);
+        break;
+      }
       case LayerKind::moe: L.moe->backward(dxn, dresid, xn, mb.moe[j], N, loss_scale, T); break;
       case LayerKind::mamba: break;
     }
+    ProfileScope scope(&profile_, kProfileNorm, true);
     L.norm->backward(dresid, dxn, mb.resid[j].f32(), mb.norms[j], Nl);
   }
   if (!range.first) return dresid;  // the gradient of this chunk's input, for the previous stage
   T.reset();
+  ProfileScope scope(&profile_, kProfileEmbedding, true);
   const int64_t Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
   const float* dembed = tp_.leave_backward(dresid, N, D, T);
   cpu::embedding_backward(embedding_->grad, dembed, mb.tokens, N, D, Vl, v0, V);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/param.h"
+#include "core/profile.h"
 #include "layers/attention.h"
 #include "layers/mlp.h"
 #include "layers/moe/moe_layer.h"
@@ -92,6 +93,8 @@ class DecoderLM {
   void end_of_step();
 
   const ModelConfig& config() const { return cfg_; }
+  // Time per component of forward and backward (off unless profile().on is set).
+  Profile& profile() { return profile_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
   int64_t num_moe_layers() const;
@@ -117,6 +120,7 @@ class DecoderLM {
   void prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
 
   ModelConfig cfg_;
+  Profile profile_;
   int64_t pp_rank_ = 0, pp_size_ = 1, chunks_ = 1;
   bool tied_across_stages_ = false;
   bool first_replica_ = true;  // TP rank 0 of the first DP x CP replica

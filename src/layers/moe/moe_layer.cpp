@@ -37,7 +37,10 @@ MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const ModelConf
 
 void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, Arena& arena) {
   const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, E = cfg_.num_experts, N = tp_.local_rows(N_full);
-  router_.forward(s.router, x, N, arena);
+  {
+    ProfileScope scope(profile_, kProfileRouter, false);
+    router_.forward(s.router, x, N, arena);
+  }
 
   Routing routing;
   routing.topk_idx = s.router.idx();
@@ -50,17 +53,29 @@ void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, Are
     routing.keep = s.keep.data();
     if (cfg_.moe_pad_to_capacity) routing.pad_to_capacity = C;
   }
-  dispatcher_->dispatch(s.dispatch, x, routing, N, arena);
+  {
+    ProfileScope scope(profile_, kProfileDispatch, false);
+    dispatcher_->dispatch(s.dispatch, x, routing, N, arena);
+  }
 
   const int64_t R = s.dispatch.rows.shape[0];
   s.expert_out = arena.alloc(Shape{R, D});
-  experts_.forward(s.experts, s.expert_out.f32(), s.dispatch.rows.f32(), s.dispatch.row_probs.f32(),
-                   s.dispatch.tokens_per_local_expert, arena);
-  dispatcher_->combine(out, s.expert_out.f32(), s.dispatch, N);
+  {
+    ProfileScope scope(profile_, kProfileExperts, false);
+    experts_.forward(s.experts, s.expert_out.f32(), s.dispatch.rows.f32(), s.dispatch.row_probs.f32(),
+                     s.dispatch.tokens_per_local_expert, arena);
+  }
+  {
+    ProfileScope scope(profile_, kProfileDispatch, false);
+    dispatcher_->combine(out, s.expert_out.f32(), s.dispatch, N);
+  }
 
   if (shared_) {
     s.shared_out = arena.alloc(Shape{N, D});
-    shared_->forward(s.shared, s.shared_out.f32(), x, N_full, arena);
+    {
+      ProfileScope scope(profile_, kProfileSharedExpert, false);
+      shared_->forward(s.shared, s.shared_out.f32(), x, N_full, arena);
+    }
     const float* so = s.shared_out.f32();
     if (shared_gate_) {
       s.shared_gate = arena.alloc(Shape{N});
@@ -121,21 +136,36 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const Save
       cpu::linear_backward(dx, shared_gate_->grad, dlogit, x, shared_gate_->value, N, D, 1, false);
       dx_written = true;
     }
-    shared_->backward(dx, dshared, s.shared, N_full, dx_written, scratch);
+    {
+      ProfileScope scope(profile_, kProfileSharedExpert, true);
+      shared_->backward(dx, dshared, s.shared, N_full, dx_written, scratch);
+    }
     dx_written = true;
   }
   if (!dx_written) std::memset(dx, 0, sizeof(float) * static_cast<size_t>(N * D));
 
   float* drows_out = scratch.alloc_f32(R * D);
-  dispatcher_->combine_backward(drows_out, dout, s.dispatch, scratch);
+  {
+    ProfileScope scope(profile_, kProfileDispatch, true);
+    dispatcher_->combine_backward(drows_out, dout, s.dispatch, scratch);
+  }
   float* drows_in = scratch.alloc_f32(R * D);
   float* drow_probs = scratch.alloc_f32(R);
-  experts_.backward(drows_in, drow_probs, drows_out, s.dispatch.rows.f32(), s.dispatch.row_probs.f32(), s.experts,
-                    s.dispatch.tokens_per_local_expert, scratch);
+  {
+    ProfileScope scope(profile_, kProfileExperts, true);
+    experts_.backward(drows_in, drow_probs, drows_out, s.dispatch.rows.f32(), s.dispatch.row_probs.f32(), s.experts,
+                      s.dispatch.tokens_per_local_expert, scratch);
+  }
   float* dtopk = scratch.alloc_f32(N * K);
   std::memset(dtopk, 0, sizeof(float) * static_cast<size_t>(N * K));
-  dispatcher_->dispatch_backward(dx, dtopk, drows_in, drow_probs, s.dispatch, N);
-  router_.backward(dx, dtopk, x, s.router, N, loss_scale, scratch);
+  {
+    ProfileScope scope(profile_, kProfileDispatch, true);
+    dispatcher_->dispatch_backward(dx, dtopk, drows_in, drow_probs, s.dispatch, N);
+  }
+  {
+    ProfileScope scope(profile_, kProfileRouter, true);
+    router_.backward(dx, dtopk, x, s.router, N, loss_scale, scratch);
+  }
 }
 
 }  // namespace ff

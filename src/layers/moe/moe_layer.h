@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/profile.h"
 #include "layers/mlp.h"
 #include "layers/moe/dispatcher.h"
 #include "layers/moe/experts.h"
@@ -46,6 +47,7 @@ class MoeLayer {
                 Arena& scratch);
 
   Router& router() { return router_; }
+  void set_profile(Profile* profile) { profile_ = profile; }
 
  private:
   const ModelConfig& cfg_;
@@ -55,6 +57,7 @@ class MoeLayer {
   std::optional<Mlp> shared_;
   Param* shared_gate_ = nullptr;  // [1, D]
   std::unique_ptr<TokenDispatcher> dispatcher_;
+  Profile* profile_ = nullptr;  // the owning model's (null: not profiled)
 };
 
 }  // namespace ff
