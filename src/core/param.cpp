@@ -84,6 +84,11 @@ Param* ParamStore::find(const std::string& name) {
   return nullptr;
 }
 
-void ParamStore::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+void ParamStore::zero_grads() {
+  float* g = grads_.data();
+  const auto n = static_cast<int64_t>(grads_.size());
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) g[i] = 0.0f;
+}
 
 }  // namespace ff

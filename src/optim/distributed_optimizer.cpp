@@ -72,8 +72,6 @@ double DistributedAdamW::step(double lr) {
   // 4. AdamW on the owned shard, parameter by parameter (weight decay differs), 5. all-gather.
   ++t_;
   for (Region& r : regions_) {
-    if (clip != 1.0f)
-      for (float& g : r.grad) g *= clip;
     for (const Param& p : params_.params()) {
       if (p.expert != r.expert) continue;
       const int64_t lo = std::max(p.offset, r.shard_begin), hi = std::min(p.offset + p.numel(), r.shard_begin + r.shard_len);
@@ -81,7 +79,7 @@ double DistributedAdamW::step(double lr) {
       const size_t s = static_cast<size_t>(lo - r.shard_begin);
       cpu::AdamWStep st{static_cast<float>(lr), static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
                         static_cast<float>(cfg_.adam_eps), p.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f,
-                        t_};
+                        t_, clip};
       cpu::adamw_update(values + lo, r.m.data() + s, r.v.data() + s, r.grad.data() + s, hi - lo, st);
     }
     // The padding past the last parameter stays zero: no parameter covers it.

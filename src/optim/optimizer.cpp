@@ -62,11 +62,9 @@ double AdamW::step(double lr, const Communicator& dense_group, const Communicato
   if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) clip_scale = static_cast<float>(cfg_.grad_clip / norm);
   ++t_;
   for (Param& p : params_.params()) {
-    if (clip_scale != 1.0f)
-      for (int64_t i = 0; i < p.numel(); ++i) p.grad[i] *= clip_scale;
     cpu::AdamWStep s{static_cast<float>(lr), static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
                      static_cast<float>(cfg_.adam_eps), p.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f,
-                     t_};
+                     t_, clip_scale};
     cpu::adamw_update(p.value, m_.data() + p.offset, v_.data() + p.offset, p.grad, p.numel(), s);
   }
   return norm;

@@ -16,10 +16,10 @@ void adamw_update(float* param, float* m, float* v, const float* grad, int64_t n
   const double t = static_cast<double>(s.step);
   const float bc1 = static_cast<float>(1.0 / (1.0 - std::pow(double(s.beta1), t)));
   const float bc2 = static_cast<float>(1.0 / (1.0 - std::pow(double(s.beta2), t)));
-  const float b1 = s.beta1, b2 = s.beta2, lr = s.lr, eps = s.eps, wd = s.weight_decay;
+  const float b1 = s.beta1, b2 = s.beta2, lr = s.lr, eps = s.eps, wd = s.weight_decay, gs = s.grad_scale;
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const float g = grad[i];
+    const float g = grad[i] * gs;
     const float mi = b1 * m[i] + (1.0f - b1) * g;
     const float vi = b2 * v[i] + (1.0f - b2) * g * g;
     m[i] = mi;
