@@ -362,10 +362,13 @@ TrainingState read_checkpoint_state(const std::string& folder, int world_rank) {
   s.optimizer_steps = meta["optimizer_steps"].get<int64_t>();
   s.config_json = meta.value("config", json::object()).dump();
   s.layout_json = meta.value("layout", json::object()).dump();
-  const std::string path = folder + "/" + rank_file("state", world_rank, "json");
-  FF_CHECK(fs::exists(path), "checkpoint '%s' was written by %lld rank(s) and has no state file for rank %d: the "
-           "per-rank data cursor and RNG streams need the same number of ranks", folder.c_str(),
-           (long long)meta["world_size"].get<int64_t>(), world_rank);
+  // A job with more ranks than the one that saved reads rank 0's state: the trainer's data cursor
+  // is the same on every rank (the RNG streams are per rank and only restored exactly with the
+  // same number of ranks).
+  std::string path = folder + "/" + rank_file("state", world_rank, "json");
+  if (!fs::exists(path)) path = folder + "/" + rank_file("state", 0, "json");
+  FF_CHECK(fs::exists(path), "checkpoint '%s' has no state file (%s): the checkpoint is incomplete", folder.c_str(),
+           path.c_str());
   json st = parse_json_file(path);
   try {
     s.data_cursor = st.at("data_cursor").get<std::string>();

@@ -26,6 +26,24 @@ DistributedAdamW::DistributedAdamW(ParamStore& params, const OptimizerConfig& cf
   }
 }
 
+void DistributedAdamW::gather_moments(std::vector<float>& m, std::vector<float>& v) const {
+  m.assign(static_cast<size_t>(params_.numel()), 0.0f);
+  v.assign(m.size(), 0.0f);
+  for (const Region& r : regions_) {
+    r.group->all_gather(m.data() + r.begin, r.m.data(), r.shard_len);
+    r.group->all_gather(v.data() + r.begin, r.v.data(), r.shard_len);
+  }
+}
+
+void DistributedAdamW::scatter_moments(const std::vector<float>& m, const std::vector<float>& v) {
+  FF_CHECK(m.size() == static_cast<size_t>(params_.numel()) && v.size() == m.size(),
+           "scatter_moments: %zu / %zu moments for %lld parameters", m.size(), v.size(), (long long)params_.numel());
+  for (Region& r : regions_) {
+    std::copy(m.begin() + r.shard_begin, m.begin() + r.shard_begin + r.shard_len, r.m.begin());
+    std::copy(v.begin() + r.shard_begin, v.begin() + r.shard_begin + r.shard_len, r.v.begin());
+  }
+}
+
 int64_t DistributedAdamW::state_bytes() const {
   int64_t n = 0;
   for (const Region& r : regions_) n += static_cast<int64_t>(r.m.size() + r.v.size()) * 4;

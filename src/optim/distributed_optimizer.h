@@ -27,6 +27,11 @@ class DistributedAdamW {
   // global gradient norm.
   double step(double lr);
   int64_t steps_taken() const { return t_; }
+  void set_steps_taken(int64_t t) { t_ = t; }
+  // Checkpoints: the whole moments in the store's flat layout (collective over each region's group;
+  // a temporary of twice the parameters), and back: this rank keeps its shard of them.
+  void gather_moments(std::vector<float>& exp_avg, std::vector<float>& exp_avg_sq) const;
+  void scatter_moments(const std::vector<float>& exp_avg, const std::vector<float>& exp_avg_sq);
   // Bytes of optimizer state held by this rank (Adam moments of the owned shards).
   int64_t state_bytes() const;
 

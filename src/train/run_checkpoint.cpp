@@ -10,8 +10,10 @@
 
 namespace ff {
 
-RunCheckpoint::RunCheckpoint(RunConfig& cfg, DecoderLM& model, AdamW& optimizer, const ParallelGrid& grid)
-    : cfg_(cfg), model_(model), optimizer_(optimizer), grid_(grid), world_(Communicator::world()) {}
+RunCheckpoint::RunCheckpoint(RunConfig& cfg, DecoderLM& model, AdamW& optimizer, const ParallelGrid& grid,
+                             DistributedAdamW* distributed)
+    : cfg_(cfg), model_(model), optimizer_(optimizer), distributed_(distributed), grid_(grid),
+      world_(Communicator::world()) {}
 
 bool RunCheckpoint::due(int64_t step) const {
   const int64_t every = cfg_.train.save_interval;
@@ -21,7 +23,10 @@ bool RunCheckpoint::due(int64_t step) const {
 CheckpointContents RunCheckpoint::contents() {
   CheckpointContents c;
   c.params = &model_.params();
-  if (!optimizer_.exp_avg().empty()) {  // empty under the distributed optimizer: weights only
+  if (distributed_) {  // the staging copies of the sharded moments
+    c.exp_avg = &staging_m_;
+    c.exp_avg_sq = &staging_v_;
+  } else {
     c.exp_avg = &optimizer_.exp_avg();
     c.exp_avg_sq = &optimizer_.exp_avg_sq();
   }
@@ -34,7 +39,7 @@ std::string RunCheckpoint::save(int64_t step, const DataCursor& data) {
   TrainingState s;
   s.step = step;
   s.consumed_samples = step * cfg_.train.grad_accum * cfg_.train.micro_batch * grid_.dp_size();
-  s.optimizer_steps = optimizer_.steps_taken();
+  s.optimizer_steps = distributed_ ? distributed_->steps_taken() : optimizer_.steps_taken();
   s.data_cursor = data.save_cursor();
   s.config_json = run_config_to_json(cfg_);
   nlohmann::json layout = config_to_json(cfg_.parallel);
@@ -42,7 +47,11 @@ std::string RunCheckpoint::save(int64_t step, const DataCursor& data) {
   layout["dp"] = grid_.dp_size();
   layout["edp"] = grid_.edp_size();
   s.layout_json = layout.dump();
-  return save_checkpoint(save_dir(), contents(), s, world_, cfg_.train.keep_checkpoints);
+  if (distributed_) distributed_->gather_moments(staging_m_, staging_v_);
+  const std::string dir = save_checkpoint(save_dir(), contents(), s, world_, cfg_.train.keep_checkpoints);
+  staging_m_ = {};
+  staging_v_ = {};
+  return dir;
 }
 
 TrainingState RunCheckpoint::resume() {
@@ -56,8 +65,19 @@ TrainingState RunCheckpoint::resume() {
       if (stored["model"].contains(it.key()) && stored["model"][it.key()] != *it)
         std::fprintf(stderr, "warning: resuming %s with model.%s = %s; the checkpoint was written with %s\n",
                      folder.c_str(), it.key().c_str(), it->dump().c_str(), stored["model"][it.key()].dump().c_str());
+  if (distributed_) {
+    staging_m_.assign(static_cast<size_t>(model_.params().numel()), 0.0f);
+    staging_v_.assign(staging_m_.size(), 0.0f);
+  }
   load_checkpoint_tensors(folder, contents());
-  optimizer_.set_steps_taken(s.optimizer_steps);
+  if (distributed_) {
+    distributed_->scatter_moments(staging_m_, staging_v_);
+    distributed_->set_steps_taken(s.optimizer_steps);
+    staging_m_ = {};
+    staging_v_ = {};
+  } else {
+    optimizer_.set_steps_taken(s.optimizer_steps);
+  }
   return s;
 }
 

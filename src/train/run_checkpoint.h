@@ -7,6 +7,7 @@
 
 #include "io/checkpoint.h"
 #include "models/decoder_lm.h"
+#include "optim/distributed_optimizer.h"
 #include "optim/optimizer.h"
 #include "train/config.h"
 
@@ -15,7 +16,10 @@ namespace ff {
 class RunCheckpoint {
  public:
   // Collective over the world (it keeps a world communicator for saves).
-  RunCheckpoint(RunConfig& cfg, DecoderLM& model, AdamW& optimizer, const ParallelGrid& grid);
+  // distributed: the distributed optimizer when the run uses it (its sharded moments are gathered
+  // for a save and scattered after a load), else null.
+  RunCheckpoint(RunConfig& cfg, DecoderLM& model, AdamW& optimizer, const ParallelGrid& grid,
+                DistributedAdamW* distributed = nullptr);
 
   std::string save_dir() const { return cfg_.train.out_dir + "/checkpoints"; }
   // A checkpoint is due after step `step` (1-based) every save_interval steps and at the end.
@@ -33,6 +37,8 @@ class RunCheckpoint {
   RunConfig& cfg_;
   DecoderLM& model_;
   AdamW& optimizer_;
+  DistributedAdamW* distributed_;
+  std::vector<float> staging_m_, staging_v_;  // whole moments while a save or load runs (distributed)
   const ParallelGrid& grid_;
   Communicator world_;
 };

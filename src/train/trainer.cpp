@@ -34,12 +34,7 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
     : cfg_(std::move(cfg)), grid_(grid), model_(cfg_.model, grid, cfg_.train.seed),
       optimizer_(model_.params(), cfg_.optim, /*allocate_moments=*/!cfg_.optim.distributed),
       pipeline_(model_, grid, cfg_.train.grad_accum) {
-  if (cfg_.optim.distributed) {
-    FF_CHECK(cfg_.train.save_interval == 0 && cfg_.train.resume.empty(),
-             "optim.distributed = true cannot save or resume checkpoints yet (its Adam moments are sharded); set "
-             "train.save_interval = 0 and no train.resume, or use optim.distributed = false");
-    distributed_ = std::make_unique<DistributedAdamW>(model_.params(), cfg_.optim, grid);
-  }
+  if (cfg_.optim.distributed) distributed_ = std::make_unique<DistributedAdamW>(model_.params(), cfg_.optim, grid);
   peak_tflops_ = cfg_.train.peak_tflops;
 }
 
@@ -122,7 +117,7 @@ TrainResult Trainer::run(bool quiet) {
   }
   // Checkpoints: resume (train.resume) restores parameters, optimizer and buffers here and the
   // data cursor below; SIGTERM/SIGINT save a checkpoint at the end of the current step.
-  RunCheckpoint ckpt(cfg_, model_, optimizer_, grid_);
+  RunCheckpoint ckpt(cfg_, model_, optimizer_, grid_, distributed_.get());
   StopSignalGuard stop_guard;
   TrainingState resumed;
   if (!tc.resume.empty()) {

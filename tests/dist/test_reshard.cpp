@@ -11,6 +11,7 @@
 #include "io/checkpoint.h"
 #include "models/decoder_lm.h"
 #include "tiny_model.h"
+#include "optim/distributed_optimizer.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
 #include "train/pipeline.h"
@@ -40,8 +41,10 @@ OptimizerConfig optim_config() {
   return oc;
 }
 
-// Runs steps [first, last) of the global schedule on `model` under `grid`. Returns the losses.
-std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid& grid, int64_t first, int64_t last) {
+// Runs steps [first, last) of the global schedule on `model` under `grid`, with `dist` when given,
+// else `opt`. Returns the losses.
+std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid& grid, int64_t first, int64_t last,
+                                DistributedAdamW* dist = nullptr) {
   const ModelConfig& c = model.config();
   const int64_t DP = grid.dp_size(), M = kGlobalMicroBatches / DP, replica = grid.dp().rank();
   PipelineExecutor pipe(model, grid, M);
@@ -55,8 +58,12 @@ std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid
     model.params().zero_grads();
     PipelineResult r = pipe.run(tokens, targets, kB, c.seq_len, 1.0f / static_cast<float>(M));
     model.synchronize_tied_embeddings();
-    reduce_gradients(model.params(), grid);
-    opt.step(optim_config().lr, grid.mp(), grid.expert_mp());
+    if (dist) {
+      dist->step(optim_config().lr);
+    } else {
+      reduce_gradients(model.params(), grid);
+      opt.step(optim_config().lr, grid.mp(), grid.expert_mp());
+    }
     model.end_of_step();
     double loss = r.loss / static_cast<double>(DP);  // mean over the replicas
     grid.dp().all_reduce_sum(&loss, 1);
@@ -65,7 +72,9 @@ std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid
   return losses;
 }
 
-void expect_reshard(const ParallelConfig& before, const ParallelConfig& after) {
+// distributed_before / _after: the distributed optimizer (sharded moments) on that side.
+void expect_reshard(const ParallelConfig& before, const ParallelConfig& after, bool distributed_before = false,
+                    bool distributed_after = false) {
   Communicator world = Communicator::world();
   const ModelConfig c = reshard_model();
   const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_reshard").string();
@@ -84,21 +93,34 @@ void expect_reshard(const ParallelConfig& before, const ParallelConfig& after) {
     ParallelGrid grid(world, before);
     DecoderLM model(c, grid, 5);
     AdamW opt(model.params(), optim_config());
-    got = train_steps(model, opt, grid, 0, 2);
-    CheckpointContents contents{&model.params(), &opt.exp_avg(), &opt.exp_avg_sq(), {}};
+    DistributedAdamW dist(model.params(), optim_config(), grid);
+    got = train_steps(model, opt, grid, 0, 2, distributed_before ? &dist : nullptr);
+    std::vector<float> m = opt.exp_avg(), v = opt.exp_avg_sq();
+    if (distributed_before) dist.gather_moments(m, v);
+    CheckpointContents contents{&model.params(), &m, &v, {}};
     TrainingState state;
     state.step = 2;
-    state.optimizer_steps = opt.steps_taken();
+    state.optimizer_steps = 2;
     save_checkpoint(dir, contents, state, world, 0);
   }
   {
     ParallelGrid grid(world, after);
     DecoderLM model(c, grid, 777);  // other initial values: everything must come from the checkpoint
     AdamW opt(model.params(), optim_config());
+    DistributedAdamW dist(model.params(), optim_config(), grid);
     const std::string folder = resolve_checkpoint(dir);
-    load_checkpoint_tensors(folder, CheckpointContents{&model.params(), &opt.exp_avg(), &opt.exp_avg_sq(), {}});
-    opt.set_steps_taken(read_checkpoint_state(folder, world.rank()).optimizer_steps);
-    auto more = train_steps(model, opt, grid, 2, 4);
+    std::vector<float> m(static_cast<size_t>(model.params().numel())), v(m.size());
+    load_checkpoint_tensors(folder, CheckpointContents{&model.params(), &m, &v, {}});
+    const int64_t steps = read_checkpoint_state(folder, world.rank()).optimizer_steps;
+    if (distributed_after) {
+      dist.scatter_moments(m, v);
+      dist.set_steps_taken(steps);
+    } else {
+      opt.exp_avg() = m;
+      opt.exp_avg_sq() = v;
+      opt.set_steps_taken(steps);
+    }
+    auto more = train_steps(model, opt, grid, 2, 4, distributed_after ? &dist : nullptr);
     got.insert(got.end(), more.begin(), more.end());
     // The parameters this rank holds equal the reference's after four steps.
     for (const Param& p : model.params().params()) {
@@ -133,12 +155,15 @@ TEST(Reshard, TwoRankLayouts) {
   if (Communicator::world().size() != 2) GTEST_SKIP() << "the two-rank pairs";
   expect_reshard(layout(2, 1, 2), layout(1, 2, 1));  // TP 2 x EP 2 -> PP 2 x DP 1
   expect_reshard(layout(1, 1, 1, 2), layout(2, 1, 1));  // CP 2 -> TP 2
+  expect_reshard(layout(1, 1, 2), layout(2, 1, 1), true, false);  // distributed optimizer -> plain
+  expect_reshard(layout(2, 1, 1), layout(1, 1, 2), false, true);  // plain -> distributed optimizer
 }
 
 TEST(Reshard, TensorPipelineExpertToExpertOnly) {
   if (Communicator::world().size() != 8) GTEST_SKIP() << "the issue's pair runs on 8 ranks";
   expect_reshard(layout(2, 2, 2), layout(1, 1, 4));  // TP 2 x PP 2 x EP 2 -> TP 1 x EP 4 (DP 8)
   expect_reshard(layout(1, 1, 4), layout(2, 2, 2));
+  expect_reshard(layout(2, 2, 2), layout(1, 1, 4), true, true);  // distributed optimizer on both sides
 }
 
 }  // namespace
