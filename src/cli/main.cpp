@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -105,7 +106,10 @@ struct GenerateOptions {
 };
 
 int cmd_generate(const GenerateOptions& g) {
-  RunConfig c = load_model_config(g.model_path);
+  // A model file written by train, or a checkpoint (a checkpoint folder, or a save folder with
+  // `latest`) written under any parallel layout.
+  const bool checkpoint = std::filesystem::is_directory(g.model_path);
+  RunConfig c = checkpoint ? checkpoint_run_config(g.model_path) : load_model_config(g.model_path);
   FF_CHECK(g.tokens >= 0, "--tokens %lld: must be >= 0", (long long)g.tokens);
   FF_CHECK(g.temperature >= 0, "--temperature %g: must be >= 0 (0 = greedy)", g.temperature);
   FF_CHECK(g.top_k >= 0, "--top_k %lld: must be >= 0 (0 = whole vocabulary)", (long long)g.top_k);
@@ -114,7 +118,18 @@ int cmd_generate(const GenerateOptions& g) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, c.parallel);
   DecoderLM model(c.model, grid, c.train.seed);
-  load_model_weights(model, g.model_path);
+  if (checkpoint) {
+    const auto tensors = read_checkpoint_model(resolve_checkpoint(g.model_path));
+    for (Param& p : model.params().params()) {
+      auto it = tensors.find(p.name);
+      FF_CHECK(it != tensors.end(), "checkpoint '%s' has no tensor '%s'", g.model_path.c_str(), p.name.c_str());
+      FF_CHECK(it->second.shape == p.global_shape.vec(), "checkpoint '%s': tensor '%s' has another shape than the model",
+               g.model_path.c_str(), p.name.c_str());
+      std::copy(it->second.data.begin(), it->second.data.end(), p.value);
+    }
+  } else {
+    load_model_weights(model, g.model_path);
+  }
   auto mb = model.new_micro_batch();
   auto tok = load_tokenizer(c.train.tokenizer_type, c.train.tokenizer_path);  // the one the model was trained with
   std::vector<int32_t> ids = tok->encode(g.prompt);

@@ -1,7 +1,8 @@
 """End to end through the command line: `fivefold train` on a small text corpus gives the same
 per-step losses under several parallel layouts of the same global batch (one process with
-gradient accumulation, DP x EP, TP + SP x PP, CP with the distributed optimizer), and a run
-stopped at a checkpoint resumes under another layout with the same losses.
+gradient accumulation, DP x EP, TP + SP x PP, CP with the distributed optimizer), a run stopped
+at a checkpoint resumes under another layout with the same losses, and `fivefold generate`
+samples from the checkpoint folder and from the final model file.
 
 Usage: cli_layouts.py BUILD_DIR. Exits non-zero on any mismatch.
 """
@@ -64,5 +65,12 @@ resumed = run(4, ["--resume", os.path.join(first, "checkpoints"), "--out_dir", f
 ok = all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(resumed, reference))
 print("%-40s %s %s" % ("resume EP 2 -> TP 2 x PP 2", "ok" if ok else "MISMATCH", resumed))
 failures += not ok
-print("%d passed, %d failed" % (len(layouts) + 1 - failures, failures))
+# generate reads a checkpoint written under any layout as well as a model file.
+for model in (os.path.join(first, "checkpoints"), os.path.join(first, "model.safetensors")):
+    g = subprocess.run([fivefold, "generate", "--model", model, "--prompt", "paragraph", "--tokens", "8",
+                        "--temperature", "0"], env=env, capture_output=True, text=True, timeout=120)
+    ok = g.returncode == 0 and g.stdout.startswith("paragraph")
+    print("%-40s %s %r" % ("generate from " + os.path.basename(model), "ok" if ok else "FAILED", g.stdout[:60]))
+    failures += not ok
+print("%d passed, %d failed" % (len(layouts) + 3 - failures, failures))
 sys.exit(1 if failures else 0)
