@@ -68,7 +68,7 @@ failures += not ok
 # generate reads a checkpoint written under any layout as well as a model file.
 for model in (os.path.join(first, "checkpoints"), os.path.join(first, "model.safetensors")):
     g = subprocess.run([fivefold, "generate", "--model", model, "--prompt", "paragraph", "--tokens", "8",
-                        "--temperature", "0"], env=env, capture_output=True, text=True, timeout=120)
+                        "--temperature", "0"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     ok = g.returncode == 0 and g.stdout.startswith("paragraph")
     print("%-40s %s %r" % ("generate from " + os.path.basename(model), "ok" if ok else "FAILED", g.stdout[:60]))
     failures += not ok
