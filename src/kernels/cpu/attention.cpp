@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vector_math.h"
 
 // Both passes walk the query rows of one (b, head) in blocks of kRows. Under the causal mask the
 // block [i0, i1) sees keys [0, off + i1) only (off = q_offset), so a block's scores are at most
@@ -67,11 +68,9 @@ void attention_forward(float* o, float* lse, const float* q, const float* k, con
           }
           float mx = -INFINITY;
           for (int64_t j = 0; j <= last; ++j) mx = p[j] > mx ? p[j] : mx;
+          exp_shifted(p, p, mx, last + 1);
           double sum = 0.0;
-          for (int64_t j = 0; j <= last; ++j) {
-            p[j] = std::exp(p[j] - mx);
-            sum += p[j];
-          }
+          for (int64_t j = 0; j <= last; ++j) sum += p[j];
           const float inv = static_cast<float>(1.0 / sum);
           for (int64_t j = 0; j <= last; ++j) p[j] *= inv;
           for (int64_t j = last + 1; j < kend; ++j) p[j] = 0.0f;  // causal mask
@@ -126,7 +125,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = i0 + r, last = std::min(off + i, Skv - 1);
             float* p = P.data() + r * kend;
-            for (int64_t j = 0; j <= last; ++j) p[j] = std::exp(p[j] - lh[i]);
+            exp_shifted(p, p, lh[i], last + 1);
             for (int64_t j = last + 1; j < kend; ++j) p[j] = 0.0f;
             double acc = 0.0;
             for (int64_t d = 0; d < dh; ++d)

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "kernels/cpu/vector_math.h"
 
 namespace ff::cpu {
 namespace {
@@ -26,9 +27,7 @@ void cross_entropy_forward(float* loss, float* lse, const float* logits, const i
     const float* z = logits + n * V;
     float mx = -INFINITY;
     for (int64_t j = 0; j < V; ++j) mx = z[j] > mx ? z[j] : mx;
-    double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < V; ++j) sum += std::exp(z[j] - mx);
+    const double sum = sum_exp_shifted(z, mx, V);
     const float l = mx + static_cast<float>(std::log(sum));
     lse[n] = l;
     loss[n] = targets[n] < 0 ? 0.0f : l - z[targets[n]];
@@ -50,7 +49,8 @@ void cross_entropy_backward(float* dlogits, const float* logits, const float* ls
       continue;
     }
     const float g = dloss[n], l = lse[n];
-    for (int64_t j = 0; j < V; ++j) dz[j] = g * std::exp(z[j] - l);
+    exp_shifted(dz, z, l, V);
+    for (int64_t j = 0; j < V; ++j) dz[j] *= g;
     dz[t] -= g;
   }
 }

@@ -1,0 +1,45 @@
+#include "kernels/cpu/vector_math.h"
+
+#include <cmath>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+extern "C" __m512 _ZGVeN16v_expf(__m512);  // glibc libmvec, AVX-512 variant of expf
+#endif
+
+namespace ff::cpu {
+
+void exp_shifted(float* y, const float* x, float shift, int64_t n) {
+  int64_t i = 0;
+#ifdef __AVX512F__
+  const __m512 s = _mm512_set1_ps(shift);
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s)));
+  if (i < n) {  // the tail, masked: lanes past n are neither read nor written
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, m, _ZGVeN16v_expf(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), s)));
+    return;
+  }
+#endif
+  for (; i < n; ++i) y[i] = std::exp(x[i] - shift);
+}
+
+double sum_exp_shifted(const float* x, float shift, int64_t n) {
+  int64_t i = 0;
+  double sum = 0.0;
+#ifdef __AVX512F__
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512d acc = _mm512_setzero_pd();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 0)));
+    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 1)));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, acc);
+  for (double l : lanes) sum += l;
+#endif
+  for (; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - shift));
+  return sum;
+}
+
+}  // namespace ff::cpu
