@@ -167,12 +167,6 @@ std::unique_ptr<DecoderLM::MicroBatch> DecoderLM::new_micro_batch() const {
   return mb;
 }
 
-int64_t DecoderLM::num_moe_layers() const {
-  int64_t n = 0;
-  for (const auto& L : layers_) n += L.kind == LayerKind::moe;
-  return n;
-}
-
 DecoderLM::ChunkRange DecoderLM::chunk_range(int64_t chunk) const {
   // Virtual stage vs = chunk P + p holds pattern layers [vs L / (P V), (vs + 1) L / (P V)).
   const int64_t L = static_cast<int64_t>(cfg_.pattern().size()), VS = pp_size_ * chunks_;

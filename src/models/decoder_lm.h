@@ -97,7 +97,6 @@ class DecoderLM {
   Profile& profile() { return profile_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
-  int64_t num_moe_layers() const;
   std::vector<MoeLayer*> moe_layers();
   // Training state that is not a parameter: the routers' expert-bias buffers of the layers held
   // here, by global name; `writer` marks the one replica (TP rank 0, first DP x CP replica) that

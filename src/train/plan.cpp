@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "models/decoder_lm.h"
-#include "parallel/schedule.h"
 #include "train/flops.h"
 #include "train/pipeline.h"
 
