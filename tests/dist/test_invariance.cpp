@@ -118,7 +118,9 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
     EXPECT_NEAR(norm, ref_norm, 1e-5 * ref_norm) << "step " << step;
     for (const Param& p : model.params().params()) {
       Param* q = ref.params().find(p.name);
-      if (q) EXPECT_TRUE(tensors_match(p, *q, true)) << "values after step " << step;
+      if (q) {
+        EXPECT_TRUE(tensors_match(p, *q, true)) << "values after step " << step;
+      }
     }
     model.end_of_step();
     ref.end_of_step();

@@ -33,8 +33,11 @@ struct EnumSetter {
   const char* value;
   template <class T>
   void operator()(T& field, const char* n, const char*) {
-    if constexpr (FieldEnum<T>)
-      if (std::strcmp(n, name) == 0) EXPECT_TRUE(enum_from_string(value, field));
+    if constexpr (FieldEnum<T>) {
+      if (std::strcmp(n, name) == 0) {
+        EXPECT_TRUE(enum_from_string(value, field));
+      }
+    }
   }
 };
 template <class Config>
