@@ -2,9 +2,11 @@
 #include <omp.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -77,8 +79,21 @@ void check_run_config(const RunConfig& c, int world) {
   FF_FAIL("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str());
 }
 
+// OpenMP threads per rank: train.threads if set; else OMP_NUM_THREADS if the user set it; else the
+// machine's cores shared among the ranks running on it, so `mpirun -np 2` on 2 cores runs 1 thread
+// per rank instead of oversubscribing the cores.
 void set_threads(const RunConfig& c) {
-  if (c.train.threads > 0) omp_set_num_threads(static_cast<int>(c.train.threads));
+  if (c.train.threads > 0) {
+    omp_set_num_threads(static_cast<int>(c.train.threads));
+    return;
+  }
+  if (std::getenv("OMP_NUM_THREADS")) return;
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local = 1;
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
 }
 
 int cmd_train(const RunConfigFlags& flags, bool print_config) {

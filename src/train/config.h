@@ -28,7 +28,7 @@ struct TrainConfig {
   int64_t log_interval = 1;
   std::string out_dir = "runs/default";
   double peak_tflops = 0;       // MFU denominator; 0 = measure this machine's fp32 GEMM ceiling
-  int64_t threads = 0;          // OpenMP threads; 0 = all cores
+  int64_t threads = 0;          // OpenMP threads per rank; 0 = automatic (see the help text)
   std::string model_preset = "moe-tiny";  // start from a named preset, then apply the "model" fields
   int64_t save_interval = 0;    // steps between checkpoints (out_dir/checkpoints); 0 = none
   int64_t keep_checkpoints = 3; // newest checkpoints kept; 0 = all
@@ -51,7 +51,7 @@ struct TrainConfig {
     v(log_interval, "log_interval", "steps between log lines");
     v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
     v(peak_tflops, "peak_tflops", "peak TFLOP/s for MFU; 0 = measure the GEMM ceiling at start");
-    v(threads, "threads", "OpenMP threads; 0 = all cores");
+    v(threads, "threads", "OpenMP threads per rank; 0 = OMP_NUM_THREADS, or the cores shared among the ranks on this machine");
     v(model_preset, "model_preset", "named model preset applied before the model fields");
     v(save_interval, "save_interval", "steps between checkpoints in out_dir/checkpoints (and at the end); 0 = none");
     v(keep_checkpoints, "keep_checkpoints", "newest checkpoints kept; 0 = keep all");
