@@ -230,6 +230,20 @@ void Communicator::send(const float* data, int64_t n, int dest, int tag) const {
   pending_sends_.push_back(req);
 }
 
+void Communicator::send(const float* data, int64_t n, int dest, int tag, std::vector<MPI_Request>& requests) const {
+  FF_CHECK(n < (int64_t(1) << 31), "send of %lld floats is too large for MPI int counts", (long long)n);
+  CollectiveScope scope(*this, "send", n);
+  MPI_Request req;
+  check_mpi(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm_, &req), "isend");
+  requests.push_back(req);
+}
+
+void Communicator::wait(std::vector<MPI_Request>& requests) {
+  if (requests.empty()) return;
+  check_mpi(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "waitall");
+  requests.clear();
+}
+
 void Communicator::recv(float* data, int64_t n, int src, int tag) const {
   FF_CHECK(n < (int64_t(1) << 31), "recv of %lld floats is too large for MPI int counts", (long long)n);
   CollectiveScope scope(*this, "recv", n);

@@ -81,6 +81,9 @@ class Communicator {
   // Point-to-point (pipeline stages): send is non-blocking and completes in wait_sends() (the data
   // must stay alive until then); recv blocks. tag names the message.
   void send(const float* data, int64_t n, int dest, int tag) const;
+  // The same, with the request kept by the caller, who completes it with wait().
+  void send(const float* data, int64_t n, int dest, int tag, std::vector<MPI_Request>& requests) const;
+  static void wait(std::vector<MPI_Request>& requests);
   void recv(float* data, int64_t n, int src, int tag) const;
   void wait_sends() const;
   // A sub-communicator of MPI_COMM_SELF: the one-rank world, for single-process references.

@@ -14,20 +14,20 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int64_t micro_batch_records(int64_t P, int64_t p, int64_t M, int64_t V) {
-  // One stage: forward and backward of a micro-batch run back to back, one record serves all.
-  // Several: a record's activations may still be in flight to the next stage (a non-blocking send
-  // completes only at the end of the step), so each micro-batch keeps its own.
-  (void)p;
-  (void)V;
-  return P == 1 ? 1 : M;
+  // 1F1B: stage p runs F(m) only after B(m - W - 1), so W + 1 records serve all micro-batches
+  // (one stage: W = 0, a single record). A record's sends are completed before it is reused:
+  // their receivers need nothing more from this stage to post the receives, so the wait ends.
+  // Interleaved: one record per micro-batch.
+  return V == 1 ? std::min(M, pipeline_warmup(P, p, M, 1) + 1) : M;
 }
 
 PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches)
     : model_(model), grid_(grid), M_(micro_batches) {
   const int64_t records = micro_batch_records(grid.pp().size(), grid.pp().rank(), M_, model.num_chunks());
   for (int64_t m = 0; m < records; ++m) micro_batches_.push_back(model.new_micro_batch());
-  activations_.resize(static_cast<size_t>(M_ * model.num_chunks()));
+  activations_.resize(static_cast<size_t>(records * model.num_chunks()));
   gradients_.resize(activations_.size());
+  sends_.resize(static_cast<size_t>(records));
 }
 
 PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& tokens,
@@ -46,9 +46,11 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
   std::vector<std::vector<int64_t>> load(static_cast<size_t>(V));  // per chunk, summed over micro-batches
   for (const PipeAction& a : pipeline_schedule(P, p, M_, V)) {
     const int64_t m = a.microbatch, c = a.chunk, vs = c * P + p;
-    auto& mb = *micro_batches_[static_cast<size_t>(m) % micro_batches_.size()];
-    auto& act = activations_[static_cast<size_t>(m * V + c)];
-    auto& grad = gradients_[static_cast<size_t>(m * V + c)];
+    const size_t rec = static_cast<size_t>(m) % micro_batches_.size();
+    auto& mb = *micro_batches_[rec];
+    auto& act = activations_[rec * static_cast<size_t>(V) + static_cast<size_t>(c)];
+    auto& grad = gradients_[rec * static_cast<size_t>(V) + static_cast<size_t>(c)];
+    if (a.op == PipeOp::forward && c == 0) Communicator::wait(sends_[rec]);  // the record's last user's sends
     if (a.op == PipeOp::forward) {
       const float* input = nullptr;
       if (vs > 0) {
@@ -60,7 +62,7 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
       ForwardResult r = model_.forward_chunk(mb, c, tokens[static_cast<size_t>(m)].data(),
                                              targets[static_cast<size_t>(m)].data(), B, S, input);
       result.forward_s += seconds_since(t0);
-      if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0));
+      if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
       if (vs == VS - 1) result.loss += r.loss / static_cast<double>(M_);
       result.aux_loss += r.aux_loss / static_cast<double>(M_);
       result.z_loss += r.z_loss / static_cast<double>(M_);
@@ -79,10 +81,10 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
       auto t0 = std::chrono::steady_clock::now();
       const float* din = model_.backward_chunk(mb, c, dout, loss_scale);
       result.backward_s += seconds_since(t0);
-      if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1));
+      if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1), sends_[rec]);
     }
   }
-  pp.wait_sends();
+  for (auto& s : sends_) Communicator::wait(s);
   for (const auto& l : load) result.expert_load.insert(result.expert_load.end(), l.begin(), l.end());
   // The loss lives on the last stage, the MoE losses on every stage: sum them over the stages.
   double sums[3] = {result.loss, result.aux_loss, result.z_loss};

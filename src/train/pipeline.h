@@ -1,7 +1,7 @@
 // The pipeline executor: walks this stage's schedule table (parallel/schedule.h) with
 // point-to-point messages over the PP group (specs/parallelism-and-moe.md §4). Activations go to
 // the next virtual stage, gradients to the previous one (rank P-1's chunk v feeds rank 0's chunk
-// v+1: a ring). Sends are non-blocking and complete at the end of the step; receives block; each
+// v+1: a ring). Sends are non-blocking and complete before their buffers are reused; receives block; each
 // message's tag names (micro-batch, destination virtual stage, direction), so messages never
 // mismatch and the table order alone rules out deadlock (the schedule tests simulate it).
 // With one stage it simply runs the micro-batches one after the other.
@@ -22,7 +22,8 @@ struct PipelineResult {
   double forward_s = 0, backward_s = 0;  // compute time of this stage (waiting excluded)
 };
 
-// Micro-batch activation records stage p keeps alive at once (what its memory holds).
+// Micro-batch activation records stage p keeps alive at once (what its memory holds): W + 1 under
+// 1F1B (W its warm-up forwards), M under the interleaved schedule.
 int64_t micro_batch_records(int64_t P, int64_t p, int64_t M, int64_t V);
 
 class PipelineExecutor {
@@ -40,7 +41,8 @@ class PipelineExecutor {
   const ParallelGrid& grid_;
   int64_t M_;
   std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;  // micro-batch m uses m % size
-  std::vector<std::vector<float>> activations_, gradients_;  // received, per (micro-batch, chunk)
+  std::vector<std::vector<float>> activations_, gradients_;  // received, per (record, chunk)
+  std::vector<std::vector<MPI_Request>> sends_;               // per record, not yet completed
 };
 
 }  // namespace ff
