@@ -339,10 +339,11 @@ int cmd_plan(const RunConfigFlags& flags, const PlanOptions& o) {
     rows.emplace_back(c.parallel, p);
   }
   std::printf("plan: %s, %.2fM parameters, %lld ranks, %lld x %lld x %lld tokens per replica and step; device %.1f GiB, "
-              "%.3f TFLOP/s at %.0f%%, links %.1f GB/s%s\n%s",
+              "%.3f TFLOP/s at %.0f%%, links %.1f GB/s and %.0f us%s\n%s",
               c.model.pattern().c_str(), count_parameters(c.model) / 1e6, (long long)o.world,
               (long long)c.train.grad_accum, (long long)c.train.micro_batch, (long long)c.model.seq_len,
               o.device.memory_gib, o.device.gemm_tflops, 100 * o.device.efficiency, o.device.link_gbytes,
+              o.device.latency_us,
               c.optim.distributed ? "; distributed optimizer" : "", plan_table(rows, o.device).c_str());
   return 0;
 }
@@ -415,6 +416,8 @@ int main(int argc, char** argv) {
     plan->add_option("--efficiency", plan_opts.device.efficiency, "fraction of the GEMM rate a step reaches")
         ->capture_default_str();
     plan->add_option("--link_gbytes", plan_opts.device.link_gbytes, "collective bandwidth per rank (GB/s)")
+        ->capture_default_str();
+    plan->add_option("--latency_us", plan_opts.device.latency_us, "fixed cost of one message, microseconds")
         ->capture_default_str();
 
     try {

@@ -122,7 +122,8 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
   }
 
   // Time: the global batch's model FLOPs spread over the ranks at the measured rate, plus the
-  // pipeline bubble, plus the bytes each rank moves in collectives over its link (ring costs).
+  // pipeline bubble, plus the bytes each rank moves in collectives over its link (ring costs) and
+  // a fixed latency per collective (each of the n - 1 ring steps of a collective over n ranks).
   const double flops = training_flops(c, M * B * in.world / (p.tp * p.cp * p.pp), c.seq_len) /
                        static_cast<double>(in.world);
   plan.compute_s = flops / (dev.gemm_tflops * 1e12 * dev.efficiency);
@@ -130,6 +131,7 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
     plan.bubble_s = plan.compute_s * static_cast<double>(p.pp - 1) / static_cast<double>(M * p.virtual_stages);
   auto ring = [](double bytes, double n) { return n > 1 ? 2 * (n - 1) / n * bytes : 0.0; };
   double bytes = ring(plan.grads, dp_cp);  // DP gradient reduction (dense; experts over EDP, approximated alike)
+  double steps = dp_cp > 1 ? 2 * (dp_cp - 1) : 0;  // latency-bound ring steps
   int64_t attn = 0, mlp = 0, moe = 0;
   for (LayerKind k : kinds) {
     attn += k == LayerKind::attention;
@@ -139,14 +141,20 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
   const double per_mb_layers = static_cast<double>(attn + mlp + (c.moe_shared_expert_hidden > 0 ? moe : 0)) /
                                static_cast<double>(p.pp);
   bytes += static_cast<double>(M) * per_mb_layers * 2 * ring(N * D * kFloat, T);  // TP: forward and backward
+  if (p.tp > 1) steps += static_cast<double>(M) * per_mb_layers * 2 * 2 * (T - 1);
   if (p.cp > 1)  // K/V all-gather forward, reduce-scatter backward
     bytes += static_cast<double>(M * attn / p.pp) * 2 * static_cast<double>(p.cp - 1) / static_cast<double>(p.cp) *
              static_cast<double>(B * c.seq_len) * 2 * static_cast<double>(c.kv_channels() * c.num_kv_heads) / T * kFloat;
+  if (p.cp > 1) steps += static_cast<double>(M * attn / p.pp) * 2 * static_cast<double>(p.cp - 1);
   if (p.ep > 1)  // dispatch and combine, forward and backward, of K copies of each token
     bytes += static_cast<double>(M * moe / p.pp) * 4 * static_cast<double>(p.ep - 1) / static_cast<double>(p.ep) * Ns *
              static_cast<double>(c.moe_top_k) * D * kFloat;
-  if (p.pp > 1) bytes += static_cast<double>(M * p.virtual_stages) * 2 * Ns * D * kFloat;
-  plan.communication_s = bytes / (dev.link_gbytes * 1e9);
+  if (p.ep > 1) steps += static_cast<double>(M * moe / p.pp) * 5 * static_cast<double>(p.ep - 1);  // + counts
+  if (p.pp > 1) {
+    bytes += static_cast<double>(M * p.virtual_stages) * 2 * Ns * D * kFloat;
+    steps += static_cast<double>(M * p.virtual_stages) * 2;
+  }
+  plan.communication_s = bytes / (dev.link_gbytes * 1e9) + steps * dev.latency_us * 1e-6;
   return plan;
 }
 

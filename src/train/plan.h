@@ -17,6 +17,7 @@ struct DeviceSpec {
   double gemm_tflops = 0.2;    // measured fp32 GEMM ceiling per rank
   double efficiency = 0.75;    // fraction of that ceiling a training step reaches (measured: bench)
   double link_gbytes = 5.0;    // bandwidth of a collective's link per rank, GB/s
+  double latency_us = 20.0;    // fixed cost of one message / ring step, microseconds
 };
 
 struct PlanInput {
