@@ -62,8 +62,7 @@ RunConfig RunConfigFlags::resolve() const {
   c.train.visit_fields(t);
   c.parallel.visit_fields(p);
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("bad command line:%s", all.c_str());
   }
   return c;
@@ -74,8 +73,7 @@ namespace {
 void check_run_config(const RunConfig& c, int world) {
   auto errors = c.validate(world);
   if (errors.empty()) return;
-  std::string all;
-  for (const auto& e : errors) all += "\n  " + e;
+  const std::string all = join_problems(errors);
   FF_FAIL("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str());
 }
 
@@ -211,8 +209,7 @@ struct FieldFlags {
     CliApplier a{given, "", errors};
     c.visit_fields(a);
     if (!errors.empty()) {
-      std::string all;
-      for (const auto& e : errors) all += "\n  " + e;
+      const std::string all = join_problems(errors);
       FF_FAIL("bad command line:%s", all.c_str());
     }
     return c;
@@ -222,8 +219,7 @@ struct FieldFlags {
 int cmd_preprocess(const PreprocessConfig& c) {
   auto errors = c.validate();
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("preprocess:%s", all.c_str());
   }
   auto tok = load_tokenizer(c.tokenizer_type, c.tokenizer_path);
@@ -332,9 +328,7 @@ int cmd_plan(const RunConfigFlags& flags, const PlanOptions& o) {
   } else {
     Plan p = plan_layout(in, o.device);
     if (!p.problems.empty()) {
-      std::string all;
-      for (const auto& e : p.problems) all += "\n  " + e;
-      FF_FAIL("this layout cannot run:%s", all.c_str());
+      FF_FAIL("this layout cannot run:%s", join_problems(p.problems).c_str());
     }
     rows.emplace_back(c.parallel, p);
   }

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace ff {
 
@@ -30,6 +31,13 @@ std::string strprintf(const char* fmt, Args... args) {
     std::snprintf(s.data(), s.size() + 1, fmt, args...);
     return s;
   }
+}
+
+// "\n  p1\n  p2 ...": a list of problems for one error message, each on its own indented line.
+inline std::string join_problems(const std::vector<std::string>& problems) {
+  std::string all;
+  for (const auto& p : problems) all += "\n  " + p;
+  return all;
 }
 
 }  // namespace ff

@@ -189,8 +189,7 @@ ModelConfig model_from_config(const json& j, HfFamily f, const std::string& path
   }
   auto errors = c.validate();
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("'%s' gives an invalid fivefold model:%s", path.c_str(), all.c_str());
   }
   return c;
@@ -233,8 +232,7 @@ HfFamily hf_family_for(const ModelConfig& c, const std::string& requested) {
       e.push_back("model.head_dim must be d_model / num_heads (Qwen2-MoE derives it)");
   }
   if (!e.empty()) {
-    std::string all;
-    for (const auto& s : e) all += "\n  " + s;
+    const std::string all = join_problems(e);
     FF_FAIL("this model cannot be written in the Hugging Face %s layout:%s", name, all.c_str());
   }
   return f;

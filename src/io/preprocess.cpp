@@ -112,8 +112,7 @@ Done tokenize_chunk(const Chunk& ch, const PreprocessConfig& c, const Tokenizer&
 PreprocessStats preprocess(const PreprocessConfig& c, const Tokenizer& tok) {
   auto errors = c.validate();
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("preprocess:%s", all.c_str());
   }
   FF_CHECK(!c.append_eod || tok.eod() >= 0, "preprocess: the tokenizer (%s) has no EOD token; pass --append_eod false",

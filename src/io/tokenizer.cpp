@@ -135,8 +135,7 @@ std::vector<std::string> SentencePieceTrainConfig::validate() const {
 void train_sentencepiece(const SentencePieceTrainConfig& c) {
   auto errors = c.validate();
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("tokenizer train:%s", all.c_str());
   }
   size_t start = 0;

@@ -62,15 +62,13 @@ std::string layer_prefix(const std::string& pattern, size_t j) {
 DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed) : cfg_(cfg) {
   auto errors = cfg.validate();
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("invalid model config:%s", all.c_str());
   }
   const ParallelConfig& pc = grid.config();
   auto problems = layout_problems(cfg, pc);
   if (!problems.empty()) {
-    std::string all;
-    for (const auto& e : problems) all += "\n  " + e;
+    const std::string all = join_problems(problems);
     FF_FAIL("this model cannot use this parallel layout:%s", all.c_str());
   }
   tp_ = TensorParallel{&grid.tp(), pc.sequence_parallel};

@@ -89,8 +89,7 @@ ParallelGrid::ParallelGrid(const Communicator& world, const ParallelConfig& cfg)
     : cfg_(cfg), world_size_(world.size()), world_rank_(world.rank()) {
   auto errors = cfg.validate(world.size());
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("invalid parallel layout:%s", all.c_str());
   }
   attn_sizes_ = {cfg.tp, cfg.cp, 1, world.size() / (cfg.tp * cfg.cp * cfg.pp), cfg.pp};

@@ -62,8 +62,7 @@ RunConfig run_config_from_json(const std::string& text, const std::string& sourc
     else if (k != "train") errors.push_back(k + ": unknown section; use model, optim, train or parallel");
   }
   if (!errors.empty()) {
-    std::string all;
-    for (const auto& e : errors) all += "\n  " + e;
+    const std::string all = join_problems(errors);
     FF_FAIL("%s: %zu problem(s):%s", source_name.c_str(), errors.size(), all.c_str());
   }
   return c;
