@@ -182,7 +182,7 @@ class Moe(torch.nn.Module):
         for e in range(E):
             rows, slots = (idx == e).nonzero(as_tuple=True)
             if len(rows):
-                out = out.index_add(0, rows, self.experts[e](x[rows], probs[rows, slots]))
+                out = out.index_add(0, rows, self.experts[e](x[rows], probs[rows, slots]).to(out.dtype))
         if self.shared_expert is not None:
             sh = self.shared_expert(x)
             if m["moe_shared_expert_gate"]:

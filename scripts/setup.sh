@@ -9,7 +9,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev     # configs and the command line
   libsentencepiece-dev libicu-dev     # tokenizers: SentencePiece (load, train); Unicode classes for byte-level BPE
   libgtest-dev libbenchmark-dev       # tests and kernel benchmarks
-  libdnnl-dev                         # oneDNN: the fp32 / bf16 GEMM ceilings (bench/gemm)
+  libdnnl-dev                         # oneDNN: the bf16 GEMMs and the GEMM ceilings
   python3 python3-torch python3-numpy # the independent oracle in parity tests and the bench peer
   bible-kjv                           # the default training corpus (King James Bible)
 )

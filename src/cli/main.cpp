@@ -243,7 +243,7 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup, bool p
   set_threads(c);
   ParallelGrid grid(world, c.parallel);
   const bool lead = world.rank() == 0;
-  double peak = c.train.peak_tflops > 0 ? c.train.peak_tflops : measure_gemm_tflops();
+  double peak = c.train.peak_tflops > 0 ? c.train.peak_tflops : measure_gemm_tflops(c.model.precision);
   grid.all().all_reduce_max(&peak, 1);  // one figure for the job
   Trainer trainer(c, grid);
   trainer.set_peak_tflops(peak);
@@ -259,9 +259,10 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup, bool p
   }
   if (lead)
     std::printf("bench: %s | %.2fM params (%.2fM active) | %d ranks, %lld x %lld x %lld tokens per replica and step | "
-                "%d threads per rank | fp32 GEMM ceiling %.3f TFLOP/s per rank\n%s\n", c.model.pattern().c_str(),
+                "%d threads per rank | %s GEMM ceiling %.3f TFLOP/s per rank\n%s\n", c.model.pattern().c_str(),
                 count_parameters(c.model) / 1e6, count_active_parameters(c.model) / 1e6, world.size(),
-                (long long)c.train.grad_accum, (long long)B, (long long)S, omp_get_max_threads(), peak,
+                (long long)c.train.grad_accum, (long long)B, (long long)S, omp_get_max_threads(),
+                enum_to_string(c.model.precision).c_str(), peak,
                 grid.describe().c_str());
   for (int64_t i = 0; i < warmup; ++i) trainer.step(i, tokens, targets);
   Profile& prof = trainer.model().profile();

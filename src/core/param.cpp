@@ -92,3 +92,13 @@ void ParamStore::zero_grads() {
 }
 
 }  // namespace ff
+
+namespace ff {
+
+void ParamStore::allocate_bf16_copy() {
+  FF_CHECK(!values_.empty() || total_ == 0, "allocate_bf16_copy() before allocate()");
+  values_bf16_.assign(values_.size(), 0);
+  for (auto& p : params_) p.value_bf16 = values_bf16_.data() + p.offset;
+}
+
+}  // namespace ff

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
@@ -37,6 +38,8 @@ struct Param {
   int64_t offset = 0;      // first element in the store's flat buffers
   float* value = nullptr;  // [local_shape], valid after ParamStore::allocate()
   float* grad = nullptr;   // [local_shape]
+  // The bf16 copy the GEMMs read under bf16 compute (null otherwise); see ParamStore::allocate_bf16_copy.
+  bf16_t* value_bf16 = nullptr;
 
   int64_t numel() const { return local_shape.numel(); }
 };
@@ -68,10 +71,16 @@ class ParamStore {
   float* values() { return values_.data(); }
   float* grads() { return grads_.data(); }
   void zero_grads();
+  // bf16 compute: a bf16 copy of every value, laid out like values() and pointed to by each
+  // Param::value_bf16. Its contents are the caller's (refreshed from the fp32 master values after
+  // every change to them).
+  void allocate_bf16_copy();
+  bf16_t* values_bf16() { return values_bf16_.data(); }
 
  private:
   std::deque<Param> params_;
   std::vector<float> values_, grads_;
+  std::vector<bf16_t> values_bf16_;
   int64_t total_ = 0, dense_end_ = 0;
 };
 

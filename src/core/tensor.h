@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/check.h"
 
 namespace ff {
@@ -45,6 +46,10 @@ struct Tensor {
   float* f32() const {
     FF_CHECK(dtype == DType::f32, "tensor is %s, f32 expected", dtype_name(dtype));
     return static_cast<float*>(ptr);
+  }
+  bf16_t* bf16() const {
+    FF_CHECK(dtype == DType::bf16, "tensor is %s, bf16 expected", dtype_name(dtype));
+    return static_cast<bf16_t*>(ptr);
   }
   bool empty() const { return ptr == nullptr; }
 };

@@ -3,17 +3,17 @@
 #include <cmath>
 
 #include "kernels/cpu/attention.h"
-#include "kernels/cpu/gemm.h"
 
 namespace ff {
 
-Attention::Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg,
+Attention::Attention(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg,
                      float init_std, float out_init_std, TensorParallel tp, const Communicator* cp, bool cp_ring)
     : D_(cfg.d_model),
       Hq_(cfg.num_heads / tp.size()),
       Hkv_(cfg.num_kv_heads / tp.size()),
       dh_(cfg.kv_channels()),
       tp_(tp),
+      compute_(&compute),
       cp_(cp && cp->size() > 1 ? cp : nullptr),
       cp_ring_(cp_ring),
       rope_on_(cfg.position_embedding == PositionEmbedding::rope) {
@@ -43,12 +43,12 @@ cpu::AttentionShape shape_of(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int6
 void Attention::forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B,
                         int64_t S, Arena& arena) const {
   const int64_t N = B * S, W = qkv_width();
-  s.x_full = tp_.enter(x, N, D_, arena);
+  s.x_op = compute_->operand(tp_.enter(x, N, D_, arena), N, D_, arena);
   s.qkv = arena.alloc(Shape{N, W});
   s.o = arena.alloc(Shape{N, Hq_ * dh_});
   s.lse = arena.alloc(Shape{B, Hq_, S});
   float* qkv = s.qkv.f32();
-  cpu::linear_forward(qkv, s.x_full, wqkv_->value, N, D_, W);
+  compute_->linear_forward(qkv, s.x_op, Weight::of(*wqkv_), N, D_, W);
   if (rope_on_) cpu::rope_forward(qkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);  // q and k heads
   const float* q = qkv;
   const float* k = qkv + Hq_ * dh_;
@@ -59,7 +59,8 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   else
     cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_));
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
-  cpu::linear_forward(partial, s.o.f32(), wo_->value, N, Hq_ * dh_, D_);
+  s.o_op = compute_->operand(s.o.f32(), N, Hq_ * dh_, arena);
+  compute_->linear_forward(partial, s.o_op, Weight::of(*wo_), N, Hq_ * dh_, D_);
   tp_.leave(out, partial, N, D_);
 }
 
@@ -69,7 +70,8 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
   float* dO = scratch.alloc_f32(N * Hq_ * dh_);
   float* dqkv = scratch.alloc_f32(N * W);
   const float* dout_full = tp_.leave_backward(dout, N, D_, scratch);
-  cpu::linear_backward(dO, wo_->grad, dout_full, s.o.f32(), wo_->value, N, Hq_ * dh_, D_, false);
+  compute_->linear_backward(dO, Weight::of(*wo_), compute_->operand(dout_full, N, D_, scratch), s.o_op, N, Hq_ * dh_,
+                            D_, false);
   const float* qkv = s.qkv.f32();
   if (cp_)
     cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_}, *cp_,
@@ -79,7 +81,8 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
                             qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), shape_of(B, S, Hq_, Hkv_, dh_));
   if (rope_on_) cpu::rope_backward(dqkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
   float* dx_full = tp_.active() ? scratch.alloc_f32(N * D_) : dx;
-  cpu::linear_backward(dx_full, wqkv_->grad, dqkv, s.x_full, wqkv_->value, N, D_, W, false);
+  compute_->linear_backward(dx_full, Weight::of(*wqkv_), compute_->operand(dqkv, N, W, scratch), s.x_op, N, D_, W,
+                            false);
   tp_.enter_backward(dx, dx_full, N, D_, false, scratch);
 }
 

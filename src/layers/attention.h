@@ -9,6 +9,7 @@
 
 #include "core/param.h"
 #include "kernels/cpu/rope.h"
+#include "layers/compute.h"
 #include "layers/context_parallel.h"
 #include "layers/tensor_parallel.h"
 #include "models/config.h"
@@ -17,13 +18,14 @@ namespace ff {
 
 class Attention {
  public:
-  Attention(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, float init_std,
+  Attention(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, float init_std,
             float out_init_std, TensorParallel tp = {}, const Communicator* cp = nullptr, bool cp_ring = false);
 
   struct Saved {
-    const float* x_full = nullptr;  // [N, D] the region's input (the gathered stream under SP)
-    Tensor qkv;  // [N, (Hq + 2 Hkv) dh], after RoPE
-    Tensor o;    // [N, Hq dh] attention output before o_proj
+    Tensor x_op;  // [N, D] the region's input (the gathered stream under SP), as a GEMM operand
+    Tensor qkv;   // [N, (Hq + 2 Hkv) dh], after RoPE
+    Tensor o;     // [N, Hq dh] attention output before o_proj (fp32)
+    Tensor o_op;  // o as a GEMM operand
     Tensor lse;  // [B, Hq, S]
     CpAttentionSaved cp;  // context parallelism: gathered K/V and the two query chunks
   };
@@ -38,6 +40,7 @@ class Attention {
  private:
   int64_t D_, Hq_, Hkv_, dh_;  // heads held here
   TensorParallel tp_;
+  Compute* compute_;
   const Communicator* cp_;  // null or one rank: no context parallelism
   bool cp_ring_;
   bool rope_on_;

@@ -23,9 +23,9 @@ void activation_backward(Activation act, float* din, const float* dout, const fl
   }
 }
 
-Mlp::Mlp(ParamStore& store, const std::string& prefix, int64_t D, int64_t F, Activation act,
+Mlp::Mlp(ParamStore& store, Compute& compute, const std::string& prefix, int64_t D, int64_t F, Activation act,
          float init_std, float out_init_std, TensorParallel tp)
-    : D_(D), F_(F / tp.size()), act_(act), tp_(tp) {
+    : D_(D), F_(F / tp.size()), act_(act), tp_(tp), compute_(&compute) {
   FF_CHECK(F % tp.size() == 0, "%s: hidden width %lld is not divisible by parallel.tp = %d", prefix.c_str(),
            (long long)F, tp.size());
   const int64_t f0 = tp.rank() * F_;
@@ -43,13 +43,19 @@ Mlp::Mlp(ParamStore& store, const std::string& prefix, int64_t D, int64_t F, Act
 
 void Mlp::forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) const {
   const int64_t W = fc1_width(act_, F_);
-  s.x_full = tp_.enter(x, N, D_, arena);
+  s.x_op = compute_->operand(tp_.enter(x, N, D_, arena), N, D_, arena);
   s.h1 = arena.alloc(Shape{N, W});
-  s.act = arena.alloc(Shape{N, F_});
-  cpu::linear_forward(s.h1.f32(), s.x_full, fc1_->value, N, D_, W);
-  activation_forward(act_, s.act.f32(), s.h1.f32(), N, F_);
+  compute_->linear_forward(s.h1.f32(), s.x_op, Weight::of(*fc1_), N, D_, W);
+  if (compute_->bf16()) {  // the activation in fp32 scratch, kept as its bf16 operand
+    float* act = arena.alloc_f32(N * F_);
+    activation_forward(act_, act, s.h1.f32(), N, F_);
+    s.act = compute_->operand(act, N, F_, arena);
+  } else {
+    s.act = arena.alloc(Shape{N, F_});
+    activation_forward(act_, s.act.f32(), s.h1.f32(), N, F_);
+  }
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;
-  cpu::linear_forward(partial, s.act.f32(), fc2_->value, N, F_, D_);
+  compute_->linear_forward(partial, s.act, Weight::of(*fc2_), N, F_, D_);
   tp_.leave(out, partial, N, D_);
 }
 
@@ -58,14 +64,16 @@ void Mlp::backward(float* dx, const float* dout, const Saved& s, int64_t N, bool
   float* dact = scratch.alloc_f32(N * F_);
   float* dh1 = scratch.alloc_f32(N * W);
   const float* dout_full = tp_.leave_backward(dout, N, D_, scratch);
-  cpu::linear_backward(dact, fc2_->grad, dout_full, s.act.f32(), fc2_->value, N, F_, D_, false);
+  compute_->linear_backward(dact, Weight::of(*fc2_), compute_->operand(dout_full, N, D_, scratch), s.act, N, F_, D_,
+                            false);
   activation_backward(act_, dh1, dact, s.h1.f32(), N, F_);
+  const Tensor dh1_op = compute_->operand(dh1, N, W, scratch);
   if (!tp_.active()) {
-    cpu::linear_backward(dx, fc1_->grad, dh1, s.x_full, fc1_->value, N, D_, W, accumulate_dx);
+    compute_->linear_backward(dx, Weight::of(*fc1_), dh1_op, s.x_op, N, D_, W, accumulate_dx);
     return;
   }
   float* dx_full = scratch.alloc_f32(N * D_);
-  cpu::linear_backward(dx_full, fc1_->grad, dh1, s.x_full, fc1_->value, N, D_, W, false);
+  compute_->linear_backward(dx_full, Weight::of(*fc1_), dh1_op, s.x_op, N, D_, W, false);
   tp_.enter_backward(dx, dx_full, N, D_, accumulate_dx, scratch);
 }
 

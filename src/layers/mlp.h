@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/param.h"
+#include "layers/compute.h"
 #include "layers/tensor_parallel.h"
 #include "models/config.h"
 
@@ -21,13 +22,13 @@ void activation_backward(Activation act, float* din, const float* dout, const fl
 class Mlp {
  public:
   // prefix e.g. "model.layers.1.mlp"; registers gate_proj+up_proj (SwiGLU) or up_proj, and down_proj.
-  Mlp(ParamStore& store, const std::string& prefix, int64_t D, int64_t F, Activation act,
+  Mlp(ParamStore& store, Compute& compute, const std::string& prefix, int64_t D, int64_t F, Activation act,
       float init_std, float out_init_std, TensorParallel tp = {});
 
   struct Saved {
-    const float* x_full = nullptr;  // [N, D] the region's input
-    Tensor h1;   // [N, fc1_width] pre-activation
-    Tensor act;  // [N, F]
+    Tensor x_op;  // [N, D] the region's input, as a GEMM operand
+    Tensor h1;    // [N, fc1_width] pre-activation (fp32)
+    Tensor act;   // [N, F] the activation, as a GEMM operand
   };
   // out[N, D] overwritten.
   void forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) const;
@@ -41,6 +42,7 @@ class Mlp {
   int64_t D_, F_;  // F_ = hidden width held here
   Activation act_;
   TensorParallel tp_;
+  Compute* compute_;
   Param* fc1_;  // first of gate/up (adjacent); [fc1_width, D] as one matrix
   Param* fc2_;  // [D, F]
 };

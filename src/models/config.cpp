@@ -10,6 +10,7 @@ constexpr EnumName<Activation> kActivations[] = {
 constexpr EnumName<NormKind> kNorms[] = {{NormKind::rmsnorm, "rmsnorm"}, {NormKind::layernorm1p, "layernorm1p"}};
 constexpr EnumName<PositionEmbedding> kPositions[] = {{PositionEmbedding::rope, "rope"},
                                                       {PositionEmbedding::none, "none"}};
+constexpr EnumName<Precision> kPrecisions[] = {{Precision::fp32, "fp32"}, {Precision::bf16, "bf16"}};
 constexpr EnumName<cpu::RouterScore> kScores[] = {{cpu::RouterScore::softmax, "softmax"},
                                                   {cpu::RouterScore::sigmoid, "sigmoid"}};
 constexpr EnumName<cpu::DropPolicy> kPolicies[] = {{cpu::DropPolicy::probs, "probs"},
@@ -19,6 +20,7 @@ constexpr EnumName<cpu::DropPolicy> kPolicies[] = {{cpu::DropPolicy::probs, "pro
 std::span<const EnumName<Activation>> enum_names(Activation) { return kActivations; }
 std::span<const EnumName<NormKind>> enum_names(NormKind) { return kNorms; }
 std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding) { return kPositions; }
+std::span<const EnumName<Precision>> enum_names(Precision) { return kPrecisions; }
 }  // namespace ff
 namespace ff::cpu {
 std::span<const EnumName<RouterScore>> enum_names(RouterScore) { return kScores; }

@@ -15,10 +15,15 @@ namespace ff {
 enum class Activation : uint8_t { swiglu, squared_relu, gelu };
 enum class NormKind : uint8_t { rmsnorm, layernorm1p };
 enum class PositionEmbedding : uint8_t { rope, none };
+// The GEMMs' operand precision. bf16: bf16 weight copies and GEMM inputs, fp32 accumulation and
+// results; master weights, gradients, optimizer, norms' statistics, softmaxes, router and losses
+// stay fp32 (DESIGN decision 6).
+enum class Precision : uint8_t { fp32, bf16 };
 
 std::span<const EnumName<Activation>> enum_names(Activation);
 std::span<const EnumName<NormKind>> enum_names(NormKind);
 std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding);
+std::span<const EnumName<Precision>> enum_names(Precision);
 }  // namespace ff
 namespace ff::cpu {
 std::span<const EnumName<RouterScore>> enum_names(RouterScore);
@@ -65,6 +70,7 @@ struct ModelConfig {
   double moe_capacity_factor = 0.0;  // 0 = dropless
   cpu::DropPolicy moe_drop_policy = cpu::DropPolicy::probs;
   bool moe_pad_to_capacity = false;
+  Precision precision = Precision::fp32;
 
   template <class V>
   void visit_fields(V& v) {
@@ -101,6 +107,8 @@ struct ModelConfig {
     v(moe_capacity_factor, "moe_capacity_factor", "expert capacity factor; 0 = dropless");
     v(moe_drop_policy, "moe_drop_policy", "which routed tokens an over-full expert keeps");
     v(moe_pad_to_capacity, "moe_pad_to_capacity", "pad every expert to exactly its capacity (static shapes)");
+    v(precision, "precision", "GEMM precision: fp32, or bf16 (bf16 operands, fp32 accumulation; fp32 master weights, "
+                              "optimizer, norms, softmaxes, router and losses)");
   }
 
   // Derived values (pure functions of the fields; nothing is rewritten).

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/softmax_ce.h"
@@ -59,7 +60,8 @@ std::string layer_prefix(const std::string& pattern, size_t j) {
   return "model.layers." + std::to_string(alternating ? j / 2 : j);
 }
 
-DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed) : cfg_(cfg) {
+DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed)
+    : cfg_(cfg), compute_(cfg.precision) {
   auto errors = cfg.validate();
   if (!errors.empty()) {
     const std::string all = join_problems(errors);
@@ -106,16 +108,16 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     switch (L.kind) {
       case LayerKind::attention:
         L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
-        L.attention = std::make_unique<Attention>(params_, p + ".self_attn", cfg, std0, out_std, tp_, cp_,
+        L.attention = std::make_unique<Attention>(params_, compute_, p + ".self_attn", cfg, std0, out_std, tp_, cp_,
                                                   pc.cp_comm == CpComm::ring);
         break;
       case LayerKind::mlp:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.mlp = std::make_unique<Mlp>(params_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std, tp_);
+        L.mlp = std::make_unique<Mlp>(params_, compute_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std, tp_);
         break;
       case LayerKind::moe:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.moe = std::make_unique<MoeLayer>(params_, p + ".mlp", cfg_, grid, std0, out_std);
+        L.moe = std::make_unique<MoeLayer>(params_, compute_, p + ".mlp", cfg_, grid, std0, out_std);
         L.moe->set_profile(&profile_);
         break;
       case LayerKind::mamba: FF_FAIL("layer_pattern: Mamba layers are not implemented yet");
@@ -146,6 +148,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   }
   first_replica_ = tp_.rank() == 0 && grid.dp_cp().rank() == 0;
   params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
+  if (compute_.bf16()) params_.allocate_bf16_copy();
   if (grid.ep().size() == 1 && grid.etp().size() == 1 && T == 1 && pp_size_ == 1) {  // the whole model is here
     int64_t n = 0;
     for (const Param& prm : params_.params()) n += prm.numel();
@@ -220,6 +223,10 @@ int64_t DecoderLM::stream_rows(int64_t B, int64_t S) const {
 ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int32_t* tokens, const int32_t* targets,
                                        int64_t B, int64_t S, const float* input) {
   if (chunk == 0) prepare(mb, tokens, targets, B, S);
+  if (compute_weights_stale_ && compute_.bf16()) {
+    cpu::to_bf16(params_.values_bf16(), params_.values(), params_.numel());
+    compute_weights_stale_ = false;
+  }
   Arena& A = mb.arena;
   B = mb.B;
   S = mb.S;
@@ -286,9 +293,9 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
-  mb.head_input = tp_.enter(mb.final_norm.y.f32(), N, D, A);
+  mb.head_input = compute_.operand(tp_.enter(mb.final_norm.y.f32(), N, D, A), N, D, A);
   mb.logits = A.alloc(Shape{N, Vl});
-  cpu::linear_forward(mb.logits.f32(), mb.head_input, head_->value, N, D, Vl);
+  compute_.linear_forward(mb.logits.f32(), mb.head_input, Weight::of(*head_), N, D, Vl);
   if (!targets) return res;
 
   mb.losses = A.alloc(Shape{N});
@@ -344,7 +351,8 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
       cpu::cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, V);
 
     float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
-    cpu::linear_backward(dhead_in, head_->grad, dlogits, mb.head_input, head_->value, N, D, Vl, false);
+    compute_.linear_backward(dhead_in, Weight::of(*head_), compute_.operand(dlogits, N, Vl, T), mb.head_input, N, D,
+                             Vl, false);
     float* dxf = A.alloc_f32(Nl * D);
     tp_.enter_backward(dxf, dhead_in, N, D, false, T);
     std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));

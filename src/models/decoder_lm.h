@@ -11,6 +11,7 @@
 #include "core/param.h"
 #include "core/profile.h"
 #include "layers/attention.h"
+#include "layers/compute.h"
 #include "layers/mlp.h"
 #include "layers/moe/moe_layer.h"
 #include "layers/norm.h"
@@ -48,7 +49,7 @@ class DecoderLM {
     std::vector<Mlp::Saved> mlp;
     std::vector<MoeLayer::Saved> moe;
     Norm::Saved final_norm;
-    const float* head_input = nullptr;  // [N, D] final-norm output seen by the LM head
+    Tensor head_input;           // [N, D] final-norm output seen by the LM head, as a GEMM operand
     Tensor logits, losses, lse;  // [N, V / TP], [N], [N]
     int64_t valid_tokens = 0;
   };
@@ -96,6 +97,10 @@ class DecoderLM {
   // Time per component of forward and backward (off unless profile().on is set).
   Profile& profile() { return profile_; }
   ParamStore& params() { return params_; }
+  // Whoever changes parameter values (the optimizer step, a checkpoint load, an import) calls this;
+  // under bf16 compute the next forward then refreshes the weights' bf16 copy from them.
+  void mark_values_changed() { compute_weights_stale_ = true; }
+  Compute& compute() { return compute_; }
   const ParamStore& params() const { return params_; }
   std::vector<MoeLayer*> moe_layers();
   // Training state that is not a parameter: the routers' expert-bias buffers of the layers held
@@ -126,6 +131,8 @@ class DecoderLM {
   const Communicator* pp_ = nullptr;
   TensorParallel tp_;
   const Communicator* cp_ = nullptr;  // context-parallel group, null when CP = 1
+  Compute compute_;
+  bool compute_weights_stale_ = true;
   ParamStore params_;
   Param* embedding_ = nullptr;  // first pipeline stage only
   std::vector<Layer> layers_;

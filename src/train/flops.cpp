@@ -1,9 +1,11 @@
 #include "train/flops.h"
 
+#include <algorithm>
 #include <chrono>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/matmul.h"
 
 namespace ff {
 
@@ -29,13 +31,21 @@ double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
   return T * per_token + q2 * 6.0 * qd * n_attn;
 }
 
-double measure_gemm_tflops(int64_t n) {
+double measure_gemm_tflops(Precision precision, int64_t n) {
   std::vector<float> a(static_cast<size_t>(n * n), 0.5f), b(a), c(a);
-  cpu::gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+  std::vector<bf16_t> ah(a.size(), float_to_bf16(0.5f)), bh(ah);
+  cpu::Matmul matmul;
+  auto product = [&] {
+    if (precision == Precision::bf16)
+      matmul.run(false, false, n, n, n, ah.data(), n, bh.data(), n, c.data(), n, false);
+    else
+      cpu::gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+  };
+  product();  // warm-up (and oneDNN's code generation)
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     auto t0 = std::chrono::steady_clock::now();
-    cpu::gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    product();
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, 2.0 * static_cast<double>(n) * n * n / s / 1e12);
   }

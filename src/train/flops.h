@@ -12,8 +12,9 @@ namespace ff {
 //          + 6 h V] + B S^2 * 6 Qd N_attn,   f = 3 for SwiGLU else 2, T = B S.
 double training_flops(const ModelConfig& c, int64_t sequences, int64_t S);
 
-// Measured fp32 GEMM rate (TFLOP/s) on the current OpenMP thread count: the best of a few
-// square products of size n, about a second of work.
-double measure_gemm_tflops(int64_t n = 1536);
+// Measured GEMM rate (TFLOP/s) of the given precision on the current OpenMP thread count: the
+// best of a few square products of size n (about a second of work), through the same library the
+// model's GEMMs use (OpenBLAS for fp32, oneDNN for bf16). MFU is taken against it.
+double measure_gemm_tflops(Precision precision = Precision::fp32, int64_t n = 1536);
 
 }  // namespace ff

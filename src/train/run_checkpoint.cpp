@@ -70,6 +70,7 @@ TrainingState RunCheckpoint::resume() {
     staging_v_.assign(staging_m_.size(), 0.0f);
   }
   load_checkpoint_tensors(folder, contents());
+  model_.mark_values_changed();
   if (distributed_) {
     distributed_->scatter_moments(staging_m_, staging_v_);
     distributed_->set_steps_taken(s.optimizer_steps);

@@ -60,6 +60,7 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
     m.grad_norm = optimizer_.step(m.lr, grid_.mp(), grid_.expert_mp());
   }
   model_.end_of_step();
+  model_.mark_values_changed();
   m.optimizer_s = seconds_since(t0);
   // The job's mean losses over the data-parallel replicas.
   double sums[3] = {r.loss, r.aux_loss, r.z_loss};
@@ -105,14 +106,15 @@ TrainResult Trainer::run(bool quiet) {
                                          Communicator::world(), quiet);
   std::filesystem::create_directories(tc.out_dir);
   const bool lead = grid_.world_rank() == 0;
-  if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops();
+  if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
   if (lead && !quiet) {
     std::printf("%s\n", grid_.describe().c_str());
     std::printf("model: %s, pattern %s, %.2fM parameters (%.2fM active per token); %d threads\n",
                 tc.model_preset.empty() ? "custom" : tc.model_preset.c_str(), cfg_.model.pattern().c_str(),
                 count_parameters(cfg_.model) / 1e6, count_active_parameters(cfg_.model) / 1e6, omp_get_max_threads());
-    std::printf("%s\n%lld steps of %lld x %lld x %lld tokens; MFU against %.3f TFLOP/s\n", data.summary.c_str(),
-                (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S, peak_tflops_);
+    std::printf("%s\n%lld steps of %lld x %lld x %lld tokens, %s GEMMs; MFU against %.3f TFLOP/s\n",
+                data.summary.c_str(), (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S,
+                enum_to_string(cfg_.model.precision).c_str(), peak_tflops_);
     std::fflush(stdout);
   }
   // Checkpoints: resume (train.resume) restores parameters, optimizer and buffers here and the

@@ -196,8 +196,9 @@ void check_copied_experts(bool pre_softmax) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
   ParamStore store;
-  MoeLayer moe(store, "moe", c, grid, 0.3f, 0.3f);
-  Mlp dense(store, "dense", c.d_model, c.moe_ffn_hidden, c.activation, 0.3f, 0.3f);
+  Compute compute;
+  MoeLayer moe(store, compute, "moe", c, grid, 0.3f, 0.3f);
+  Mlp dense(store, compute, "dense", c.d_model, c.moe_ffn_hidden, c.activation, 0.3f, 0.3f);
   store.allocate(42);
   const int64_t F = c.moe_ffn_hidden, D = c.d_model, W = 2 * F;
   for (int64_t e = 0; e < c.num_experts; ++e) {
@@ -233,7 +234,8 @@ TEST(MoeLayer, CapacityDropsAndPaddingKeepsShapesStatic) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
   ParamStore store;
-  MoeLayer moe(store, "moe", c, grid, 0.3f, 0.3f);
+  Compute compute;
+  MoeLayer moe(store, compute, "moe", c, grid, 0.3f, 0.3f);
   store.allocate(3);
   const int64_t N = 16, D = c.d_model;
   const int64_t C = cpu::expert_capacity(N, c.moe_top_k, c.num_experts, c.moe_capacity_factor);  // ceil(16*2/4*0.5) = 4

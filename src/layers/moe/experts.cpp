@@ -1,14 +1,16 @@
 #include "layers/moe/experts.h"
 
-#include "kernels/cpu/gemm.h"
+#include <algorithm>
+
+#include "kernels/cpu/bf16.h"
 #include "layers/mlp.h"
 
 namespace ff {
 
-Experts::Experts(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, int64_t first,
+Experts::Experts(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, int64_t first,
                  int64_t count, float init_std, float out_init_std, int64_t etp_rank, int64_t etp_size)
     : D_(cfg.d_model), F_(cfg.moe_ffn_hidden / etp_size), W_(fc1_width(cfg.activation, F_)),
-      count_(count), act_(cfg.activation) {
+      count_(count), act_(cfg.activation), compute_(&compute) {
   const int64_t F = cfg.moe_ffn_hidden, f0 = etp_rank * F_;
   FF_CHECK(F % etp_size == 0, "model.moe_ffn_hidden = %lld is not divisible by parallel.etp = %lld", (long long)F,
            (long long)etp_size);
@@ -35,70 +37,66 @@ Experts::Experts(ParamStore& store, const std::string& prefix, const ModelConfig
   }
 }
 
+namespace {
+// scaled[r, :] = act[r, :] * p[r], written in the operand's dtype (fused with the cast to bf16).
+void scale_rows(const Tensor& scaled, const float* act, const float* p, int64_t R, int64_t F) {
+  constexpr int64_t kCols = 256;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float* a = act + r * F;
+    if (scaled.dtype == DType::f32) {
+      float* o = scaled.f32() + r * F;
+#pragma omp simd
+      for (int64_t j = 0; j < F; ++j) o[j] = a[j] * p[r];
+      continue;
+    }
+    float tmp[kCols];
+    for (int64_t j0 = 0; j0 < F; j0 += kCols) {
+      const int64_t n = std::min(kCols, F - j0);
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) tmp[j] = a[j0 + j] * p[r];
+      cpu::to_bf16_serial(scaled.bf16() + r * F + j0, tmp, n);
+    }
+  }
+}
+}  // namespace
+
 void Experts::forward(Saved& s, float* out, const float* rows, const float* row_probs,
                       const std::vector<int64_t>& tokens_per_expert, Arena& arena) const {
   int64_t R = 0;
   for (int64_t n : tokens_per_expert) R += n;
+  s.x_op = compute_->operand(rows, R, D_, arena);
   s.h1 = arena.alloc(Shape{R, W_});
   s.act = arena.alloc(Shape{R, F_});
-  float* scaled = arena.alloc_f32(R * F_);  // act * prob, the input of fc2
-  int64_t start = 0;
-  for (int64_t e = 0; e < count_; ++e) {
-    const int64_t n = tokens_per_expert[static_cast<size_t>(e)];
-    if (n == 0) continue;  // an expert with no tokens is a normal path
-    float* h1 = s.h1.f32() + start * W_;
-    float* act = s.act.f32() + start * F_;
-    float* sc = scaled + start * F_;
-    cpu::linear_forward(h1, rows + start * D_, fc1_->value + e * W_ * D_, n, D_, W_);
-    activation_forward(act_, act, h1, n, F_);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; ++r) {
-      const float p = row_probs[start + r];
-      for (int64_t j = 0; j < F_; ++j) sc[r * F_ + j] = act[r * F_ + j] * p;
-    }
-    cpu::linear_forward(out + start * D_, sc, fc2_->value + e * D_ * F_, n, F_, D_);
-    start += n;
-  }
+  s.scaled = compute_->alloc_operand(R, F_, arena);
+  compute_->grouped_forward(s.h1.f32(), s.x_op, Weight::of(*fc1_), W_ * D_, tokens_per_expert, D_, W_);
+  activation_forward(act_, s.act.f32(), s.h1.f32(), R, F_);
+  scale_rows(s.scaled, s.act.f32(), row_probs, R, F_);
+  compute_->grouped_forward(out, s.scaled, Weight::of(*fc2_), D_ * F_, tokens_per_expert, F_, D_);
 }
 
-void Experts::backward(float* drows, float* drow_probs, const float* dout, const float* rows,
-                       const float* row_probs, const Saved& s, const std::vector<int64_t>& tokens_per_expert,
-                       Arena& scratch) const {
-  int64_t R = 0, maxn = 0;
-  for (int64_t n : tokens_per_expert) {
-    R += n;
-    maxn = std::max(maxn, n);
-  }
-  float* scaled = scratch.alloc_f32(maxn * F_);
-  float* dscaled = scratch.alloc_f32(maxn * F_);
-  float* dh1 = scratch.alloc_f32(maxn * W_);
-  int64_t start = 0;
-  for (int64_t e = 0; e < count_; ++e) {
-    const int64_t n = tokens_per_expert[static_cast<size_t>(e)];
-    if (n == 0) continue;
-    const float* act = s.act.f32() + start * F_;
-    const float* p = row_probs + start;
-    // Forward: scaled = act * p; out = scaled W2^T.
+void Experts::backward(float* drows, float* drow_probs, const float* dout, const float* row_probs, const Saved& s,
+                       const std::vector<int64_t>& tokens_per_expert, Arena& scratch) const {
+  int64_t R = 0;
+  for (int64_t n : tokens_per_expert) R += n;
+  float* dscaled = scratch.alloc_f32(R * F_);
+  float* dh1 = scratch.alloc_f32(R * W_);
+  compute_->grouped_backward(dscaled, Weight::of(*fc2_), D_ * F_, compute_->operand(dout, R, D_, scratch), s.scaled,
+                             tokens_per_expert, F_, D_);
+  // dprob[r] = <dscaled[r], act[r]>;  dact = dscaled * p (written over dscaled).
+  const float* act = s.act.f32();
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t j = 0; j < F_; ++j) scaled[r * F_ + j] = act[r * F_ + j] * p[r];
-    cpu::linear_backward(dscaled, fc2_->grad + e * D_ * F_, dout + start * D_, scaled, fc2_->value + e * D_ * F_,
-                         n, F_, D_, false);
-    // dprob[r] = <dscaled[r], act[r]>;  dact = dscaled * p (written over dscaled).
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; ++r) {
-      double dp = 0;
-      for (int64_t j = 0; j < F_; ++j) {
-        dp += static_cast<double>(dscaled[r * F_ + j]) * act[r * F_ + j];
-        dscaled[r * F_ + j] *= p[r];
-      }
-      drow_probs[start + r] = static_cast<float>(dp);
+  for (int64_t r = 0; r < R; ++r) {
+    double dp = 0;
+    for (int64_t j = 0; j < F_; ++j) {
+      dp += static_cast<double>(dscaled[r * F_ + j]) * act[r * F_ + j];
+      dscaled[r * F_ + j] *= row_probs[r];
     }
-    activation_backward(act_, dh1, dscaled, s.h1.f32() + start * W_, n, F_);
-    cpu::linear_backward(drows + start * D_, fc1_->grad + e * W_ * D_, dh1, rows + start * D_,
-                         fc1_->value + e * W_ * D_, n, D_, W_, false);
-    start += n;
+    drow_probs[r] = static_cast<float>(dp);
   }
+  activation_backward(act_, dh1, dscaled, s.h1.f32(), R, F_);
+  compute_->grouped_backward(drows, Weight::of(*fc1_), W_ * D_, compute_->operand(dh1, R, W_, scratch), s.x_op,
+                             tokens_per_expert, D_, W_);
 }
 
 }  // namespace ff

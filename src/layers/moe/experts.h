@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/param.h"
+#include "layers/compute.h"
 #include "models/config.h"
 
 namespace ff {
@@ -19,23 +20,25 @@ namespace ff {
 class Experts {
  public:
   // Registers experts [first, first + count) of the layer under prefix + ".experts.{e}".
-  Experts(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, int64_t first, int64_t count,
+  Experts(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, int64_t first, int64_t count,
           float init_std, float out_init_std, int64_t etp_rank = 0, int64_t etp_size = 1);
 
   struct Saved {
-    Tensor h1;   // [R, W]
-    Tensor act;  // [R, F] before the prob scaling
+    Tensor x_op;    // [R, D] the rows, as a GEMM operand
+    Tensor h1;      // [R, W] (fp32)
+    Tensor act;     // [R, F] before the prob scaling (fp32)
+    Tensor scaled;  // [R, F] act * prob, the input of fc2, as a GEMM operand
   };
   // out[R, D] overwritten.
   void forward(Saved& s, float* out, const float* rows, const float* row_probs,
                const std::vector<int64_t>& tokens_per_expert, Arena& arena) const;
   // drows[R, D] and drow_probs[R] overwritten; parameter gradients accumulate.
-  void backward(float* drows, float* drow_probs, const float* dout, const float* rows, const float* row_probs,
-                const Saved& s, const std::vector<int64_t>& tokens_per_expert, Arena& scratch) const;
+  void backward(float* drows, float* drow_probs, const float* dout, const float* row_probs, const Saved& s, const std::vector<int64_t>& tokens_per_expert, Arena& scratch) const;
 
  private:
   int64_t D_, F_, W_, count_;
   Activation act_;
+  Compute* compute_;
   Param* fc1_;  // expert 0's first fc1 matrix; the rest follow
   Param* fc2_;
 };

@@ -16,16 +16,16 @@ int64_t local_experts(const ModelConfig& cfg, const ParallelGrid& grid) {
 }
 }  // namespace
 
-MoeLayer::MoeLayer(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
+MoeLayer::MoeLayer(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
                    float init_std, float out_init_std)
     : cfg_(cfg),
       tp_{&grid.tp(), grid.config().sequence_parallel},
       router_(store, prefix + ".gate", cfg, grid),
-      experts_(store, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
+      experts_(store, compute, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
                out_init_std, grid.etp().rank(), grid.etp().size()) {
   if (cfg.moe_shared_expert_hidden > 0) {
     // The shared expert is a dense MLP on the attention TP group (with sequence parallelism).
-    shared_.emplace(store, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
+    shared_.emplace(store, compute, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
                     init_std, out_init_std, tp_);
     if (cfg.moe_shared_expert_gate) {
       shared_gate_ = store.add(prefix + ".shared_expert_gate.weight", Shape{1, cfg.d_model}, ParamInit::normal, init_std);
@@ -153,7 +153,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const Save
   float* drow_probs = scratch.alloc_f32(R);
   {
     ProfileScope scope(profile_, kProfileExperts, true);
-    experts_.backward(drows_in, drow_probs, drows_out, s.dispatch.rows.f32(), s.dispatch.row_probs.f32(), s.experts,
+    experts_.backward(drows_in, drow_probs, drows_out, s.dispatch.row_probs.f32(), s.experts,
                       s.dispatch.tokens_per_local_expert, scratch);
   }
   float* dtopk = scratch.alloc_f32(N * K);

@@ -25,7 +25,7 @@ struct MoeStats {
 
 class MoeLayer {
  public:
-  MoeLayer(ParamStore& store, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
+  MoeLayer(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
            float init_std, float out_init_std);
 
   struct Saved {

@@ -1,0 +1,75 @@
+#include "layers/compute.h"
+
+#include <cstddef>
+
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/gemm.h"
+
+namespace ff {
+
+Tensor Compute::operand(const float* x, int64_t rows, int64_t cols, Arena& arena) const {
+  if (!bf16()) return Tensor{const_cast<float*>(x), Shape{rows, cols}, DType::f32};
+  Tensor t = arena.alloc(Shape{rows, cols}, DType::bf16);
+  cpu::to_bf16(t.bf16(), x, rows * cols);
+  return t;
+}
+
+void Compute::linear_forward(float* y, const Tensor& x, Weight w, int64_t rows, int64_t in, int64_t out,
+                             bool variable_rows) {
+  if (!bf16()) {
+    cpu::linear_forward(y, x.f32(), w.value, rows, in, out);
+    return;
+  }
+  FF_CHECK(w.value_bf16, "bf16 compute without the weights' bf16 copy");
+  matmul_.run(false, true, rows, out, in, x.bf16(), in, w.value_bf16, in, y, out, false,
+              variable_rows ? cpu::Varying::m : cpu::Varying::none);
+}
+
+void Compute::linear_backward(float* dx, Weight w, const Tensor& dy, const Tensor& x, int64_t rows, int64_t in,
+                              int64_t out, bool accumulate_dx, bool variable_rows) {
+  if (!bf16()) {
+    cpu::linear_backward(dx, w.grad, dy.f32(), x.f32(), w.value, rows, in, out, accumulate_dx);
+    return;
+  }
+  // y = x W^T  =>  dx = dy W [rows, in],  dW += dy^T x [out, in] (dy^T: dy read transposed).
+  if (dx)
+    matmul_.run(false, false, rows, in, out, dy.bf16(), out, w.value_bf16, in, dx, in, accumulate_dx,
+                variable_rows ? cpu::Varying::m : cpu::Varying::none);
+  if (w.grad)
+    matmul_.run(true, false, out, in, rows, dy.bf16(), out, x.bf16(), in, w.grad, in, true,
+                variable_rows ? cpu::Varying::k : cpu::Varying::none);
+}
+
+namespace {
+// Rows [row, ...) of an operand [*, cols].
+Tensor rows_from(const Tensor& t, int64_t row, int64_t rows, int64_t cols) {
+  auto* base = static_cast<std::byte*>(t.ptr) + row * cols * static_cast<int64_t>(dtype_size(t.dtype));
+  return Tensor{base, Shape{rows, cols}, t.dtype};
+}
+}  // namespace
+
+void Compute::grouped_forward(float* y, const Tensor& x, Weight w, int64_t w_stride,
+                              const std::vector<int64_t>& counts, int64_t in, int64_t out) {
+  int64_t start = 0;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    const int64_t n = counts[g];
+    if (n > 0)
+      linear_forward(y + start * out, rows_from(x, start, n, in), w.at(static_cast<int64_t>(g) * w_stride), n, in,
+                     out, true);
+    start += n;
+  }
+}
+
+void Compute::grouped_backward(float* dx, Weight w, int64_t w_stride, const Tensor& dy, const Tensor& x,
+                               const std::vector<int64_t>& counts, int64_t in, int64_t out) {
+  int64_t start = 0;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    const int64_t n = counts[g];
+    if (n > 0)
+      linear_backward(dx + start * in, w.at(static_cast<int64_t>(g) * w_stride), rows_from(dy, start, n, out),
+                      rows_from(x, start, n, in), n, in, out, false, true);
+    start += n;
+  }
+}
+
+}  // namespace ff
