@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/matmul.h"
 #include "layers/compute.h"
@@ -145,6 +146,39 @@ TEST(Compute, GroupedExpertGemmsMatchPerSegmentProducts) {
   EXPECT_TRUE(test::all_close(g16, g32, 1e-4, 1e-4));
   EXPECT_EQ(g16[0], 0.5f);  // segment 0 has no rows: its weight gradient is untouched
   EXPECT_EQ(bf.matmul().cached_primitives(), 3u);  // forward, dx, dW: one primitive each for every segment
+}
+
+// The fused expert SwiGLU equals the unfused composition: swiglu, then the prob scaling; backward
+// gives the prob gradient <dout, act> and the swiglu gradient of dout * p. Its bf16 outputs are
+// the fp32 ones rounded. F = 300 covers a partial chunk.
+TEST(FusedSwiglu, EqualsSwigluThenScalingForwardAndBackward) {
+  const int64_t N = 5, F = 300;
+  std::vector<float> in = test::randn(static_cast<size_t>(N * 2 * F), 8, 2.0f);
+  std::vector<float> p = test::randn(static_cast<size_t>(N), 9);
+  std::vector<float> dout = test::randn(static_cast<size_t>(N * F), 10);
+  std::vector<float> act(static_cast<size_t>(N * F)), want(act.size());
+  cpu::swiglu_forward(act.data(), in.data(), N, F);
+  for (int64_t i = 0; i < N * F; ++i) want[i] = act[i] * p[i / F];
+  std::vector<float> got(act.size());
+  std::vector<bf16_t> got16(act.size());
+  cpu::swiglu_scaled_forward(got.data(), nullptr, in.data(), p.data(), N, F);
+  cpu::swiglu_scaled_forward(nullptr, got16.data(), in.data(), p.data(), N, F);
+  EXPECT_TRUE(test::all_close(got, want, 1e-6, 1e-5));
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got16[i], float_to_bf16(got[i])) << i;
+
+  std::vector<float> dscaled(dout.size()), din_want(in.size()), dp_want(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N * F; ++i) {
+    dscaled[i] = dout[i] * p[i / F];
+    dp_want[i / F] += dout[i] * act[i];
+  }
+  cpu::swiglu_backward(din_want.data(), dscaled.data(), in.data(), N, F);
+  std::vector<float> din(in.size()), dp(static_cast<size_t>(N), -7.0f);
+  std::vector<bf16_t> din16(in.size());
+  cpu::swiglu_scaled_backward(dp.data(), din.data(), nullptr, dout.data(), in.data(), p.data(), N, F);
+  EXPECT_TRUE(test::all_close(din, din_want, 1e-6, 1e-5));
+  EXPECT_TRUE(test::all_close(dp, dp_want, 1e-4, 1e-5));
+  cpu::swiglu_scaled_backward(dp.data(), nullptr, din16.data(), dout.data(), in.data(), p.data(), N, F);
+  for (size_t i = 0; i < din.size(); ++i) ASSERT_EQ(din16[i], float_to_bf16(din[i])) << i;
 }
 
 ModelConfig small_moe(Precision p) {

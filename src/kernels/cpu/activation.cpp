@@ -1,6 +1,10 @@
 #include "kernels/cpu/activation.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/vector_math.h"
 
 namespace ff::cpu {
 namespace {
@@ -35,6 +39,72 @@ void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, 
       dgate[j] = d[j] * up[j] * s * (1.0f + a * (1.0f - s));
       dup[j] = d[j] * a * s;
     }
+  }
+}
+
+namespace {
+constexpr int64_t kChunk = 256;  // columns per stack buffer
+
+// sig[j] = sigmoid(gate[j]), j < n, through the vector exp.
+inline void sigmoid_chunk(float* sig, const float* gate, int64_t n) {
+  float neg[kChunk];
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) neg[j] = -gate[j];
+  exp_shifted(sig, neg, 0.0f, n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) sig[j] = 1.0f / (1.0f + sig[j]);
+}
+
+inline void store(float* f32, bf16_t* b16, int64_t at, const float* v, int64_t n) {
+  if (b16)
+    to_bf16_serial(b16 + at, v, n);
+  else
+    for (int64_t j = 0; j < n; ++j) f32[at + j] = v[j];
+}
+}  // namespace
+
+void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const float* in, const float* p, int64_t N, int64_t F) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gate = in + n * 2 * F;
+    const float* up = gate + F;
+    float sig[kChunk], o[kChunk];
+    for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, F - j0);
+      sigmoid_chunk(sig, gate + j0, m);
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) o[j] = gate[j0 + j] * sig[j] * up[j0 + j] * p[n];
+      store(out_f32, out_bf16, n * F + j0, o, m);
+    }
+  }
+}
+
+void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const float* in,
+                            const float* p, int64_t N, int64_t F) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gate = in + n * 2 * F;
+    const float* up = gate + F;
+    const float* d = dout + n * F;
+    float sig[kChunk], dg[kChunk], du[kChunk];
+    double dprob = 0;
+    for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, F - j0);
+      sigmoid_chunk(sig, gate + j0, m);
+      float acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < m; ++j) {
+        const float a = gate[j0 + j], s = sig[j], b = up[j0 + j], dj = d[j0 + j];
+        acc += dj * a * s * b;
+        const float ds = dj * p[n];
+        dg[j] = ds * b * s * (1.0f + a * (1.0f - s));
+        du[j] = ds * a * s;
+      }
+      dprob += acc;
+      store(din_f32, din_bf16, n * 2 * F + j0, dg, m);
+      store(din_f32, din_bf16, n * 2 * F + F + j0, du, m);
+    }
+    dp[n] = static_cast<float>(dprob);
   }
 }
 

@@ -2,12 +2,24 @@
 #pragma once
 #include <cstdint>
 
+#include "core/bf16.h"
+
 namespace ff::cpu {
 
 // SwiGLU on a fused [N, 2F] input laid out per row as [gate (F) | up (F)]:
 //   out[n, j] = silu(gate[n, j]) * up[n, j],  silu(a) = a * sigmoid(a).
 void swiglu_forward(float* out, const float* in, int64_t N, int64_t F);
 void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, int64_t F);
+
+// The experts' SwiGLU with the gating prob and the cast to the next GEMM's operand dtype fused
+// into one pass (the activation itself is never stored; backward recomputes it from `in`):
+//   forward:  out[n, j] = silu(gate[n, j]) up[n, j] p[n], written to out_f32 or out_bf16 (the
+//             other null).
+//   backward: dp[n] = sum_j dout[n, j] silu(gate) up (overwritten); with d = dout[n, j] p[n] the
+//             gate/up gradients of swiglu_backward, written to din_f32 or din_bf16 [N, 2F].
+void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const float* in, const float* p, int64_t N, int64_t F);
+void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const float* in,
+                            const float* p, int64_t N, int64_t F);
 
 // Squared ReLU (Nemotron-4): out = max(u, 0)^2,  d/du = 2 max(u, 0).  in/out [N, F].
 void squared_relu_forward(float* out, const float* in, int64_t N, int64_t F);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/bf16.h"
 #include "layers/mlp.h"
 
@@ -67,11 +68,17 @@ void Experts::forward(Saved& s, float* out, const float* rows, const float* row_
   for (int64_t n : tokens_per_expert) R += n;
   s.x_op = compute_->operand(rows, R, D_, arena);
   s.h1 = arena.alloc(Shape{R, W_});
-  s.act = arena.alloc(Shape{R, F_});
   s.scaled = compute_->alloc_operand(R, F_, arena);
   compute_->grouped_forward(s.h1.f32(), s.x_op, Weight::of(*fc1_), W_ * D_, tokens_per_expert, D_, W_);
-  activation_forward(act_, s.act.f32(), s.h1.f32(), R, F_);
-  scale_rows(s.scaled, s.act.f32(), row_probs, R, F_);
+  if (act_ == Activation::swiglu) {  // one fused pass: activation, prob scaling, cast
+    const bool b16 = s.scaled.dtype == DType::bf16;
+    cpu::swiglu_scaled_forward(b16 ? nullptr : s.scaled.f32(), b16 ? s.scaled.bf16() : nullptr, s.h1.f32(), row_probs,
+                               R, F_);
+  } else {
+    s.act = arena.alloc(Shape{R, F_});
+    activation_forward(act_, s.act.f32(), s.h1.f32(), R, F_);
+    scale_rows(s.scaled, s.act.f32(), row_probs, R, F_);
+  }
   compute_->grouped_forward(out, s.scaled, Weight::of(*fc2_), D_ * F_, tokens_per_expert, F_, D_);
 }
 
@@ -80,23 +87,31 @@ void Experts::backward(float* drows, float* drow_probs, const float* dout, const
   int64_t R = 0;
   for (int64_t n : tokens_per_expert) R += n;
   float* dscaled = scratch.alloc_f32(R * F_);
-  float* dh1 = scratch.alloc_f32(R * W_);
   compute_->grouped_backward(dscaled, Weight::of(*fc2_), D_ * F_, compute_->operand(dout, R, D_, scratch), s.scaled,
                              tokens_per_expert, F_, D_);
-  // dprob[r] = <dscaled[r], act[r]>;  dact = dscaled * p (written over dscaled).
-  const float* act = s.act.f32();
+  Tensor dh1;  // [R, W] operand
+  if (act_ == Activation::swiglu) {  // one fused pass: prob gradient, activation backward, cast
+    dh1 = compute_->alloc_operand(R, W_, scratch);
+    const bool b16 = dh1.dtype == DType::bf16;
+    cpu::swiglu_scaled_backward(drow_probs, b16 ? nullptr : dh1.f32(), b16 ? dh1.bf16() : nullptr, dscaled,
+                                s.h1.f32(), row_probs, R, F_);
+  } else {
+    // dprob[r] = <dscaled[r], act[r]>;  dact = dscaled * p (written over dscaled).
+    const float* act = s.act.f32();
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
-    double dp = 0;
-    for (int64_t j = 0; j < F_; ++j) {
-      dp += static_cast<double>(dscaled[r * F_ + j]) * act[r * F_ + j];
-      dscaled[r * F_ + j] *= row_probs[r];
+    for (int64_t r = 0; r < R; ++r) {
+      double dp = 0;
+      for (int64_t j = 0; j < F_; ++j) {
+        dp += static_cast<double>(dscaled[r * F_ + j]) * act[r * F_ + j];
+        dscaled[r * F_ + j] *= row_probs[r];
+      }
+      drow_probs[r] = static_cast<float>(dp);
     }
-    drow_probs[r] = static_cast<float>(dp);
+    float* dh1_f32 = scratch.alloc_f32(R * W_);
+    activation_backward(act_, dh1_f32, dscaled, s.h1.f32(), R, F_);
+    dh1 = compute_->operand(dh1_f32, R, W_, scratch);
   }
-  activation_backward(act_, dh1, dscaled, s.h1.f32(), R, F_);
-  compute_->grouped_backward(drows, Weight::of(*fc1_), W_ * D_, compute_->operand(dh1, R, W_, scratch), s.x_op,
-                             tokens_per_expert, D_, W_);
+  compute_->grouped_backward(drows, Weight::of(*fc1_), W_ * D_, dh1, s.x_op, tokens_per_expert, D_, W_);
 }
 
 }  // namespace ff
