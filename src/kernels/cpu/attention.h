@@ -21,13 +21,18 @@ struct AttentionShape {
   int64_t S_kv = 0, q_offset = 0, k_offset = 0;
 };
 
+// Floats of scratch the two passes need with `threads` OpenMP threads (per thread: the forward's
+// score block, or the backward's P, dP and D blocks). Callers that pass a workspace of this size
+// keep the step free of allocations; a null workspace is allocated inside the call.
+int64_t attention_workspace_floats(const AttentionShape& s, int threads);
+
 // o = softmax(scale * q k^T + causal mask) v.
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
-                       const AttentionShape& s);
+                       const AttentionShape& s, float* workspace = nullptr);
 // dq, dk, dv are OVERWRITTEN; they use the same strides as q (ld_q) and k/v (ld_kv), so they may
 // point into one fused dqkv buffer. All heads of a KV group are summed into dk/dv.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* o, const float* lse,
-                        const AttentionShape& s);
+                        const AttentionShape& s, float* workspace = nullptr);
 
 }  // namespace ff::cpu
