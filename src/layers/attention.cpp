@@ -36,9 +36,11 @@ Attention::Attention(ParamStore& store, Compute& compute, const std::string& pre
 }
 
 namespace {
-cpu::AttentionShape shape_of(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t dh) {
+cpu::AttentionShape shape_of(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t dh, bool bf16) {
   const int64_t ld = (Hq + 2 * Hkv) * dh;
-  return {B, S, Hq, Hkv, dh, ld, ld, 1.0f / std::sqrt(static_cast<float>(dh))};
+  cpu::AttentionShape s{B, S, Hq, Hkv, dh, ld, ld, 1.0f / std::sqrt(static_cast<float>(dh))};
+  s.bf16 = bf16;  // the block products in the model's compute precision
+  return s;
 }
 // The kernel's scratch, from the arena (so the step allocates nothing after the first).
 float* workspace(const cpu::AttentionShape& sh, Arena& arena) {
@@ -63,8 +65,8 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
     cp_attention_forward(s.cp, s.o.f32(), qkv, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_}, *cp_,
                          arena);
   else
-    cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_),
-                           workspace(shape_of(B, S, Hq_, Hkv_, dh_), arena));
+    cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()),
+                           workspace(shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()), arena));
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
   s.o_op = compute_->operand(s.o.f32(), N, Hq_ * dh_, arena);
   compute_->linear_forward(partial, s.o_op, Weight::of(*wo_), N, Hq_ * dh_, D_);
@@ -85,8 +87,8 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
                           scratch);
   else
     cpu::attention_backward(dqkv, dqkv + Hq_ * dh_, dqkv + (Hq_ + Hkv_) * dh_, dO, qkv, qkv + Hq_ * dh_,
-                            qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), shape_of(B, S, Hq_, Hkv_, dh_),
-                            workspace(shape_of(B, S, Hq_, Hkv_, dh_), scratch));
+                            qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()),
+                            workspace(shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()), scratch));
   if (rope_on_) cpu::rope_backward(dqkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
   float* dx_full = tp_.active() ? scratch.alloc_f32(N * D_) : dx;
   compute_->linear_backward(dx_full, Weight::of(*wqkv_), compute_->operand(dqkv, N, W, scratch), s.x_op, N, D_, W,

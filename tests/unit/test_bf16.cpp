@@ -6,10 +6,12 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/small_gemm_bf16.h"
 #include "layers/compute.h"
 #include "models/decoder_lm.h"
 #include "test_util.h"
@@ -246,6 +248,38 @@ TEST(Bf16Model, WeightCopyFollowsTheMasterValues) {
   m.mark_values_changed();
   EXPECT_NE(m.forward(*mb, tokens.data(), targets.data(), B, S).loss, before);
   EXPECT_EQ(head->value_bf16[1], float_to_bf16(head->value[1]));
+}
+
+}  // namespace
+}  // namespace ff
+
+namespace ff {
+namespace {
+
+// The attention blocks' serial bf16 GEMM against the double reference on bf16-rounded inputs,
+// every transpose, odd sizes (K odd, partial panels and micro-tiles), alpha and beta.
+TEST(SmallGemmBf16, MatchesDoubleReferenceOnBf16Inputs) {
+  for (int form = 0; form < 4; ++form) {
+    const bool ta = form & 1, tb = form & 2;
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{13, 45, 7}, {64, 96, 64}, {1, 1, 1}, {9, 33, 130}}) {
+      const int64_t lda = (ta ? M : K) + 2, ldb = (tb ? K : N) + 3, ldc = N + 1;
+      std::vector<float> A = rounded(test::randn(static_cast<size_t>((ta ? K : M) * lda), 11));
+      std::vector<float> B = rounded(test::randn(static_cast<size_t>((tb ? N : K) * ldb), 12));
+      std::vector<float> C = test::randn(static_cast<size_t>(M * ldc), 13);
+      const float alpha = 0.5f, beta = form == 3 ? 0.0f : 1.5f;
+      std::vector<float> want = reference(ta, tb, M, N, K, A, lda, B, ldb, std::vector<float>(), ldc);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          const size_t at = static_cast<size_t>(i * ldc + j);
+          want[at] = alpha * want[at] + beta * C[at];
+        }
+      std::vector<float> ws(static_cast<size_t>(cpu::small_gemm_bf16_workspace(M, N, K)));
+      cpu::small_gemm_bf16(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc, ws.data());
+      for (int64_t i = 0; i < M; ++i)
+        ASSERT_TRUE(test::all_close(C.data() + i * ldc, want.data() + i * ldc, static_cast<size_t>(N), 1e-4, 1e-5))
+            << "form " << form << " M " << M << " N " << N << " K " << K << " row " << i;
+    }
+  }
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Causal grouped-query attention, fp32. Legend: B sequences, S positions, Hq query heads, Hkv
+// Causal grouped-query attention, fp32 data (block products in fp32, or bf16 with s.bf16). Legend: B sequences, S positions, Hq query heads, Hkv
 // KV heads (query head h reads KV head h / (Hq/Hkv)), dh head dim, ld row stride of q/k/v.
 // q(b,s,h,:) = q + (b*S + s)*ld + h*dh   (same for k, v with their heads).
 // o is [B*S, Hq*dh] contiguous. lse[B, Hq, S] = log-sum-exp of each scaled score row (saved).
@@ -19,6 +19,9 @@ struct AttentionShape {
   // sees the keys at positions up to its own (k/v/dk/dv use S_kv rows per sequence). A query that
   // sees no key here gets o = 0 and lse = -inf (ring attention merges it away). S_kv = 0 means S.
   int64_t S_kv = 0, q_offset = 0, k_offset = 0;
+  // The block products on bf16-rounded operands with fp32 accumulation (small_gemm_bf16, with
+  // each head's keys and values packed once per task); scores, softmax, lse and outputs stay fp32.
+  bool bf16 = false;
 };
 
 // Floats of scratch the two passes need with `threads` OpenMP threads (per thread: the forward's

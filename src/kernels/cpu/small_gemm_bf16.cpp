@@ -1,0 +1,183 @@
+#include "kernels/cpu/small_gemm_bf16.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/bf16.h"
+#include "kernels/cpu/bf16.h"
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+namespace ff::cpu {
+
+namespace {
+constexpr int64_t NR = 32;  // columns per panel / micro-tile (two zmm of fp32 accumulators)
+constexpr int64_t MR = 8;   // rows per micro-tile: 16 accumulators, 2 B loads, 1 broadcast
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+inline uint32_t pair(float lo, float hi) {
+  return static_cast<uint32_t>(float_to_bf16(lo)) | (static_cast<uint32_t>(float_to_bf16(hi)) << 16);
+}
+
+// Bp[panel][kp][c] (32-bit pairs: element (2kp, c) low, (2kp + 1, c) high), zero padded.
+void pack_b(uint32_t* Bp, bool tb, const float* B, int64_t ldb, int64_t K, int64_t N) {
+  const int64_t Kp = (K + 1) / 2, panels = (N + NR - 1) / NR;
+  std::memset(Bp, 0, sizeof(uint32_t) * static_cast<size_t>(panels * Kp * NR));
+  if (tb) {  // B stored [N][K]: the two elements of a pair are adjacent in memory
+    for (int64_t n = 0; n < N; ++n) {
+      uint32_t* col = Bp + (n / NR) * Kp * NR + n % NR;
+      const float* row = B + n * ldb;
+      for (int64_t kp = 0; kp < Kp; ++kp)
+        col[kp * NR] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
+    }
+    return;
+  }
+  // B stored [K][N]: interleave rows 2kp and 2kp + 1, 16 columns at a time.
+  for (int64_t kp = 0; kp < Kp; ++kp) {
+    const float* r0 = B + 2 * kp * ldb;
+    const float* r1 = 2 * kp + 1 < K ? r0 + ldb : nullptr;
+    int64_t n = 0;
+#if defined(__AVX512BF16__)
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (; n < N; n += 16) {
+      const __mmask16 m = N - n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (N - n)) - 1);
+      const __m512 lo = _mm512_maskz_loadu_ps(m, r0 + n);
+      const __m512 hi = r1 ? _mm512_maskz_loadu_ps(m, r1 + n) : _mm512_setzero_ps();
+      const __m512i v = _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+      uint32_t* dst = Bp + (n / NR) * Kp * NR + kp * NR + n % NR;
+      _mm512_mask_storeu_epi32(dst, m, v);
+    }
+#endif
+    for (; n < N; ++n) Bp[(n / NR) * Kp * NR + kp * NR + n % NR] = pair(r0[n], r1 ? r1[n] : 0.0f);
+  }
+}
+
+// Ap[block][kp][r] (32-bit pairs of row block * MR + r), rows padded to a multiple of MR with zeros.
+void pack_a(uint32_t* Ap, bool ta, const float* A, int64_t lda, int64_t M, int64_t K) {
+  const int64_t Kp = (K + 1) / 2, Mp = round_up(M, MR);
+  if (Mp > M) std::memset(Ap + (M / MR) * Kp * MR, 0, sizeof(uint32_t) * static_cast<size_t>(Kp * MR));
+  if (!ta) {  // A stored [M][K]: convert a row, then spread its pairs over the k steps
+    bf16_t row[2 * 256 + 2];
+    for (int64_t m = 0; m < M; ++m) {
+      uint32_t* dst = Ap + (m / MR) * Kp * MR + m % MR;
+      for (int64_t k0 = 0; k0 < K; k0 += 512) {  // 256 pairs at a time
+        const int64_t n = std::min<int64_t>(512, K - k0);
+        to_bf16_serial(row, A + m * lda + k0, n);
+        row[n] = 0;  // K odd: the last pair's high half
+        const auto* pairs = reinterpret_cast<const uint32_t*>(row);
+        for (int64_t p = 0; p < (n + 1) / 2; ++p) dst[(k0 / 2 + p) * MR] = pairs[p];
+      }
+    }
+    return;
+  }
+  // A stored [K][M]: interleave rows 2kp and 2kp + 1, 16 rows of A (two blocks) at a time.
+  for (int64_t kp = 0; kp < Kp; ++kp) {
+    const float* r0 = A + 2 * kp * lda;
+    const float* r1 = 2 * kp + 1 < K ? r0 + lda : nullptr;
+    int64_t m = 0;
+#if defined(__AVX512BF16__)
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (; m + 16 <= M; m += 16) {
+      const __m512 lo = _mm512_loadu_ps(r0 + m);
+      const __m512 hi = r1 ? _mm512_loadu_ps(r1 + m) : _mm512_setzero_ps();
+      const __m512i v = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (m / MR) * Kp * MR + kp * MR), _mm512_maskz_extracti64x4_epi64(0xff, v, 0));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (m / MR + 1) * Kp * MR + kp * MR),
+                          _mm512_maskz_extracti64x4_epi64(0xff, v, 1));
+    }
+#endif
+    for (; m < M; ++m) Ap[(m / MR) * Kp * MR + kp * MR + m % MR] = pair(r0[m], r1 ? r1[m] : 0.0f);
+  }
+}
+
+// tile[MR][NR] = sum over kp of A rows [m0, m0 + MR) x panel.
+void micro_tile(float* tile, const uint32_t* Ap, const uint32_t* Bpanel, int64_t Kp) {  // Kp: k-pairs used
+#if defined(__AVX512BF16__)
+  // Sixteen named accumulators: GCC 12 spills an indexed array of them (and the B vectors) to the
+  // stack on every step.
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+  for (int64_t kp = 0; kp < Kp; ++kp) {
+    const uint32_t* a = Ap + kp * MR;
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bpanel + kp * NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bpanel + kp * NR + 16);
+#define FF_ROW(r)                                                              \
+  {                                                                            \
+    const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r]));   \
+    c##r##0 = _mm512_dpbf16_ps(c##r##0, ar, b0);                               \
+    c##r##1 = _mm512_dpbf16_ps(c##r##1, ar, b1);                               \
+  }
+    FF_ROW(0) FF_ROW(1) FF_ROW(2) FF_ROW(3) FF_ROW(4) FF_ROW(5) FF_ROW(6) FF_ROW(7)
+#undef FF_ROW
+  }
+  const __m512 out[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                             {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
+  for (int64_t m = 0; m < MR; ++m) {
+    _mm512_storeu_ps(tile + m * NR, out[m][0]);
+    _mm512_storeu_ps(tile + m * NR + 16, out[m][1]);
+  }
+#else
+  for (int64_t m = 0; m < MR; ++m)
+    for (int64_t c = 0; c < NR; ++c) {
+      float s = 0;
+      for (int64_t kp = 0; kp < Kp; ++kp) {
+        const uint32_t a = Ap[kp * MR + m], b = Bpanel[kp * NR + c];
+        s += bf16_to_float(static_cast<bf16_t>(a)) * bf16_to_float(static_cast<bf16_t>(b)) +
+             bf16_to_float(static_cast<bf16_t>(a >> 16)) * bf16_to_float(static_cast<bf16_t>(b >> 16));
+      }
+      tile[m * NR + c] = s;
+    }
+#endif
+}
+}  // namespace
+
+int64_t packed_b_floats(int64_t K, int64_t N) { return round_up(N, NR) * ((K + 1) / 2); }
+int64_t small_gemm_bf16_a_workspace(int64_t M, int64_t K) { return round_up(M, MR) * ((K + 1) / 2); }
+int64_t small_gemm_bf16_workspace(int64_t M, int64_t N, int64_t K) {
+  return packed_b_floats(K, N) + small_gemm_bf16_a_workspace(M, K);  // one float per 32-bit pair
+}
+
+void pack_b_bf16(float* packed, bool trans_b, const float* B, int64_t ldb, int64_t K, int64_t N) {
+  pack_b(reinterpret_cast<uint32_t*>(packed), trans_b, B, ldb, K, N);
+}
+
+void small_gemm_bf16_packed(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                            const float* packed_b, int64_t packed_K, float beta, float* C, int64_t ldc,
+                            float* workspace) {
+  if (M == 0 || N == 0) return;
+  const int64_t Kp = (K + 1) / 2, panel_stride = ((packed_K + 1) / 2) * NR;
+  auto* Ap = reinterpret_cast<uint32_t*>(workspace);
+  pack_a(Ap, trans_a, A, lda, M, K);
+  const auto* Bp = reinterpret_cast<const uint32_t*>(packed_b);
+  float tile[MR * NR];
+  for (int64_t n0 = 0; n0 < N; n0 += NR) {
+    const uint32_t* panel = Bp + (n0 / NR) * panel_stride;
+    const int64_t nc = std::min(NR, N - n0);
+    for (int64_t m0 = 0; m0 < M; m0 += MR) {
+      micro_tile(tile, Ap + (m0 / MR) * Kp * MR, panel, Kp);
+      const int64_t mc = std::min(MR, M - m0);
+      for (int64_t m = 0; m < mc; ++m) {
+        float* c = C + (m0 + m) * ldc + n0;
+        const float* t = tile + m * NR;
+        if (beta == 0.0f)
+          for (int64_t j = 0; j < nc; ++j) c[j] = alpha * t[j];
+        else
+          for (int64_t j = 0; j < nc; ++j) c[j] = alpha * t[j] + beta * c[j];
+      }
+    }
+  }
+}
+
+void small_gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, float* workspace) {
+  if (M == 0 || N == 0) return;
+  pack_b_bf16(workspace, trans_b, B, ldb, K, N);
+  small_gemm_bf16_packed(trans_a, M, N, K, alpha, A, lda, workspace, K, beta, C, ldc,
+                         workspace + packed_b_floats(K, N));
+}
+
+}  // namespace ff::cpu
