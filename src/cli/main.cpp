@@ -658,7 +658,7 @@ int main(int argc, char** argv) {
     plan->add_option("--world", plan_opts.world, "ranks of the job")->capture_default_str();
     plan->add_flag("--all", plan_opts.all, "rank every valid layout of --world ranks, those that fit first");
     plan->add_option("--memory_gib", plan_opts.device.memory_gib, "device memory per rank (GiB)")->capture_default_str();
-    plan->add_option("--gemm_tflops", plan_opts.device.gemm_tflops, "measured GEMM rate per rank")->capture_default_str();
+    plan->add_option("--gemm_tflops", plan_opts.device.gemm_tflops, "measured GEMM rate per rank, in the model's precision (fivefold_gemm_ceiling)")->capture_default_str();
     plan->add_option("--efficiency", plan_opts.device.efficiency, "fraction of the GEMM rate a step reaches")
         ->capture_default_str();
     plan->add_option("--link_gbytes", plan_opts.device.link_gbytes, "collective bandwidth per rank (GB/s)")

@@ -39,7 +39,9 @@ std::pair<double, double> layer_params(const ModelConfig& c, LayerKind kind, con
   return {0, 0};
 }
 
-// Bytes saved for backward by one micro-batch in pattern layer `kind` on one rank.
+// Bytes saved for backward by one micro-batch in pattern layer `kind` on one rank. fp32 buffers
+// count 4 bytes a value; GEMM operands kept for the weight gradients count `ob` (2 under bf16,
+// where they are bf16 copies beside the fp32 values, 0 extra under fp32, where they are views).
 double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelConfig& p, int64_t B) {
   const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
   const double N = static_cast<double>(B * c.seq_len / p.cp);          // rows of attention / MLP regions
@@ -47,29 +49,40 @@ double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelCon
   const double gathered = p.sequence_parallel && p.tp > 1 ? N * D : 0;  // a region's gathered input
   const double partial = p.tp > 1 ? N * D : 0;                          // a row-parallel GEMM's partial sums
   const double dh = static_cast<double>(c.kv_channels());
-  double a = 2 * Ns * D + 2 * Ns;  // the layer's output stream, its norm output and statistics
+  const bool bf16 = c.precision == Precision::bf16;
+  const double copy = bf16 ? 2.0 : 0.0;  // bytes per value of an operand copy (none under fp32)
+  double a = (2 * Ns * D + 2 * Ns) * kFloat;  // the layer's output stream, its norm output and statistics
   switch (kind) {
     case LayerKind::attention: {
-      a += gathered + partial + N * dh * (c.num_heads + 2 * c.num_kv_heads) / T + N * dh * c.num_heads / T +
-           N * c.num_heads / T;
+      a += (gathered + partial + N * dh * (c.num_heads + 2 * c.num_kv_heads) / T + N * dh * c.num_heads / T +
+            N * c.num_heads / T) * kFloat;
+      a += (N * D + N * dh * c.num_heads / T) * copy;  // the input and o as operands
       if (p.cp > 1)  // gathered K/V of whole sequences, the query chunks and their outputs
-        a += static_cast<double>(B * c.seq_len) * 2 * dh * c.num_kv_heads / T + 2 * N * dh * c.num_heads / T;
+        a += (static_cast<double>(B * c.seq_len) * 2 * dh * c.num_kv_heads / T + 2 * N * dh * c.num_heads / T) * kFloat;
       break;
     }
-    case LayerKind::mlp: a += gathered + partial + N * (fc1(c, c.ffn_hidden) + c.ffn_hidden) / T; break;
+    case LayerKind::mlp:
+      a += (gathered + partial + N * (fc1(c, c.ffn_hidden) + c.ffn_hidden) / T) * kFloat;
+      a += (N * D + N * c.ffn_hidden / T) * copy;
+      break;
     case LayerKind::moe: {
       const double E = static_cast<double>(c.num_experts), K = static_cast<double>(c.moe_top_k);
       const double F = static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp());
       const double R = Ns * K * static_cast<double>(p.expert_tp());  // rows this rank's experts compute, on average
-      a += Ns * E * 3 + Ns * K * 2;                                    // logits, scores, aux scores, routing
-      a += 2 * Ns * K * D + R * (2 * D + fc1(c, c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()) + 2 * F);
+      const bool swiglu = c.activation == Activation::swiglu;      // fused: the activation is recomputed
+      a += (Ns * E * 3 + Ns * K * 2) * kFloat;                     // logits, scores, aux scores, routing
+      a += (2 * Ns * K * D + R * (2 * D + fc1(c, c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()) +
+                                  (swiglu ? 0 : F))) * kFloat;
+      a += R * F * (bf16 ? 2.0 : kFloat) + R * D * copy;  // the scaled activation and the rows as operands
       if (c.moe_shared_expert_hidden > 0)
-        a += gathered + partial + N * (fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden) / T + Ns * D;
+        a += (gathered + partial + N * (fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden) / T + Ns * D) *
+                 kFloat +
+             (N * D + N * c.moe_shared_expert_hidden / T) * copy;
       break;
     }
     case LayerKind::mamba: break;
   }
-  return a * kFloat;
+  return a;
 }
 
 }  // namespace
@@ -107,15 +120,18 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
       if (vs == VS - 1) {
         dense += (c.tie_embeddings ? 0 : static_cast<double>(c.vocab_size) * D / T) + D;
         act += (N * static_cast<double>(c.vocab_size) / T + 3 * N + 2 * Ns * D) * kFloat;  // logits, losses, norm
+        if (c.precision == Precision::bf16) act += N * D * 2.0;  // the head's input as an operand
       }
     }
     // The activation records the pipeline executor keeps alive on this stage.
     act *= static_cast<double>(micro_batch_records(p.pp, stage, M, p.virtual_stages));
-    const double weights = (dense + expert) * kFloat;
-    const double opt = in.distributed_optimizer ? 2 * kFloat * (dense / dp_cp + expert / edp) : 2 * weights;
-    if (weights + weights + opt + act > plan.total()) {
+    // Weights: the fp32 masters, plus their bf16 copy under bf16 compute.
+    const double weights = (dense + expert) * (c.precision == Precision::bf16 ? kFloat + 2.0 : kFloat);
+    const double opt = in.distributed_optimizer ? 2 * kFloat * (dense / dp_cp + expert / edp)
+                                                : 2 * kFloat * (dense + expert);
+    if (weights + (dense + expert) * kFloat + opt + act > plan.total()) {
       plan.weights = weights;
-      plan.grads = weights;
+      plan.grads = (dense + expert) * kFloat;
       plan.optimizer = opt;
       plan.activations = act;
     }
