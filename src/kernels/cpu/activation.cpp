@@ -8,41 +8,6 @@
 
 namespace ff::cpu {
 namespace {
-
-inline float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
-
-}  // namespace
-
-void swiglu_forward(float* out, const float* in, int64_t N, int64_t F) {
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* gate = in + n * 2 * F;
-    const float* up = gate + F;
-    float* o = out + n * F;
-#pragma omp simd
-    for (int64_t j = 0; j < F; ++j) o[j] = gate[j] * sigmoid(gate[j]) * up[j];
-  }
-}
-
-void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, int64_t F) {
-  // out = a s(a) b:  d/da = s(a) (1 + a (1 - s(a))) b,  d/db = a s(a)
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* gate = in + n * 2 * F;
-    const float* up = gate + F;
-    const float* d = dout + n * F;
-    float* dgate = din + n * 2 * F;
-    float* dup = dgate + F;
-#pragma omp simd
-    for (int64_t j = 0; j < F; ++j) {
-      float a = gate[j], s = sigmoid(a);
-      dgate[j] = d[j] * up[j] * s * (1.0f + a * (1.0f - s));
-      dup[j] = d[j] * a * s;
-    }
-  }
-}
-
-namespace {
 constexpr int64_t kChunk = 256;  // columns per stack buffer
 
 // sig[j] = sigmoid(gate[j]), j < n, through the vector exp.
@@ -62,6 +27,45 @@ inline void store(float* f32, bf16_t* b16, int64_t at, const float* v, int64_t n
     for (int64_t j = 0; j < n; ++j) f32[at + j] = v[j];
 }
 }  // namespace
+
+// Plain SwiGLU (the dense MLP): the same passes with no prob (p = 1) and fp32 output.
+void swiglu_forward(float* out, const float* in, int64_t N, int64_t F) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gate = in + n * 2 * F;
+    const float* up = gate + F;
+    float sig[kChunk];
+    for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, F - j0);
+      sigmoid_chunk(sig, gate + j0, m);
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) out[n * F + j0 + j] = gate[j0 + j] * sig[j] * up[j0 + j];
+    }
+  }
+}
+
+void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, int64_t F) {
+  // out = a s(a) b:  d/da = s(a) (1 + a (1 - s(a))) b,  d/db = a s(a)
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gate = in + n * 2 * F;
+    const float* up = gate + F;
+    const float* d = dout + n * F;
+    float* dgate = din + n * 2 * F;
+    float* dup = dgate + F;
+    float sig[kChunk];
+    for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, F - j0);
+      sigmoid_chunk(sig, gate + j0, m);
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) {
+        const float a = gate[j0 + j], sj = sig[j];
+        dgate[j0 + j] = d[j0 + j] * up[j0 + j] * sj * (1.0f + a * (1.0f - sj));
+        dup[j0 + j] = d[j0 + j] * a * sj;
+      }
+    }
+  }
+}
 
 void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const float* in, const float* p, int64_t N, int64_t F) {
 #pragma omp parallel for schedule(static)
