@@ -141,7 +141,8 @@ void attention_forward(float* o, float* lse, const float* q, const float* k, con
 #pragma omp parallel
   {
     float* P = ws + omp_get_thread_num() * per_thread_floats(s);
-    HeadProducts products(s, P + 2 * block_floats(s) + kRows);
+    float* inv_sum = P + 2 * block_floats(s);  // [kRows] 1 / (sum of each row's exponentials)
+    HeadProducts products(s, inv_sum + kRows);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / s.Hq, h = task % s.Hq, g = h / group;
@@ -160,20 +161,23 @@ void attention_forward(float* o, float* lse, const float* q, const float* k, con
           if (last < 0) {  // no key here: contributes nothing
             for (int64_t j = 0; j < kend; ++j) p[j] = 0.0f;
             lh[i0 + r] = -INFINITY;
+            inv_sum[r] = 0.0f;
             continue;
           }
-          float mx = -INFINITY;
-          for (int64_t j = 0; j <= last; ++j) mx = p[j] > mx ? p[j] : mx;
-          exp_shifted(p, p, mx, last + 1);
-          double sum = 0.0;
-          for (int64_t j = 0; j <= last; ++j) sum += p[j];
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j <= last; ++j) p[j] *= inv;
+          // P is left unnormalised (max entry 1); o's rows are divided by the sums after P V.
+          const float mx = max_value(p, last + 1);
+          const double sum = exp_shifted_sum(p, p, mx, last + 1);
           for (int64_t j = last + 1; j < kend; ++j) p[j] = 0.0f;  // causal mask
+          inv_sum[r] = static_cast<float>(1.0 / sum);
           lh[i0 + r] = mx + static_cast<float>(std::log(sum));
         }
         // o[i0:i1] = P v[0:kend]
         products.times_values(rows, kend, 1.0f, P, oh + i0 * ld_o, ld_o);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* orow = oh + (i0 + r) * ld_o;
+#pragma omp simd
+          for (int64_t d = 0; d < dh; ++d) orow[d] *= inv_sum[r];
+        }
       }
     }
   }

@@ -59,17 +59,60 @@ void pack_b(uint32_t* Bp, bool tb, const float* B, int64_t ldb, int64_t K, int64
 void pack_a(uint32_t* Ap, bool ta, const float* A, int64_t lda, int64_t M, int64_t K) {
   const int64_t Kp = (K + 1) / 2, Mp = round_up(M, MR);
   if (Mp > M) std::memset(Ap + (M / MR) * Kp * MR, 0, sizeof(uint32_t) * static_cast<size_t>(Kp * MR));
-  if (!ta) {  // A stored [M][K]: convert a row, then spread its pairs over the k steps
-    bf16_t row[2 * 256 + 2];
-    for (int64_t m = 0; m < M; ++m) {
-      uint32_t* dst = Ap + (m / MR) * Kp * MR + m % MR;
-      for (int64_t k0 = 0; k0 < K; k0 += 512) {  // 256 pairs at a time
-        const int64_t n = std::min<int64_t>(512, K - k0);
-        to_bf16_serial(row, A + m * lda + k0, n);
-        row[n] = 0;  // K odd: the last pair's high half
-        const auto* pairs = reinterpret_cast<const uint32_t*>(row);
-        for (int64_t p = 0; p < (n + 1) / 2; ++p) dst[(k0 / 2 + p) * MR] = pairs[p];
+  if (!ta) {  // A stored [M][K]: each row's pairs are adjacent; transpose them into the blocks
+    int64_t m0 = 0;
+#if defined(__AVX512BF16__)
+    // Eight rows x 16 pairs (32 floats) at a time: convert each row to one vector of 16 pairs,
+    // transpose the 8 x 16 dwords (unpacks, then 128-bit lane shuffles) and store 16 runs of 8.
+    // (The maskz forms with full masks: GCC 12 warns about the plain forms' undefined pass-through.)
+    const int64_t full_kp = K / 32 * 16;  // pairs covered by whole 32-float chunks
+    for (; m0 + MR <= M; m0 += MR) {
+      uint32_t* blk = Ap + (m0 / MR) * Kp * MR;
+      for (int64_t kp0 = 0; kp0 < full_kp; kp0 += 16) {
+        __m512i v[MR];
+        for (int64_t r = 0; r < MR; ++r) {
+          const float* src = A + (m0 + r) * lda + 2 * kp0;
+          v[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+        }
+        __m512i t[MR], u[MR];
+        for (int64_t r = 0; r < MR; r += 2) {
+          t[r] = _mm512_maskz_unpacklo_epi32(0xffff, v[r], v[r + 1]);      // per lane: r, r+1 of pairs 4l, 4l+1
+          t[r + 1] = _mm512_maskz_unpackhi_epi32(0xffff, v[r], v[r + 1]);  // pairs 4l+2, 4l+3
+        }
+        for (int64_t h = 0; h < MR; h += 4) {  // rows h..h+3: u[h + q] holds pair 4l + q of each lane l
+          u[h + 0] = _mm512_maskz_unpacklo_epi64(0xff, t[h], t[h + 2]);
+          u[h + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[h], t[h + 2]);
+          u[h + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[h + 1], t[h + 3]);
+          u[h + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[h + 1], t[h + 3]);
+        }
+        for (int64_t q = 0; q < 4; ++q) {  // pair 4l + q: rows 0-3 in lane l of u[q], rows 4-7 of u[q + 4]
+          // x = [u_q.l0, u_q.l1, u_q+4.l0, u_q+4.l1], then lanes reordered 0 2 1 3:
+          // lo = [u_q.l0, u_q+4.l0 | u_q.l1, u_q+4.l1] holds pairs q and 4 + q; hi pairs 8 + q and 12 + q.
+          const __m512i x_lo = _mm512_maskz_shuffle_i32x4(0xffff, u[q], u[q + 4], 0x44);
+          const __m512i x_hi = _mm512_maskz_shuffle_i32x4(0xffff, u[q], u[q + 4], 0xee);
+          const __m512i lo = _mm512_maskz_shuffle_i32x4(0xffff, x_lo, x_lo, 0xd8);
+          const __m512i hi = _mm512_maskz_shuffle_i32x4(0xffff, x_hi, x_hi, 0xd8);
+          auto store = [&](int64_t pair_index, __m512i w, int half) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk + (kp0 + pair_index) * MR),
+                                _mm512_maskz_extracti64x4_epi64(0xff, w, half));
+          };
+          store(q, lo, 0);
+          store(4 + q, lo, 1);
+          store(8 + q, hi, 0);
+          store(12 + q, hi, 1);
+        }
       }
+      for (int64_t r = 0; r < MR; ++r)  // the pairs past the whole chunks
+        for (int64_t kp = full_kp; kp < Kp; ++kp) {
+          const float* row = A + (m0 + r) * lda;
+          blk[kp * MR + r] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
+        }
+    }
+#endif
+    for (int64_t m = m0; m < M; ++m) {
+      uint32_t* dst = Ap + (m / MR) * Kp * MR + m % MR;
+      const float* row = A + m * lda;
+      for (int64_t kp = 0; kp < Kp; ++kp) dst[kp * MR] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
     }
     return;
   }

@@ -42,4 +42,41 @@ double sum_exp_shifted(const float* x, float shift, int64_t n) {
   return sum;
 }
 
+double exp_shifted_sum(float* y, const float* x, float shift, int64_t n) {
+  int64_t i = 0;
+  double sum = 0.0;
+#ifdef __AVX512F__
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512d acc = _mm512_setzero_pd();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    _mm512_storeu_ps(y + i, e);
+    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 0)));
+    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 1)));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, acc);
+  for (double l : lanes) sum += l;
+#endif
+  for (; i < n; ++i) {
+    y[i] = std::exp(x[i] - shift);
+    sum += y[i];
+  }
+  return sum;
+}
+
+float max_value(const float* x, int64_t n) {
+  int64_t i = 0;
+  float mx = -INFINITY;
+#ifdef __AVX512F__
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (; i + 16 <= n; i += 16) m = _mm512_maskz_max_ps(0xffff, m, _mm512_loadu_ps(x + i));  // (maskz: GCC 12 warns on the plain form)
+  alignas(64) float lanes[16];  // (GCC 12 warns inside _mm512_reduce_max_ps)
+  _mm512_store_ps(lanes, m);
+  for (float l : lanes) mx = l > mx ? l : mx;
+#endif
+  for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  return mx;
+}
+
 }  // namespace ff::cpu

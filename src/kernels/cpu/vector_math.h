@@ -10,6 +10,12 @@ namespace ff::cpu {
 // y[i] = exp(x[i] - shift), i < n. y may alias x.
 void exp_shifted(float* y, const float* x, float shift, int64_t n);
 
+// y[i] = exp(x[i] - shift), i < n, and returns their sum accumulated in double. y may alias x.
+double exp_shifted_sum(float* y, const float* x, float shift, int64_t n);
+
+// max_i x[i] (-inf for n = 0).
+float max_value(const float* x, int64_t n);
+
 // sum_i exp(x[i] - shift), accumulated in double; x is not changed.
 double sum_exp_shifted(const float* x, float shift, int64_t n);
 
