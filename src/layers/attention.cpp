@@ -62,7 +62,7 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   const float* k = qkv + Hq_ * dh_;
   const float* v = k + Hkv_ * dh_;
   if (cp_)
-    cp_attention_forward(s.cp, s.o.f32(), qkv, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_}, *cp_,
+    cp_attention_forward(s.cp, s.o.f32(), qkv, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_, compute_->bf16()}, *cp_,
                          arena);
   else
     cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()),
@@ -83,7 +83,7 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
                             D_, false);
   const float* qkv = s.qkv.f32();
   if (cp_)
-    cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_}, *cp_,
+    cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_, compute_->bf16()}, *cp_,
                           scratch);
   else
     cpu::attention_backward(dqkv, dqkv + Hq_ * dh_, dqkv + (Hq_ + Hkv_) * dh_, dO, qkv, qkv + Hq_ * dh_,

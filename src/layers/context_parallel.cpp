@@ -54,7 +54,7 @@ void chunk_scatter(float* local, const float* chunk, int64_t B, int64_t L, int64
 cpu::AttentionShape chunk_shape(const CpAttentionShape& sh, int k, int rank, int P) {
   const int64_t c = sh.L / 2, S = sh.L * P;
   const int64_t offset = k == 0 ? rank * c : (2 * P - 1 - rank) * c;
-  return {sh.B, c, sh.Hq, sh.Hkv, sh.dh, sh.Hq * sh.dh, 2 * sh.Hkv * sh.dh, sh.scale, S, offset};
+  return {sh.B, c, sh.Hq, sh.Hkv, sh.dh, sh.Hq * sh.dh, 2 * sh.Hkv * sh.dh, sh.scale, S, offset, 0, sh.bf16};
 }
 
 void allgather_forward(CpAttentionSaved& s, float* o, const float* qkv, const CpAttentionShape& sh,
@@ -165,7 +165,7 @@ void ring_forward(CpAttentionSaved& s, float* o, const float* qkv, const CpAtten
       for (int qk = 0; qk < 2; ++qk) {
         const int64_t qo = chunk_offset(qk, r, P, c), ko = chunk_offset(kk, src, P, c);
         if (ko > qo + c - 1) continue;  // every key of the chunk is in every query's future
-        cpu::AttentionShape a{B, c, sh.Hq, sh.Hkv, sh.dh, qw, kvw, sh.scale, c, qo, ko};
+        cpu::AttentionShape a{B, c, sh.Hq, sh.Hkv, sh.dh, qw, kvw, sh.scale, c, qo, ko, sh.bf16};
         cpu::attention_forward(o_part, lse_part, s.q[qk].f32(), kchunk, kchunk + sh.Hkv * sh.dh, a);
         merge_partial(s.o[qk].f32(), s.lse[qk].f32(), o_part, lse_part, B, c, sh.Hq, sh.dh);
       }
@@ -207,7 +207,7 @@ void ring_backward(float* dqkv, const float* dO, const CpAttentionSaved& s, cons
         const int64_t qo = chunk_offset(qk, r, P, c), ko = chunk_offset(kk, src, P, c);
         if (ko > qo + c - 1) continue;
         // With the final o and lse, this block's share of the gradients (flash-attention style).
-        cpu::AttentionShape a{B, c, sh.Hq, sh.Hkv, sh.dh, qw, kvw, sh.scale, c, qo, ko};
+        cpu::AttentionShape a{B, c, sh.Hq, sh.Hkv, sh.dh, qw, kvw, sh.scale, c, qo, ko, sh.bf16};
         cpu::attention_backward(dq_part, dkchunk, dkchunk + sh.Hkv * sh.dh, dOc[qk], s.q[qk].f32(), kchunk,
                                 kchunk + sh.Hkv * sh.dh, s.o[qk].f32(), s.lse[qk].f32(), a);
         for (int64_t i = 0; i < B * c * qw; ++i) dq[qk][i] += dq_part[i];

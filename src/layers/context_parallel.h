@@ -37,6 +37,7 @@ struct CpAttentionShape {
   int64_t B, L, Hq, Hkv, dh;
   float scale;
   bool ring = false;  // ring attention, else all-gather K/V
+  bool bf16 = false;  // the block products on bf16-rounded operands (cpu::AttentionShape::bf16)
 };
 
 // qkv [B L, (Hq + 2 Hkv) dh] (after RoPE) -> o [B L, Hq dh] overwritten.
