@@ -14,6 +14,13 @@ Tensor Compute::operand(const float* x, int64_t rows, int64_t cols, Arena& arena
   return t;
 }
 
+Tensor Compute::operand(const float* x, int64_t rows, int64_t cols, const Tensor& buffer) const {
+  if (!bf16()) return Tensor{const_cast<float*>(x), Shape{rows, cols}, DType::f32};
+  FF_CHECK(buffer.dtype == DType::bf16 && buffer.numel() >= rows * cols, "operand buffer too small");
+  cpu::to_bf16(buffer.bf16(), x, rows * cols);
+  return Tensor{buffer.ptr, Shape{rows, cols}, DType::bf16};
+}
+
 void Compute::linear_forward(float* y, const Tensor& x, Weight w, int64_t rows, int64_t in, int64_t out,
                              bool variable_rows) {
   if (!bf16()) {
@@ -40,13 +47,10 @@ void Compute::linear_backward(float* dx, Weight w, const Tensor& dy, const Tenso
                 variable_rows ? cpu::Varying::k : cpu::Varying::none);
 }
 
-namespace {
-// Rows [row, ...) of an operand [*, cols].
-Tensor rows_from(const Tensor& t, int64_t row, int64_t rows, int64_t cols) {
+Tensor operand_rows(const Tensor& t, int64_t row, int64_t rows, int64_t cols) {
   auto* base = static_cast<std::byte*>(t.ptr) + row * cols * static_cast<int64_t>(dtype_size(t.dtype));
   return Tensor{base, Shape{rows, cols}, t.dtype};
 }
-}  // namespace
 
 void Compute::grouped_forward(float* y, const Tensor& x, Weight w, int64_t w_stride,
                               const std::vector<int64_t>& counts, int64_t in, int64_t out) {
@@ -54,7 +58,7 @@ void Compute::grouped_forward(float* y, const Tensor& x, Weight w, int64_t w_str
   for (size_t g = 0; g < counts.size(); ++g) {
     const int64_t n = counts[g];
     if (n > 0)
-      linear_forward(y + start * out, rows_from(x, start, n, in), w.at(static_cast<int64_t>(g) * w_stride), n, in,
+      linear_forward(y + start * out, operand_rows(x, start, n, in), w.at(static_cast<int64_t>(g) * w_stride), n, in,
                      out, true);
     start += n;
   }
@@ -66,8 +70,8 @@ void Compute::grouped_backward(float* dx, Weight w, int64_t w_stride, const Tens
   for (size_t g = 0; g < counts.size(); ++g) {
     const int64_t n = counts[g];
     if (n > 0)
-      linear_backward(dx + start * in, w.at(static_cast<int64_t>(g) * w_stride), rows_from(dy, start, n, out),
-                      rows_from(x, start, n, in), n, in, out, false, true);
+      linear_backward(dx + start * in, w.at(static_cast<int64_t>(g) * w_stride), operand_rows(dy, start, n, out),
+                      operand_rows(x, start, n, in), n, in, out, false, true);
     start += n;
   }
 }

@@ -30,6 +30,9 @@ struct Weight {
   }
 };
 
+// Rows [row, row + rows) of an operand [*, cols] (a view).
+Tensor operand_rows(const Tensor& t, int64_t row, int64_t rows, int64_t cols);
+
 class Compute {
  public:
   explicit Compute(Precision precision = Precision::fp32) : precision_(precision) {}
@@ -42,6 +45,8 @@ class Compute {
 
   // The operand form of x[rows, cols]: a view of x under fp32, a bf16 copy in the arena under bf16.
   Tensor operand(const float* x, int64_t rows, int64_t cols, Arena& arena) const;
+  // The same, converted into `buffer` (an operand of at least rows x cols) instead of the arena.
+  Tensor operand(const float* x, int64_t rows, int64_t cols, const Tensor& buffer) const;
   // An uninitialised operand buffer [rows, cols], for kernels that write the operand directly.
   Tensor alloc_operand(int64_t rows, int64_t cols, Arena& arena) const {
     return arena.alloc(Shape{rows, cols}, operand_dtype());

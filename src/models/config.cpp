@@ -71,6 +71,8 @@ std::vector<std::string> ModelConfig::validate() const {
   positive(num_heads, "num_heads");
   positive(num_kv_heads, "num_kv_heads");
   positive(seq_len, "seq_len");
+  if (head_chunk_rows < 0)
+    e.push_back(strprintf("model.head_chunk_rows = %lld: must be >= 0 (0 = all rows at once)", (long long)head_chunk_rows));
   if (head_dim < 0) e.push_back(strprintf("model.head_dim = %lld: must be >= 0 (0 = d_model / num_heads)", (long long)head_dim));
   if (layer_pattern.empty() && num_layers <= 0)
     e.push_back(strprintf("model.num_layers = %lld: must be positive (or give layer_pattern)", (long long)num_layers));

@@ -71,6 +71,7 @@ struct ModelConfig {
   cpu::DropPolicy moe_drop_policy = cpu::DropPolicy::probs;
   bool moe_pad_to_capacity = false;
   Precision precision = Precision::fp32;
+  int64_t head_chunk_rows = 0;  // LM head + cross-entropy over row chunks; 0 = all rows at once
 
   template <class V>
   void visit_fields(V& v) {
@@ -109,6 +110,9 @@ struct ModelConfig {
     v(moe_pad_to_capacity, "moe_pad_to_capacity", "pad every expert to exactly its capacity (static shapes)");
     v(precision, "precision", "GEMM precision: fp32, or bf16 (bf16 operands, fp32 accumulation; fp32 master weights, "
                               "optimizer, norms, softmaxes, router and losses)");
+    v(head_chunk_rows, "head_chunk_rows", "training: the LM head and cross-entropy run over chunks of this many rows, so "
+                                          "logits exist for one chunk at a time (backward recomputes each chunk's logits: "
+                                          "one more head GEMM); for large vocabularies. 0 = all rows at once");
   }
 
   // Derived values (pure functions of the fields; nothing is rewritten).

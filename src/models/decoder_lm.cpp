@@ -294,17 +294,26 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
   mb.head_input = compute_.operand(tp_.enter(mb.final_norm.y.f32(), N, D, A), N, D, A);
-  mb.logits = A.alloc(Shape{N, Vl});
-  compute_.linear_forward(mb.logits.f32(), mb.head_input, Weight::of(*head_), N, D, Vl);
-  if (!targets) return res;
-
+  // Training with head_chunk_rows: logits for one chunk of rows at a time (backward recomputes
+  // them); otherwise, and for inference, all N rows at once.
+  const int64_t C = targets && cfg_.head_chunk_rows > 0 ? std::min(cfg_.head_chunk_rows, N) : N;
+  mb.logits = A.alloc(Shape{C, Vl});
+  if (!targets) {
+    compute_.linear_forward(mb.logits.f32(), mb.head_input, Weight::of(*head_), N, D, Vl);
+    return res;
+  }
   mb.losses = A.alloc(Shape{N});
   mb.lse = A.alloc(Shape{N});
-  if (tp_.active())
-    vocab_parallel_cross_entropy_forward(mb.losses.f32(), mb.lse.f32(), mb.logits.f32(), targets, N, Vl, v0, V,
-                                         *tp_.group);
-  else
-    cpu::cross_entropy_forward(mb.losses.f32(), mb.lse.f32(), mb.logits.f32(), targets, N, V);
+  for (int64_t r0 = 0; r0 < N; r0 += C) {
+    const int64_t rows = std::min(C, N - r0);
+    float* logits = mb.logits.f32();
+    compute_.linear_forward(logits, operand_rows(mb.head_input, r0, rows, D), Weight::of(*head_), rows, D, Vl);
+    if (tp_.active())
+      vocab_parallel_cross_entropy_forward(mb.losses.f32() + r0, mb.lse.f32() + r0, logits, targets + r0, rows, Vl, v0,
+                                           V, *tp_.group);
+    else
+      cpu::cross_entropy_forward(mb.losses.f32() + r0, mb.lse.f32() + r0, logits, targets + r0, rows, V);
+  }
   double sum_count[2] = {0, 0};  // loss sum and valid targets, over the CP ranks' rows
   for (int64_t n = 0; n < N; ++n)
     if (targets[n] >= 0) {
@@ -344,15 +353,22 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     const float g = mb.valid_tokens > 0 ? loss_scale / static_cast<float>(mb.valid_tokens) : 0.0f;
     for (int64_t n = 0; n < N; ++n) dloss[n] = mb.targets[n] >= 0 ? g : 0.0f;
     const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
-    float* dlogits = mb.logits.f32();  // consumed in place
-    if (tp_.active())
-      vocab_parallel_cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, Vl, v0);
-    else
-      cpu::cross_entropy_backward(dlogits, mb.logits.f32(), mb.lse.f32(), mb.targets, dloss, N, V);
-
+    const int64_t C = mb.logits.shape[0];  // rows per chunk; C < N: recompute each chunk's logits
     float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
-    compute_.linear_backward(dhead_in, Weight::of(*head_), compute_.operand(dlogits, N, Vl, T), mb.head_input, N, D,
-                             Vl, false);
+    float* dlogits = mb.logits.f32();      // the logits, consumed in place
+    const Tensor buffer = compute_.alloc_operand(C, Vl, T);
+    for (int64_t r0 = 0; r0 < N; r0 += C) {
+      const int64_t rows = std::min(C, N - r0);
+      const Tensor x = operand_rows(mb.head_input, r0, rows, D);
+      if (C < N) compute_.linear_forward(dlogits, x, Weight::of(*head_), rows, D, Vl);
+      if (tp_.active())
+        vocab_parallel_cross_entropy_backward(dlogits, dlogits, mb.lse.f32() + r0, mb.targets + r0, dloss + r0, rows,
+                                              Vl, v0);
+      else
+        cpu::cross_entropy_backward(dlogits, dlogits, mb.lse.f32() + r0, mb.targets + r0, dloss + r0, rows, V);
+      compute_.linear_backward(dhead_in + r0 * D, Weight::of(*head_), compute_.operand(dlogits, rows, Vl, buffer), x,
+                               rows, D, Vl, false);
+    }
     float* dxf = A.alloc_f32(Nl * D);
     tp_.enter_backward(dxf, dhead_in, N, D, false, T);
     std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));
@@ -392,7 +408,12 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
   return nullptr;
 }
 
-const float* DecoderLM::logits(const MicroBatch& mb) const { return mb.logits.f32(); }
+const float* DecoderLM::logits(const MicroBatch& mb) const {
+  FF_CHECK(mb.logits.shape[0] == mb.head_input.shape[0],
+           "logits(): the last forward kept one chunk of logits (model.head_chunk_rows); forward without targets "
+           "gives all of them");
+  return mb.logits.f32();
+}
 
 std::vector<MoeLayer*> DecoderLM::moe_layers() {
   std::vector<MoeLayer*> out;

@@ -119,7 +119,8 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
       }
       if (vs == VS - 1) {
         dense += (c.tie_embeddings ? 0 : static_cast<double>(c.vocab_size) * D / T) + D;
-        act += (N * static_cast<double>(c.vocab_size) / T + 3 * N + 2 * Ns * D) * kFloat;  // logits, losses, norm
+        const double logit_rows = c.head_chunk_rows > 0 ? std::min(N, static_cast<double>(c.head_chunk_rows)) : N;
+        act += (logit_rows * static_cast<double>(c.vocab_size) / T + 3 * N + 2 * Ns * D) * kFloat;  // logits, losses, norm
         if (c.precision == Precision::bf16) act += N * D * 2.0;  // the head's input as an operand
       }
     }

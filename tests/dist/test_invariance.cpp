@@ -238,6 +238,9 @@ TEST(Invariance, TensorParallelWithoutSequenceParallel) {
 
 TEST(Invariance, TensorParallelWithSequenceParallel) {
   expect_invariant(tiny_dense(), tensor_layout(2, true));
+  ModelConfig chunked = tiny_dense();  // the vocabulary-parallel head and loss over row chunks
+  chunked.head_chunk_rows = 5;
+  expect_invariant(chunked, tensor_layout(2, true));
   ModelConfig c = tiny_moe();
   c.moe_shared_expert_hidden = 10;
   c.moe_shared_expert_gate = true;

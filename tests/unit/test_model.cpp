@@ -129,6 +129,31 @@ TEST(Model, Nemotron4StyleGradients) {
   check_model_gradients(c);
 }
 
+// The LM head and cross-entropy over row chunks (5, 5, 4 of 14 rows; backward recomputes each
+// chunk's logits) give the loss and gradients of the whole-batch head, and pass the gradient check.
+TEST(Model, ChunkedHeadEqualsTheWholeHead) {
+  ModelConfig c = tiny_config(true), chunked = c;
+  chunked.head_chunk_rows = 5;
+  check_model_gradients(chunked);
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  DecoderLM whole(c, grid, 7), parts(chunked, grid, 7);
+  const int64_t B = 2, S = c.seq_len;
+  Batch batch = random_batch(B, S, c.vocab_size, 3);
+  auto mw = whole.new_micro_batch(), mp = parts.new_micro_batch();
+  whole.params().zero_grads();
+  parts.params().zero_grads();
+  const double lw = total_loss(whole, *mw, batch, B, S), lp = total_loss(parts, *mp, batch, B, S);
+  EXPECT_NEAR(lp, lw, 1e-6 * std::fabs(lw));
+  whole.backward(*mw, 1.0f);
+  parts.backward(*mp, 1.0f);
+  for (size_t i = 0; i < whole.params().params().size(); ++i) {
+    const Param &a = parts.params().params()[i], &b = whole.params().params()[i];
+    EXPECT_TRUE(test::all_close(a.grad, b.grad, static_cast<size_t>(a.numel()), 1e-6, 1e-5)) << a.name;
+  }
+  EXPECT_THROW(parts.logits(*mp), Error);  // one chunk of logits was kept
+}
+
 TEST(Model, GradientAccumulationEqualsOneLargeBatch) {
   ModelConfig c = tiny_config(true);
   c.moe_aux_loss_coeff = 0;  // the aux loss is defined per micro-batch, so it differs by design
