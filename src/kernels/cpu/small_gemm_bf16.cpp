@@ -21,12 +21,66 @@ inline uint32_t pair(float lo, float hi) {
   return static_cast<uint32_t>(float_to_bf16(lo)) | (static_cast<uint32_t>(float_to_bf16(hi)) << 16);
 }
 
+#if defined(__AVX512BF16__)
+// Eight rows of fp32 pairs -> 16 runs of 8 pairs: dst[p * stride + r] = pair p of row r, for the 16
+// pairs (32 floats) starting at rows[r] + 2 * kp0. Each row becomes one vector of 16 pairs, and the
+// 8 x 16 dwords are transposed in registers (unpacks, then 128-bit lane shuffles; the maskz forms
+// with full masks because GCC 12 warns about the plain forms' undefined pass-through).
+inline void transpose_pairs_8x16(uint32_t* dst, int64_t stride, const float* const* rows, int64_t kp0) {
+  __m512i v[8], t[8], u[8];
+  for (int r = 0; r < 8; ++r) {
+    const float* src = rows[r] + 2 * kp0;
+    v[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+  }
+  for (int r = 0; r < 8; r += 2) {
+    t[r] = _mm512_maskz_unpacklo_epi32(0xffff, v[r], v[r + 1]);      // per lane: r, r+1 of pairs 4l, 4l+1
+    t[r + 1] = _mm512_maskz_unpackhi_epi32(0xffff, v[r], v[r + 1]);  // pairs 4l+2, 4l+3
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows h..h+3: u[h + q] holds pair 4l + q of each lane l
+    u[h + 0] = _mm512_maskz_unpacklo_epi64(0xff, t[h], t[h + 2]);
+    u[h + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[h], t[h + 2]);
+    u[h + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[h + 1], t[h + 3]);
+    u[h + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[h + 1], t[h + 3]);
+  }
+  auto store = [&](int64_t p, __m512i w, int half) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + p * stride), _mm512_maskz_extracti64x4_epi64(0xff, w, half));
+  };
+  for (int q = 0; q < 4; ++q) {  // pair 4l + q: rows 0-3 in lane l of u[q], rows 4-7 of u[q + 4]
+    // x = [u_q.l0, u_q.l1, u_q+4.l0, u_q+4.l1], then lanes reordered 0 2 1 3:
+    // lo = [u_q.l0, u_q+4.l0 | u_q.l1, u_q+4.l1] holds pairs q and 4 + q; hi pairs 8 + q and 12 + q.
+    const __m512i x_lo = _mm512_maskz_shuffle_i32x4(0xffff, u[q], u[q + 4], 0x44);
+    const __m512i x_hi = _mm512_maskz_shuffle_i32x4(0xffff, u[q], u[q + 4], 0xee);
+    const __m512i lo = _mm512_maskz_shuffle_i32x4(0xffff, x_lo, x_lo, 0xd8);
+    const __m512i hi = _mm512_maskz_shuffle_i32x4(0xffff, x_hi, x_hi, 0xd8);
+    store(q, lo, 0);
+    store(4 + q, lo, 1);
+    store(8 + q, hi, 0);
+    store(12 + q, hi, 1);
+  }
+}
+#endif
+
 // Bp[panel][kp][c] (32-bit pairs: element (2kp, c) low, (2kp + 1, c) high), zero padded.
 void pack_b(uint32_t* Bp, bool tb, const float* B, int64_t ldb, int64_t K, int64_t N) {
   const int64_t Kp = (K + 1) / 2, panels = (N + NR - 1) / NR;
-  std::memset(Bp, 0, sizeof(uint32_t) * static_cast<size_t>(panels * Kp * NR));
-  if (tb) {  // B stored [N][K]: the two elements of a pair are adjacent in memory
-    for (int64_t n = 0; n < N; ++n) {
+  if (N % NR)  // the last panel's padding columns
+    for (int64_t kp = 0; kp < Kp; ++kp)
+      std::memset(Bp + (panels - 1) * Kp * NR + kp * NR + N % NR, 0, sizeof(uint32_t) * static_cast<size_t>(NR - N % NR));
+  if (tb) {  // B stored [N][K]: the two elements of a pair are adjacent in memory; transpose them
+    int64_t n0 = 0;
+#if defined(__AVX512BF16__)
+    const int64_t full_kp = K / 32 * 16;
+    for (; n0 + 8 <= N; n0 += 8) {  // 8 columns never straddle a panel (NR = 32)
+      const float* rows[8];
+      for (int64_t r = 0; r < 8; ++r) rows[r] = B + (n0 + r) * ldb;
+      uint32_t* col = Bp + (n0 / NR) * Kp * NR + n0 % NR;
+      for (int64_t kp0 = 0; kp0 < full_kp; kp0 += 16) transpose_pairs_8x16(col + kp0 * NR, NR, rows, kp0);
+      for (int64_t r = 0; r < 8; ++r)
+        for (int64_t kp = full_kp; kp < Kp; ++kp)
+          col[kp * NR + r] = pair(rows[r][2 * kp], 2 * kp + 1 < K ? rows[r][2 * kp + 1] : 0.0f);
+    }
+#endif
+    for (int64_t n = n0; n < N; ++n) {
       uint32_t* col = Bp + (n / NR) * Kp * NR + n % NR;
       const float* row = B + n * ldb;
       for (int64_t kp = 0; kp < Kp; ++kp)
@@ -62,46 +116,13 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int64_t lda, int64_t M, int64
   if (!ta) {  // A stored [M][K]: each row's pairs are adjacent; transpose them into the blocks
     int64_t m0 = 0;
 #if defined(__AVX512BF16__)
-    // Eight rows x 16 pairs (32 floats) at a time: convert each row to one vector of 16 pairs,
-    // transpose the 8 x 16 dwords (unpacks, then 128-bit lane shuffles) and store 16 runs of 8.
-    // (The maskz forms with full masks: GCC 12 warns about the plain forms' undefined pass-through.)
+    // Eight rows x 16 pairs at a time, transposed in registers.
     const int64_t full_kp = K / 32 * 16;  // pairs covered by whole 32-float chunks
     for (; m0 + MR <= M; m0 += MR) {
       uint32_t* blk = Ap + (m0 / MR) * Kp * MR;
-      for (int64_t kp0 = 0; kp0 < full_kp; kp0 += 16) {
-        __m512i v[MR];
-        for (int64_t r = 0; r < MR; ++r) {
-          const float* src = A + (m0 + r) * lda + 2 * kp0;
-          v[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
-        }
-        __m512i t[MR], u[MR];
-        for (int64_t r = 0; r < MR; r += 2) {
-          t[r] = _mm512_maskz_unpacklo_epi32(0xffff, v[r], v[r + 1]);      // per lane: r, r+1 of pairs 4l, 4l+1
-          t[r + 1] = _mm512_maskz_unpackhi_epi32(0xffff, v[r], v[r + 1]);  // pairs 4l+2, 4l+3
-        }
-        for (int64_t h = 0; h < MR; h += 4) {  // rows h..h+3: u[h + q] holds pair 4l + q of each lane l
-          u[h + 0] = _mm512_maskz_unpacklo_epi64(0xff, t[h], t[h + 2]);
-          u[h + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[h], t[h + 2]);
-          u[h + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[h + 1], t[h + 3]);
-          u[h + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[h + 1], t[h + 3]);
-        }
-        for (int64_t q = 0; q < 4; ++q) {  // pair 4l + q: rows 0-3 in lane l of u[q], rows 4-7 of u[q + 4]
-          // x = [u_q.l0, u_q.l1, u_q+4.l0, u_q+4.l1], then lanes reordered 0 2 1 3:
-          // lo = [u_q.l0, u_q+4.l0 | u_q.l1, u_q+4.l1] holds pairs q and 4 + q; hi pairs 8 + q and 12 + q.
-          const __m512i x_lo = _mm512_maskz_shuffle_i32x4(0xffff, u[q], u[q + 4], 0x44);
-          const __m512i x_hi = _mm512_maskz_shuffle_i32x4(0xffff, u[q], u[q + 4], 0xee);
-          const __m512i lo = _mm512_maskz_shuffle_i32x4(0xffff, x_lo, x_lo, 0xd8);
-          const __m512i hi = _mm512_maskz_shuffle_i32x4(0xffff, x_hi, x_hi, 0xd8);
-          auto store = [&](int64_t pair_index, __m512i w, int half) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk + (kp0 + pair_index) * MR),
-                                _mm512_maskz_extracti64x4_epi64(0xff, w, half));
-          };
-          store(q, lo, 0);
-          store(4 + q, lo, 1);
-          store(8 + q, hi, 0);
-          store(12 + q, hi, 1);
-        }
-      }
+      const float* rows[MR];
+      for (int64_t r = 0; r < MR; ++r) rows[r] = A + (m0 + r) * lda;
+      for (int64_t kp0 = 0; kp0 < full_kp; kp0 += 16) transpose_pairs_8x16(blk + kp0 * MR, MR, rows, kp0);
       for (int64_t r = 0; r < MR; ++r)  // the pairs past the whole chunks
         for (int64_t kp = full_kp; kp < Kp; ++kp) {
           const float* row = A + (m0 + r) * lda;
@@ -137,8 +158,10 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int64_t lda, int64_t M, int64
   }
 }
 
-// tile[MR][NR] = sum over kp of A rows [m0, m0 + MR) x panel.
-void micro_tile(float* tile, const uint32_t* Ap, const uint32_t* Bpanel, int64_t Kp) {  // Kp: k-pairs used
+// C[mc, nc] = alpha * (A block x panel over Kp k-pairs) + beta * C, written from the registers
+// (masked stores for a partial panel; beta == 0: C is not read).
+void micro_tile(float* C, int64_t ldc, int64_t mc, int64_t nc, float alpha, float beta, const uint32_t* Ap,
+                const uint32_t* Bpanel, int64_t Kp) {
 #if defined(__AVX512BF16__)
   // Sixteen named accumulators: GCC 12 spills an indexed array of them (and the B vectors) to the
   // stack on every step.
@@ -159,11 +182,22 @@ void micro_tile(float* tile, const uint32_t* Ap, const uint32_t* Bpanel, int64_t
   }
   const __m512 out[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
                              {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
-  for (int64_t m = 0; m < MR; ++m) {
-    _mm512_storeu_ps(tile + m * NR, out[m][0]);
-    _mm512_storeu_ps(tile + m * NR + 16, out[m][1]);
+  const __mmask16 k0 = nc >= 16 ? __mmask16(0xffff) : __mmask16((1u << nc) - 1);
+  const __mmask16 k1 = nc >= 32 ? __mmask16(0xffff) : nc > 16 ? __mmask16((1u << (nc - 16)) - 1) : __mmask16(0);
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int64_t m = 0; m < mc; ++m) {
+    float* c = C + m * ldc;
+    if (beta == 0.0f) {
+      _mm512_mask_storeu_ps(c, k0, _mm512_mul_ps(va, out[m][0]));
+      _mm512_mask_storeu_ps(c + 16, k1, _mm512_mul_ps(va, out[m][1]));
+    } else {
+      _mm512_mask_storeu_ps(c, k0, _mm512_fmadd_ps(va, out[m][0], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k0, c))));
+      _mm512_mask_storeu_ps(c + 16, k1,
+                            _mm512_fmadd_ps(va, out[m][1], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k1, c + 16))));
+    }
   }
 #else
+  float tile[MR * NR];
   for (int64_t m = 0; m < MR; ++m)
     for (int64_t c = 0; c < NR; ++c) {
       float s = 0;
@@ -174,6 +208,9 @@ void micro_tile(float* tile, const uint32_t* Ap, const uint32_t* Bpanel, int64_t
       }
       tile[m * NR + c] = s;
     }
+  for (int64_t m = 0; m < mc; ++m)
+    for (int64_t j = 0; j < nc; ++j)
+      C[m * ldc + j] = alpha * tile[m * NR + j] + (beta == 0.0f ? 0.0f : beta * C[m * ldc + j]);
 #endif
 }
 }  // namespace
@@ -196,22 +233,11 @@ void small_gemm_bf16_packed(bool trans_a, int64_t M, int64_t N, int64_t K, float
   auto* Ap = reinterpret_cast<uint32_t*>(workspace);
   pack_a(Ap, trans_a, A, lda, M, K);
   const auto* Bp = reinterpret_cast<const uint32_t*>(packed_b);
-  float tile[MR * NR];
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     const uint32_t* panel = Bp + (n0 / NR) * panel_stride;
     const int64_t nc = std::min(NR, N - n0);
-    for (int64_t m0 = 0; m0 < M; m0 += MR) {
-      micro_tile(tile, Ap + (m0 / MR) * Kp * MR, panel, Kp);
-      const int64_t mc = std::min(MR, M - m0);
-      for (int64_t m = 0; m < mc; ++m) {
-        float* c = C + (m0 + m) * ldc + n0;
-        const float* t = tile + m * NR;
-        if (beta == 0.0f)
-          for (int64_t j = 0; j < nc; ++j) c[j] = alpha * t[j];
-        else
-          for (int64_t j = 0; j < nc; ++j) c[j] = alpha * t[j] + beta * c[j];
-      }
-    }
+    for (int64_t m0 = 0; m0 < M; m0 += MR)
+      micro_tile(C + m0 * ldc + n0, ldc, std::min(MR, M - m0), nc, alpha, beta, Ap + (m0 / MR) * Kp * MR, panel, Kp);
   }
 }
 
