@@ -64,6 +64,23 @@ void Compute::grouped_forward(float* y, const Tensor& x, Weight w, int64_t w_str
   }
 }
 
+void Compute::grouped_forward(const Tensor& y, const Tensor& x, Weight w, int64_t w_stride,
+                              const std::vector<int64_t>& counts, int64_t in, int64_t out) {
+  if (y.dtype == DType::f32) {
+    grouped_forward(y.f32(), x, w, w_stride, counts, in, out);
+    return;
+  }
+  FF_CHECK(bf16(), "a bf16 GEMM result under fp32 compute");
+  int64_t start = 0;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    const int64_t n = counts[g];
+    if (n > 0)
+      matmul_.run(false, true, n, out, in, operand_rows(x, start, n, in).bf16(), in,
+                  w.at(static_cast<int64_t>(g) * w_stride).value_bf16, in, y.bf16() + start * out, out, cpu::Varying::m);
+    start += n;
+  }
+}
+
 void Compute::grouped_backward(float* dx, Weight w, int64_t w_stride, const Tensor& dy, const Tensor& x,
                                const std::vector<int64_t>& counts, int64_t in, int64_t out) {
   int64_t start = 0;

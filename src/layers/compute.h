@@ -68,6 +68,10 @@ class Compute {
   // dx always overwritten.
   void grouped_forward(float* y, const Tensor& x, Weight w, int64_t w_stride, const std::vector<int64_t>& counts,
                        int64_t in, int64_t out);
+  // The same with the result in the operand dtype (bf16 under bf16 compute, rounded from the fp32
+  // accumulation): for a result that only feeds elementwise kernels and is kept for backward.
+  void grouped_forward(const Tensor& y, const Tensor& x, Weight w, int64_t w_stride, const std::vector<int64_t>& counts,
+                       int64_t in, int64_t out);
   void grouped_backward(float* dx, Weight w, int64_t w_stride, const Tensor& dy, const Tensor& x,
                         const std::vector<int64_t>& counts, int64_t in, int64_t out);
 

@@ -71,8 +71,9 @@ double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelCon
       const double R = Ns * K * static_cast<double>(p.expert_tp());  // rows this rank's experts compute, on average
       const bool swiglu = c.activation == Activation::swiglu;      // fused: the activation is recomputed
       a += (Ns * E * 3 + Ns * K * 2) * kFloat;                     // logits, scores, aux scores, routing
-      a += (2 * Ns * K * D + R * (2 * D + fc1(c, c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()) +
-                                  (swiglu ? 0 : F))) * kFloat;
+      const double W = fc1(c, c.moe_ffn_hidden) / static_cast<double>(p.expert_tp());
+      a += (2 * Ns * K * D + R * (2 * D + (swiglu ? 0 : F))) * kFloat;
+      a += R * W * (swiglu && bf16 ? 2.0 : kFloat);  // the pre-activation (bf16 under bf16 SwiGLU)
       a += R * F * (bf16 ? 2.0 : kFloat) + R * D * copy;  // the scaled activation and the rows as operands
       if (c.moe_shared_expert_hidden > 0)
         a += (gathered + partial + N * (fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden) / T + Ns * D) *

@@ -181,6 +181,33 @@ TEST(FusedSwiglu, EqualsSwigluThenScalingForwardAndBackward) {
   EXPECT_TRUE(test::all_close(dp, dp_want, 1e-4, 1e-5));
   cpu::swiglu_scaled_backward(dp.data(), nullptr, din16.data(), dout.data(), in.data(), p.data(), N, F);
   for (size_t i = 0; i < din.size(); ++i) ASSERT_EQ(din16[i], float_to_bf16(din[i])) << i;
+
+  // A bf16 pre-activation (the GEMM's bf16 result) gives exactly what its fp32 widening gives.
+  std::vector<float> in_r = rounded(in);
+  std::vector<bf16_t> in16 = to_bf16(in_r);
+  std::vector<float> a(act.size()), b(act.size()), da(in.size()), db(in.size()), pa(N), pb(N);
+  cpu::swiglu_scaled_forward(a.data(), nullptr, in_r.data(), p.data(), N, F);
+  cpu::swiglu_scaled_forward(b.data(), nullptr, in16.data(), p.data(), N, F);
+  EXPECT_EQ(a, b);
+  cpu::swiglu_scaled_backward(pa.data(), da.data(), nullptr, dout.data(), in_r.data(), p.data(), N, F);
+  cpu::swiglu_scaled_backward(pb.data(), db.data(), nullptr, dout.data(), in16.data(), p.data(), N, F);
+  EXPECT_EQ(da, db);
+  EXPECT_EQ(pa, pb);
+}
+
+// A bf16 result is the fp32 result rounded (within one bf16 step: the two may round from
+// accumulations in a different order).
+TEST(Matmul, Bf16ResultIsTheRoundedFp32Result) {
+  const int64_t M = 19, N = 40, K = 33;
+  std::vector<bf16_t> A = to_bf16(test::randn(static_cast<size_t>(M * K), 21));
+  std::vector<bf16_t> B = to_bf16(test::randn(static_cast<size_t>(N * K), 22));
+  std::vector<float> c32(static_cast<size_t>(M * N));
+  std::vector<bf16_t> c16(c32.size());
+  cpu::Matmul mm;
+  mm.run(false, true, M, N, K, A.data(), K, B.data(), K, c32.data(), N, false);
+  mm.run(false, true, M, N, K, A.data(), K, B.data(), K, c16.data(), N, cpu::Varying::m);
+  for (size_t i = 0; i < c32.size(); ++i)
+    ASSERT_NEAR(bf16_to_float(c16[i]), c32[i], std::fabs(c32[i]) / 128 + 1e-6) << i;
 }
 
 ModelConfig small_moe(Precision p) {

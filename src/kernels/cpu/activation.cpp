@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/vector_math.h"
@@ -67,38 +68,52 @@ void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, 
   }
 }
 
-void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const float* in, const float* p, int64_t N, int64_t F) {
+namespace {
+// n values of a row of the pre-activation into fp32 (a copy, or the exact bf16 -> fp32 widening).
+inline void load_chunk(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, sizeof(float) * size_t(n)); }
+inline void load_chunk(float* dst, const bf16_t* src, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(src[j]);
+}
+
+template <class In>
+void swiglu_scaled_forward_impl(float* out_f32, bf16_t* out_bf16, const In* in, const float* p, int64_t N, int64_t F) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    const float* gate = in + n * 2 * F;
-    const float* up = gate + F;
-    float sig[kChunk], o[kChunk];
+    const In* gate = in + n * 2 * F;
+    const In* up = gate + F;
+    float g[kChunk], u[kChunk], sig[kChunk], o[kChunk];
     for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
       const int64_t m = std::min(kChunk, F - j0);
-      sigmoid_chunk(sig, gate + j0, m);
+      load_chunk(g, gate + j0, m);
+      load_chunk(u, up + j0, m);
+      sigmoid_chunk(sig, g, m);
 #pragma omp simd
-      for (int64_t j = 0; j < m; ++j) o[j] = gate[j0 + j] * sig[j] * up[j0 + j] * p[n];
+      for (int64_t j = 0; j < m; ++j) o[j] = g[j] * sig[j] * u[j] * p[n];
       store(out_f32, out_bf16, n * F + j0, o, m);
     }
   }
 }
 
-void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const float* in,
-                            const float* p, int64_t N, int64_t F) {
+template <class In>
+void swiglu_scaled_backward_impl(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const In* in,
+                                 const float* p, int64_t N, int64_t F) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    const float* gate = in + n * 2 * F;
-    const float* up = gate + F;
+    const In* gate = in + n * 2 * F;
+    const In* up = gate + F;
     const float* d = dout + n * F;
-    float sig[kChunk], dg[kChunk], du[kChunk];
+    float g[kChunk], u[kChunk], sig[kChunk], dg[kChunk], du[kChunk];
     double dprob = 0;
     for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
       const int64_t m = std::min(kChunk, F - j0);
-      sigmoid_chunk(sig, gate + j0, m);
+      load_chunk(g, gate + j0, m);
+      load_chunk(u, up + j0, m);
+      sigmoid_chunk(sig, g, m);
       float acc = 0;
 #pragma omp simd reduction(+ : acc)
       for (int64_t j = 0; j < m; ++j) {
-        const float a = gate[j0 + j], s = sig[j], b = up[j0 + j], dj = d[j0 + j];
+        const float a = g[j], s = sig[j], b = u[j], dj = d[j0 + j];
         acc += dj * a * s * b;
         const float ds = dj * p[n];
         dg[j] = ds * b * s * (1.0f + a * (1.0f - s));
@@ -110,6 +125,22 @@ void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const f
     }
     dp[n] = static_cast<float>(dprob);
   }
+}
+}  // namespace
+
+void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const float* in, const float* p, int64_t N, int64_t F) {
+  swiglu_scaled_forward_impl(out_f32, out_bf16, in, p, N, F);
+}
+void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const bf16_t* in, const float* p, int64_t N, int64_t F) {
+  swiglu_scaled_forward_impl(out_f32, out_bf16, in, p, N, F);
+}
+void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const float* in,
+                            const float* p, int64_t N, int64_t F) {
+  swiglu_scaled_backward_impl(dp, din_f32, din_bf16, dout, in, p, N, F);
+}
+void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const bf16_t* in,
+                            const float* p, int64_t N, int64_t F) {
+  swiglu_scaled_backward_impl(dp, din_f32, din_bf16, dout, in, p, N, F);
 }
 
 void squared_relu_forward(float* out, const float* in, int64_t N, int64_t F) {

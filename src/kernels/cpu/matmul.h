@@ -28,9 +28,15 @@ class Matmul {
   void run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
            const bf16_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, Varying varying = Varying::none);
 
+  // The same with a bf16 result (rounded from the fp32 accumulation), overwritten.
+  void run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+           const bf16_t* B, int64_t ldb, bf16_t* C, int64_t ldc, Varying varying = Varying::none);
+
   size_t cached_primitives() const;
 
  private:
+  void execute(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16_t* A, int64_t lda,
+               const bf16_t* B, int64_t ldb, void* C, bool c_bf16, int64_t ldc, bool accumulate, Varying varying);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -66,14 +66,21 @@ void Experts::forward(Saved& s, float* out, const float* rows, const float* row_
                       const std::vector<int64_t>& tokens_per_expert, Arena& arena) const {
   int64_t R = 0;
   for (int64_t n : tokens_per_expert) R += n;
+  const bool swiglu = act_ == Activation::swiglu;
   s.x_op = compute_->operand(rows, R, D_, arena);
-  s.h1 = arena.alloc(Shape{R, W_});
+  // SwiGLU's pre-activation only feeds the fused pass and its backward: kept in the operand dtype
+  // (bf16 under bf16 compute, as autocast keeps a linear's output), half the memory and traffic.
+  s.h1 = swiglu ? compute_->alloc_operand(R, W_, arena) : arena.alloc(Shape{R, W_});
   s.scaled = compute_->alloc_operand(R, F_, arena);
-  compute_->grouped_forward(s.h1.f32(), s.x_op, Weight::of(*fc1_), W_ * D_, tokens_per_expert, D_, W_);
-  if (act_ == Activation::swiglu) {  // one fused pass: activation, prob scaling, cast
+  compute_->grouped_forward(s.h1, s.x_op, Weight::of(*fc1_), W_ * D_, tokens_per_expert, D_, W_);
+  if (swiglu) {  // one fused pass: activation, prob scaling, cast
     const bool b16 = s.scaled.dtype == DType::bf16;
-    cpu::swiglu_scaled_forward(b16 ? nullptr : s.scaled.f32(), b16 ? s.scaled.bf16() : nullptr, s.h1.f32(), row_probs,
-                               R, F_);
+    float* o32 = b16 ? nullptr : s.scaled.f32();
+    bf16_t* o16 = b16 ? s.scaled.bf16() : nullptr;
+    if (s.h1.dtype == DType::bf16)
+      cpu::swiglu_scaled_forward(o32, o16, s.h1.bf16(), row_probs, R, F_);
+    else
+      cpu::swiglu_scaled_forward(o32, o16, s.h1.f32(), row_probs, R, F_);
   } else {
     s.act = arena.alloc(Shape{R, F_});
     activation_forward(act_, s.act.f32(), s.h1.f32(), R, F_);
@@ -93,8 +100,12 @@ void Experts::backward(float* drows, float* drow_probs, const float* dout, const
   if (act_ == Activation::swiglu) {  // one fused pass: prob gradient, activation backward, cast
     dh1 = compute_->alloc_operand(R, W_, scratch);
     const bool b16 = dh1.dtype == DType::bf16;
-    cpu::swiglu_scaled_backward(drow_probs, b16 ? nullptr : dh1.f32(), b16 ? dh1.bf16() : nullptr, dscaled,
-                                s.h1.f32(), row_probs, R, F_);
+    float* d32 = b16 ? nullptr : dh1.f32();
+    bf16_t* d16 = b16 ? dh1.bf16() : nullptr;
+    if (s.h1.dtype == DType::bf16)
+      cpu::swiglu_scaled_backward(drow_probs, d32, d16, dscaled, s.h1.bf16(), row_probs, R, F_);
+    else
+      cpu::swiglu_scaled_backward(drow_probs, d32, d16, dscaled, s.h1.f32(), row_probs, R, F_);
   } else {
     // dprob[r] = <dscaled[r], act[r]>;  dact = dscaled * p (written over dscaled).
     const float* act = s.act.f32();

@@ -25,7 +25,7 @@ class Experts {
 
   struct Saved {
     Tensor x_op;    // [R, D] the rows, as a GEMM operand
-    Tensor h1;      // [R, W] (fp32)
+    Tensor h1;      // [R, W] pre-activation: fp32, or the operand dtype for SwiGLU (fused pass)
     Tensor act;     // [R, F] before the prob scaling (fp32); not kept for SwiGLU (recomputed from h1)
     Tensor scaled;  // [R, F] act * prob, the input of fc2, as a GEMM operand
   };
