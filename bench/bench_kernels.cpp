@@ -302,20 +302,25 @@ void BM_RmsNorm(benchmark::State& state) {
 // SwiGLU forward on the experts' fc1 output [R, 2F] = [8192, 2816] -> [8192, 1408]. Reads gate
 // and up (8 bytes per output element) and writes the output: 12 bytes per output element for
 // swiglu_forward (the dense MLP's) and for the experts' fused pass swiglu_scaled_forward (x the
-// row's gating prob, O(R) more) writing fp32, 10 for the fused pass writing the bf16 operand.
-enum class Swiglu { plain, scaled_fp32, scaled_bf16 };
+// row's gating prob, O(R) more) writing fp32, 10 for the fused pass writing the bf16 operand, and
+// 6 for the bf16 path as the model runs it (bf16 pre-activation in, bf16 operand out).
+enum class Swiglu { plain, scaled_fp32, scaled_bf16, bf16_in_out };
 
 void BM_SwiGLU(benchmark::State& state, Swiglu variant) {
   const int64_t n = kExpertRows, f = kExpertHidden;
   Floats in = uniform(n * 2 * f, -4, 4, 1), prob = uniform(n, 0, 1, 2), out = zeros(n * f);
-  Halves out_bf16(new ff::bf16_t[static_cast<size_t>(n * f)]);
+  Halves out_bf16(new ff::bf16_t[static_cast<size_t>(n * f)]), in_bf16(new ff::bf16_t[static_cast<size_t>(n * 2 * f)]);
+  ff::cpu::to_bf16(in_bf16.get(), in.get(), n * 2 * f);
   const double s = mean_seconds(state, [&] {
     if (variant == Swiglu::plain) ff::cpu::swiglu_forward(out.get(), in.get(), n, f);
     if (variant == Swiglu::scaled_fp32) ff::cpu::swiglu_scaled_forward(out.get(), nullptr, in.get(), prob.get(), n, f);
     if (variant == Swiglu::scaled_bf16)
       ff::cpu::swiglu_scaled_forward(nullptr, out_bf16.get(), in.get(), prob.get(), n, f);
+    if (variant == Swiglu::bf16_in_out)
+      ff::cpu::swiglu_scaled_forward(nullptr, out_bf16.get(), in_bf16.get(), prob.get(), n, f);
   });
-  report_bytes(state, s, (variant == Swiglu::scaled_bf16 ? 10.0 : 12.0) * n * f);
+  const double bytes = variant == Swiglu::bf16_in_out ? 6.0 : variant == Swiglu::scaled_bf16 ? 10.0 : 12.0;
+  report_bytes(state, s, bytes * n * f);
   state.SetItemsProcessed(state.iterations() * n);  // rows
 }
 
@@ -381,6 +386,7 @@ void register_all() {
   add("BM_SwiGLU/forward/8192x2816", BM_SwiGLU, Swiglu::plain);
   add("BM_SwiGLU/scaled_forward_fp32/8192x2816", BM_SwiGLU, Swiglu::scaled_fp32);
   add("BM_SwiGLU/scaled_forward_bf16/8192x2816", BM_SwiGLU, Swiglu::scaled_bf16);
+  add("BM_SwiGLU/scaled_forward_bf16_in_out/8192x2816", BM_SwiGLU, Swiglu::bf16_in_out);
   add("BM_CrossEntropy/fwd+bwd/4096x8192", BM_CrossEntropy);
   add("BM_ToBf16/values:64M", BM_ToBf16);
 }

@@ -69,11 +69,13 @@ void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, 
 }
 
 namespace {
-// n values of a row of the pre-activation into fp32 (a copy, or the exact bf16 -> fp32 widening).
-inline void load_chunk(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, sizeof(float) * size_t(n)); }
-inline void load_chunk(float* dst, const bf16_t* src, int64_t n) {
+// n values of a row of the pre-activation as fp32: the row itself, or its exact bf16 -> fp32
+// widening into buf.
+inline const float* load_chunk(float* /*buf*/, const float* src, int64_t /*n*/) { return src; }
+inline const float* load_chunk(float* buf, const bf16_t* src, int64_t n) {
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(src[j]);
+  for (int64_t j = 0; j < n; ++j) buf[j] = bf16_to_float(src[j]);
+  return buf;
 }
 
 template <class In>
@@ -82,11 +84,11 @@ void swiglu_scaled_forward_impl(float* out_f32, bf16_t* out_bf16, const In* in, 
   for (int64_t n = 0; n < N; ++n) {
     const In* gate = in + n * 2 * F;
     const In* up = gate + F;
-    float g[kChunk], u[kChunk], sig[kChunk], o[kChunk];
+    float gbuf[kChunk], ubuf[kChunk], sig[kChunk], o[kChunk];
     for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
       const int64_t m = std::min(kChunk, F - j0);
-      load_chunk(g, gate + j0, m);
-      load_chunk(u, up + j0, m);
+      const float* g = load_chunk(gbuf, gate + j0, m);
+      const float* u = load_chunk(ubuf, up + j0, m);
       sigmoid_chunk(sig, g, m);
 #pragma omp simd
       for (int64_t j = 0; j < m; ++j) o[j] = g[j] * sig[j] * u[j] * p[n];
@@ -103,12 +105,12 @@ void swiglu_scaled_backward_impl(float* dp, float* din_f32, bf16_t* din_bf16, co
     const In* gate = in + n * 2 * F;
     const In* up = gate + F;
     const float* d = dout + n * F;
-    float g[kChunk], u[kChunk], sig[kChunk], dg[kChunk], du[kChunk];
+    float gbuf[kChunk], ubuf[kChunk], sig[kChunk], dg[kChunk], du[kChunk];
     double dprob = 0;
     for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
       const int64_t m = std::min(kChunk, F - j0);
-      load_chunk(g, gate + j0, m);
-      load_chunk(u, up + j0, m);
+      const float* g = load_chunk(gbuf, gate + j0, m);
+      const float* u = load_chunk(ubuf, up + j0, m);
       sigmoid_chunk(sig, g, m);
       float acc = 0;
 #pragma omp simd reduction(+ : acc)
