@@ -21,6 +21,12 @@ inline uint32_t pair(float lo, float hi) {
   return static_cast<uint32_t>(float_to_bf16(lo)) | (static_cast<uint32_t>(float_to_bf16(hi)) << 16);
 }
 
+// The pairs [kp0, Kp) of one row of K values (an odd K pads the last with 0): dst[kp * stride].
+inline void row_pairs(uint32_t* dst, int64_t stride, const float* row, int64_t K, int64_t kp0 = 0) {
+  for (int64_t kp = kp0; kp < (K + 1) / 2; ++kp)
+    dst[kp * stride] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
+}
+
 #if defined(__AVX512BF16__)
 // Eight rows of fp32 pairs -> 16 runs of 8 pairs: dst[p * stride + r] = pair p of row r, for the 16
 // pairs (32 floats) starting at rows[r] + 2 * kp0. Each row becomes one vector of 16 pairs, and the
@@ -60,6 +66,17 @@ inline void transpose_pairs_8x16(uint32_t* dst, int64_t stride, const float* con
 }
 #endif
 
+#if defined(__AVX512BF16__)
+// Pairs (r0[j], r1[j]) for the 16 columns j of mask m (r1 null: zeros), as 16 dwords.
+inline __m512i interleave_rows(const float* r0, const float* r1, __mmask16 m) {
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512 lo = _mm512_maskz_loadu_ps(m, r0);
+  const __m512 hi = r1 ? _mm512_maskz_loadu_ps(m, r1) : _mm512_setzero_ps();
+  return _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+#endif
+
 // Bp[panel][kp][c] (32-bit pairs: element (2kp, c) low, (2kp + 1, c) high), zero padded.
 void pack_b(uint32_t* Bp, bool tb, const float* B, int64_t ldb, int64_t K, int64_t N) {
   const int64_t Kp = (K + 1) / 2, panels = (N + NR - 1) / NR;
@@ -75,17 +92,10 @@ void pack_b(uint32_t* Bp, bool tb, const float* B, int64_t ldb, int64_t K, int64
       for (int64_t r = 0; r < 8; ++r) rows[r] = B + (n0 + r) * ldb;
       uint32_t* col = Bp + (n0 / NR) * Kp * NR + n0 % NR;
       for (int64_t kp0 = 0; kp0 < full_kp; kp0 += 16) transpose_pairs_8x16(col + kp0 * NR, NR, rows, kp0);
-      for (int64_t r = 0; r < 8; ++r)
-        for (int64_t kp = full_kp; kp < Kp; ++kp)
-          col[kp * NR + r] = pair(rows[r][2 * kp], 2 * kp + 1 < K ? rows[r][2 * kp + 1] : 0.0f);
+      for (int64_t r = 0; r < 8; ++r) row_pairs(col + r, NR, rows[r], K, full_kp);
     }
 #endif
-    for (int64_t n = n0; n < N; ++n) {
-      uint32_t* col = Bp + (n / NR) * Kp * NR + n % NR;
-      const float* row = B + n * ldb;
-      for (int64_t kp = 0; kp < Kp; ++kp)
-        col[kp * NR] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
-    }
+    for (int64_t n = n0; n < N; ++n) row_pairs(Bp + (n / NR) * Kp * NR + n % NR, NR, B + n * ldb, K);
     return;
   }
   // B stored [K][N]: interleave rows 2kp and 2kp + 1, 16 columns at a time.
@@ -94,15 +104,9 @@ void pack_b(uint32_t* Bp, bool tb, const float* B, int64_t ldb, int64_t K, int64
     const float* r1 = 2 * kp + 1 < K ? r0 + ldb : nullptr;
     int64_t n = 0;
 #if defined(__AVX512BF16__)
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (; n < N; n += 16) {
       const __mmask16 m = N - n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (N - n)) - 1);
-      const __m512 lo = _mm512_maskz_loadu_ps(m, r0 + n);
-      const __m512 hi = r1 ? _mm512_maskz_loadu_ps(m, r1 + n) : _mm512_setzero_ps();
-      const __m512i v = _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
-      uint32_t* dst = Bp + (n / NR) * Kp * NR + kp * NR + n % NR;
-      _mm512_mask_storeu_epi32(dst, m, v);
+      _mm512_mask_storeu_epi32(Bp + (n / NR) * Kp * NR + kp * NR + n % NR, m, interleave_rows(r0 + n, r1 ? r1 + n : nullptr, m));
     }
 #endif
     for (; n < N; ++n) Bp[(n / NR) * Kp * NR + kp * NR + n % NR] = pair(r0[n], r1 ? r1[n] : 0.0f);
@@ -123,18 +127,10 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int64_t lda, int64_t M, int64
       const float* rows[MR];
       for (int64_t r = 0; r < MR; ++r) rows[r] = A + (m0 + r) * lda;
       for (int64_t kp0 = 0; kp0 < full_kp; kp0 += 16) transpose_pairs_8x16(blk + kp0 * MR, MR, rows, kp0);
-      for (int64_t r = 0; r < MR; ++r)  // the pairs past the whole chunks
-        for (int64_t kp = full_kp; kp < Kp; ++kp) {
-          const float* row = A + (m0 + r) * lda;
-          blk[kp * MR + r] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
-        }
+      for (int64_t r = 0; r < MR; ++r) row_pairs(blk + r, MR, rows[r], K, full_kp);  // past the whole chunks
     }
 #endif
-    for (int64_t m = m0; m < M; ++m) {
-      uint32_t* dst = Ap + (m / MR) * Kp * MR + m % MR;
-      const float* row = A + m * lda;
-      for (int64_t kp = 0; kp < Kp; ++kp) dst[kp * MR] = pair(row[2 * kp], 2 * kp + 1 < K ? row[2 * kp + 1] : 0.0f);
-    }
+    for (int64_t m = m0; m < M; ++m) row_pairs(Ap + (m / MR) * Kp * MR + m % MR, MR, A + m * lda, K);
     return;
   }
   // A stored [K][M]: interleave rows 2kp and 2kp + 1, 16 rows of A (two blocks) at a time.
@@ -143,12 +139,8 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int64_t lda, int64_t M, int64
     const float* r1 = 2 * kp + 1 < K ? r0 + lda : nullptr;
     int64_t m = 0;
 #if defined(__AVX512BF16__)
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (; m + 16 <= M; m += 16) {
-      const __m512 lo = _mm512_loadu_ps(r0 + m);
-      const __m512 hi = r1 ? _mm512_loadu_ps(r1 + m) : _mm512_setzero_ps();
-      const __m512i v = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      const __m512i v = interleave_rows(r0 + m, r1 ? r1 + m : nullptr, static_cast<__mmask16>(0xffff));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (m / MR) * Kp * MR + kp * MR), _mm512_maskz_extracti64x4_epi64(0xff, v, 0));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (m / MR + 1) * Kp * MR + kp * MR),
                           _mm512_maskz_extracti64x4_epi64(0xff, v, 1));

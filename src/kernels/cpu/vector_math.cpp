@@ -23,26 +23,9 @@ void exp_shifted(float* y, const float* x, float shift, int64_t n) {
   for (; i < n; ++i) y[i] = std::exp(x[i] - shift);
 }
 
-double sum_exp_shifted(const float* x, float shift, int64_t n) {
-  int64_t i = 0;
-  double sum = 0.0;
-#ifdef __AVX512F__
-  const __m512 s = _mm512_set1_ps(shift);
-  __m512d acc = _mm512_setzero_pd();
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
-    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 0)));
-    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 1)));
-  }
-  alignas(64) double lanes[8];
-  _mm512_store_pd(lanes, acc);
-  for (double l : lanes) sum += l;
-#endif
-  for (; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - shift));
-  return sum;
-}
+double sum_exp_shifted(const float* x, float shift, int64_t n) { return exp_shifted_sum(nullptr, x, shift, n); }
 
-double exp_shifted_sum(float* y, const float* x, float shift, int64_t n) {
+double exp_shifted_sum(float* y, const float* x, float shift, int64_t n) {  // y null: the sum only
   int64_t i = 0;
   double sum = 0.0;
 #ifdef __AVX512F__
@@ -50,7 +33,7 @@ double exp_shifted_sum(float* y, const float* x, float shift, int64_t n) {
   __m512d acc = _mm512_setzero_pd();
   for (; i + 16 <= n; i += 16) {
     const __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
-    _mm512_storeu_ps(y + i, e);
+    if (y) _mm512_storeu_ps(y + i, e);
     acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 0)));
     acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 1)));
   }
@@ -59,8 +42,9 @@ double exp_shifted_sum(float* y, const float* x, float shift, int64_t n) {
   for (double l : lanes) sum += l;
 #endif
   for (; i < n; ++i) {
-    y[i] = std::exp(x[i] - shift);
-    sum += y[i];
+    const float e = std::exp(x[i] - shift);
+    if (y) y[i] = e;
+    sum += e;
   }
   return sum;
 }

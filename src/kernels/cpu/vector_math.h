@@ -10,7 +10,8 @@ namespace ff::cpu {
 // y[i] = exp(x[i] - shift), i < n. y may alias x.
 void exp_shifted(float* y, const float* x, float shift, int64_t n);
 
-// y[i] = exp(x[i] - shift), i < n, and returns their sum accumulated in double. y may alias x.
+// y[i] = exp(x[i] - shift), i < n, and returns their sum accumulated in double. y may alias x,
+// or be null (the sum only).
 double exp_shifted_sum(float* y, const float* x, float shift, int64_t n);
 
 // max_i x[i] (-inf for n = 0).
