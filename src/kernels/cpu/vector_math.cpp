@@ -29,13 +29,19 @@ double exp_shifted_sum(float* y, const float* x, float shift, int64_t n) {  // y
   int64_t i = 0;
   double sum = 0.0;
 #ifdef __AVX512F__
+  // fp32 lanes for up to 64 vectors at a time (each lane sums at most 64 values in [0, 1] when
+  // shift is the max), then into double: the double conversions off the inner loop.
   const __m512 s = _mm512_set1_ps(shift);
   __m512d acc = _mm512_setzero_pd();
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
-    if (y) _mm512_storeu_ps(y + i, e);
-    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 0)));
-    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(e, 1)));
+  while (i + 16 <= n) {
+    __m512 part = _mm512_setzero_ps();
+    for (int v = 0; v < 64 && i + 16 <= n; ++v, i += 16) {
+      const __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+      if (y) _mm512_storeu_ps(y + i, e);
+      part = _mm512_add_ps(part, e);
+    }
+    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(part, 0)));
+    acc = _mm512_add_pd(acc, _mm512_maskz_cvtps_pd(0xFF, _mm512_extractf32x8_ps(part, 1)));
   }
   alignas(64) double lanes[8];
   _mm512_store_pd(lanes, acc);
