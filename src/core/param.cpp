@@ -91,10 +91,6 @@ void ParamStore::zero_grads() {
   for (int64_t i = 0; i < n; ++i) g[i] = 0.0f;
 }
 
-}  // namespace ff
-
-namespace ff {
-
 void ParamStore::allocate_bf16_copy() {
   FF_CHECK(!values_.empty() || total_ == 0, "allocate_bf16_copy() before allocate()");
   values_bf16_.assign(values_.size(), 0);

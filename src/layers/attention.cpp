@@ -64,9 +64,10 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   if (cp_)
     cp_attention_forward(s.cp, s.o.f32(), qkv, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_, compute_->bf16()}, *cp_,
                          arena);
-  else
-    cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()),
-                           workspace(shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()), arena));
+  else {
+    const cpu::AttentionShape sh = shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16());
+    cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, sh, workspace(sh, arena));
+  }
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
   s.o_op = compute_->operand(s.o.f32(), N, Hq_ * dh_, arena);
   compute_->linear_forward(partial, s.o_op, Weight::of(*wo_), N, Hq_ * dh_, D_);
@@ -85,10 +86,11 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
   if (cp_)
     cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_, compute_->bf16()}, *cp_,
                           scratch);
-  else
+  else {
+    const cpu::AttentionShape sh = shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16());
     cpu::attention_backward(dqkv, dqkv + Hq_ * dh_, dqkv + (Hq_ + Hkv_) * dh_, dO, qkv, qkv + Hq_ * dh_,
-                            qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()),
-                            workspace(shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16()), scratch));
+                            qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), sh, workspace(sh, scratch));
+  }
   if (rope_on_) cpu::rope_backward(dqkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
   float* dx_full = tp_.active() ? scratch.alloc_f32(N * D_) : dx;
   compute_->linear_backward(dx_full, Weight::of(*wqkv_), compute_->operand(dqkv, N, W, scratch), s.x_op, N, D_, W,

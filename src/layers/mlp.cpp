@@ -1,7 +1,6 @@
 #include "layers/mlp.h"
 
 #include "kernels/cpu/activation.h"
-#include "kernels/cpu/gemm.h"
 
 namespace ff {
 
@@ -46,7 +45,10 @@ void Mlp::forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena)
   s.x_op = compute_->operand(tp_.enter(x, N, D_, arena), N, D_, arena);
   s.h1 = arena.alloc(Shape{N, W});
   compute_->linear_forward(s.h1.f32(), s.x_op, Weight::of(*fc1_), N, D_, W);
-  if (compute_->bf16()) {  // the activation in fp32 scratch, kept as its bf16 operand
+  if (compute_->bf16() && act_ == Activation::swiglu) {  // one pass: SwiGLU cast to its bf16 operand
+    s.act = compute_->alloc_operand(N, F_, arena);
+    cpu::swiglu_scaled_forward(nullptr, s.act.bf16(), s.h1.f32(), nullptr, N, F_);
+  } else if (compute_->bf16()) {  // the activation in fp32 scratch, kept as its bf16 operand
     float* act = arena.alloc_f32(N * F_);
     activation_forward(act_, act, s.h1.f32(), N, F_);
     s.act = compute_->operand(act, N, F_, arena);

@@ -5,7 +5,6 @@
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/embedding.h"
-#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/softmax_ce.h"
 #include "layers/vocab_parallel.h"
 

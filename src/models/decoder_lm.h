@@ -100,7 +100,6 @@ class DecoderLM {
   // Whoever changes parameter values (the optimizer step, a checkpoint load, an import) calls this;
   // under bf16 compute the next forward then refreshes the weights' bf16 copy from them.
   void mark_values_changed() { compute_weights_stale_ = true; }
-  Compute& compute() { return compute_; }
   const ParamStore& params() const { return params_; }
   std::vector<MoeLayer*> moe_layers();
   // Training state that is not a parameter: the routers' expert-bias buffers of the layers held

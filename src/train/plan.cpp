@@ -40,8 +40,9 @@ std::pair<double, double> layer_params(const ModelConfig& c, LayerKind kind, con
 }
 
 // Bytes saved for backward by one micro-batch in pattern layer `kind` on one rank. fp32 buffers
-// count 4 bytes a value; GEMM operands kept for the weight gradients count `ob` (2 under bf16,
-// where they are bf16 copies beside the fp32 values, 0 extra under fp32, where they are views).
+// count 4 bytes a value; GEMM operands kept for the weight gradients count `copy` bytes more (2
+// under bf16, where they are bf16 copies beside the fp32 values; 0 under fp32, where they are
+// views).
 double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelConfig& p, int64_t B) {
   const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
   const double N = static_cast<double>(B * c.seq_len / p.cp);          // rows of attention / MLP regions
@@ -51,6 +52,14 @@ double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelCon
   const double dh = static_cast<double>(c.kv_channels());
   const bool bf16 = c.precision == Precision::bf16;
   const double copy = bf16 ? 2.0 : 0.0;  // bytes per value of an operand copy (none under fp32)
+  // A dense MLP region of hidden width F (an MLP layer, the shared expert): fc1's fp32 output, the
+  // fp32 activation (none under bf16 SwiGLU, which writes its bf16 operand directly) and the
+  // operand copies of the input and the activation.
+  auto mlp_region = [&](int64_t F) {
+    const bool fused = bf16 && c.activation == Activation::swiglu;
+    return (gathered + partial + N * static_cast<double>(fc1(c, F) + (fused ? 0 : F)) / T) * kFloat +
+           (N * D + N * static_cast<double>(F) / T) * copy;
+  };
   double a = (2 * Ns * D + 2 * Ns) * kFloat;  // the layer's output stream, its norm output and statistics
   switch (kind) {
     case LayerKind::attention: {
@@ -61,10 +70,7 @@ double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelCon
         a += (static_cast<double>(B * c.seq_len) * 2 * dh * c.num_kv_heads / T + 2 * N * dh * c.num_heads / T) * kFloat;
       break;
     }
-    case LayerKind::mlp:
-      a += (gathered + partial + N * (fc1(c, c.ffn_hidden) + c.ffn_hidden) / T) * kFloat;
-      a += (N * D + N * c.ffn_hidden / T) * copy;
-      break;
+    case LayerKind::mlp: a += mlp_region(c.ffn_hidden); break;
     case LayerKind::moe: {
       const double E = static_cast<double>(c.num_experts), K = static_cast<double>(c.moe_top_k);
       const double F = static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp());
@@ -75,10 +81,7 @@ double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelCon
       a += (2 * Ns * K * D + R * (2 * D + (swiglu ? 0 : F))) * kFloat;
       a += R * W * (swiglu && bf16 ? 2.0 : kFloat);  // the pre-activation (bf16 under bf16 SwiGLU)
       a += R * F * (bf16 ? 2.0 : kFloat) + R * D * copy;  // the scaled activation and the rows as operands
-      if (c.moe_shared_expert_hidden > 0)
-        a += (gathered + partial + N * (fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden) / T + Ns * D) *
-                 kFloat +
-             (N * D + N * c.moe_shared_expert_hidden / T) * copy;
+      if (c.moe_shared_expert_hidden > 0) a += mlp_region(c.moe_shared_expert_hidden) + Ns * D * kFloat;
       break;
     }
     case LayerKind::mamba: break;

@@ -64,6 +64,9 @@ Batch micro_batch(int64_t step, int64_t replica, int64_t B, const ModelConfig& c
   return ::testing::AssertionFailure() << p.name << ": max diff " << worst << " vs max |ref| " << scale;
 }
 
+// How many times the fp32 tolerances a run of this precision is held to (see the header).
+double tolerance_scale(const ModelConfig& cfg) { return cfg.precision == Precision::bf16 ? 300.0 : 1.0; }
+
 using ModelSetup = std::function<void(DecoderLM&)>;
 
 // Returns this rank's last forward result (for layout-specific assertions).
@@ -78,7 +81,7 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
   Communicator self = Communicator::self();
   ParallelGrid one(self, ParallelConfig{});
   DecoderLM model(cfg, grid, 11), ref(cfg, one, 11);
-  const double tol = cfg.precision == Precision::bf16 ? 300.0 : 1.0;  // see the header
+  const double tol = tolerance_scale(cfg);
   if (setup) {
     setup(model);
     setup(ref);
@@ -344,7 +347,7 @@ void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
   Communicator self = Communicator::self();
   ParallelGrid one(self, ParallelConfig{});
   DecoderLM model(cfg, grid, 11), ref(cfg, one, 11);
-  const double tol = cfg.precision == Precision::bf16 ? 300.0 : 1.0;  // see the header
+  const double tol = tolerance_scale(cfg);
   OptimizerConfig oc;
   oc.lr = 1e-2;
   oc.warmup_steps = 0;

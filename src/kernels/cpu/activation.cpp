@@ -84,6 +84,7 @@ void swiglu_scaled_forward_impl(float* out_f32, bf16_t* out_bf16, const In* in, 
   for (int64_t n = 0; n < N; ++n) {
     const In* gate = in + n * 2 * F;
     const In* up = gate + F;
+    const float pn = p ? p[n] : 1.0f;
     float gbuf[kChunk], ubuf[kChunk], sig[kChunk], o[kChunk];
     for (int64_t j0 = 0; j0 < F; j0 += kChunk) {
       const int64_t m = std::min(kChunk, F - j0);
@@ -91,7 +92,7 @@ void swiglu_scaled_forward_impl(float* out_f32, bf16_t* out_bf16, const In* in, 
       const float* u = load_chunk(ubuf, up + j0, m);
       sigmoid_chunk(sig, g, m);
 #pragma omp simd
-      for (int64_t j = 0; j < m; ++j) o[j] = g[j] * sig[j] * u[j] * p[n];
+      for (int64_t j = 0; j < m; ++j) o[j] = g[j] * sig[j] * u[j] * pn;
       store(out_f32, out_bf16, n * F + j0, o, m);
     }
   }

@@ -17,7 +17,8 @@ void swiglu_backward(float* din, const float* dout, const float* in, int64_t N, 
 //             other null).
 //   backward: dp[n] = sum_j dout[n, j] silu(gate) up (overwritten); with d = dout[n, j] p[n] the
 //             gate/up gradients of swiglu_backward, written to din_f32 or din_bf16 [N, 2F].
-// `in` is fp32, or bf16 (the GEMM's bf16 output under bf16 compute).
+// `in` is fp32, or bf16 (the GEMM's bf16 output under bf16 compute). The forward's p may be null
+// (no scaling: the dense MLP's SwiGLU cast straight to its bf16 operand).
 void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const float* in, const float* p, int64_t N, int64_t F);
 void swiglu_scaled_forward(float* out_f32, bf16_t* out_bf16, const bf16_t* in, const float* p, int64_t N, int64_t F);
 void swiglu_scaled_backward(float* dp, float* din_f32, bf16_t* din_bf16, const float* dout, const float* in,

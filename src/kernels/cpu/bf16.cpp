@@ -32,14 +32,4 @@ void to_bf16(bf16_t* dst, const float* src, int64_t n) {
   }
 }
 
-void from_bf16(float* dst, const bf16_t* src, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kGrain)
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
-}
-
-void to_bf16_2d(bf16_t* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols > kGrain)
-  for (int64_t r = 0; r < rows; ++r) to_bf16_serial(dst + r * ld_dst, src + r * ld_src, cols);
-}
-
 }  // namespace ff::cpu

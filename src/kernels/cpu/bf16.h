@@ -10,8 +10,4 @@ namespace ff::cpu {
 void to_bf16(bf16_t* dst, const float* src, int64_t n);
 // The same for one short run, without OpenMP (for use inside a caller's parallel loop).
 void to_bf16_serial(bf16_t* dst, const float* src, int64_t n);
-// dst[i] = float(src[i]).
-void from_bf16(float* dst, const bf16_t* src, int64_t n);
-// A [rows, cols] block with row strides: dst[r * ld_dst + c] = bf16(src[r * ld_src + c]).
-void to_bf16_2d(bf16_t* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows, int64_t cols);
 }  // namespace ff::cpu
