@@ -12,7 +12,7 @@
 #include "layers/compute.h"
 #include "layers/context_parallel.h"
 #include "layers/tensor_parallel.h"
-#include "models/config.h"
+#include "layers/model_config.h"
 
 namespace ff {
 

@@ -1,4 +1,4 @@
-// The layers' GEMMs in the model's compute precision (models/config.h Precision).
+// The layers' GEMMs in the model's compute precision (layers/model_config.h Precision).
 //   fp32: OpenBLAS on the fp32 master values and fp32 activations.
 //   bf16: oneDNN on bf16 operands: each weight's bf16 copy (Param::value_bf16, refreshed after
 //         every optimizer step) and the activations cast to bf16 once, where they are produced;
@@ -14,7 +14,7 @@
 
 #include "core/param.h"
 #include "kernels/cpu/matmul.h"
-#include "models/config.h"
+#include "layers/model_config.h"
 
 namespace ff {
 

@@ -10,7 +10,7 @@
 #include "core/param.h"
 #include "layers/compute.h"
 #include "layers/tensor_parallel.h"
-#include "models/config.h"
+#include "layers/model_config.h"
 
 namespace ff {
 

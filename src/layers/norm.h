@@ -3,7 +3,7 @@
 #include <string>
 
 #include "core/param.h"
-#include "models/config.h"
+#include "layers/model_config.h"
 
 namespace ff {
 

@@ -7,6 +7,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/softmax_ce.h"
 #include "layers/vocab_parallel.h"
+#include "models/config.h"
 
 namespace ff {
 
@@ -136,6 +137,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
                                 ParamInit::normal, std0);
       head_->replica = true;
     }
+    lm_head_ = std::make_unique<LmHead>(head_, compute_, tp_, V, cfg.head_chunk_rows);
   }
   tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1;
   pp_ = &grid.pp();
@@ -179,7 +181,15 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
   return forward_chunk(mb, 0, tokens, targets, B, S, nullptr);
 }
 
-void DecoderLM::backward(MicroBatch& mb, float loss_scale) { backward_chunk(mb, 0, nullptr, loss_scale); }
+void DecoderLM::backward(MicroBatch& mb, const float* dlogp, float objective_scale, float moe_scale) {
+  backward_chunk(mb, 0, nullptr, dlogp, objective_scale, moe_scale);
+}
+
+TargetLogProbs DecoderLM::target_logprobs(const MicroBatch& mb) const {
+  FF_CHECK(mb.targets != nullptr && !mb.head.logp.empty(),
+           "target_logprobs: the last forward of this micro-batch had no targets (or was on another stage)");
+  return {mb.head.logp.f32(), mb.targets, mb.positions.data(), mb.B, mb.S, cp_};
+}
 
 void DecoderLM::prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) {
   FF_CHECK(S >= 1 && S <= cfg_.seq_len, "sequence length %lld outside [1, model.seq_len = %lld]", (long long)S,
@@ -289,41 +299,10 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   }
   if (!range.last) return res;
   ProfileScope head_scope(&profile_, kProfileHead, false);
-  const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
-  mb.head_input = compute_.operand(tp_.enter(mb.final_norm.y.f32(), N, D, A), N, D, A);
-  // Training with head_chunk_rows: logits for one chunk of rows at a time (backward recomputes
-  // them); otherwise, and for inference, all N rows at once.
-  const int64_t C = targets && cfg_.head_chunk_rows > 0 ? std::min(cfg_.head_chunk_rows, N) : N;
-  mb.logits = A.alloc(Shape{C, Vl});
-  if (!targets) {
-    compute_.linear_forward(mb.logits.f32(), mb.head_input, Weight::of(*head_), N, D, Vl);
-    return res;
-  }
-  mb.losses = A.alloc(Shape{N});
-  mb.lse = A.alloc(Shape{N});
-  for (int64_t r0 = 0; r0 < N; r0 += C) {
-    const int64_t rows = std::min(C, N - r0);
-    float* logits = mb.logits.f32();
-    compute_.linear_forward(logits, operand_rows(mb.head_input, r0, rows, D), Weight::of(*head_), rows, D, Vl);
-    if (tp_.active())
-      vocab_parallel_cross_entropy_forward(mb.losses.f32() + r0, mb.lse.f32() + r0, logits, targets + r0, rows, Vl, v0,
-                                           V, *tp_.group);
-    else
-      cpu::cross_entropy_forward(mb.losses.f32() + r0, mb.lse.f32() + r0, logits, targets + r0, rows, V);
-  }
-  double sum_count[2] = {0, 0};  // loss sum and valid targets, over the CP ranks' rows
-  for (int64_t n = 0; n < N; ++n)
-    if (targets[n] >= 0) {
-      sum_count[0] += mb.losses.f32()[n];
-      sum_count[1] += 1;
-    }
-  if (cp_) cp_->all_reduce_sum(sum_count, 2);
-  const auto valid = static_cast<int64_t>(sum_count[1]);
-  mb.valid_tokens = valid;
-  res.valid_tokens = valid;
-  res.loss = valid > 0 ? sum_count[0] / static_cast<double>(valid) : 0.0;
+  const Tensor head_input = compute_.operand(tp_.enter(mb.final_norm.y.f32(), N, D, A), N, D, A);
+  lm_head_->forward(mb.head, head_input, targets, N, A);
   return res;
 }
 
@@ -331,7 +310,8 @@ const float* DecoderLM::chunk_output(const MicroBatch& mb, int64_t chunk) const 
   return mb.resid[static_cast<size_t>(chunk_range(chunk).end)].f32();
 }
 
-const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, float loss_scale) {
+const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, const float* dlogp,
+                                       float objective_scale, float moe_scale) {
   const ChunkRange range = chunk_range(chunk);
   const int64_t N = mb.B * mb.S, D = cfg_.d_model, V = cfg_.vocab_size, Nl = tp_.local_rows(N);
   Arena& A = mb.arena;  // gradients of the residual stream live after the saved activations
@@ -339,40 +319,24 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
   // Under context parallelism each CP rank's gradients are a part of the whole and the
   // data-parallel reduction divides by DP x CP, so they are scaled by CP here (the MoE losses' too).
   const float cp_scale = cp_ ? static_cast<float>(cp_->size()) : 1.0f;
-  loss_scale *= cp_scale;
+  const float loss_scale = moe_scale * cp_scale;
   float* dresid = A.alloc_f32(Nl * D);
   if (!range.last) {
     FF_CHECK(dout != nullptr, "pipeline chunk %lld needs the next stage's gradient", (long long)chunk);
     std::memcpy(dresid, dout, sizeof(float) * static_cast<size_t>(Nl * D));
   } else {
     ProfileScope scope(&profile_, kProfileHead, true);
-    FF_CHECK(mb.targets != nullptr && !mb.losses.empty(), "backward needs a forward with targets first");
-    // loss = mean over valid targets: dloss[n] = loss_scale / valid for valid rows.
-    float* dloss = A.alloc_f32(N);
-    const float g = mb.valid_tokens > 0 ? loss_scale / static_cast<float>(mb.valid_tokens) : 0.0f;
-    for (int64_t n = 0; n < N; ++n) dloss[n] = mb.targets[n] >= 0 ? g : 0.0f;
-    const int64_t Vl = head_->local_shape[0], v0 = head_->local_offset[0];
-    const int64_t C = mb.logits.shape[0];  // rows per chunk; C < N: recompute each chunk's logits
+    FF_CHECK(dlogp != nullptr, "the last pipeline stage's backward needs the objective's gradient");
+    T.reset();
+    float* scaled = T.alloc_f32(N);
+    const float g = objective_scale * cp_scale;
+    for (int64_t n = 0; n < N; ++n) scaled[n] = g * dlogp[n];
     float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
-    float* dlogits = mb.logits.f32();      // the logits, consumed in place
-    const Tensor buffer = compute_.alloc_operand(C, Vl, T);
-    for (int64_t r0 = 0; r0 < N; r0 += C) {
-      const int64_t rows = std::min(C, N - r0);
-      const Tensor x = operand_rows(mb.head_input, r0, rows, D);
-      if (C < N) compute_.linear_forward(dlogits, x, Weight::of(*head_), rows, D, Vl);
-      if (tp_.active())
-        vocab_parallel_cross_entropy_backward(dlogits, dlogits, mb.lse.f32() + r0, mb.targets + r0, dloss + r0, rows,
-                                              Vl, v0);
-      else
-        cpu::cross_entropy_backward(dlogits, dlogits, mb.lse.f32() + r0, mb.targets + r0, dloss + r0, rows, V);
-      compute_.linear_backward(dhead_in + r0 * D, Weight::of(*head_), compute_.operand(dlogits, rows, Vl, buffer), x,
-                               rows, D, Vl, false);
-    }
+    lm_head_->backward(dhead_in, scaled, mb.head, N, T);
     float* dxf = A.alloc_f32(Nl * D);
     tp_.enter_backward(dxf, dhead_in, N, D, false, T);
     std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));
     final_norm_->backward(dresid, dxf, mb.resid[layers_.size()].f32(), mb.final_norm, Nl);
-    mb.losses = Tensor{};  // the logits were consumed; a second backward needs a new forward
   }
 
   float* dxn = A.alloc_f32(Nl * D);  // gradient at each layer's normalised input
@@ -408,10 +372,10 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
 }
 
 const float* DecoderLM::logits(const MicroBatch& mb) const {
-  FF_CHECK(mb.logits.shape[0] == mb.head_input.shape[0],
+  FF_CHECK(mb.head.logits.shape[0] == mb.head.x_op.shape[0],
            "logits(): the last forward kept one chunk of logits (model.head_chunk_rows); forward without targets "
            "gives all of them");
-  return mb.logits.f32();
+  return mb.head.logits.f32();
 }
 
 std::vector<MoeLayer*> DecoderLM::moe_layers() {

@@ -1,8 +1,11 @@
-// DecoderLM: a decoder-only language model assembled from the layer pattern: token embedding ->
-// per layer (pre-norm, then attention, dense MLP or MoE, then the residual add) -> final norm ->
-// LM head -> softmax cross-entropy. Forward and backward are explicit; everything one
-// micro-batch needs for backward lives in a MicroBatch record owned by the caller, so several
-// micro-batches can be in flight. Legend: B sequences, S positions, N = B*S, D width, V vocab.
+// DecoderLM: a decoder-only language model assembled from the layer pattern. The body: token
+// embedding -> per layer (pre-norm, then attention, dense MLP or MoE, then the residual add) ->
+// final norm. The head: the vocabulary-parallel LM head (layers/lm_head.h), which gives the logits
+// and, for rows with a target, log p(target). The objective is not here: a token-level objective
+// (train/objective.h) reads the per-row log-probs (target_logprobs) and hands back their gradient
+// to backward. Forward and backward are explicit; everything one micro-batch needs for backward
+// lives in a MicroBatch record owned by the caller, so several micro-batches can be in flight.
+// Legend: B sequences, S positions, N = B*S, D width, V vocab.
 #pragma once
 #include <memory>
 #include <string>
@@ -12,6 +15,7 @@
 #include "core/profile.h"
 #include "layers/attention.h"
 #include "layers/compute.h"
+#include "layers/lm_head.h"
 #include "layers/mlp.h"
 #include "layers/moe/moe_layer.h"
 #include "layers/norm.h"
@@ -19,13 +23,23 @@
 
 namespace ff {
 
-// What forward returns for one micro-batch.
+// What forward returns for one micro-batch: the MoE layers' statistics; `loss` is the objective's
+// value, filled in by whoever evaluates the objective (train/objective.h, the pipeline executor).
 struct ForwardResult {
-  double loss = 0;           // mean cross-entropy over the valid targets
-  int64_t valid_tokens = 0;
+  double loss = 0;
+  int64_t valid_tokens = 0;          // rows with a target (over the CP ranks), set with loss
   double aux_loss = 0, z_loss = 0;  // summed over MoE layers
   std::vector<int64_t> expert_load;  // [moe layers * E] rows per expert
   int64_t routed_slots = 0, dropped_slots = 0;
+};
+
+// The head's output for a token-level objective: this rank's rows of one micro-batch.
+struct TargetLogProbs {
+  const float* logp = nullptr;         // [B*S] log p(target) per row; 0 where the target is -1
+  const int32_t* targets = nullptr;    // [B*S]; -1 = no target (a masked or padding position)
+  const int32_t* positions = nullptr;  // [B*S] each row's position in its sequence
+  int64_t B = 0, S = 0;                // S: rows of each sequence held here (S / CP under context parallelism)
+  const Communicator* cp = nullptr;    // each sequence's rows are spread over this group; null: all here
 };
 
 class DecoderLM {
@@ -49,19 +63,19 @@ class DecoderLM {
     std::vector<Mlp::Saved> mlp;
     std::vector<MoeLayer::Saved> moe;
     Norm::Saved final_norm;
-    Tensor head_input;           // [N, D] final-norm output seen by the LM head, as a GEMM operand
-    Tensor logits, losses, lse;  // [N, V / TP], [N], [N]
-    int64_t valid_tokens = 0;
+    LmHead::Saved head;
   };
 
   std::unique_ptr<MicroBatch> new_micro_batch() const;
 
-  // tokens/targets [B*S]; a target of -1 is ignored. targets may be null: logits only (inference).
-  // The whole model (one pipeline stage).
+  // tokens/targets [B*S]; a target of -1 has no log-prob (masked). targets may be null: logits
+  // only (inference). The whole model (one pipeline stage).
   ForwardResult forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
-  // Gradients of loss_scale * (loss + the MoE losses' injected gradients) accumulate into the
-  // parameter grads. loss_scale is 1 / micro-batches per step.
-  void backward(MicroBatch& mb, float loss_scale);
+  // Gradients of objective_scale * objective + moe_scale * (the MoE losses) accumulate into the
+  // parameter grads, where dlogp[rows] = d objective / d logp of target_logprobs(mb).
+  void backward(MicroBatch& mb, const float* dlogp, float objective_scale, float moe_scale);
+  // The last forward's per-row target log-probs (last pipeline stage, forward with targets).
+  TargetLogProbs target_logprobs(const MicroBatch& mb) const;
 
   // Pipeline parallelism: this rank holds model chunks 0 .. num_chunks() - 1; chunk c is virtual
   // stage c P + p and holds the pattern layers of chunk_range(c). Virtual stage 0 also embeds the
@@ -79,9 +93,11 @@ class DecoderLM {
                               int64_t B, int64_t S, const float* input);
   // The chunk's output activation [stream_rows, D] for the next virtual stage.
   const float* chunk_output(const MicroBatch& mb, int64_t chunk) const;
-  // Backward of one chunk. dout: gradient of its output (null on the last virtual stage). Returns
-  // the gradient of its input for the previous virtual stage (null on virtual stage 0).
-  const float* backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, float loss_scale);
+  // Backward of one chunk. dout: gradient of its output (null on the last virtual stage); dlogp:
+  // the objective's gradient (the last virtual stage only; scales as in backward). Returns the
+  // gradient of its input for the previous virtual stage (null on virtual stage 0).
+  const float* backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, const float* dlogp,
+                              float objective_scale, float moe_scale);
   // Rows of the residual stream this rank holds for B sequences of S (after CP and SP splits).
   int64_t stream_rows(int64_t B, int64_t S) const;
   // [N, V] logits of the last forward (valid until the next forward on mb; consumed by backward).
@@ -137,6 +153,7 @@ class DecoderLM {
   std::vector<Layer> layers_;
   std::unique_ptr<Norm> final_norm_;
   Param* head_ = nullptr;  // last pipeline stage only; == embedding_ when tied
+  std::unique_ptr<LmHead> lm_head_;
 };
 
 // Every reason this model cannot run under this parallel layout (sizes that do not divide, unsupported

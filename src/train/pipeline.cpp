@@ -27,12 +27,13 @@ PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, i
   for (int64_t m = 0; m < records; ++m) micro_batches_.push_back(model.new_micro_batch());
   activations_.resize(static_cast<size_t>(records * model.num_chunks()));
   gradients_.resize(activations_.size());
+  dlogp_.resize(static_cast<size_t>(records));
   sends_.resize(static_cast<size_t>(records));
 }
 
 PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& tokens,
                                      const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
-                                     float loss_scale) {
+                                     const TokenObjective& objective) {
   FF_CHECK(static_cast<int64_t>(tokens.size()) == M_ && targets.size() == tokens.size(),
            "pipeline step: %zu micro-batches given, %lld expected", tokens.size(), (long long)M_);
   const Communicator& pp = grid_.pp();
@@ -41,6 +42,7 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
   // Tag of a message to virtual stage vs for micro-batch m (dir 0: activation, 1: gradient).
   auto tag = [&](int64_t m, int64_t vs, int dir) { return static_cast<int>((m * VS + vs) * 2 + dir); };
   auto stage_of = [&](int64_t vs) { return static_cast<int>(vs % P); };
+  const float objective_scale = static_cast<float>(grid_.dp_size()), moe_scale = 1.0f / static_cast<float>(M_);
 
   PipelineResult result;
   std::vector<std::vector<int64_t>> load(static_cast<size_t>(V));  // per chunk, summed over micro-batches
@@ -63,7 +65,13 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
                                              targets[static_cast<size_t>(m)].data(), B, S, input);
       result.forward_s += seconds_since(t0);
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
-      if (vs == VS - 1) result.loss += r.loss / static_cast<double>(M_);
+      if (vs == VS - 1) {
+        const TargetLogProbs in = model_.target_logprobs(mb);
+        dlogp_[rec].resize(static_cast<size_t>(in.B * in.S));
+        const ObjectiveValue v = objective.evaluate(in, dlogp_[rec].data());
+        result.loss += v.loss;
+        result.tokens += v.tokens;
+      }
       result.aux_loss += r.aux_loss / static_cast<double>(M_);
       result.z_loss += r.z_loss / static_cast<double>(M_);
       result.routed_slots += r.routed_slots;
@@ -79,7 +87,8 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
         dout = grad.data();
       }
       auto t0 = std::chrono::steady_clock::now();
-      const float* din = model_.backward_chunk(mb, c, dout, loss_scale);
+      const float* din = model_.backward_chunk(mb, c, dout, vs == VS - 1 ? dlogp_[rec].data() : nullptr,
+                                               objective_scale, moe_scale);
       result.backward_s += seconds_since(t0);
       if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1), sends_[rec]);
     }
@@ -87,16 +96,17 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
   for (auto& s : sends_) Communicator::wait(s);
   for (const auto& l : load) result.expert_load.insert(result.expert_load.end(), l.begin(), l.end());
   // The loss lives on the last stage, the MoE losses on every stage: sum them over the stages.
-  double sums[3] = {result.loss, result.aux_loss, result.z_loss};
-  pp.all_reduce_sum(sums, 3);
+  double sums[4] = {result.loss, result.aux_loss, result.z_loss, static_cast<double>(result.tokens)};
+  pp.all_reduce_sum(sums, 4);
   result.loss = sums[0];
   result.aux_loss = sums[1];
   result.z_loss = sums[2];
+  result.tokens = static_cast<int64_t>(sums[3]);
   return result;
 }
 
-double PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B,
-                                  int64_t S) {
+ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets,
+                                          int64_t B, int64_t S, const TokenObjective& objective) {
   // Forward only, one micro-batch through every virtual stage in order: a chain, so each stage's
   // sends complete once the next stage has received them.
   const Communicator& pp = grid_.pp();
@@ -104,20 +114,24 @@ double PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, const std:
   const int64_t width = model_.stream_rows(B, S) * model_.config().d_model;
   auto& mb = *micro_batches_[0];
   std::vector<float> input(static_cast<size_t>(width));
-  double loss = 0;
+  double value[2] = {0, 0};  // loss, tokens
   for (int64_t c = 0; c < V; ++c) {
     const int64_t vs = c * P + p;
     if (vs > 0) pp.recv(input.data(), width, static_cast<int>((vs - 1) % P), static_cast<int>(vs));
-    ForwardResult r = model_.forward_chunk(mb, c, tokens.data(), targets.data(), B, S, vs > 0 ? input.data() : nullptr);
+    model_.forward_chunk(mb, c, tokens.data(), targets.data(), B, S, vs > 0 ? input.data() : nullptr);
     if (vs < VS - 1) {
       pp.send(model_.chunk_output(mb, c), width, static_cast<int>((vs + 1) % P), static_cast<int>(vs + 1));
       pp.wait_sends();
     } else {
-      loss = r.loss;
+      const TargetLogProbs in = model_.target_logprobs(mb);
+      dlogp_[0].resize(static_cast<size_t>(in.B * in.S));
+      const ObjectiveValue v = objective.evaluate(in, dlogp_[0].data());
+      value[0] = v.loss;
+      value[1] = static_cast<double>(v.tokens);
     }
   }
-  pp.all_reduce_sum(&loss, 1);
-  return loss;
+  pp.all_reduce_sum(value, 2);
+  return {value[0], static_cast<int64_t>(value[1])};
 }
 
 }  // namespace ff

@@ -11,11 +11,13 @@
 
 #include "models/decoder_lm.h"
 #include "parallel/grid.h"
+#include "train/objective.h"
 
 namespace ff {
 
 struct PipelineResult {
-  double loss = 0;                  // mean over the micro-batches (every rank receives it)
+  double loss = 0;                  // the objective's contributions summed over the micro-batches (every rank receives it)
+  int64_t tokens = 0;               // rows with a target, over the micro-batches
   double aux_loss = 0, z_loss = 0;  // means over the micro-batches, summed over layers and stages
   int64_t routed_slots = 0, dropped_slots = 0;
   std::vector<int64_t> expert_load;  // rows per expert of this stage's MoE layers, in layer order
@@ -30,11 +32,16 @@ class PipelineExecutor {
  public:
   PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, int64_t micro_batches);
   // One step's forward and backward over the micro-batches tokens[m] / targets[m] ([B*S] each;
-  // every stage gets them). Gradients of loss_scale * loss accumulate into the parameters.
+  // every stage gets them). The last stage evaluates the objective on each micro-batch after its
+  // forward. The gradients of the objective (the step's loss, whole: its contributions are summed,
+  // so it normalises itself, e.g. by the step's tokens) and of the MoE losses (the mean over the
+  // micro-batches) accumulate into the parameters, scaled for the data-parallel reduction, which
+  // averages over the replicas: this replica's share of the objective counts DP times.
   PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
-                     int64_t B, int64_t S, float loss_scale);
-  // The loss of one micro-batch, forward only (validation); every rank receives it.
-  double evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B, int64_t S);
+                     int64_t B, int64_t S, const TokenObjective& objective);
+  // The objective on one micro-batch, forward only (validation, eval); every rank receives it.
+  ObjectiveValue evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B,
+                          int64_t S, const TokenObjective& objective);
 
  private:
   DecoderLM& model_;
@@ -42,6 +49,7 @@ class PipelineExecutor {
   int64_t M_;
   std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;  // micro-batch m uses m % size
   std::vector<std::vector<float>> activations_, gradients_;  // received, per (record, chunk)
+  std::vector<std::vector<float>> dlogp_;                     // the objective's gradient, per record
   std::vector<std::vector<MPI_Request>> sends_;               // per record, not yet completed
 };
 

@@ -14,6 +14,7 @@
 #include "parallel/data_parallel.h"
 #include "train/data.h"
 #include "train/flops.h"
+#include "train/objective.h"
 #include "train/run_checkpoint.h"
 #include "train/stop_signal.h"
 
@@ -47,7 +48,9 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   const double comm0 = grid_.communication_seconds();
   auto t_step = Clock::now();
   model_.params().zero_grads();
-  PipelineResult r = pipeline_.run(tokens, targets, B, S, 1.0f / static_cast<float>(M));
+  // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
+  const int64_t step_tokens = step_target_count(targets, grid_.dp());
+  PipelineResult r = pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)));
   m.forward_s = r.forward_s;
   m.backward_s = r.backward_s;
   auto t0 = Clock::now();
@@ -62,10 +65,10 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   model_.end_of_step();
   model_.mark_values_changed();
   m.optimizer_s = seconds_since(t0);
-  // The job's mean losses over the data-parallel replicas.
+  // The replicas' contributions to the loss add up to it; the MoE losses are means over the replicas.
   double sums[3] = {r.loss, r.aux_loss, r.z_loss};
   grid_.dp().all_reduce_sum(sums, 3);
-  m.loss = sums[0] / static_cast<double>(DP);
+  m.loss = sums[0];
   m.aux_loss = sums[1] / static_cast<double>(DP);
   m.z_loss = sums[2] / static_cast<double>(DP);
   m.step_s = seconds_since(t_step);
@@ -90,12 +93,15 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
 double Trainer::validation_loss(const BlendedDataset& split, int64_t batches) {
   const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
   std::vector<int32_t> tokens, targets;
-  double sum = 0;
+  const TokenMeanCrossEntropy token_sum(1.0);  // each batch's summed negative log-likelihood
+  double nll = 0, count = 0;
   for (int64_t b = 0; b < batches; ++b) {
     fill_batch(tokens, targets, split, b * B, B, S);  // the same samples at every evaluation, on every replica
-    sum += pipeline_.evaluate(tokens, targets, B, S);
+    const ObjectiveValue v = pipeline_.evaluate(tokens, targets, B, S, token_sum);
+    nll += v.loss;
+    count += static_cast<double>(v.tokens);
   }
-  return sum / static_cast<double>(batches);
+  return count > 0 ? nll / count : 0.0;
 }
 
 TrainResult Trainer::run(bool quiet) {

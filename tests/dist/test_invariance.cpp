@@ -22,17 +22,17 @@
 // tolerance of its tensor), summed over the steps taken (AdamAllowance below).
 #include <gtest/gtest.h>
 
-#include <map>
-
 #include <cmath>
 #include <functional>
+#include <map>
 
 #include "models/decoder_lm.h"
-#include "tiny_model.h"
 #include "optim/distributed_optimizer.h"
-#include "train/pipeline.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
+#include "tiny_model.h"
+#include "train/objective.h"
+#include "train/pipeline.h"
 
 namespace ff {
 namespace {
@@ -162,14 +162,14 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
     std::vector<ForwardResult> ref_results;
     for (int64_t d = 0; d < DP; ++d) {
       Batch b = micro_batch(step, d, B, cfg);
-      ref_results.push_back(ref.forward(*ref_mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len));
-      ref.backward(*ref_mb, 1.0f / static_cast<float>(DP));
+      ref_results.push_back(forward_mean_ce(ref, *ref_mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len));
+      backward_mean_ce(ref, *ref_mb, 1.0f / static_cast<float>(DP));
     }
     // Parallel: this rank's replica.
     model.params().zero_grads();
     Batch b = micro_batch(step, my_replica, B, cfg);
-    ForwardResult r = model.forward(*mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len);
-    model.backward(*mb, 1.0f);
+    ForwardResult r = forward_mean_ce(model, *mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len);
+    backward_mean_ce(model, *mb, 1.0f);
     if (!distributed) reduce_gradients(model.params(), grid);
 
     const ForwardResult& want = ref_results[static_cast<size_t>(my_replica)];
@@ -400,6 +400,69 @@ TEST(Invariance, ContextParallel) {
   }
 }
 
+// The loss is a global token mean: M micro-batches per replica whose sequences keep different
+// numbers of valid targets (the rest masked), under data, context, tensor and pipeline
+// parallelism, give the loss and gradients of one process running all DP x M micro-batches as a
+// single batch with the mean over its valid targets.
+void expect_token_mean_invariant(const ParallelConfig& pc) {
+  const ModelConfig cfg = tiny_dense();
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, pc);
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  DecoderLM model(cfg, grid, 13), ref(cfg, one, 13);
+  const int64_t B = 2, M = 2, S = cfg.seq_len, DP = grid.dp_size(), replica = grid.dp().rank();
+  auto masked = [&](int64_t index) {  // micro-batch `index` of the step; sequence b keeps (3 index + b) % S + 1
+    Batch b = micro_batch(0, index, B, cfg);
+    for (int64_t s = 0; s < B; ++s)
+      for (int64_t i = (3 * index + s) % S + 1; i < S; ++i) b.targets[static_cast<size_t>(s * S + i)] = -1;
+    return b;
+  };
+  Batch all;
+  for (int64_t k = 0; k < DP * M; ++k) {
+    Batch b = masked(k);
+    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
+    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
+  }
+  auto ref_mb = ref.new_micro_batch();
+  ref.params().zero_grads();
+  const double want = forward_mean_ce(ref, *ref_mb, all.tokens.data(), all.targets.data(), DP * M * B, S).loss;
+  backward_mean_ce(ref, *ref_mb, 1.0f);
+
+  std::vector<std::vector<int32_t>> tokens, targets;
+  for (int64_t m = 0; m < M; ++m) {
+    Batch b = masked(replica * M + m);
+    tokens.push_back(b.tokens);
+    targets.push_back(b.targets);
+  }
+  PipelineExecutor pipe(model, grid, M);
+  model.params().zero_grads();
+  const TokenMeanCrossEntropy objective(static_cast<double>(step_target_count(targets, grid.dp())));
+  PipelineResult r = pipe.run(tokens, targets, B, S, objective);
+  model.synchronize_tied_embeddings();
+  reduce_gradients(model.params(), grid);
+  double loss = r.loss;
+  grid.dp().all_reduce_sum(&loss, 1);
+  EXPECT_NEAR(loss, want, 1e-5 * want);
+  for (const Param& p : model.params().params()) {
+    Param* q = ref.params().find(p.name);
+    ASSERT_NE(q, nullptr) << p.name;
+    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
+  }
+}
+
+TEST(Invariance, GlobalTokenMeanWithUnequalMasks) {
+  expect_token_mean_invariant(ParallelConfig{});  // data parallel over all ranks
+  ParallelConfig pc;
+  pc.cp = 2;
+  expect_token_mean_invariant(pc);
+  pc = tensor_layout(2, true);
+  expect_token_mean_invariant(pc);
+  pc = ParallelConfig{};
+  pc.pp = 2;
+  expect_token_mean_invariant(pc);
+}
+
 // Pipeline parallelism: the same as expect_invariant with M micro-batches per DP replica, run by
 // the pipeline executor over the stages; the reference accumulates all DP x M micro-batches.
 void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc, int64_t M) {
@@ -420,16 +483,14 @@ void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
   auto ref_mb = ref.new_micro_batch();
   for (int64_t step = 0; step < 3; ++step) {
     ref.params().zero_grads();
-    double ref_loss = 0, ref_aux = 0;
+    double ref_loss = 0, ref_aux = 0;  // the step's loss (every micro-batch has B S targets); the replica's aux
     for (int64_t d = 0; d < DP; ++d)
       for (int64_t m = 0; m < M; ++m) {
         Batch b = micro_batch(step, d * M + m, B, cfg);
-        ForwardResult r = ref.forward(*ref_mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len);
-        if (d == replica) {
-          ref_loss += r.loss / static_cast<double>(M);
-          ref_aux += r.aux_loss / static_cast<double>(M);
-        }
-        ref.backward(*ref_mb, 1.0f / static_cast<float>(DP * M));
+        ForwardResult r = forward_mean_ce(ref, *ref_mb, b.tokens.data(), b.targets.data(), B, cfg.seq_len);
+        ref_loss += r.loss / static_cast<double>(DP * M);
+        if (d == replica) ref_aux += r.aux_loss / static_cast<double>(M);
+        backward_mean_ce(ref, *ref_mb, 1.0f / static_cast<float>(DP * M));
       }
     model.params().zero_grads();
     std::vector<std::vector<int32_t>> tokens, targets;
@@ -438,10 +499,13 @@ void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
       tokens.push_back(b.tokens);
       targets.push_back(b.targets);
     }
-    PipelineResult r = pipe.run(tokens, targets, B, cfg.seq_len, 1.0f / static_cast<float>(M));
+    const TokenMeanCrossEntropy objective(static_cast<double>(step_target_count(targets, grid.dp())));
+    PipelineResult r = pipe.run(tokens, targets, B, cfg.seq_len, objective);
     model.synchronize_tied_embeddings();
     reduce_gradients(model.params(), grid);
-    EXPECT_NEAR(r.loss, ref_loss, 1e-5 * ref_loss) << "step " << step;
+    double loss = r.loss;  // the replicas' contributions add up to the step's loss
+    grid.dp().all_reduce_sum(&loss, 1);
+    EXPECT_NEAR(loss, ref_loss, 1e-5 * ref_loss) << "step " << step;
     EXPECT_NEAR(r.aux_loss, ref_aux, 1e-5 * ref_aux + 1e-9) << "step " << step;
     for (const Param& p : model.params().params()) {
       Param* q = ref.params().find(p.name);

@@ -14,6 +14,7 @@
 #include "optim/distributed_optimizer.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
+#include "train/objective.h"
 #include "train/pipeline.h"
 
 namespace ff {
@@ -56,7 +57,8 @@ std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid
       targets.push_back(micro_batch(step, replica * M + m, true, c));
     }
     model.params().zero_grads();
-    PipelineResult r = pipe.run(tokens, targets, kB, c.seq_len, 1.0f / static_cast<float>(M));
+    const TokenMeanCrossEntropy objective(static_cast<double>(step_target_count(targets, grid.dp())));
+    PipelineResult r = pipe.run(tokens, targets, kB, c.seq_len, objective);
     model.synchronize_tied_embeddings();
     if (dist) {
       dist->step(optim_config().lr);
@@ -65,7 +67,7 @@ std::vector<double> train_steps(DecoderLM& model, AdamW& opt, const ParallelGrid
       opt.step(optim_config().lr, grid.mp(), grid.expert_mp());
     }
     model.end_of_step();
-    double loss = r.loss / static_cast<double>(DP);  // mean over the replicas
+    double loss = r.loss;  // the replicas' contributions add up to the step's loss
     grid.dp().all_reduce_sum(&loss, 1);
     losses.push_back(loss);
   }

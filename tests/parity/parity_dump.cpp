@@ -8,6 +8,7 @@
 
 #include "io/safetensors.h"
 #include "models/decoder_lm.h"
+#include "train/objective.h"
 #include "train/config.h"
 
 int main(int argc, char** argv) {
@@ -39,8 +40,8 @@ int main(int argc, char** argv) {
 
     auto mb = model.new_micro_batch();
     model.params().zero_grads();
-    ForwardResult r = model.forward(*mb, tokens.data(), targets.data(), B, S);
-    model.backward(*mb, 1.0f);
+    ForwardResult r = forward_mean_ce(model, *mb, tokens.data(), targets.data(), B, S);
+    backward_mean_ce(model, *mb, 1.0f);
     std::vector<float> losses = {static_cast<float>(r.loss), static_cast<float>(r.aux_loss + r.z_loss)};
     out.push_back({"loss", {2}, losses.data()});
     for (const Param& p : model.params().params()) out.push_back({"grad/" + p.name, p.global_shape.vec(), p.grad});

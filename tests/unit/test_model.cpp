@@ -8,6 +8,7 @@
 #include "layers/mlp.h"
 #include "layers/moe/moe_layer.h"
 #include "models/decoder_lm.h"
+#include "train/objective.h"
 #include "test_util.h"
 
 namespace ff {
@@ -49,7 +50,7 @@ Batch random_batch(int64_t B, int64_t S, int64_t V, uint64_t seed) {
 
 // Loss including the MoE auxiliary losses (whose gradients the router injects).
 double total_loss(DecoderLM& m, DecoderLM::MicroBatch& mb, const Batch& b, int64_t B, int64_t S) {
-  ForwardResult r = m.forward(mb, b.tokens.data(), b.targets.data(), B, S);
+  ForwardResult r = forward_mean_ce(m, mb, b.tokens.data(), b.targets.data(), B, S);
   return r.loss + r.aux_loss + r.z_loss;
 }
 
@@ -75,7 +76,7 @@ void check_model_gradients(const ModelConfig& cfg) {
   auto mb = model.new_micro_batch();
   model.params().zero_grads();
   total_loss(model, *mb, batch, B, S);
-  model.backward(*mb, 1.0f);
+  backward_mean_ce(model, *mb, 1.0f);
   // Directional derivative per parameter tensor: (L(p + h u) - L(p - h u)) / 2h vs <g, u>.
   int checked = 0;
   for (Param& p : model.params().params()) {
@@ -145,8 +146,8 @@ TEST(Model, ChunkedHeadEqualsTheWholeHead) {
   parts.params().zero_grads();
   const double lw = total_loss(whole, *mw, batch, B, S), lp = total_loss(parts, *mp, batch, B, S);
   EXPECT_NEAR(lp, lw, 1e-6 * std::fabs(lw));
-  whole.backward(*mw, 1.0f);
-  parts.backward(*mp, 1.0f);
+  backward_mean_ce(whole, *mw, 1.0f);
+  backward_mean_ce(parts, *mp, 1.0f);
   for (size_t i = 0; i < whole.params().params().size(); ++i) {
     const Param &a = parts.params().params()[i], &b = whole.params().params()[i];
     EXPECT_TRUE(test::all_close(a.grad, b.grad, static_cast<size_t>(a.numel()), 1e-6, 1e-5)) << a.name;
@@ -166,13 +167,13 @@ TEST(Model, GradientAccumulationEqualsOneLargeBatch) {
   for (auto& t : full.targets) t = t < 0 ? 0 : t;  // equal valid counts per half
   auto mb = model.new_micro_batch();
   model.params().zero_grads();
-  model.forward(*mb, full.tokens.data(), full.targets.data(), 4, S);
-  model.backward(*mb, 1.0f);
+  forward_mean_ce(model, *mb, full.tokens.data(), full.targets.data(), 4, S);
+  backward_mean_ce(model, *mb, 1.0f);
   std::vector<float> g_full(model.params().grads(), model.params().grads() + model.params().numel());
   model.params().zero_grads();
   for (int half = 0; half < 2; ++half) {
-    model.forward(*mb, full.tokens.data() + half * 2 * S, full.targets.data() + half * 2 * S, 2, S);
-    model.backward(*mb, 0.5f);
+    forward_mean_ce(model, *mb, full.tokens.data() + half * 2 * S, full.targets.data() + half * 2 * S, 2, S);
+    backward_mean_ce(model, *mb, 0.5f);
   }
   std::vector<float> g_acc(model.params().grads(), model.params().grads() + model.params().numel());
   EXPECT_TRUE(test::all_close(g_acc, g_full, 1e-6, 1e-4));
@@ -188,8 +189,8 @@ TEST(Model, SameSeedGivesBitIdenticalLossAndGradients) {
   for (int run = 0; run < 2; ++run) {
     DecoderLM model(c, grid, 123);
     auto mb = model.new_micro_batch();
-    loss[run] = model.forward(*mb, b.tokens.data(), b.targets.data(), 2, c.seq_len).loss;
-    model.backward(*mb, 1.0f);
+    loss[run] = forward_mean_ce(model, *mb, b.tokens.data(), b.targets.data(), 2, c.seq_len).loss;
+    backward_mean_ce(model, *mb, 1.0f);
     grads[run].assign(model.params().grads(), model.params().grads() + model.params().numel());
   }
   EXPECT_EQ(loss[0], loss[1]);

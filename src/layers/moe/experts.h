@@ -13,7 +13,7 @@
 
 #include "core/param.h"
 #include "layers/compute.h"
-#include "models/config.h"
+#include "layers/model_config.h"
 
 namespace ff {
 

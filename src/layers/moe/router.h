@@ -8,7 +8,7 @@
 
 #include "core/param.h"
 #include "kernels/cpu/router.h"
-#include "models/config.h"
+#include "layers/model_config.h"
 #include "parallel/grid.h"
 
 namespace ff {

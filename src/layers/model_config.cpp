@@ -1,0 +1,127 @@
+#include "layers/model_config.h"
+
+#include "core/check.h"
+
+namespace ff {
+
+namespace {
+constexpr EnumName<Activation> kActivations[] = {
+    {Activation::swiglu, "swiglu"}, {Activation::squared_relu, "squared_relu"}, {Activation::gelu, "gelu"}};
+constexpr EnumName<NormKind> kNorms[] = {{NormKind::rmsnorm, "rmsnorm"}, {NormKind::layernorm1p, "layernorm1p"}};
+constexpr EnumName<PositionEmbedding> kPositions[] = {{PositionEmbedding::rope, "rope"},
+                                                      {PositionEmbedding::none, "none"}};
+constexpr EnumName<Precision> kPrecisions[] = {{Precision::fp32, "fp32"}, {Precision::bf16, "bf16"}};
+constexpr EnumName<cpu::RouterScore> kScores[] = {{cpu::RouterScore::softmax, "softmax"},
+                                                  {cpu::RouterScore::sigmoid, "sigmoid"}};
+constexpr EnumName<cpu::DropPolicy> kPolicies[] = {{cpu::DropPolicy::probs, "probs"},
+                                                   {cpu::DropPolicy::position, "position"}};
+}  // namespace
+
+std::span<const EnumName<Activation>> enum_names(Activation) { return kActivations; }
+std::span<const EnumName<NormKind>> enum_names(NormKind) { return kNorms; }
+std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding) { return kPositions; }
+std::span<const EnumName<Precision>> enum_names(Precision) { return kPrecisions; }
+}  // namespace ff
+namespace ff::cpu {
+std::span<const EnumName<RouterScore>> enum_names(RouterScore) { return kScores; }
+std::span<const EnumName<DropPolicy>> enum_names(DropPolicy) { return kPolicies; }
+}  // namespace ff::cpu
+
+namespace ff {
+
+std::string ModelConfig::pattern() const {
+  if (!layer_pattern.empty()) return layer_pattern;
+  std::string p;
+  for (int64_t i = 0; i < num_layers; ++i) p += num_experts > 0 ? "*E" : "*-";
+  return p;
+}
+
+std::vector<LayerKind> ModelConfig::layers() const {
+  std::vector<LayerKind> out;
+  for (char c : pattern()) {
+    switch (c) {
+      case '*': out.push_back(LayerKind::attention); break;
+      case '-': out.push_back(LayerKind::mlp); break;
+      case 'E': out.push_back(LayerKind::moe); break;
+      case 'M': out.push_back(LayerKind::mamba); break;
+      default: FF_FAIL("layer_pattern: unknown layer character '%c'", c);
+    }
+  }
+  return out;
+}
+
+cpu::RouterOptions ModelConfig::router_options() const {
+  cpu::RouterOptions o;
+  o.num_experts = num_experts;
+  o.top_k = moe_top_k;
+  o.score = moe_router_score;
+  o.pre_softmax = moe_router_pre_softmax;
+  o.norm_topk_prob = moe_router_norm_topk_prob;
+  o.topk_scaling_factor = static_cast<float>(moe_router_topk_scaling);
+  return o;
+}
+
+std::vector<std::string> ModelConfig::validate() const {
+  std::vector<std::string> e;
+  auto positive = [&](int64_t v, const char* name) {
+    if (v <= 0) e.push_back(strprintf("model.%s = %lld: must be a positive integer", name, (long long)v));
+  };
+  positive(vocab_size, "vocab_size");
+  positive(d_model, "d_model");
+  positive(num_heads, "num_heads");
+  positive(num_kv_heads, "num_kv_heads");
+  positive(seq_len, "seq_len");
+  if (head_chunk_rows < 0)
+    e.push_back(strprintf("model.head_chunk_rows = %lld: must be >= 0 (0 = all rows at once)", (long long)head_chunk_rows));
+  if (head_dim < 0) e.push_back(strprintf("model.head_dim = %lld: must be >= 0 (0 = d_model / num_heads)", (long long)head_dim));
+  if (layer_pattern.empty() && num_layers <= 0)
+    e.push_back(strprintf("model.num_layers = %lld: must be positive (or give layer_pattern)", (long long)num_layers));
+  bool has_mlp = false, has_moe = false;
+  for (char c : pattern()) {
+    if (c == '-') has_mlp = true;
+    else if (c == 'E') has_moe = true;
+    else if (c == 'M') e.push_back("model.layer_pattern: 'M' (Mamba) layers are reserved and not implemented yet; use '*', '-' or 'E'");
+    else if (c != '*') e.push_back(strprintf("model.layer_pattern: unknown character '%c'; use '*' attention, '-' MLP, 'E' MoE", c));
+  }
+  if (num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads != 0)
+    e.push_back(strprintf("model.num_kv_heads = %lld: must divide num_heads = %lld", (long long)num_kv_heads, (long long)num_heads));
+  if (head_dim == 0 && num_heads > 0 && d_model % num_heads != 0)
+    e.push_back(strprintf("model.head_dim = 0 derives d_model / num_heads, but d_model = %lld is not divisible by num_heads = %lld; set head_dim",
+                          (long long)d_model, (long long)num_heads));
+  if (!(rotary_percent > 0.0 && rotary_percent <= 1.0))
+    e.push_back(strprintf("model.rotary_percent = %g: must be in (0, 1]", rotary_percent));
+  else if (position_embedding == PositionEmbedding::rope && kv_channels() > 0) {
+    int64_t rot = static_cast<int64_t>(rotary_percent * kv_channels());
+    if (rot % 2 != 0 || rot == 0)
+      e.push_back(strprintf("model.rotary_percent = %g: rotates %lld of %lld head dims; that must be a positive even number",
+                            rotary_percent, (long long)rot, (long long)kv_channels()));
+  }
+  if (!(norm_eps > 0)) e.push_back(strprintf("model.norm_eps = %g: must be > 0", norm_eps));
+  if (!(init_std > 0)) e.push_back(strprintf("model.init_std = %g: must be > 0", init_std));
+  if (!(rope_base > 0)) e.push_back(strprintf("model.rope_base = %g: must be > 0", rope_base));
+  if (has_mlp) positive(ffn_hidden, "ffn_hidden");
+  if (has_moe) {
+    positive(num_experts, "num_experts");
+    positive(moe_ffn_hidden, "moe_ffn_hidden");
+    if (moe_top_k < 1 || (num_experts > 0 && moe_top_k > num_experts))
+      e.push_back(strprintf("model.moe_top_k = %lld: must be in [1, num_experts = %lld]", (long long)moe_top_k, (long long)num_experts));
+    if (moe_shared_expert_hidden < 0)
+      e.push_back(strprintf("model.moe_shared_expert_hidden = %lld: must be >= 0 (0 = none)", (long long)moe_shared_expert_hidden));
+    if (moe_shared_expert_gate && moe_shared_expert_hidden == 0)
+      e.push_back("model.moe_shared_expert_gate = true needs moe_shared_expert_hidden > 0");
+    if (moe_capacity_factor < 0)
+      e.push_back(strprintf("model.moe_capacity_factor = %g: must be >= 0 (0 = dropless)", moe_capacity_factor));
+    if (moe_pad_to_capacity && moe_capacity_factor == 0)
+      e.push_back("model.moe_pad_to_capacity = true needs moe_capacity_factor > 0");
+    if (moe_expert_bias && moe_router_score != cpu::RouterScore::sigmoid)
+      e.push_back("model.moe_expert_bias = true needs moe_router_score = sigmoid (aux-loss-free balancing)");
+    if (moe_router_pre_softmax && moe_router_score != cpu::RouterScore::softmax)
+      e.push_back("model.moe_router_pre_softmax = true only applies to moe_router_score = softmax");
+    if (moe_aux_loss_coeff < 0) e.push_back(strprintf("model.moe_aux_loss_coeff = %g: must be >= 0", moe_aux_loss_coeff));
+    if (moe_z_loss_coeff < 0) e.push_back(strprintf("model.moe_z_loss_coeff = %g: must be >= 0", moe_z_loss_coeff));
+    if (!(moe_router_topk_scaling > 0)) e.push_back(strprintf("model.moe_router_topk_scaling = %g: must be > 0", moe_router_topk_scaling));
+  }
+  return e;
+}
+
+}  // namespace ff

@@ -1,0 +1,129 @@
+// ModelConfig: the architecture of a decoder LM, dense or MoE, one field list. It lives below the
+// layers (which read their sizes from it); counting and presets are in models/config.h.
+// Legend used in the help texts: D model width, V vocab, H heads, F MLP hidden, E experts, K top-k.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/fields.h"
+#include "kernels/cpu/permute.h"
+#include "kernels/cpu/router.h"
+
+namespace ff {
+
+enum class Activation : uint8_t { swiglu, squared_relu, gelu };
+enum class NormKind : uint8_t { rmsnorm, layernorm1p };
+enum class PositionEmbedding : uint8_t { rope, none };
+// The GEMMs' operand precision. bf16: bf16 weight copies and GEMM inputs, fp32 accumulation and
+// results; master weights, gradients, optimizer, norms' statistics, softmaxes, router and losses
+// stay fp32 (DESIGN decision 6).
+enum class Precision : uint8_t { fp32, bf16 };
+
+std::span<const EnumName<Activation>> enum_names(Activation);
+std::span<const EnumName<NormKind>> enum_names(NormKind);
+std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding);
+std::span<const EnumName<Precision>> enum_names(Precision);
+}  // namespace ff
+namespace ff::cpu {
+std::span<const EnumName<RouterScore>> enum_names(RouterScore);
+std::span<const EnumName<DropPolicy>> enum_names(DropPolicy);
+}  // namespace ff::cpu
+
+namespace ff {
+
+// One character per layer: '*' attention, '-' dense MLP, 'E' MoE, 'M' Mamba (reserved).
+enum class LayerKind : uint8_t { attention, mlp, moe, mamba };
+
+struct ModelConfig {
+  int64_t vocab_size = 8192;
+  int64_t d_model = 512;
+  int64_t num_layers = 8;       // transformer blocks, used when layer_pattern is empty
+  std::string layer_pattern;    // explicit per-layer pattern; empty = ("*" + "E" or "-") x num_layers
+  int64_t num_heads = 8;
+  int64_t num_kv_heads = 4;
+  int64_t head_dim = 0;         // 0 = d_model / num_heads
+  int64_t seq_len = 512;
+  int64_t ffn_hidden = 1408;    // dense MLP hidden width
+  Activation activation = Activation::swiglu;
+  NormKind norm = NormKind::rmsnorm;
+  double norm_eps = 1e-5;
+  PositionEmbedding position_embedding = PositionEmbedding::rope;
+  double rope_base = 10000.0;
+  double rotary_percent = 1.0;
+  bool tie_embeddings = false;
+  double init_std = 0.02;
+  // MoE
+  int64_t num_experts = 8;
+  int64_t moe_top_k = 2;
+  int64_t moe_ffn_hidden = 1408;
+  int64_t moe_shared_expert_hidden = 0;  // 0 = no shared expert
+  bool moe_shared_expert_gate = false;
+  cpu::RouterScore moe_router_score = cpu::RouterScore::softmax;
+  bool moe_router_pre_softmax = false;
+  bool moe_router_norm_topk_prob = false;
+  double moe_router_topk_scaling = 1.0;
+  double moe_aux_loss_coeff = 0.01;
+  double moe_z_loss_coeff = 0.0;
+  bool moe_expert_bias = false;
+  double moe_expert_bias_update_rate = 1e-3;
+  double moe_capacity_factor = 0.0;  // 0 = dropless
+  cpu::DropPolicy moe_drop_policy = cpu::DropPolicy::probs;
+  bool moe_pad_to_capacity = false;
+  Precision precision = Precision::fp32;
+  int64_t head_chunk_rows = 0;  // LM head + cross-entropy over row chunks; 0 = all rows at once
+
+  template <class V>
+  void visit_fields(V& v) {
+    v(vocab_size, "vocab_size", "vocabulary size V");
+    v(d_model, "d_model", "model width D");
+    v(num_layers, "num_layers", "transformer blocks (attention + MLP/MoE) when layer_pattern is empty");
+    v(layer_pattern, "layer_pattern", "one char per layer: '*' attention, '-' MLP, 'E' MoE; empty = derived from num_layers");
+    v(num_heads, "num_heads", "query heads");
+    v(num_kv_heads, "num_kv_heads", "key/value heads (GQA groups); must divide num_heads");
+    v(head_dim, "head_dim", "per-head width (kv_channels); 0 = d_model / num_heads");
+    v(seq_len, "seq_len", "sequence length (positions) of a training sample");
+    v(ffn_hidden, "ffn_hidden", "dense MLP hidden width F");
+    v(activation, "activation", "MLP and expert activation");
+    v(norm, "norm", "normalisation: rmsnorm, or layernorm1p (zero-centred gain, Nemotron-4)");
+    v(norm_eps, "norm_eps", "epsilon inside the norms");
+    v(position_embedding, "position_embedding", "rope or none (NoPE)");
+    v(rope_base, "rope_base", "RoPE base frequency");
+    v(rotary_percent, "rotary_percent", "fraction of each head's dims that RoPE rotates (0, 1]");
+    v(tie_embeddings, "tie_embeddings", "share the input embedding with the LM head");
+    v(init_std, "init_std", "std of the normal init; output projections use init_std / sqrt(2 * layers)");
+    v(num_experts, "num_experts", "experts per MoE layer E (used by 'E' layers)");
+    v(moe_top_k, "moe_top_k", "experts per token K, 1 <= K <= E");
+    v(moe_ffn_hidden, "moe_ffn_hidden", "hidden width of each expert (fine-grained experts: small)");
+    v(moe_shared_expert_hidden, "moe_shared_expert_hidden", "hidden width of the shared expert MLP; 0 = none");
+    v(moe_shared_expert_gate, "moe_shared_expert_gate", "scale the shared expert output by sigmoid(x . w_gate) (Qwen2-MoE)");
+    v(moe_router_score, "moe_router_score", "router score function");
+    v(moe_router_pre_softmax, "moe_router_pre_softmax", "softmax over all experts before top-k (else top-k then softmax)");
+    v(moe_router_norm_topk_prob, "moe_router_norm_topk_prob", "renormalise the K selected probs to sum 1 (pre-softmax / sigmoid)");
+    v(moe_router_topk_scaling, "moe_router_topk_scaling", "multiply the gating probs by this factor");
+    v(moe_aux_loss_coeff, "moe_aux_loss_coeff", "load-balancing aux loss coefficient (0 = off)");
+    v(moe_z_loss_coeff, "moe_z_loss_coeff", "router z-loss coefficient (0 = off)");
+    v(moe_expert_bias, "moe_expert_bias", "aux-loss-free balancing bias on the selection (sigmoid scores)");
+    v(moe_expert_bias_update_rate, "moe_expert_bias_update_rate", "expert bias step per optimizer step");
+    v(moe_capacity_factor, "moe_capacity_factor", "expert capacity factor; 0 = dropless");
+    v(moe_drop_policy, "moe_drop_policy", "which routed tokens an over-full expert keeps");
+    v(moe_pad_to_capacity, "moe_pad_to_capacity", "pad every expert to exactly its capacity (static shapes)");
+    v(precision, "precision", "GEMM precision: fp32, or bf16 (bf16 operands, fp32 accumulation; fp32 master weights, "
+                              "optimizer, norms, softmaxes, router and losses)");
+    v(head_chunk_rows, "head_chunk_rows", "training: the LM head and cross-entropy run over chunks of this many rows, so "
+                                          "logits exist for one chunk at a time (backward recomputes each chunk's logits: "
+                                          "one more head GEMM); for large vocabularies. 0 = all rows at once");
+  }
+
+  // Derived values (pure functions of the fields; nothing is rewritten).
+  int64_t kv_channels() const { return head_dim > 0 ? head_dim : (num_heads > 0 ? d_model / num_heads : 0); }
+  std::string pattern() const;
+  std::vector<LayerKind> layers() const;  // parsed pattern; call after validate()
+  cpu::RouterOptions router_options() const;
+
+  // Every problem, each naming its field and saying what would be valid. Empty = valid.
+  std::vector<std::string> validate() const;
+};
+
+}  // namespace ff

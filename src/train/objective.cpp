@@ -1,0 +1,66 @@
+#include "train/objective.h"
+
+namespace ff {
+
+ObjectiveValue TokenMeanCrossEntropy::evaluate(const TargetLogProbs& in, float* dlogp) const {
+  const int64_t rows = in.B * in.S;
+  const float g = total_ > 0 ? static_cast<float>(-1.0 / total_) : 0.0f;
+  double sum_count[2] = {0, 0};  // sum of logp and valid rows, over the CP ranks' rows
+  for (int64_t n = 0; n < rows; ++n) {
+    const bool valid = in.targets[n] >= 0;
+    dlogp[n] = valid ? g : 0.0f;
+    if (valid) {
+      sum_count[0] += in.logp[n];
+      sum_count[1] += 1;
+    }
+  }
+  if (in.cp) in.cp->all_reduce_sum(sum_count, 2);
+  ObjectiveValue v;
+  v.tokens = static_cast<int64_t>(sum_count[1]);
+  v.loss = total_ > 0 ? -sum_count[0] / total_ : 0.0;
+  return v;
+}
+
+int64_t count_targets(const std::vector<int32_t>& targets) {
+  int64_t n = 0;
+  for (int32_t t : targets) n += t >= 0;
+  return n;
+}
+
+int64_t step_target_count(const std::vector<std::vector<int32_t>>& targets, const Communicator& dp) {
+  int64_t n = 0;
+  for (const auto& t : targets) n += count_targets(t);
+  dp.all_reduce_sum(&n, 1);
+  return n;
+}
+
+namespace {
+// The micro-batch's valid targets (over the CP ranks).
+int64_t micro_batch_targets(const TargetLogProbs& in) {
+  int64_t n = 0;
+  for (int64_t r = 0; r < in.B * in.S; ++r) n += in.targets[r] >= 0;
+  if (in.cp) in.cp->all_reduce_sum(&n, 1);
+  return n;
+}
+}  // namespace
+
+ForwardResult forward_mean_ce(DecoderLM& model, DecoderLM::MicroBatch& mb, const int32_t* tokens,
+                              const int32_t* targets, int64_t B, int64_t S) {
+  ForwardResult r = model.forward(mb, tokens, targets, B, S);
+  if (!targets) return r;
+  const TargetLogProbs in = model.target_logprobs(mb);
+  std::vector<float> dlogp(static_cast<size_t>(in.B * in.S));
+  const ObjectiveValue v = TokenMeanCrossEntropy(static_cast<double>(micro_batch_targets(in))).evaluate(in, dlogp.data());
+  r.loss = v.loss;
+  r.valid_tokens = v.tokens;
+  return r;
+}
+
+void backward_mean_ce(DecoderLM& model, DecoderLM::MicroBatch& mb, float scale) {
+  const TargetLogProbs in = model.target_logprobs(mb);
+  std::vector<float> dlogp(static_cast<size_t>(in.B * in.S));
+  TokenMeanCrossEntropy(static_cast<double>(micro_batch_targets(in))).evaluate(in, dlogp.data());
+  model.backward(mb, dlogp.data(), scale, scale);
+}
+
+}  // namespace ff
