@@ -1,8 +1,28 @@
 #include "core/param.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
+#include <sstream>
 
 namespace ff {
+
+std::vector<std::string> parse_name_globs(const std::string& comma_separated) {
+  std::vector<std::string> out;
+  std::stringstream ss(comma_separated);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
+
+bool matches_any(const std::string& name, const std::vector<std::string>& globs) {
+  for (const auto& g : globs)
+    if (fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
+  return false;
+}
 
 Param* ParamStore::add(const std::string& name, const Shape& shape, ParamInit init, float init_std,
                        bool weight_decay) {
@@ -37,11 +57,12 @@ Param* ParamStore::add_slice(const std::string& name, const Shape& global_shape,
 }
 
 void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert_alignment) {
-  // Lay out the dense region, then the expert region, each in registration order and padded.
+  // Lay out the dense region, then the expert region, each in registration order and padded; the
+  // frozen parameters after them.
   int64_t off = 0;
   for (bool expert : {false, true}) {
     for (auto& p : params_)
-      if (p.expert == expert) {
+      if (p.trainable && p.expert == expert) {
         p.offset = off;
         off += p.numel();
       }
@@ -49,12 +70,18 @@ void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert
     off = (off + align - 1) / align * align;
     if (!expert) dense_end_ = off;
   }
+  trainable_end_ = off;
+  for (auto& p : params_)
+    if (!p.trainable) {
+      p.offset = off;
+      off += p.numel();
+    }
   total_ = off;
   values_.assign(static_cast<size_t>(total_), 0.0f);
-  grads_.assign(static_cast<size_t>(total_), 0.0f);
+  grads_.assign(static_cast<size_t>(trainable_end_), 0.0f);
   for (auto& p : params_) {
     p.value = values_.data() + p.offset;
-    p.grad = grads_.data() + p.offset;
+    p.grad = p.trainable ? grads_.data() + p.offset : nullptr;
     switch (p.init) {
       case ParamInit::zeros: std::fill(p.value, p.value + p.numel(), 0.0f); break;
       case ParamInit::ones: std::fill(p.value, p.value + p.numel(), 1.0f); break;

@@ -5,6 +5,8 @@
 // after, each in registration order: parameters of a kind registered one after the other (q, k, v;
 // gate, up) are adjacent and can be used as one fused matrix, and each region is one contiguous
 // buffer that data parallelism reduces (and the distributed optimizer shards) over its own group.
+// Frozen parameters (trainable = false) come after both regions, among the values only: they have
+// no gradient buffer, so no weight-gradient GEMM, no reduction and no optimizer state.
 #pragma once
 #include <cstdint>
 #include <deque>
@@ -33,16 +35,24 @@ struct Param {
   // Another data-parallel replica (DP x CP for dense, expert-DP for experts) holds the same values;
   // the first replica writes the parameter to checkpoints.
   bool data_replica = false;
+  // False: frozen (fine-tuning a part of a model, the base under LoRA, a reference or teacher
+  // model). grad is then null and every backward skips this parameter's gradient.
+  bool trainable = true;
   ParamInit init = ParamInit::normal;
   float init_std = 0.0f;
   int64_t offset = 0;      // first element in the store's flat buffers
   float* value = nullptr;  // [local_shape], valid after ParamStore::allocate()
-  float* grad = nullptr;   // [local_shape]
+  float* grad = nullptr;   // [local_shape]; null when frozen
   // The bf16 copy the GEMMs read under bf16 compute (null otherwise); see ParamStore::allocate_bf16_copy.
   bf16_t* value_bf16 = nullptr;
 
   int64_t numel() const { return local_shape.numel(); }
 };
+
+// Glob patterns over parameter names ('*' any run of characters, '?' one, as fnmatch), e.g.
+// "model.layers.*.mlp.*". A comma-separated list is split by parse_name_globs.
+std::vector<std::string> parse_name_globs(const std::string& comma_separated);
+bool matches_any(const std::string& name, const std::vector<std::string>& globs);
 
 class ParamStore {
  public:
@@ -53,7 +63,8 @@ class ParamStore {
   // Register the slice [offset, offset + local_shape) of a sharded parameter (2-D at most).
   Param* add_slice(const std::string& name, const Shape& global_shape, const Shape& local_shape,
                    const Shape& local_offset, ParamInit init, float init_std = 0.0f, bool weight_decay = true);
-  // Lay out and allocate the flat value/grad buffers (grads zeroed, values initialised).
+  // Lay out and allocate the flat value/grad buffers (grads zeroed, values initialised); set
+  // Param::trainable before.
   // Each parameter draws from its own named stream Rng(seed, "init:" + name) over its GLOBAL
   // shape and keeps its slice, so its values depend neither on the other parameters nor on the
   // parallel layout.
@@ -64,10 +75,12 @@ class ParamStore {
   std::deque<Param>& params() { return params_; }
   const std::deque<Param>& params() const { return params_; }
   Param* find(const std::string& name);
-  int64_t numel() const { return total_; }  // both regions, padding included
-  // [begin, end) of a region in the flat buffers; expert = false: the dense region.
+  int64_t numel() const { return total_; }  // every value: both regions, padding and the frozen ones
+  // Elements of the gradient buffer: the trainable parameters of both regions, padding included.
+  int64_t grad_numel() const { return trainable_end_; }
+  // [begin, end) of a region of trainable parameters in the flat buffers; expert = false: the dense region.
   int64_t region_begin(bool expert) const { return expert ? dense_end_ : 0; }
-  int64_t region_end(bool expert) const { return expert ? total_ : dense_end_; }
+  int64_t region_end(bool expert) const { return expert ? trainable_end_ : dense_end_; }
   float* values() { return values_.data(); }
   float* grads() { return grads_.data(); }
   void zero_grads();
@@ -81,7 +94,7 @@ class ParamStore {
   std::deque<Param> params_;
   std::vector<float> values_, grads_;
   std::vector<bf16_t> values_bf16_;
-  int64_t total_ = 0, dense_end_ = 0;
+  int64_t total_ = 0, dense_end_ = 0, trainable_end_ = 0;
 };
 
 }  // namespace ff

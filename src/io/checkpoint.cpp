@@ -274,7 +274,7 @@ std::string save_checkpoint(const std::string& save_dir, const CheckpointContent
       const json place = {{"global_shape", p.global_shape.vec()}, {"offset", p.local_offset.vec()}};
       model.push_back({p.name, p.local_shape.vec(), p.value});
       model_place[p.name] = place;
-      if (contents.exp_avg) {
+      if (contents.exp_avg && p.trainable) {  // a frozen parameter has no optimizer state
         optim.push_back({p.name + ".exp_avg", p.local_shape.vec(), contents.exp_avg->data() + p.offset});
         optim.push_back({p.name + ".exp_avg_sq", p.local_shape.vec(), contents.exp_avg_sq->data() + p.offset});
         optim_place[p.name + ".exp_avg"] = place;
@@ -394,6 +394,7 @@ void load_checkpoint_tensors(const std::string& folder, const CheckpointContents
   FF_CHECK(!optim.files.empty(), "checkpoint '%s' holds no optimizer state (weights only); it cannot resume training",
            folder.c_str());
   for (Param& p : contents.params->params()) {
+    if (!p.trainable) continue;
     optim.load(p.name + ".exp_avg", p.global_shape.vec(), p.local_offset.vec(), p.local_shape.vec(),
                contents.exp_avg->data() + p.offset);
     optim.load(p.name + ".exp_avg_sq", p.global_shape.vec(), p.local_offset.vec(), p.local_shape.vec(),

@@ -22,11 +22,11 @@ namespace ff {
 struct Weight {
   const float* value = nullptr;
   const bf16_t* value_bf16 = nullptr;  // null under fp32
-  float* grad = nullptr;
+  float* grad = nullptr;  // null: frozen (no weight gradient)
 
   static Weight of(const Param& p) { return {p.value, p.value_bf16, p.grad}; }
   Weight at(int64_t offset) const {
-    return {value + offset, value_bf16 ? value_bf16 + offset : nullptr, grad + offset};
+    return {value + offset, value_bf16 ? value_bf16 + offset : nullptr, grad ? grad + offset : nullptr};
   }
 };
 

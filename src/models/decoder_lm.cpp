@@ -60,7 +60,8 @@ std::string layer_prefix(const std::string& pattern, size_t j) {
   return "model.layers." + std::to_string(alternating ? j / 2 : j);
 }
 
-DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed)
+DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed,
+                     const std::vector<std::string>& frozen)
     : cfg_(cfg), compute_(cfg.precision) {
   auto errors = cfg.validate();
   if (!errors.empty()) {
@@ -139,13 +140,15 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     }
     lm_head_ = std::make_unique<LmHead>(head_, compute_, tp_, V, cfg.head_chunk_rows);
   }
-  tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1;
+  // Middle stages hold neither copy, so whether the tied embedding trains is read from the globs.
+  tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1 && !matches_any("model.embed_tokens.weight", frozen);
   pp_ = &grid.pp();
   // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once;
   // data-parallel replicas are written by the first replica.
   for (Param& prm : params_.params()) {
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
     prm.data_replica = (prm.expert ? grid.edp() : grid.dp_cp()).rank() > 0;
+    prm.trainable = !matches_any(prm.name, frozen);
   }
   first_replica_ = tp_.rank() == 0 && grid.dp_cp().rank() == 0;
   params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
@@ -363,6 +366,7 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     L.norm->backward(dresid, dxn, mb.resid[j].f32(), mb.norms[j], Nl);
   }
   if (!range.first) return dresid;  // the gradient of this chunk's input, for the previous stage
+  if (!embedding_->trainable) return nullptr;
   T.reset();
   ProfileScope scope(&profile_, kProfileEmbedding, true);
   const int64_t Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];

@@ -44,7 +44,8 @@ struct TargetLogProbs {
 
 class DecoderLM {
  public:
-  DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed);
+  // frozen: globs of parameter names (core/param.h) that get no gradient and no optimizer state.
+  DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed, const std::vector<std::string>& frozen = {});
   DecoderLM(const DecoderLM&) = delete;
   DecoderLM& operator=(const DecoderLM&) = delete;
 

@@ -27,7 +27,7 @@ DistributedAdamW::DistributedAdamW(ParamStore& params, const OptimizerConfig& cf
 }
 
 void DistributedAdamW::gather_moments(std::vector<float>& m, std::vector<float>& v) const {
-  m.assign(static_cast<size_t>(params_.numel()), 0.0f);
+  m.assign(static_cast<size_t>(params_.grad_numel()), 0.0f);
   v.assign(m.size(), 0.0f);
   for (const Region& r : regions_) {
     r.group->all_gather(m.data() + r.begin, r.m.data(), r.shard_len);
@@ -36,8 +36,9 @@ void DistributedAdamW::gather_moments(std::vector<float>& m, std::vector<float>&
 }
 
 void DistributedAdamW::scatter_moments(const std::vector<float>& m, const std::vector<float>& v) {
-  FF_CHECK(m.size() == static_cast<size_t>(params_.numel()) && v.size() == m.size(),
-           "scatter_moments: %zu / %zu moments for %lld parameters", m.size(), v.size(), (long long)params_.numel());
+  FF_CHECK(m.size() == static_cast<size_t>(params_.grad_numel()) && v.size() == m.size(),
+           "scatter_moments: %zu / %zu moments for %lld trainable parameters", m.size(), v.size(),
+           (long long)params_.grad_numel());
   for (Region& r : regions_) {
     std::copy(m.begin() + r.shard_begin, m.begin() + r.shard_begin + r.shard_len, r.m.begin());
     std::copy(v.begin() + r.shard_begin, v.begin() + r.shard_begin + r.shard_len, r.v.begin());
@@ -56,7 +57,7 @@ double DistributedAdamW::step(double lr) {
   // 1. Partial gradients of TP-replicated parameters under sequence parallelism.
   if (grid_.config().sequence_parallel && grid_.tp().size() > 1)
     for (Param& p : params_.params())
-      if (p.tp_replicated) grid_.tp().all_reduce_sum(p.grad, p.numel());
+      if (p.tp_replicated && p.trainable) grid_.tp().all_reduce_sum(p.grad, p.numel());
 
   // 2. Reduce-scatter each region's gradients into its owned shard.
   const float scale = 1.0f / static_cast<float>(grid_.dp_size() * grid_.cp().size());
@@ -74,7 +75,7 @@ double DistributedAdamW::step(double lr) {
   double sq = 0;
   for (const Region& r : regions_)
     for (const Param& p : params_.params()) {
-      if (p.expert != r.expert || p.replica) continue;
+      if (p.expert != r.expert || p.replica || !p.trainable) continue;
       const int64_t lo = std::max(p.offset, r.shard_begin), hi = std::min(p.offset + p.numel(), r.shard_begin + r.shard_len);
       for (int64_t i = lo; i < hi; ++i) {
         const double g = r.grad[static_cast<size_t>(i - r.shard_begin)];
@@ -91,7 +92,7 @@ double DistributedAdamW::step(double lr) {
   ++t_;
   for (Region& r : regions_) {
     for (const Param& p : params_.params()) {
-      if (p.expert != r.expert) continue;
+      if (p.expert != r.expert || !p.trainable) continue;
       const int64_t lo = std::max(p.offset, r.shard_begin), hi = std::min(p.offset + p.numel(), r.shard_begin + r.shard_len);
       if (lo >= hi) continue;
       const size_t s = static_cast<size_t>(lo - r.shard_begin);

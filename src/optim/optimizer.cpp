@@ -36,13 +36,13 @@ double learning_rate(const OptimizerConfig& c, int64_t step, int64_t total) {
 }
 
 AdamW::AdamW(ParamStore& params, const OptimizerConfig& cfg, bool allocate_moments)
-    : params_(params), cfg_(cfg), m_(allocate_moments ? static_cast<size_t>(params.numel()) : 0, 0.0f),
-      v_(allocate_moments ? static_cast<size_t>(params.numel()) : 0, 0.0f) {}
+    : params_(params), cfg_(cfg), m_(allocate_moments ? static_cast<size_t>(params.grad_numel()) : 0, 0.0f),
+      v_(allocate_moments ? static_cast<size_t>(params.grad_numel()) : 0, 0.0f) {}
 
 double AdamW::grad_norm(const Communicator& dense_group, const Communicator& expert_group) const {
   double sq[2] = {0, 0};  // dense, expert
   for (const Param& p : params_.params()) {
-    if (p.replica) continue;  // counted by the rank that owns it
+    if (p.replica || !p.trainable) continue;  // counted by the rank that owns it; frozen: no gradient
     double s = 0;
 #pragma omp parallel for reduction(+ : s) schedule(static)
     for (int64_t i = 0; i < p.numel(); ++i) s += static_cast<double>(p.grad[i]) * p.grad[i];
@@ -54,7 +54,7 @@ double AdamW::grad_norm(const Communicator& dense_group, const Communicator& exp
 }
 
 double AdamW::step(double lr, const Communicator& dense_group, const Communicator& expert_group) {
-  FF_CHECK(m_.size() == static_cast<size_t>(params_.numel()), "AdamW::step on an optimizer without moments");
+  FF_CHECK(m_.size() == static_cast<size_t>(params_.grad_numel()), "AdamW::step on an optimizer without moments");
   const double norm = grad_norm(dense_group, expert_group);
   FF_CHECK(std::isfinite(norm), "gradient norm is %g at step %lld: the loss diverged (lower optim.lr or raise warmup)",
            norm, (long long)t_ + 1);
@@ -62,6 +62,7 @@ double AdamW::step(double lr, const Communicator& dense_group, const Communicato
   if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) clip_scale = static_cast<float>(cfg_.grad_clip / norm);
   ++t_;
   for (Param& p : params_.params()) {
+    if (!p.trainable) continue;
     cpu::AdamWStep s{static_cast<float>(lr), static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
                      static_cast<float>(cfg_.adam_eps), p.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f,
                      t_, clip_scale};

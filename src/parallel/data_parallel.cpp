@@ -6,10 +6,14 @@ void reduce_gradients(ParamStore& store, const ParallelGrid& grid) {
   const float scale = 1.0f / static_cast<float>(grid.dp_size() * grid.cp().size());
   auto& params = store.params();
   for (auto it = params.begin(); it != params.end();) {
+    if (!it->trainable) {  // frozen: no gradient
+      ++it;
+      continue;
+    }
     // [it, end) is a run of adjacent parameters of the same kind, contiguous in the grad buffer.
     auto end = it;
     int64_t n = 0;
-    while (end != params.end() && end->expert == it->expert && end->tp_replicated == it->tp_replicated &&
+    while (end != params.end() && end->trainable && end->expert == it->expert && end->tp_replicated == it->tp_replicated &&
            end->grad == it->grad + n) {
       n += end->numel();
       ++end;

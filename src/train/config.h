@@ -33,6 +33,7 @@ struct TrainConfig {
   int64_t save_interval = 0;    // steps between checkpoints (out_dir/checkpoints); 0 = none
   int64_t keep_checkpoints = 3; // newest checkpoints kept; 0 = all
   std::string resume;           // checkpoint folder, or a save folder with `latest`, to continue from
+  std::string freeze;           // comma-separated globs of parameter names to freeze
 
   template <class V>
   void visit_fields(V& v) {
@@ -56,6 +57,8 @@ struct TrainConfig {
     v(save_interval, "save_interval", "steps between checkpoints in out_dir/checkpoints (and at the end); 0 = none");
     v(keep_checkpoints, "keep_checkpoints", "newest checkpoints kept; 0 = keep all");
     v(resume, "resume", "continue from a checkpoint folder or a save folder (its `latest`); its config is the base");
+    v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
+                        "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }
   std::vector<std::string> validate() const;
 };

@@ -32,11 +32,25 @@ std::string format_duration(double s) {
 }  // namespace
 
 Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
-    : cfg_(std::move(cfg)), grid_(grid), model_(cfg_.model, grid, cfg_.train.seed),
+    : cfg_(std::move(cfg)), grid_(grid), model_(cfg_.model, grid, cfg_.train.seed, parse_name_globs(cfg_.train.freeze)),
       optimizer_(model_.params(), cfg_.optim, /*allocate_moments=*/!cfg_.optim.distributed),
       pipeline_(model_, grid, cfg_.train.grad_accum) {
+  check_freeze_globs();
   if (cfg_.optim.distributed) distributed_ = std::make_unique<DistributedAdamW>(model_.params(), cfg_.optim, grid);
   peak_tflops_ = cfg_.train.peak_tflops;
+}
+
+void Trainer::check_freeze_globs() const {
+  // A glob that matches no parameter on any rank is a typo, not a choice.
+  const auto globs = parse_name_globs(cfg_.train.freeze);
+  std::vector<int64_t> matches(globs.size(), 0);
+  for (size_t g = 0; g < globs.size(); ++g)
+    for (const Param& p : model_.params().params()) matches[g] += matches_any(p.name, {globs[g]});
+  if (!globs.empty()) grid_.all().all_reduce_sum(matches.data(), static_cast<int64_t>(matches.size()));
+  for (size_t g = 0; g < globs.size(); ++g)
+    FF_CHECK(matches[g] > 0, "train.freeze: '%s' matches no parameter of this model (names look like "
+             "model.embed_tokens.weight, model.layers.0.self_attn.q_proj.weight, model.norm.weight, lm_head.weight)",
+             globs[g].c_str());
 }
 
 StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,

@@ -55,6 +55,7 @@ class Trainer {
   std::unique_ptr<DistributedAdamW> distributed_;  // optim.distributed
   PipelineExecutor pipeline_;
   double peak_tflops_ = 0;
+  void check_freeze_globs() const;
 };
 
 // Save / load the model weights (global names) with the run config as metadata. save_model writes

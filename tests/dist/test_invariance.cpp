@@ -109,6 +109,7 @@ struct AdamAllowance {
     const double clip = oc.grad_clip > 0 && grad_norm > oc.grad_clip ? oc.grad_clip / grad_norm : 1.0;
     const double v_correction = 1 - std::pow(oc.beta2, double(t));
     for (Param& q : ref.params()) {
+      if (!q.trainable) continue;  // never moves: no allowance
       double scale = 0;
       for (int64_t i = 0; i < q.numel(); ++i) scale = std::max(scale, std::fabs(double(q.grad[i])));
       double& delta = this->delta[q.name];
@@ -132,15 +133,16 @@ using ModelSetup = std::function<void(DecoderLM&)>;
 // Returns this rank's last forward result (for layout-specific assertions).
 // distributed: the parallel model uses the distributed optimizer (ZeRO-1); its reduced gradients
 // never exist whole, so the parameters after each step are compared instead.
+// frozen: globs of parameters frozen in both models.
 ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc, const ModelSetup& setup = {},
-                               bool distributed = false) {
+                               bool distributed = false, const std::vector<std::string>& frozen = {}) {
   Communicator world = Communicator::world();
   auto problems = pc.validate(world.size());
   EXPECT_TRUE(problems.empty()) << problems[0];
   ParallelGrid grid(world, pc);
   Communicator self = Communicator::self();
   ParallelGrid one(self, ParallelConfig{});
-  DecoderLM model(cfg, grid, 11), ref(cfg, one, 11);
+  DecoderLM model(cfg, grid, 11, frozen), ref(cfg, one, 11, frozen);
   const double tol = tolerance_scale(cfg);
   if (setup) {
     setup(model);
@@ -182,7 +184,10 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
     for (const Param& p : model.params().params()) {
       Param* q = ref.params().find(p.name);
       EXPECT_NE(q, nullptr) << p.name;
-      if (q && !distributed) {
+      if (q) {
+        EXPECT_EQ(p.trainable, q->trainable) << p.name;
+      }
+      if (q && !distributed && p.trainable) {
         EXPECT_TRUE(tensors_match(p, *q, false, tol * 1e-4)) << "step " << step;
       }
     }
@@ -193,6 +198,7 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
     for (const Param& p : model.params().params()) {
       Param* q = ref.params().find(p.name);
       if (q && cfg.precision == Precision::fp32) {
+        allowance.per_tensor[p.name].resize(static_cast<size_t>(q->numel()), 0.0);  // frozen: none
         EXPECT_TRUE(tensors_match(p, *q, true, tol * 1e-4, &allowance.per_tensor[p.name]))
             << "values after step " << step;
       }
@@ -398,6 +404,27 @@ TEST(Invariance, ContextParallel) {
     expect_invariant(tiny_moe(), mixed);
     expect_invariant(tiny_moe(), mixed, {}, true);  // and the distributed optimizer over DP x CP
   }
+}
+
+// Frozen parameters under every kind of split: the embedding (vocabulary-parallel), a router and
+// shared expert (TP-replicated / column-row parallel), the experts of one layer (EP, ETP), norms.
+TEST(Invariance, FrozenParameters) {
+  ModelConfig c = tiny_moe();
+  c.moe_shared_expert_hidden = 10;
+  const std::vector<std::string> frozen = {"model.embed_tokens.*", "model.layers.0.mlp.gate.*",
+                                           "model.layers.0.mlp.experts.*", "model.layers.1.mlp.shared_expert.*",
+                                           "*input_layernorm*"};
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  DecoderLM whole(c, one, 1, frozen);
+  for (const std::string& glob : frozen) {
+    int matched = 0;
+    for (const Param& p : whole.params().params()) matched += !p.trainable && matches_any(p.name, {glob});
+    EXPECT_GT(matched, 0) << glob;
+  }
+  expect_invariant(c, layout(max_ep()), {}, false, frozen);
+  expect_invariant(c, layout(max_ep()), {}, true, frozen);  // the distributed optimizer
+  if (world_size() >= 4) expect_invariant(c, tensor_layout(2, true, 2, 2), {}, false, frozen);
 }
 
 // The loss is a global token mean: M micro-batches per replica whose sequences keep different

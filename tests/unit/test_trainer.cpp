@@ -107,5 +107,37 @@ TEST(Trainer, SameSeedSameConfigGivesBitIdenticalLosses) {
   std::filesystem::remove_all(dir);
 }
 
+// train.freeze: the frozen tensors leave training as they entered it; a glob that matches nothing
+// is an error that names the field.
+TEST(Trainer, FreezeKeepsFrozenTensorsAndRejectsGlobsThatMatchNothing) {
+  const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_trainer_freeze").string();
+  RunConfig c = small_run(dir);
+  c.train.steps = 4;
+  c.train.freeze = "model.embed_tokens.*, model.layers.0.*";
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, c.parallel);
+  Trainer t(c, grid);
+  std::vector<float> before(t.model().params().values(), t.model().params().values() + t.model().params().numel());
+  t.run(true);
+  int frozen = 0;
+  for (const Param& p : t.model().params().params()) {
+    const bool same = std::memcmp(before.data() + p.offset, p.value, sizeof(float) * static_cast<size_t>(p.numel())) == 0;
+    EXPECT_EQ(same, !p.trainable) << p.name;
+    const bool want_frozen = p.name == "model.embed_tokens.weight" || p.name.rfind("model.layers.0.", 0) == 0;
+    EXPECT_EQ(p.trainable, !want_frozen) << p.name;
+    frozen += !p.trainable;
+  }
+  EXPECT_GT(frozen, 6);  // the embedding; block 0's norms, attention, router and experts
+  c.train.freeze = "model.embed_tokns.*";
+  try {
+    Trainer typo(c, grid);
+    ADD_FAILURE() << "a glob that matches nothing was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.freeze: 'model.embed_tokns.*' matches no parameter"), std::string::npos)
+        << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace ff

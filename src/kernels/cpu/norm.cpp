@@ -50,6 +50,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) dxr[d] += r * w[d] * g[d] - c * xr[d];
   }
+  if (!dw) return;  // a frozen gain
   const int64_t nb = col_blocks(D);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < nb; ++b) {
@@ -118,6 +119,7 @@ void layernorm1p_backward(float* dx, float* dgamma, float* dbeta, const float* d
       dxr[d] += r * (dyr[d] * (1.0f + gamma[d]) - mg - xhat * mgx);
     }
   }
+  if (!dgamma && !dbeta) return;  // both frozen
   const int64_t nb = col_blocks(D);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < nb; ++b) {
@@ -133,8 +135,8 @@ void layernorm1p_backward(float* dx, float* dgamma, float* dbeta, const float* d
       }
     }
     for (int64_t d = d0; d < d1; ++d) {
-      dgamma[d] += static_cast<float>(ag[d - d0]);
-      dbeta[d] += static_cast<float>(ab[d - d0]);
+      if (dgamma) dgamma[d] += static_cast<float>(ag[d - d0]);
+      if (dbeta) dbeta[d] += static_cast<float>(ab[d - d0]);
     }
   }
 }
