@@ -72,8 +72,12 @@ struct RunConfigFlags {
   std::string config_path;
   std::map<std::string, std::string> given;
   void add_to(CLI::App& app, RunConfig& defaults);
-  // Defaults -> preset -> config file -> flags. Throws ff::Error listing every problem.
+  // Defaults -> preset -> config file -> flags (-> train.init_from's architecture under the file's
+  // and the flags' model fields). Throws ff::Error listing every problem.
   RunConfig resolve() const;
+
+ private:
+  void adopt_init_source(RunConfig& c) const;
 };
 
 }  // namespace ff

@@ -16,15 +16,19 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <sstream>
 #include <string_view>
 
 #include "cli/bench_peer.h"
 #include "cli/cli_config.h"
+#include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
-#include "train/flops.h"
 #include "train/convert.h"
+#include "train/evaluate.h"
+#include "train/flops.h"
+#include "train/model_source.h"
 #include "train/run_checkpoint.h"
 #include "train/plan.h"
 #include "train/trainer.h"
@@ -76,7 +80,35 @@ RunConfig RunConfigFlags::resolve() const {
     const std::string all = join_problems(errors);
     FF_FAIL("bad command line:%s", all.c_str());
   }
+  if (!c.train.init_from.empty() && c.train.resume.empty()) adopt_init_source(c);
   return c;
+}
+
+// train.init_from: the model fields start from the source's architecture, then the config file's
+// model section and the model flags apply on top (so --seq_len or --precision still choose); the
+// tokenizer is the source's own unless the file or a flag names one.
+void RunConfigFlags::adopt_init_source(RunConfig& c) const {
+  const ModelSource src = open_model_source(c.train.init_from);
+  nlohmann::json file;
+  if (!config_path.empty()) file = nlohmann::json::parse(std::ifstream(config_path));
+  std::vector<std::string> errors;
+  c.model = src.config.model;
+  c.train.model_preset = "";  // the architecture is the source's, not a preset's
+  if (file.contains("model")) config_from_json(c.model, file["model"], "model", errors);
+  CliApplier m{given, "model", errors};
+  c.model.visit_fields(m);
+  FF_CHECK(errors.empty(), "%s", join_problems(errors).c_str());
+  const bool named = given.count("tokenizer_type") || given.count("tokenizer_path") ||
+                     (file.contains("train") && (file["train"].contains("tokenizer_type") ||
+                                                 file["train"].contains("tokenizer_path")));
+  if (named) return;
+  if (!src.tokenizer) {
+    c.train.tokenizer_type = src.config.train.tokenizer_type;
+    c.train.tokenizer_path = src.config.train.tokenizer_path;
+    return;
+  }
+  c.train.tokenizer_type = src.tokenizer->type;
+  c.train.tokenizer_path = materialise_tokenizer(*src.tokenizer, c.train.out_dir, Communicator::world());
 }
 
 namespace {
@@ -127,13 +159,43 @@ struct GenerateOptions {
   double temperature = 0.8;
   int64_t top_k = 40;
   uint64_t seed = 1;
+  std::string tokenizer_type, tokenizer_path;  // empty: the model's own tokenizer
 };
 
+// The tokenizer the user named with --tokenizer_type / --tokenizer_path (either), if any.
+std::optional<TokenizerFile> explicit_tokenizer(const std::string& type, const std::string& path) {
+  if (type.empty() && path.empty()) return std::nullopt;
+  TokenizerType t = TokenizerType::sentencepiece;
+  if (!type.empty())
+    FF_CHECK(enum_from_string(type, t), "--tokenizer_type %s: must be one of %s", type.c_str(),
+             enum_choices(TokenizerType{}).c_str());
+  FF_CHECK(t == TokenizerType::byte || !path.empty(), "--tokenizer_type %s needs --tokenizer_path", type.c_str());
+  return read_tokenizer_file(t, path);
+}
+
+int cmd_eval(const EvalOptions& o, const std::map<std::string, std::string>& layout_flags) {
+  std::vector<std::string> errors;
+  ParallelConfig pc;
+  CliApplier a{layout_flags, "parallel", errors};
+  pc.visit_fields(a);
+  Communicator world = Communicator::world();
+  auto layout = pc.validate(world.size());
+  errors.insert(errors.end(), layout.begin(), layout.end());
+  FF_CHECK(errors.empty(), "bad command line:%s", join_problems(errors).c_str());
+  RunConfig threads;
+  set_threads(threads);
+  ParallelGrid grid(world, pc);
+  const EvalResult r = run_eval(o, grid);
+  if (grid.world_rank() == 0)
+    std::printf("loss %.6f | perplexity %.4f | bits per byte %.5f | %lld tokens, %lld bytes, %lld windows\n", r.loss,
+                r.perplexity, r.bits_per_byte, (long long)r.tokens, (long long)r.bytes, (long long)r.windows);
+  return 0;
+}
+
 int cmd_generate(const GenerateOptions& g) {
-  // A model file written by train, or a checkpoint (a checkpoint folder, or a save folder with
-  // `latest`) written under any parallel layout.
-  const bool checkpoint = std::filesystem::is_directory(g.model_path);
-  RunConfig c = checkpoint ? checkpoint_run_config(g.model_path) : load_model_config(g.model_path);
+  // A model file, a checkpoint (any parallel layout) or a Hugging Face folder.
+  const ModelSource src = open_model_source(g.model_path);
+  RunConfig c = src.config;
   FF_CHECK(g.tokens >= 0, "--tokens %lld: must be >= 0", (long long)g.tokens);
   FF_CHECK(g.temperature >= 0, "--temperature %g: must be >= 0 (0 = greedy)", g.temperature);
   FF_CHECK(g.top_k >= 0, "--top_k %lld: must be >= 0 (0 = whole vocabulary)", (long long)g.top_k);
@@ -142,20 +204,9 @@ int cmd_generate(const GenerateOptions& g) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, c.parallel);
   DecoderLM model(c.model, grid, c.train.seed);
-  if (checkpoint) {
-    const auto tensors = read_checkpoint_model(resolve_checkpoint(g.model_path));
-    for (Param& p : model.params().params()) {
-      auto it = tensors.find(p.name);
-      FF_CHECK(it != tensors.end(), "checkpoint '%s' has no tensor '%s'", g.model_path.c_str(), p.name.c_str());
-      FF_CHECK(it->second.shape == p.global_shape.vec(), "checkpoint '%s': tensor '%s' has another shape than the model",
-               g.model_path.c_str(), p.name.c_str());
-      std::copy(it->second.data.begin(), it->second.data.end(), p.value);
-    }
-  } else {
-    load_model_weights(model, g.model_path);
-  }
+  load_model_source(src, model);
   auto mb = model.new_micro_batch();
-  auto tok = load_tokenizer(c.train.tokenizer_type, c.train.tokenizer_path);  // the one the model was trained with
+  auto tok = make_tokenizer(model_tokenizer(src, explicit_tokenizer(g.tokenizer_type, g.tokenizer_path)));
   std::vector<int32_t> ids = tok->encode(g.prompt);
   const size_t prompt_tokens = ids.size();
   size_t printed = 0;  // bytes of the decoded continuation already printed
@@ -414,12 +465,37 @@ int main(int argc, char** argv) {
 
     GenerateOptions gen;
     auto* generate = app.add_subcommand("generate", "sample text from a trained model");
-    generate->add_option("--model", gen.model_path, "model file written by train")->capture_default_str();
+    generate->add_option("--model", gen.model_path, "model file, checkpoint folder or Hugging Face folder")
+        ->capture_default_str();
     generate->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
     generate->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
     generate->add_option("--temperature", gen.temperature, "sampling temperature; 0 = greedy")->capture_default_str();
     generate->add_option("--top_k", gen.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str();
     generate->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
+    generate->add_option("--tokenizer_type", gen.tokenizer_type, "byte | sentencepiece | bpe; default: the model's own");
+    generate->add_option("--tokenizer_path", gen.tokenizer_path, "tokenizer file; default: the one the model carries");
+
+    EvalOptions ev;
+    std::string ev_tokenizer_type, ev_tokenizer_path;
+    std::map<std::string, std::string> ev_parallel;
+    auto* eval = app.add_subcommand("eval", "loss, perplexity and bits per byte of a model on a text, JSONL or indexed "
+                                            "dataset (any layout under mpirun)");
+    eval->add_option("--model", ev.model, "model file, checkpoint folder or Hugging Face folder")->required();
+    eval->add_option("--data", ev.data, "text or JSONL file (prepared on first use), or an indexed-dataset PREFIX")
+        ->required();
+    eval->add_option("--json_key", ev.json_key, "JSONL: the key holding each document's text")->capture_default_str();
+    eval->add_option("--split", ev.split, "train,valid,test ratios over the documents (as train.split)")
+        ->capture_default_str();
+    eval->add_option("--part", ev.part, "all | train | valid | test: which documents")->capture_default_str();
+    eval->add_option("--micro_batch", ev.micro_batch, "windows per micro-batch")->capture_default_str();
+    eval->add_option("--seq_len", ev.seq_len, "window length; 0 = the model's seq_len")->capture_default_str();
+    eval->add_option("--max_windows", ev.max_windows, "evaluate at most this many windows; 0 = all")
+        ->capture_default_str();
+    eval->add_option("--tokenizer_type", ev_tokenizer_type, "byte | sentencepiece | bpe; default: the model's own");
+    eval->add_option("--tokenizer_path", ev_tokenizer_path, "tokenizer file; default: the one the model carries");
+    ParallelConfig ev_layout;
+    CliRegistrar ev_reg{*eval, ev_parallel, "Parallel"};
+    ev_layout.visit_fields(ev_reg);
 
     RunConfigFlags bench_flags;
     int64_t bench_steps = 3, warmup = 1;
@@ -459,6 +535,10 @@ int main(int argc, char** argv) {
     }
     if (train->parsed()) return cmd_train(train_flags, print_config);
     if (generate->parsed()) return cmd_generate(gen);
+    if (eval->parsed()) {
+      ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);
+      return cmd_eval(ev, ev_parallel);
+    }
     if (pre->parsed()) return cmd_preprocess(pre_flags.resolve());
     if (tok_train->parsed()) {
       const auto tc = tok_flags.resolve();

@@ -135,7 +135,8 @@ size_t match_at(const std::vector<Char>& t, size_t i, Pattern p, int max_digits)
 
 class BpeTokenizer : public Tokenizer {
  public:
-  explicit BpeTokenizer(const std::string& path);
+  // name: where the JSON came from (messages); json: the tokenizer.json text.
+  BpeTokenizer(const std::string& name, const std::string& json);
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(std::span<const int32_t> ids) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(id_to_token_.size()); }
@@ -170,14 +171,11 @@ std::string utf8(int32_t cp) {
   return s;
 }
 
-BpeTokenizer::BpeTokenizer(const std::string& path) : path_(path) {
-  std::ifstream f(path, std::ios::binary);
-  FF_CHECK(f.good(), "tokenizer '%s': cannot open the file; give a Hugging Face tokenizer.json", path.c_str());
-  std::stringstream ss;
-  ss << f.rdbuf();
+BpeTokenizer::BpeTokenizer(const std::string& name, const std::string& json) : path_(name) {
+  const std::string& path = name;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(ss.str());
+    j = nlohmann::json::parse(json);
   } catch (const std::exception& e) {
     FF_FAIL("tokenizer '%s': not valid JSON: %s", path.c_str(), e.what());
   }
@@ -385,8 +383,8 @@ std::string BpeTokenizer::decode(std::span<const int32_t> ids) const {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& json_path) {
-  return std::make_unique<BpeTokenizer>(json_path);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(const std::string& name, const std::string& json) {
+  return std::make_unique<BpeTokenizer>(name, json);
 }
 
 }  // namespace ff

@@ -323,7 +323,7 @@ void export_hf(const ModelConfig& c, const TensorMap& tensors, const std::string
   FF_CHECK(cf.good(), "cannot write %s/config.json", out_dir.c_str());
 }
 
-HfImport import_hf(const std::string& dir) {
+ModelConfig import_hf_config(const std::string& dir, HfFamily* family) {
   const std::string cpath = dir + "/config.json";
   std::ifstream cf(cpath);
   FF_CHECK(cf.good(), "'%s' is missing: a Hugging Face model folder has config.json", cpath.c_str());
@@ -334,10 +334,16 @@ HfImport import_hf(const std::string& dir) {
     FF_FAIL("'%s' is not valid JSON: %s", cpath.c_str(), e.what());
   }
   const std::string type = cj.value("model_type", "");
-  HfImport r;
-  FF_CHECK(hf_family_from_name(type, r.family), "'%s': model_type \"%s\" is not one fivefold converts (llama, "
+  HfFamily f;
+  FF_CHECK(hf_family_from_name(type, f), "'%s': model_type \"%s\" is not one fivefold converts (llama, "
            "mixtral, qwen2_moe)", cpath.c_str(), type.c_str());
-  r.model = model_from_config(cj, r.family, cpath);
+  if (family) *family = f;
+  return model_from_config(cj, f, cpath);
+}
+
+HfImport import_hf(const std::string& dir) {
+  HfImport r;
+  r.model = import_hf_config(dir, &r.family);
   const HfTable& table = hf_table(r.family);
 
   // The files and which holds each tensor.

@@ -38,6 +38,8 @@ struct HfImport {
   ModelConfig model;
   TensorMap tensors;  // fivefold global names
 };
+// The model of dir/config.json alone (and its family).
+ModelConfig import_hf_config(const std::string& dir, HfFamily* family = nullptr);
 // Reads out_dir/config.json and the weights (single file or index + shards; F32, BF16, F16).
 HfImport import_hf(const std::string& dir);
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
+#include "io/atomic_file.h"
 
 namespace ff {
 
@@ -101,35 +102,12 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // align the data to 8 bytes
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  FF_CHECK(fd >= 0, "cannot write '%s': %s", tmp.c_str(), std::strerror(errno));
-  auto put = [&](const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      ssize_t w = ::write(fd, c, std::min<size_t>(n, size_t(1) << 30));
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) {
-        const int err = errno;
-        ::close(fd);
-        FF_FAIL("writing '%s' failed: %s", tmp.c_str(), std::strerror(err));
-      }
-      c += w;
-      n -= static_cast<size_t>(w);
-    }
-  };
+  AtomicFile f(path);
   uint64_t len = h.size();
-  put(&len, 8);
-  put(h.data(), h.size());
-  for (const auto& t : tensors) put(t.data, numel_of(t.shape) * st_dtype_size(t.dtype));
-  if (::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    FF_FAIL("fsync of '%s' failed: %s", tmp.c_str(), std::strerror(err));
-  }
-  ::close(fd);
-  FF_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(),
-           std::strerror(errno));
+  f.write(&len, 8);
+  f.write(h.data(), h.size());
+  for (const auto& t : tensors) f.write(t.data, numel_of(t.shape) * st_dtype_size(t.dtype));
+  f.commit();
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {

@@ -6,8 +6,12 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <unordered_map>
 
+#include "core/base64.h"
 #include "core/check.h"
 
 namespace ff {
@@ -18,13 +22,52 @@ constexpr EnumName<TokenizerType> kTokenizerTypes[] = {
 }  // namespace
 std::span<const EnumName<TokenizerType>> enum_names(TokenizerType) { return kTokenizerTypes; }
 
-std::unique_ptr<Tokenizer> load_tokenizer(TokenizerType type, const std::string& path) {
-  switch (type) {
+TokenizerFile read_tokenizer_file(TokenizerType type, const std::string& path) {
+  TokenizerFile f;
+  f.type = type;
+  if (type == TokenizerType::byte) return f;
+  f.name = path;
+  const bool sp = type == TokenizerType::sentencepiece;
+  FF_CHECK(std::filesystem::is_regular_file(path), "tokenizer '%s': no such file; give %s", path.c_str(),
+           sp ? "a SentencePiece .model (make one with: fivefold tokenizer train --input FILE --model_prefix PREFIX)"
+              : "a Hugging Face tokenizer.json");
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  FF_CHECK(in.good() || in.eof(), "tokenizer '%s': cannot read the file", path.c_str());
+  f.bytes = ss.str();
+  return f;
+}
+
+std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerFile& f) {
+  switch (f.type) {
     case TokenizerType::byte: return std::make_unique<ByteTokenizer>();
-    case TokenizerType::sentencepiece: return load_sentencepiece(path);
-    case TokenizerType::bpe: return load_bpe_tokenizer_json(path);
+    case TokenizerType::sentencepiece: return make_sentencepiece(f.name, f.bytes);
+    case TokenizerType::bpe: return make_bpe_tokenizer(f.name, f.bytes);
   }
-  FF_FAIL("unknown tokenizer type %d", static_cast<int>(type));
+  FF_FAIL("unknown tokenizer type %d", static_cast<int>(f.type));
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(TokenizerType type, const std::string& path) {
+  return make_tokenizer(read_tokenizer_file(type, path));
+}
+
+std::string tokenizer_file_to_json(const TokenizerFile& f) {
+  return nlohmann::json{{"type", enum_to_string(f.type)}, {"name", f.name}, {"base64", base64_encode(f.bytes)}}.dump();
+}
+
+TokenizerFile tokenizer_file_from_json(const std::string& text, const std::string& source) {
+  TokenizerFile f;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    FF_CHECK(enum_from_string(j.at("type").get<std::string>(), f.type), "unknown tokenizer type");
+    f.name = j.at("name").get<std::string>();
+    FF_CHECK(base64_decode(j.at("base64").get<std::string>(), f.bytes), "the tokenizer bytes are not valid base64");
+  } catch (const std::exception& e) {
+    FF_FAIL("%s: the embedded tokenizer is unreadable (%s); give --tokenizer_type and --tokenizer_path", source.c_str(),
+            e.what());
+  }
+  return f;
 }
 
 // ---- byte ----
@@ -52,11 +95,10 @@ namespace {
 
 class SentencePieceTokenizer : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::string& path) : path_(path) {
-    FF_CHECK(std::filesystem::is_regular_file(path), "tokenizer '%s': no such file; give a SentencePiece .model "
-             "(make one with: fivefold tokenizer train --input FILE --model_prefix PREFIX)", path.c_str());
-    auto st = sp_.Load(path);
-    FF_CHECK(st.ok(), "tokenizer '%s': not a SentencePiece model: %s", path.c_str(), st.ToString().c_str());
+  // name: where the model came from (messages); bytes: the serialised .model.
+  SentencePieceTokenizer(const std::string& name, const std::string& bytes) : path_(name) {
+    auto st = sp_.LoadFromSerializedProto(absl::string_view(bytes.data(), bytes.size()));
+    FF_CHECK(st.ok(), "tokenizer '%s': not a SentencePiece model: %s", name.c_str(), st.ToString().c_str());
     bos_ = sp_.bos_id();
     eod_ = sp_.eos_id();
     pad_ = sp_.pad_id();
@@ -114,8 +156,8 @@ class StderrToFile {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
-  return std::make_unique<SentencePieceTokenizer>(model_path);
+std::unique_ptr<Tokenizer> make_sentencepiece(const std::string& name, const std::string& bytes) {
+  return std::make_unique<SentencePieceTokenizer>(name, bytes);
 }
 
 std::vector<std::string> SentencePieceTrainConfig::validate() const {

@@ -44,6 +44,19 @@ class Tokenizer {
   int32_t bos_ = -1, eod_ = -1, pad_ = -1;
 };
 
+// A tokenizer's file held as bytes, so that a model file can carry the tokenizer it was made with
+// (train writes it into model.safetensors; convert --from hf takes the folder's tokenizer).
+struct TokenizerFile {
+  TokenizerType type = TokenizerType::byte;
+  std::string name;   // where it came from, for messages (e.g. "data/kjv-sp4096.model")
+  std::string bytes;  // the file's contents; empty for the byte tokenizer
+};
+TokenizerFile read_tokenizer_file(TokenizerType type, const std::string& path);
+std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerFile& f);
+// As JSON text {"type", "name", "base64"} (safetensors metadata); source names it in errors.
+std::string tokenizer_file_to_json(const TokenizerFile& f);
+TokenizerFile tokenizer_file_from_json(const std::string& text, const std::string& source);
+
 // `path` is ignored for the byte tokenizer. Errors name the file and what is wrong with it.
 std::unique_ptr<Tokenizer> load_tokenizer(TokenizerType type, const std::string& path);
 
@@ -58,8 +71,9 @@ class ByteTokenizer : public Tokenizer {
   std::string describe() const override { return "byte (vocabulary 257: bytes + EOD)"; }
 };
 
-std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
-std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& json_path);
+// name: where the bytes came from, for messages.
+std::unique_ptr<Tokenizer> make_sentencepiece(const std::string& name, const std::string& model_bytes);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(const std::string& name, const std::string& tokenizer_json);
 
 // `fivefold tokenizer train`: a SentencePiece model trained on text files, written to
 // model_prefix.model (+ .vocab). Settings that make decode(encode(t)) == t: identity

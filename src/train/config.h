@@ -34,6 +34,8 @@ struct TrainConfig {
   int64_t keep_checkpoints = 3; // newest checkpoints kept; 0 = all
   std::string resume;           // checkpoint folder, or a save folder with `latest`, to continue from
   std::string freeze;           // comma-separated globs of parameter names to freeze
+  std::string init_from;        // pretrained weights: model file, checkpoint or Hugging Face folder
+  std::string init_new;         // comma-separated globs of parameters init_from may lack
 
   template <class V>
   void visit_fields(V& v) {
@@ -57,6 +59,11 @@ struct TrainConfig {
     v(save_interval, "save_interval", "steps between checkpoints in out_dir/checkpoints (and at the end); 0 = none");
     v(keep_checkpoints, "keep_checkpoints", "newest checkpoints kept; 0 = keep all");
     v(resume, "resume", "continue from a checkpoint folder or a save folder (its `latest`); its config is the base");
+    v(init_from, "init_from", "start from these weights (optimizer and step fresh): a model file, a checkpoint "
+                              "folder or a Hugging Face folder; the model fields default to its architecture and the "
+                              "tokenizer to its own");
+    v(init_new, "init_new", "comma-separated globs of parameters that init_from may lack; they keep their fresh "
+                            "initialisation and are listed at start");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }

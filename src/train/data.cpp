@@ -121,21 +121,12 @@ std::vector<double> token_counts(const IndexedDataset& ds, DocRange docs, int64_
   return counts;
 }
 
-}  // namespace
-
-TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64_t valid_samples,
-                                const Communicator& world, bool quiet) {
-  const auto& tc = c.train;
-  const auto sources = parse_sources(tc.data_path);
-  for (const auto& s : sources)
-    FF_CHECK(is_prefix(s.path) || fs::is_regular_file(s.path), "train.data_path: '%s' is neither an indexed dataset "
-             "(%s.idx + %s.bin) nor a text/JSONL file%s", s.path.c_str(), s.path.c_str(), s.path.c_str(),
-             s.path == "data/kjv.txt" ? " (the default corpus is written by scripts/prepare_corpus.sh)" : "");
-  // Rank 0 trains the tokenizer / preprocesses; the others wait for its verdict.
+// Rank 0 trains the tokenizer / preprocesses; the others wait for its verdict.
+void prepare_on_rank0(const RunConfig& c, const std::vector<Source>& sources, const Communicator& world, bool quiet) {
   std::string error;
   if (world.rank() == 0) {
     try {
-      prepare(c, sources, quiet || world.rank() != 0);
+      prepare(c, sources, quiet);
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -146,7 +137,60 @@ TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64
     if (world.rank() == 0) throw Error(error);
     FF_FAIL("data preparation failed on rank 0");
   }
+}
 
+}  // namespace
+
+EvalData open_eval_data(const RunConfig& c, const std::string& part, const Communicator& world, bool quiet) {
+  const auto& tc = c.train;
+  const std::vector<Source> sources = {{1.0, tc.data_path}};
+  FF_CHECK(is_prefix(tc.data_path) || fs::is_regular_file(tc.data_path), "--data '%s' is neither an indexed dataset "
+           "(%s.idx + %s.bin) nor a text/JSONL file", tc.data_path.c_str(), tc.data_path.c_str(), tc.data_path.c_str());
+  const char* parts[] = {"train", "valid", "test"};
+  int which = -1;
+  for (int k = 0; k < 3; ++k)
+    if (part == parts[k]) which = k;
+  FF_CHECK(which >= 0 || part == "all", "--part %s: must be all, train, valid or test", part.c_str());
+  prepare_on_rank0(c, sources, world, quiet);
+  EvalData d;
+  d.tokenizer = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
+  const int64_t V = c.model.vocab_size;
+  FF_CHECK(d.tokenizer->vocab_size() <= V, "the model's vocabulary (%lld) is smaller than the tokenizer's %lld entries "
+           "(%s): this is not the model's tokenizer", (long long)V, (long long)d.tokenizer->vocab_size(),
+           d.tokenizer->describe().c_str());
+  const std::string prefix = is_prefix(tc.data_path) ? tc.data_path : prepared_prefix(tc.data_path, tc);
+  auto ds = std::make_shared<const IndexedDataset>(prefix);
+  DocRange docs{0, ds->num_documents()};
+  if (which >= 0) docs = split_documents(tc.split, ds->num_documents(), "--split")[static_cast<size_t>(which)];
+  FF_CHECK(docs.end > docs.begin, "--part %s of --split %s leaves '%s' (%lld documents) without documents", part.c_str(),
+           tc.split.c_str(), prefix.c_str(), (long long)ds->num_documents());
+  GptDatasetOptions o;
+  o.seq_len = c.model.seq_len;
+  o.seed = tc.seed;
+  o.vocab_size = V;
+  o.documents = docs;
+  o.split_name = "eval-" + part;
+  o.num_samples = 1;
+  o.use_cache = false;
+  d.windows = std::make_unique<GptDataset>(ds, o);
+  // One epoch: the windows of the first epoch's stream that lie wholly inside it.
+  d.samples = std::max<int64_t>(0, (d.windows->tokens_per_epoch() - 1) / c.model.seq_len);
+  d.summary = strprintf("%s, %s documents [%lld, %lld): %lld tokens in %lld windows of %lld + 1; tokenizer %s",
+                        prefix.c_str(), part.c_str(), (long long)docs.begin, (long long)docs.end,
+                        (long long)d.windows->tokens_per_epoch(), (long long)d.samples, (long long)c.model.seq_len,
+                        d.tokenizer->describe().c_str());
+  return d;
+}
+
+TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64_t valid_samples,
+                                const Communicator& world, bool quiet) {
+  const auto& tc = c.train;
+  const auto sources = parse_sources(tc.data_path);
+  for (const auto& s : sources)
+    FF_CHECK(is_prefix(s.path) || fs::is_regular_file(s.path), "train.data_path: '%s' is neither an indexed dataset "
+             "(%s.idx + %s.bin) nor a text/JSONL file%s", s.path.c_str(), s.path.c_str(), s.path.c_str(),
+             s.path == "data/kjv.txt" ? " (the default corpus is written by scripts/prepare_corpus.sh)" : "");
+  prepare_on_rank0(c, sources, world, quiet);
   TrainingData d;
   d.tokenizer = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
   const int64_t V = c.model.vocab_size, S = c.model.seq_len;

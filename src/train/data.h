@@ -35,6 +35,18 @@ struct TrainingData {
 TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64_t valid_samples,
                                 const Communicator& world, bool quiet);
 
+// Evaluation data: one source (prepared like a training source), the documents of one part of
+// train.split ("train", "valid", "test") or "all" of them, read as the consecutive windows of
+// seq_len + 1 tokens of one epoch's stream (get_unshuffled(i), i < samples; the tokens past the
+// last whole window are not evaluated).
+struct EvalData {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<GptDataset> windows;
+  int64_t samples = 0;
+  std::string summary;
+};
+EvalData open_eval_data(const RunConfig& c, const std::string& part, const Communicator& world, bool quiet);
+
 // tokens/targets [B*S]: samples first .. first + B - 1 of `ds` (indices taken modulo its size);
 // tokens are each sample's first S tokens, targets its last S.
 void fill_batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, const BlendedDataset& ds, int64_t first,

@@ -14,6 +14,7 @@
 #include "parallel/data_parallel.h"
 #include "train/data.h"
 #include "train/flops.h"
+#include "train/model_source.h"
 #include "train/objective.h"
 #include "train/run_checkpoint.h"
 #include "train/stop_signal.h"
@@ -149,6 +150,16 @@ TrainResult Trainer::run(bool quiet) {
     if (lead && !quiet) std::printf("resumed from %s at step %lld (%.2f s)\n", tc.resume.c_str(), (long long)resumed.step,
                                     seconds_since(t_load));
   }
+  if (!tc.init_from.empty() && tc.resume.empty()) {
+    auto t_load = Clock::now();
+    const LoadReport report = load_model_source(open_model_source(tc.init_from), model_, parse_name_globs(tc.init_new));
+    if (lead && !quiet) {
+      std::printf("initialised from %s: %lld tensors (%.2f s)\n", tc.init_from.c_str(), (long long)report.loaded,
+                  seconds_since(t_load));
+      for (const auto& n : report.fresh) std::printf("  new (not in the source, freshly initialised): %s\n", n.c_str());
+      for (const auto& n : report.unused) std::printf("  unused (in the source, not in this model): %s\n", n.c_str());
+    }
+  }
   std::ofstream metrics;  // written by the lead rank only
   if (lead) {
     metrics.open(tc.out_dir + "/metrics.jsonl", resumed.step > 0 ? std::ios::app : std::ios::trunc);
@@ -220,12 +231,14 @@ TrainResult Trainer::run(bool quiet) {
   result.final_loss = result.losses.empty() ? 0 : result.losses.back();
   if (!result.stopped) {
     const std::string path = tc.out_dir + "/model.safetensors";
+    // The model file carries the tokenizer the data was made with (opened at start, so it exists).
+    const TokenizerFile tokenizer = run_tokenizer_file(cfg_);
     if (grid_.world_size() == 1) {
-      save_model(model_, cfg_, path);
+      save_model(model_, cfg_, path, &tokenizer);
     } else {
       // Every rank writes its slices to a checkpoint; the lead assembles the whole model from it.
       const std::string dir = ckpt.save(tc.steps, data_cursor);
-      if (lead) save_model_from_checkpoint(dir, cfg_, path);
+      if (lead) save_model_from_checkpoint(dir, cfg_, path, &tokenizer);
       grid_.all().barrier();
     }
     if (lead && !quiet)
@@ -235,20 +248,29 @@ TrainResult Trainer::run(bool quiet) {
   return result;
 }
 
-void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path) {
+namespace {
+std::map<std::string, std::string> model_metadata(RunConfig& cfg, const TokenizerFile* tokenizer) {
+  std::map<std::string, std::string> m = {{"fivefold_config", run_config_to_json(cfg)}, {"format", "fivefold-model-1"}};
+  if (tokenizer) m["fivefold_tokenizer"] = tokenizer_file_to_json(*tokenizer);
+  return m;
+}
+}  // namespace
+
+void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer) {
   std::vector<SafetensorsEntry> entries;
   for (const Param& p : model.params().params()) entries.push_back({p.name, p.global_shape.vec(), p.value});
-  write_safetensors(path, entries, {{"fivefold_config", run_config_to_json(cfg)}, {"format", "fivefold-model-1"}});
+  write_safetensors(path, entries, model_metadata(cfg, tokenizer));
 }
 
-void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path) {
+void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,
+                                const TokenizerFile* tokenizer) {
   const auto tensors = read_checkpoint_model(folder);
   std::vector<SafetensorsEntry> entries;
   for (const auto& [name, t] : tensors)
     if (name.find("expert_bias") == std::string::npos) entries.push_back({name, t.shape, t.data.data()});
   RunConfig single = cfg;
   single.parallel = ParallelConfig{};  // the file holds the whole model
-  write_safetensors(path, entries, {{"fivefold_config", run_config_to_json(single)}, {"format", "fivefold-model-1"}});
+  write_safetensors(path, entries, model_metadata(single, tokenizer));
 }
 
 RunConfig load_model_config(const std::string& path) {

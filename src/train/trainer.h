@@ -58,11 +58,13 @@ class Trainer {
   void check_freeze_globs() const;
 };
 
-// Save / load the model weights (global names) with the run config as metadata. save_model writes
-// this rank's parameters: the whole model only on one rank; see Trainer::run for several.
-void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path);
+// Save / load the model weights (global names) with the run config, and the tokenizer when given,
+// as metadata ("fivefold_config", "fivefold_tokenizer"). save_model writes this rank's
+// parameters: the whole model only on one rank; see Trainer::run for several.
+void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer = nullptr);
 // The whole model of a checkpoint folder (written by any layout) as one model file.
-void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path);
+void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,
+                                const TokenizerFile* tokenizer = nullptr);
 // Reads the config stored in a model file written by save_model.
 RunConfig load_model_config(const std::string& path);
 void load_model_weights(DecoderLM& model, const std::string& path);

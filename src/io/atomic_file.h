@@ -1,0 +1,27 @@
+// A file written so that it is either absent (or its previous version) or complete: the bytes go
+// to PATH.tmp, which is fsynced and then renamed over PATH. Every write is checked; a failure is
+// an error naming the file, and the partial .tmp is removed.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace ff {
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);
+  ~AtomicFile();  // without commit(): removes the .tmp, leaving PATH as it was
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t bytes);
+  void commit();  // fsync, close, rename over PATH
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+}  // namespace ff
