@@ -28,6 +28,7 @@
 #include "train/convert.h"
 #include "train/evaluate.h"
 #include "train/flops.h"
+#include "train/generation.h"
 #include "train/model_source.h"
 #include "train/run_checkpoint.h"
 #include "train/plan.h"
@@ -155,11 +156,11 @@ int cmd_train(const RunConfigFlags& flags, bool print_config) {
 struct GenerateOptions {
   std::string model_path = "runs/default/model.safetensors";
   std::string prompt = "In the beginning";
-  int64_t tokens = 300;
-  double temperature = 0.8;
-  int64_t top_k = 40;
-  uint64_t seed = 1;
+  std::string prompts_file;  // JSONL: one prompt per line ({"prompt": ...} or a JSON string)
+  SamplingOptions sampling;
+  std::string output = "text";  // text | jsonl
   std::string tokenizer_type, tokenizer_path;  // empty: the model's own tokenizer
+  std::map<std::string, std::string> layout;   // --tp, --ep, --pp, ... flags
 };
 
 // The tokenizer the user named with --tokenizer_type / --tokenizer_path (either), if any.
@@ -192,67 +193,66 @@ int cmd_eval(const EvalOptions& o, const std::map<std::string, std::string>& lay
   return 0;
 }
 
+// The prompts of --prompt or --prompts (JSONL: {"prompt": "..."} or a JSON string per line).
+std::vector<std::string> read_prompts(const GenerateOptions& g) {
+  if (g.prompts_file.empty()) return {g.prompt};
+  std::ifstream f(g.prompts_file);
+  FF_CHECK(f.good(), "--prompts %s: cannot open the file", g.prompts_file.c_str());
+  std::vector<std::string> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(f, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      FF_FAIL("--prompts %s line %lld: not valid JSON (%s)", g.prompts_file.c_str(), (long long)n, e.what());
+    }
+    if (j.is_string()) out.push_back(j.get<std::string>());
+    else if (j.is_object() && j.contains("prompt") && j["prompt"].is_string()) out.push_back(j["prompt"].get<std::string>());
+    else FF_FAIL("--prompts %s line %lld: give {\"prompt\": \"...\"} or a JSON string", g.prompts_file.c_str(), (long long)n);
+  }
+  FF_CHECK(!out.empty(), "--prompts %s holds no prompts", g.prompts_file.c_str());
+  return out;
+}
+
 int cmd_generate(const GenerateOptions& g) {
-  // A model file, a checkpoint (any parallel layout) or a Hugging Face folder.
+  FF_CHECK(g.output == "text" || g.output == "jsonl", "--output %s: must be text or jsonl", g.output.c_str());
+  // A model file, a checkpoint (any parallel layout) or a Hugging Face folder, laid out by the flags.
   const ModelSource src = open_model_source(g.model_path);
   RunConfig c = src.config;
-  FF_CHECK(g.tokens >= 0, "--tokens %lld: must be >= 0", (long long)g.tokens);
-  FF_CHECK(g.temperature >= 0, "--temperature %g: must be >= 0 (0 = greedy)", g.temperature);
-  FF_CHECK(g.top_k >= 0, "--top_k %lld: must be >= 0 (0 = whole vocabulary)", (long long)g.top_k);
+  std::vector<std::string> errors;
   c.parallel = ParallelConfig{};
-  set_threads(c);
+  CliApplier a{g.layout, "parallel", errors};
+  c.parallel.visit_fields(a);
   Communicator world = Communicator::world();
+  auto layout = c.parallel.validate(world.size());
+  errors.insert(errors.end(), layout.begin(), layout.end());
+  FF_CHECK(errors.empty(), "bad command line:%s", join_problems(errors).c_str());
+  set_threads(c);
   ParallelGrid grid(world, c.parallel);
   DecoderLM model(c.model, grid, c.train.seed);
   load_model_source(src, model);
-  auto mb = model.new_micro_batch();
   auto tok = make_tokenizer(model_tokenizer(src, explicit_tokenizer(g.tokenizer_type, g.tokenizer_path)));
-  std::vector<int32_t> ids = tok->encode(g.prompt);
-  const size_t prompt_tokens = ids.size();
-  size_t printed = 0;  // bytes of the decoded continuation already printed
-  FF_CHECK(!ids.empty(), "--prompt is empty: give at least one character");
-  Rng rng(g.seed, "generate");
-  std::printf("%s", g.prompt.c_str());
-  const int64_t V = c.model.vocab_size, window = c.model.seq_len;
-  std::vector<double> p(static_cast<size_t>(V));
-  for (int64_t i = 0; i < g.tokens; ++i) {
-    const int64_t S = std::min<int64_t>(static_cast<int64_t>(ids.size()), window);
-    const int32_t* ctx = ids.data() + ids.size() - static_cast<size_t>(S);
-    model.forward(*mb, ctx, nullptr, 1, S);
-    const float* logits = model.logits(*mb) + (S - 1) * V;
-    // Sample among the tokenizer's tokens (the model may carry unused vocabulary rows).
-    const int64_t Vb = std::min<int64_t>(V, tok->vocab_size());
-    int32_t next = 0;
-    if (g.temperature == 0) {
-      for (int64_t v = 1; v < Vb; ++v)
-        if (logits[v] > logits[next]) next = static_cast<int32_t>(v);
+  const std::vector<std::string> prompts = read_prompts(g);
+  std::vector<std::vector<int32_t>> ids;
+  for (const auto& p : prompts) ids.push_back(tok->encode(p));
+  GenerationStats stats;
+  const std::vector<Generated> out = generate(model, grid, *tok, ids, g.sampling, &stats);
+  if (grid.world_rank() != 0) return 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (g.output == "jsonl") {
+      std::printf("%s\n", nlohmann::json{{"prompt", prompts[i]}, {"text", out[i].text}, {"finish", out[i].finish},
+                                         {"new_tokens", out[i].tokens.size()}}.dump().c_str());
     } else {
-      std::vector<int32_t> order(static_cast<size_t>(Vb));
-      for (int64_t v = 0; v < Vb; ++v) order[static_cast<size_t>(v)] = static_cast<int32_t>(v);
-      const int64_t k = g.top_k > 0 ? std::min(g.top_k, Vb) : Vb;
-      std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                        [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-      double mx = logits[order[0]], sum = 0;
-      for (int64_t j = 0; j < k; ++j) sum += p[static_cast<size_t>(j)] = std::exp((logits[order[static_cast<size_t>(j)]] - mx) / g.temperature);
-      double u = rng.uniform() * sum;
-      next = order[static_cast<size_t>(k - 1)];
-      for (int64_t j = 0; j < k; ++j) {
-        u -= p[static_cast<size_t>(j)];
-        if (u <= 0) {
-          next = order[static_cast<size_t>(j)];
-          break;
-        }
-      }
+      std::printf("%s%s\n%s", prompts[i].c_str(), out[i].text.c_str(), i + 1 < out.size() ? "\n" : "");
     }
-    ids.push_back(next);
-    // Decode the whole continuation and print what is new: a token's text can depend on its
-    // neighbours (SentencePiece spaces, multi-byte characters split over byte tokens).
-    const std::string text = tok->decode(std::span<const int32_t>(ids).subspan(prompt_tokens));
-    if (text.size() > printed) std::printf("%s", text.c_str() + printed);
-    printed = std::max(printed, text.size());
-    std::fflush(stdout);
   }
-  std::printf("\n");
+  std::fflush(stdout);
+  std::fprintf(stderr, "generated %lld tokens for %zu prompt(s) in %.2f s: %.1f tokens/s (%s, %lld model calls)\n",
+               (long long)stats.new_tokens, prompts.size(), stats.seconds,
+               stats.seconds > 0 ? static_cast<double>(stats.new_tokens) / stats.seconds : 0.0,
+               g.sampling.kv_cache ? "KV cache" : "full recompute", (long long)stats.steps);
   return 0;
 }
 
@@ -464,16 +464,31 @@ int main(int argc, char** argv) {
     tokenizer->require_subcommand(1);
 
     GenerateOptions gen;
+    gen.sampling.max_new_tokens = 300;
     auto* generate = app.add_subcommand("generate", "sample text from a trained model");
     generate->add_option("--model", gen.model_path, "model file, checkpoint folder or Hugging Face folder")
         ->capture_default_str();
     generate->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
-    generate->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
-    generate->add_option("--temperature", gen.temperature, "sampling temperature; 0 = greedy")->capture_default_str();
-    generate->add_option("--top_k", gen.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str();
-    generate->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
+    generate->add_option("--prompts", gen.prompts_file, "JSONL file of prompts ({\"prompt\": ...} or a string per line), "
+                                                        "generated as one batch");
+    generate->add_option("--tokens", gen.sampling.max_new_tokens, "new tokens per prompt, at most")->capture_default_str();
+    generate->add_option("--temperature", gen.sampling.temperature, "sampling temperature; 0 = greedy")
+        ->capture_default_str();
+    generate->add_option("--top_k", gen.sampling.top_k, "sample among the k most likely tokens; 0 = all")
+        ->capture_default_str();
+    generate->add_option("--top_p", gen.sampling.top_p, "nucleus sampling: the smallest set of tokens of this "
+                                                        "probability; 1 = off")->capture_default_str();
+    generate->add_option("--seed", gen.sampling.seed, "sampling seed")->capture_default_str();
+    generate->add_option("--stop", gen.sampling.stop, "stop string (repeatable); the text ends before it");
+    generate->add_option("--kv_cache", gen.sampling.kv_cache, "decode with the KV cache (false: recompute the context "
+                                                              "every token)")->capture_default_str();
+    generate->add_option("--output", gen.output, "text | jsonl (one {prompt, text, finish, new_tokens} per prompt)")
+        ->capture_default_str();
     generate->add_option("--tokenizer_type", gen.tokenizer_type, "byte | sentencepiece | bpe; default: the model's own");
     generate->add_option("--tokenizer_path", gen.tokenizer_path, "tokenizer file; default: the one the model carries");
+    ParallelConfig gen_layout;
+    CliRegistrar gen_reg{*generate, gen.layout, "Parallel"};
+    gen_layout.visit_fields(gen_reg);
 
     EvalOptions ev;
     std::string ev_tokenizer_type, ev_tokenizer_path;

@@ -1,5 +1,6 @@
 #include "layers/attention.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <omp.h>
@@ -71,6 +72,56 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
   s.o_op = compute_->operand(s.o.f32(), N, Hq_ * dh_, arena);
   compute_->linear_forward(partial, s.o_op, Weight::of(*wo_), N, Hq_ * dh_, D_);
+  tp_.leave(out, partial, N, D_);
+}
+
+Attention::KvCache Attention::new_cache(int64_t B, int64_t capacity) const {
+  FF_CHECK(!rope_on_ || capacity <= rope_.max_pos, "a KV cache of %lld positions is longer than model.seq_len = %lld",
+           (long long)capacity, (long long)rope_.max_pos);
+  KvCache c;
+  c.B = B;
+  c.capacity = capacity;
+  c.k.assign(static_cast<size_t>(B * capacity * Hkv_ * dh_), 0.0f);
+  c.v.assign(c.k.size(), 0.0f);
+  return c;
+}
+
+void Attention::forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_t start, KvCache& cache,
+                               Arena& scratch) const {
+  FF_CHECK(cp_ == nullptr, "the inference path runs without context parallelism (parallel.cp = 1)");
+  FF_CHECK(B == cache.B && start >= 0 && start + T <= cache.capacity,
+           "KV cache of %lld sequences x %lld positions cannot take positions [%lld, %lld) of %lld sequences",
+           (long long)cache.B, (long long)cache.capacity, (long long)start, (long long)(start + T), (long long)B);
+  const int64_t N = B * T, W = qkv_width(), kvw = Hkv_ * dh_;
+  const Tensor x_op = compute_->operand(tp_.enter(x, N, D_, scratch), N, D_, scratch);
+  float* qkv = scratch.alloc_f32(N * W);
+  compute_->linear_forward(qkv, x_op, Weight::of(*wqkv_), N, D_, W);
+  auto* positions = reinterpret_cast<int32_t*>(scratch.alloc_f32(N));  // 4-byte slots
+  for (int64_t r = 0; r < N; ++r) positions[r] = static_cast<int32_t>(start + r % T);
+  if (rope_on_) cpu::rope_forward(qkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = qkv + (b * T + t) * W + Hq_ * dh_;
+      const size_t at = static_cast<size_t>((b * cache.capacity + start + t) * kvw);
+      std::copy(row, row + kvw, cache.k.begin() + static_cast<std::ptrdiff_t>(at));
+      std::copy(row + kvw, row + 2 * kvw, cache.v.begin() + static_cast<std::ptrdiff_t>(at));
+    }
+  // Per sequence: T query rows at positions start.., keys at 0 .. start + T - 1 (the kernel's
+  // offset form, as context parallelism uses it).
+  float* o = scratch.alloc_f32(N * Hq_ * dh_);
+  float* lse = scratch.alloc_f32(Hq_ * T);
+  cpu::AttentionShape sh = shape_of(1, T, Hq_, Hkv_, dh_, compute_->bf16());
+  sh.ld_kv = kvw;
+  sh.S_kv = start + T;
+  sh.q_offset = start;
+  float* ws = workspace(sh, scratch);
+  for (int64_t b = 0; b < B; ++b) {
+    const float* kb = cache.k.data() + b * cache.capacity * kvw;
+    const float* vb = cache.v.data() + b * cache.capacity * kvw;
+    cpu::attention_forward(o + b * T * Hq_ * dh_, lse, qkv + b * T * W, kb, vb, sh, ws);
+  }
+  float* partial = tp_.active() ? scratch.alloc_f32(N * D_) : out;
+  compute_->linear_forward(partial, compute_->operand(o, N, Hq_ * dh_, scratch), Weight::of(*wo_), N, Hq_ * dh_, D_);
   tp_.leave(out, partial, N, D_);
 }
 

@@ -6,6 +6,7 @@
 // TP), dh head dim. The input and output hold tp.local_rows(N) rows.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "core/param.h"
 #include "kernels/cpu/rope.h"
@@ -33,6 +34,19 @@ class Attention {
   // parallelism S is the local length (two chunks of each sequence, see context_parallel.h).
   void forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B, int64_t S,
                Arena& arena) const;
+  // The inference path's keys and values of B sequences, this rank's KV heads (after RoPE):
+  // k and v [B, capacity, Hkv dh] each; the first `length` positions of every sequence are filled.
+  struct KvCache {
+    std::vector<float> k, v;
+    int64_t B = 0, capacity = 0;
+  };
+  KvCache new_cache(int64_t B, int64_t capacity) const;
+  // Inference: rows b T + t (t < T) of x are the new tokens of sequence b at positions start + t;
+  // their keys and values are written into the cache at those positions and every query attends
+  // to the cache's positions up to its own. Saves nothing; out[N, D] overwritten (N = B T rows of
+  // the stream; this rank's tp.local_rows(N) of them in x and out, as in forward).
+  void forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_t start, KvCache& cache,
+                      Arena& scratch) const;
   // dx[N, D] overwritten; parameter gradients accumulate.
   void backward(float* dx, const float* dout, const int32_t* positions, const Saved& s, int64_t B, int64_t S,
                 Arena& scratch) const;

@@ -309,6 +309,79 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   return res;
 }
 
+std::unique_ptr<DecoderLM::Decoder> DecoderLM::new_decoder(int64_t B, int64_t capacity) const {
+  FF_CHECK(cp_ == nullptr, "generation runs without context parallelism: use parallel.cp = 1");
+  FF_CHECK(B >= 1 && B % tp_.size() == 0, "a decoder of %lld sequences: with tensor parallelism the batch must be a "
+           "multiple of parallel.tp = %d", (long long)B, tp_.size());
+  FF_CHECK(capacity >= 1 && capacity <= cfg_.seq_len, "a KV cache of %lld positions: must be in [1, model.seq_len = %lld]",
+           (long long)capacity, (long long)cfg_.seq_len);
+  auto d = std::make_unique<Decoder>();
+  d->B = B;
+  d->capacity = capacity;
+  d->kv.resize(layers_.size());
+  for (size_t j = 0; j < layers_.size(); ++j)
+    if (layers_[j].attention) d->kv[j] = layers_[j].attention->new_cache(B, capacity);
+  return d;
+}
+
+const float* DecoderLM::decode_chunk(Decoder& d, int64_t chunk, const int32_t* tokens, int64_t T, const float* input) {
+  FF_CHECK(T >= 1 && d.length + T <= d.capacity, "decoding %lld positions after %lld: the cache holds %lld",
+           (long long)T, (long long)d.length, (long long)d.capacity);
+  if (compute_weights_stale_ && compute_.bf16()) {
+    cpu::to_bf16(params_.values_bf16(), params_.values(), params_.numel());
+    compute_weights_stale_ = false;
+  }
+  Arena& A = d.arena;
+  if (chunk == 0) A.reset();
+  const ChunkRange range = chunk_range(chunk);
+  const int64_t B = d.B, N = B * T, D = cfg_.d_model, V = cfg_.vocab_size, Nl = tp_.local_rows(N);
+  float* h = A.alloc_f32(Nl * D);
+  if (range.first) {
+    const int64_t Vl = embedding_->local_shape[0], v0 = embedding_->local_offset[0];
+    float* partial = tp_.active() ? A.alloc_f32(N * D) : h;
+    cpu::embedding_forward(partial, tokens, embedding_->value, N, D, Vl, v0, V);
+    tp_.leave(h, partial, N, D);
+  } else {
+    FF_CHECK(input != nullptr, "pipeline chunk %lld needs the previous stage's activation", (long long)chunk);
+    std::memcpy(h, input, sizeof(float) * static_cast<size_t>(Nl * D));
+  }
+  float* out = A.alloc_f32(Nl * D);
+  for (size_t j = static_cast<size_t>(range.begin); j < static_cast<size_t>(range.end); ++j) {
+    Layer& L = layers_[j];
+    L.norm->forward(d.norm, h, Nl, A);
+    const float* xn = d.norm.y.f32();
+    switch (L.kind) {
+      case LayerKind::attention: L.attention->forward_cached(out, xn, B, T, d.length, d.kv[j], A); break;
+      case LayerKind::mlp: L.mlp->forward(d.mlp, out, xn, N, A); break;
+      case LayerKind::moe: L.moe->forward(d.moe, out, xn, N, A); break;
+      case LayerKind::mamba: break;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < Nl * D; ++i) h[i] += out[i];
+  }
+  if (!range.last) return h;
+  // The head on each sequence's newest row only: [B, D] -> logits [B, V / TP] -> gathered [B, V].
+  final_norm_->forward(d.norm, h, Nl, A);
+  const float* full = tp_.enter(d.norm.y.f32(), N, D, A);
+  float* last = A.alloc_f32(B * D);
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(last + b * D, full + (b * T + T - 1) * D, sizeof(float) * static_cast<size_t>(D));
+  const int64_t Vl = head_->local_shape[0];
+  float* shard = A.alloc_f32(B * Vl);
+  compute_.linear_forward(shard, compute_.operand(last, B, D, A), Weight::of(*head_), B, D, Vl);
+  d.logits.resize(static_cast<size_t>(B * V));
+  if (!tp_.active()) {
+    std::memcpy(d.logits.data(), shard, sizeof(float) * static_cast<size_t>(B * V));
+  } else {
+    float* all = A.alloc_f32(B * V);  // [TP][B][Vl]
+    tp_.group->all_gather(all, shard, B * Vl);
+    for (int r = 0; r < tp_.size(); ++r)
+      for (int64_t b = 0; b < B; ++b)
+        std::memcpy(d.logits.data() + b * V + r * Vl, all + (r * B + b) * Vl, sizeof(float) * static_cast<size_t>(Vl));
+  }
+  return h;
+}
+
 const float* DecoderLM::chunk_output(const MicroBatch& mb, int64_t chunk) const {
   return mb.resid[static_cast<size_t>(chunk_range(chunk).end)].f32();
 }

@@ -104,6 +104,28 @@ class DecoderLM {
   // [N, V] logits of the last forward (valid until the next forward on mb; consumed by backward).
   const float* logits(const MicroBatch& mb) const;
 
+  // The inference path (DESIGN decision 14): B sequences decoded together; each call appends T
+  // new tokens per sequence at positions length .. length + T - 1, saving nothing but the keys and
+  // values of the attention layers held here. Pipeline stages run their chunks in order (each
+  // chunk's output goes to the next virtual stage, as in training); the last one gives the logits
+  // of every sequence's newest position over the whole vocabulary.
+  struct Decoder {
+    int64_t B = 0, capacity = 0, length = 0;  // sequences, cache positions, positions filled
+    std::vector<Attention::KvCache> kv;      // per pattern layer (attention layers held here)
+    Arena arena;                             // one step's activations, rewound at chunk 0
+    Norm::Saved norm;
+    Mlp::Saved mlp;
+    MoeLayer::Saved moe;
+    std::vector<float> logits;               // [B, V] (last virtual stage)
+  };
+  // B must be a multiple of TP under sequence parallelism (pad the batch); capacity <= seq_len.
+  std::unique_ptr<Decoder> new_decoder(int64_t B, int64_t capacity) const;
+  // tokens [B*T] (row b*T + t: sequence b's t-th new token); input: the previous virtual stage's
+  // output (null on virtual stage 0). Returns this chunk's output for the next virtual stage.
+  // After the last virtual stage, d.logits holds [B, V]; the caller then calls advance(d, T).
+  const float* decode_chunk(Decoder& d, int64_t chunk, const int32_t* tokens, int64_t T, const float* input);
+  void advance(Decoder& d, int64_t T) const { d.length += T; }
+
   // With tied embeddings over several pipeline stages: sum the embedding's gradient of the first
   // stage and its copy's on the last (all pipeline ranks call it, after the last backward).
   void synchronize_tied_embeddings();
