@@ -32,6 +32,9 @@ struct Param {
   // Held whole by every tensor-parallel rank (norms, router). With sequence parallelism each TP
   // rank sees other tokens, so its gradient is a partial sum, all-reduced over TP (§5.4 b).
   bool tp_replicated = false;
+  // Held whole by every TP rank, but each rank's gradient is a partial sum even without sequence
+  // parallelism (a LoRA factor beside a sliced weight, layers/linear.h): always all-reduced over TP.
+  bool tp_partial_grad = false;
   // Another data-parallel replica (DP x CP for dense, expert-DP for experts) holds the same values;
   // the first replica writes the parameter to checkpoints.
   bool data_replica = false;

@@ -10,7 +10,8 @@
 namespace ff {
 
 Attention::Attention(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg,
-                     float init_std, float out_init_std, TensorParallel tp, const Communicator* cp, bool cp_ring)
+                     float init_std, float out_init_std, TensorParallel tp, const Communicator* cp, bool cp_ring,
+                     const LoraOptions& lora)
     : D_(cfg.d_model),
       Hq_(cfg.num_heads / tp.size()),
       Hkv_(cfg.num_kv_heads / tp.size()),
@@ -19,21 +20,19 @@ Attention::Attention(ParamStore& store, Compute& compute, const std::string& pre
       compute_(&compute),
       cp_(cp && cp->size() > 1 ? cp : nullptr),
       cp_ring_(cp_ring),
-      rope_on_(cfg.position_embedding == PositionEmbedding::rope) {
+      rope_on_(cfg.position_embedding == PositionEmbedding::rope),
+      qkv_(store, compute, Placement::column, tp, cfg.d_model,
+           {{prefix + ".q_proj", cfg.num_heads * cfg.kv_channels(), lora.adapts("q_proj")},
+            {prefix + ".k_proj", cfg.num_kv_heads * cfg.kv_channels(), lora.adapts("k_proj")},
+            {prefix + ".v_proj", cfg.num_kv_heads * cfg.kv_channels(), lora.adapts("v_proj")}},
+           init_std, lora),
+      o_(store, compute, Placement::row, tp, cfg.num_heads * cfg.kv_channels(),
+         {{prefix + ".o_proj", cfg.d_model, lora.adapts("o_proj")}}, out_init_std, lora) {
   FF_CHECK(cfg.num_heads % tp.size() == 0 && cfg.num_kv_heads % tp.size() == 0,
            "model.num_heads = %lld and num_kv_heads = %lld must be divisible by parallel.tp = %d",
            (long long)cfg.num_heads, (long long)cfg.num_kv_heads, tp.size());
   if (rope_on_)
     rope_ = cpu::rope_table(cfg.seq_len, static_cast<int64_t>(cfg.rotary_percent * dh_), cfg.rope_base);
-  const int64_t t = tp.rank(), q = Hq_ * dh_, kv = Hkv_ * dh_;
-  wqkv_ = store.add_slice(prefix + ".q_proj.weight", Shape{cfg.num_heads * dh_, D_}, Shape{q, D_}, Shape{t * q, 0},
-                          ParamInit::normal, init_std);
-  store.add_slice(prefix + ".k_proj.weight", Shape{cfg.num_kv_heads * dh_, D_}, Shape{kv, D_}, Shape{t * kv, 0},
-                  ParamInit::normal, init_std);
-  store.add_slice(prefix + ".v_proj.weight", Shape{cfg.num_kv_heads * dh_, D_}, Shape{kv, D_}, Shape{t * kv, 0},
-                  ParamInit::normal, init_std);
-  wo_ = store.add_slice(prefix + ".o_proj.weight", Shape{D_, cfg.num_heads * dh_}, Shape{D_, q}, Shape{0, t * q},
-                        ParamInit::normal, out_init_std);
 }
 
 namespace {
@@ -57,7 +56,7 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   s.o = arena.alloc(Shape{N, Hq_ * dh_});
   s.lse = arena.alloc(Shape{B, Hq_, S});
   float* qkv = s.qkv.f32();
-  compute_->linear_forward(qkv, s.x_op, Weight::of(*wqkv_), N, D_, W);
+  qkv_.forward(qkv, s.x_op, N, &s.qkv_lora, arena);
   if (rope_on_) cpu::rope_forward(qkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);  // q and k heads
   const float* q = qkv;
   const float* k = qkv + Hq_ * dh_;
@@ -71,7 +70,7 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
   }
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
   s.o_op = compute_->operand(s.o.f32(), N, Hq_ * dh_, arena);
-  compute_->linear_forward(partial, s.o_op, Weight::of(*wo_), N, Hq_ * dh_, D_);
+  o_.forward(partial, s.o_op, N, &s.o_lora, arena);
   tp_.leave(out, partial, N, D_);
 }
 
@@ -95,7 +94,7 @@ void Attention::forward_cached(float* out, const float* x, int64_t B, int64_t T,
   const int64_t N = B * T, W = qkv_width(), kvw = Hkv_ * dh_;
   const Tensor x_op = compute_->operand(tp_.enter(x, N, D_, scratch), N, D_, scratch);
   float* qkv = scratch.alloc_f32(N * W);
-  compute_->linear_forward(qkv, x_op, Weight::of(*wqkv_), N, D_, W);
+  qkv_.forward(qkv, x_op, N, nullptr, scratch);
   auto* positions = reinterpret_cast<int32_t*>(scratch.alloc_f32(N));  // 4-byte slots
   for (int64_t r = 0; r < N; ++r) positions[r] = static_cast<int32_t>(start + r % T);
   if (rope_on_) cpu::rope_forward(qkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
@@ -121,7 +120,7 @@ void Attention::forward_cached(float* out, const float* x, int64_t B, int64_t T,
     cpu::attention_forward(o + b * T * Hq_ * dh_, lse, qkv + b * T * W, kb, vb, sh, ws);
   }
   float* partial = tp_.active() ? scratch.alloc_f32(N * D_) : out;
-  compute_->linear_forward(partial, compute_->operand(o, N, Hq_ * dh_, scratch), Weight::of(*wo_), N, Hq_ * dh_, D_);
+  o_.forward(partial, compute_->operand(o, N, Hq_ * dh_, scratch), N, nullptr, scratch);
   tp_.leave(out, partial, N, D_);
 }
 
@@ -131,8 +130,7 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
   float* dO = scratch.alloc_f32(N * Hq_ * dh_);
   float* dqkv = scratch.alloc_f32(N * W);
   const float* dout_full = tp_.leave_backward(dout, N, D_, scratch);
-  compute_->linear_backward(dO, Weight::of(*wo_), compute_->operand(dout_full, N, D_, scratch), s.o_op, N, Hq_ * dh_,
-                            D_, false);
+  o_.backward(dO, dout_full, compute_->operand(dout_full, N, D_, scratch), s.o_op, s.o_lora, N, false, scratch);
   const float* qkv = s.qkv.f32();
   if (cp_)
     cp_attention_backward(dqkv, dO, s.cp, {B, S, Hq_, Hkv_, dh_, 1.0f / std::sqrt(static_cast<float>(dh_)), cp_ring_, compute_->bf16()}, *cp_,
@@ -144,8 +142,7 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
   }
   if (rope_on_) cpu::rope_backward(dqkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
   float* dx_full = tp_.active() ? scratch.alloc_f32(N * D_) : dx;
-  compute_->linear_backward(dx_full, Weight::of(*wqkv_), compute_->operand(dqkv, N, W, scratch), s.x_op, N, D_, W,
-                            false);
+  qkv_.backward(dx_full, dqkv, compute_->operand(dqkv, N, W, scratch), s.x_op, s.qkv_lora, N, false, scratch);
   tp_.enter_backward(dx, dx_full, N, D_, false, scratch);
 }
 

@@ -12,6 +12,7 @@
 #include "kernels/cpu/rope.h"
 #include "layers/compute.h"
 #include "layers/context_parallel.h"
+#include "layers/linear.h"
 #include "layers/tensor_parallel.h"
 #include "layers/model_config.h"
 
@@ -20,7 +21,8 @@ namespace ff {
 class Attention {
  public:
   Attention(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, float init_std,
-            float out_init_std, TensorParallel tp = {}, const Communicator* cp = nullptr, bool cp_ring = false);
+            float out_init_std, TensorParallel tp = {}, const Communicator* cp = nullptr, bool cp_ring = false,
+            const LoraOptions& lora = {});
 
   struct Saved {
     Tensor x_op;  // [N, D] the region's input (the gathered stream under SP), as a GEMM operand
@@ -29,6 +31,7 @@ class Attention {
     Tensor o_op;  // o as a GEMM operand
     Tensor lse;  // [B, Hq, S]
     CpAttentionSaved cp;  // context parallelism: gathered K/V and the two query chunks
+    Linear::Saved qkv_lora, o_lora;  // the adapters' activations (LoRA)
   };
   // out[N, D] overwritten. positions[N] are the RoPE positions of the rows. With context
   // parallelism S is the local length (two chunks of each sequence, see context_parallel.h).
@@ -59,8 +62,8 @@ class Attention {
   bool cp_ring_;
   bool rope_on_;
   cpu::RopeTable rope_;
-  Param* wqkv_;  // q_proj (k_proj, v_proj follow): [(Hq + 2 Hkv) dh, D] as one matrix
-  Param* wo_;    // [D, Hq dh]
+  Linear qkv_;  // column-parallel q_proj | k_proj | v_proj: [(Hq + 2 Hkv) dh, D] as one matrix
+  Linear o_;    // row-parallel o_proj [D, Hq dh]
   int64_t qkv_width() const { return (Hq_ + 2 * Hkv_) * dh_; }
 };
 

@@ -77,9 +77,28 @@ class Compute {
 
   cpu::Matmul& matmul() { return matmul_; }
 
+  // Training or evaluation: what stochastic layers (LoRA dropout) read. Evaluation and the
+  // inference path switch it off for their duration (TrainingMode below).
+  bool training() const { return training_; }
+  void set_training(bool on) { training_ = on; }
+
  private:
+  bool training_ = true;
   Precision precision_;
   cpu::Matmul matmul_;
+};
+
+// Sets a Compute's training flag for a scope and restores the previous value.
+class TrainingMode {
+ public:
+  TrainingMode(Compute& c, bool on) : c_(c), was_(c.training()) { c.set_training(on); }
+  ~TrainingMode() { c_.set_training(was_); }
+  TrainingMode(const TrainingMode&) = delete;
+  TrainingMode& operator=(const TrainingMode&) = delete;
+
+ private:
+  Compute& c_;
+  bool was_;
 };
 
 }  // namespace ff

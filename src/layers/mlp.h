@@ -9,6 +9,7 @@
 
 #include "core/param.h"
 #include "layers/compute.h"
+#include "layers/linear.h"
 #include "layers/tensor_parallel.h"
 #include "layers/model_config.h"
 
@@ -23,12 +24,13 @@ class Mlp {
  public:
   // prefix e.g. "model.layers.1.mlp"; registers gate_proj+up_proj (SwiGLU) or up_proj, and down_proj.
   Mlp(ParamStore& store, Compute& compute, const std::string& prefix, int64_t D, int64_t F, Activation act,
-      float init_std, float out_init_std, TensorParallel tp = {});
+      float init_std, float out_init_std, TensorParallel tp = {}, const LoraOptions& lora = {});
 
   struct Saved {
     Tensor x_op;  // [N, D] the region's input, as a GEMM operand
     Tensor h1;    // [N, fc1_width] pre-activation (fp32)
     Tensor act;   // [N, F] the activation, as a GEMM operand
+    Linear::Saved fc1_lora, fc2_lora;  // the adapters' activations (LoRA)
   };
   // out[N, D] overwritten.
   void forward(Saved& s, float* out, const float* x, int64_t N, Arena& arena) const;
@@ -43,8 +45,8 @@ class Mlp {
   Activation act_;
   TensorParallel tp_;
   Compute* compute_;
-  Param* fc1_;  // first of gate/up (adjacent); [fc1_width, D] as one matrix
-  Param* fc2_;  // [D, F]
+  Linear fc1_;  // column-parallel gate_proj | up_proj (SwiGLU) or up_proj: [fc1_width, D] as one matrix
+  Linear fc2_;  // row-parallel down_proj [D, F]
 };
 
 }  // namespace ff

@@ -50,6 +50,20 @@ std::vector<LayerKind> ModelConfig::layers() const {
   return out;
 }
 
+std::vector<std::string> ModelConfig::lora_target_list() const {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= lora_targets.size()) {
+    const size_t end = std::min(lora_targets.find(',', start), lora_targets.size());
+    std::string t = lora_targets.substr(start, end - start);
+    t.erase(0, t.find_first_not_of(" \t"));
+    t.erase(t.find_last_not_of(" \t") + 1);
+    if (!t.empty()) out.push_back(t);
+    start = end + 1;
+  }
+  return out;
+}
+
 cpu::RouterOptions ModelConfig::router_options() const {
   cpu::RouterOptions o;
   o.num_experts = num_experts;
@@ -120,6 +134,28 @@ std::vector<std::string> ModelConfig::validate() const {
     if (moe_aux_loss_coeff < 0) e.push_back(strprintf("model.moe_aux_loss_coeff = %g: must be >= 0", moe_aux_loss_coeff));
     if (moe_z_loss_coeff < 0) e.push_back(strprintf("model.moe_z_loss_coeff = %g: must be >= 0", moe_z_loss_coeff));
     if (!(moe_router_topk_scaling > 0)) e.push_back(strprintf("model.moe_router_topk_scaling = %g: must be > 0", moe_router_topk_scaling));
+  }
+  if (lora_rank < 0) e.push_back(strprintf("model.lora_rank = %lld: must be >= 0 (0 = no adapters)", (long long)lora_rank));
+  if (!(lora_dropout >= 0 && lora_dropout < 1))
+    e.push_back(strprintf("model.lora_dropout = %g: must be in [0, 1)", lora_dropout));
+  if (lora_rank > 0) {
+    if (!(lora_alpha > 0)) e.push_back(strprintf("model.lora_alpha = %g: must be > 0", lora_alpha));
+    const auto targets = lora_target_list();
+    if (targets.empty()) e.push_back("model.lora_targets is empty: name the projections that get adapters");
+    const std::string p = pattern();
+    const bool attention = p.find('*') != std::string::npos;
+    const bool mlp = p.find('-') != std::string::npos || (p.find('E') != std::string::npos && moe_shared_expert_hidden > 0);
+    for (const auto& t : targets) {
+      const bool attn_t = t == "q_proj" || t == "k_proj" || t == "v_proj" || t == "o_proj";
+      const bool mlp_t = t == "up_proj" || t == "down_proj" || (t == "gate_proj" && activation == Activation::swiglu);
+      if (!attn_t && !mlp_t)
+        e.push_back(strprintf("model.lora_targets: '%s' is not a linear of this model (choose from q_proj, k_proj, "
+                              "v_proj, o_proj, %sup_proj, down_proj; routed experts take no adapters)", t.c_str(),
+                              activation == Activation::swiglu ? "gate_proj, " : ""));
+      else if ((attn_t && !attention) || (mlp_t && !mlp))
+        e.push_back(strprintf("model.lora_targets: '%s': the model has no %s layer", t.c_str(),
+                              attn_t ? "attention" : "dense MLP or shared expert"));
+    }
   }
   return e;
 }

@@ -73,6 +73,11 @@ struct ModelConfig {
   bool moe_pad_to_capacity = false;
   Precision precision = Precision::fp32;
   int64_t head_chunk_rows = 0;  // LM head + cross-entropy over row chunks; 0 = all rows at once
+  // LoRA adapters (layers/linear.h); the base weights are then frozen.
+  int64_t lora_rank = 0;
+  double lora_alpha = 16;
+  double lora_dropout = 0;
+  std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";
 
   template <class V>
   void visit_fields(V& v) {
@@ -114,6 +119,12 @@ struct ModelConfig {
     v(head_chunk_rows, "head_chunk_rows", "training: the LM head and cross-entropy run over chunks of this many rows, so "
                                           "logits exist for one chunk at a time (backward recomputes each chunk's logits: "
                                           "one more head GEMM); for large vocabularies. 0 = all rows at once");
+    v(lora_rank, "lora_rank", "LoRA adapter rank r on the lora_targets projections; the base weights are frozen; "
+                              "0 = no adapters");
+    v(lora_alpha, "lora_alpha", "LoRA scale alpha: an adapter adds (alpha / r) x A^T B^T");
+    v(lora_dropout, "lora_dropout", "dropout on the adapters' input during training, in [0, 1)");
+    v(lora_targets, "lora_targets", "comma-separated projections that get adapters: q_proj, k_proj, v_proj, o_proj "
+                                    "(attention), gate_proj, up_proj, down_proj (dense MLPs and shared experts)");
   }
 
   // Derived values (pure functions of the fields; nothing is rewritten).
@@ -121,6 +132,7 @@ struct ModelConfig {
   std::string pattern() const;
   std::vector<LayerKind> layers() const;  // parsed pattern; call after validate()
   cpu::RouterOptions router_options() const;
+  std::vector<std::string> lora_target_list() const;  // lora_targets split at commas
 
   // Every problem, each naming its field and saying what would be valid. Empty = valid.
   std::vector<std::string> validate() const;

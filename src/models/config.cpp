@@ -1,5 +1,7 @@
 #include "models/config.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 
 namespace ff {
@@ -23,15 +25,35 @@ int64_t shared_expert_params(const ModelConfig& c) {
   return mlp_params(c, c.moe_shared_expert_hidden) + (c.moe_shared_expert_gate ? c.d_model : 0);
 }
 
+// Parameters of the LoRA adapters of one linear part in -> out: r (in + out) if it is a target.
+int64_t lora_params(const ModelConfig& c, const char* target, int64_t in, int64_t out) {
+  if (c.lora_rank == 0) return 0;
+  const auto t = c.lora_target_list();
+  return std::find(t.begin(), t.end(), target) != t.end() ? c.lora_rank * (in + out) : 0;
+}
+
+int64_t attention_lora_params(const ModelConfig& c) {
+  const int64_t D = c.d_model, q = c.num_heads * c.kv_channels(), kv = c.num_kv_heads * c.kv_channels();
+  return lora_params(c, "q_proj", D, q) + lora_params(c, "k_proj", D, kv) + lora_params(c, "v_proj", D, kv) +
+         lora_params(c, "o_proj", q, D);
+}
+
+int64_t mlp_lora_params(const ModelConfig& c, int64_t F) {
+  const int64_t D = c.d_model;
+  return (c.activation == Activation::swiglu ? lora_params(c, "gate_proj", D, F) : 0) + lora_params(c, "up_proj", D, F) +
+         lora_params(c, "down_proj", F, D);
+}
+
 int64_t count(const ModelConfig& c, int64_t experts_counted) {
   int64_t n = c.vocab_size * c.d_model * (c.tie_embeddings ? 1 : 2) + norm_params(c);
   for (LayerKind k : c.layers()) {
     n += norm_params(c);
     switch (k) {
-      case LayerKind::attention: n += attention_params(c); break;
-      case LayerKind::mlp: n += mlp_params(c, c.ffn_hidden); break;
+      case LayerKind::attention: n += attention_params(c) + attention_lora_params(c); break;
+      case LayerKind::mlp: n += mlp_params(c, c.ffn_hidden) + mlp_lora_params(c, c.ffn_hidden); break;
       case LayerKind::moe:
         n += c.num_experts * c.d_model + experts_counted * mlp_params(c, c.moe_ffn_hidden) + shared_expert_params(c);
+        if (c.moe_shared_expert_hidden > 0) n += mlp_lora_params(c, c.moe_shared_expert_hidden);
         break;
       case LayerKind::mamba: break;
     }

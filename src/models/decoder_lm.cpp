@@ -94,6 +94,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   if (chunk_range(0).first)
     embedding_ = params_.add_slice("model.embed_tokens.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0},
                                    ParamInit::normal, std0);
+  const LoraOptions lora = lora_options(cfg, seed);
   const auto kinds = cfg.layers();
   std::vector<bool> held(kinds.size(), false);
   for (int64_t c = 0; c < chunks_; ++c)
@@ -110,15 +111,16 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
       case LayerKind::attention:
         L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
         L.attention = std::make_unique<Attention>(params_, compute_, p + ".self_attn", cfg, std0, out_std, tp_, cp_,
-                                                  pc.cp_comm == CpComm::ring);
+                                                  pc.cp_comm == CpComm::ring, lora);
         break;
       case LayerKind::mlp:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.mlp = std::make_unique<Mlp>(params_, compute_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std, tp_);
+        L.mlp = std::make_unique<Mlp>(params_, compute_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std, tp_,
+                                      lora);
         break;
       case LayerKind::moe:
         L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.moe = std::make_unique<MoeLayer>(params_, compute_, p + ".mlp", cfg_, grid, std0, out_std);
+        L.moe = std::make_unique<MoeLayer>(params_, compute_, p + ".mlp", cfg_, grid, std0, out_std, lora);
         L.moe->set_profile(&profile_);
         break;
       case LayerKind::mamba: FF_FAIL("layer_pattern: Mamba layers are not implemented yet");
@@ -141,14 +143,16 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     lm_head_ = std::make_unique<LmHead>(head_, compute_, tp_, V, cfg.head_chunk_rows);
   }
   // Middle stages hold neither copy, so whether the tied embedding trains is read from the globs.
-  tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1 && !matches_any("model.embed_tokens.weight", frozen);
+  tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1 && cfg.lora_rank == 0 &&
+                        !matches_any("model.embed_tokens.weight", frozen);
   pp_ = &grid.pp();
   // A parameter every TP rank holds whole is counted (grad norm) and written (checkpoint) once;
   // data-parallel replicas are written by the first replica.
   for (Param& prm : params_.params()) {
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
     prm.data_replica = (prm.expert ? grid.edp() : grid.dp_cp()).rank() > 0;
-    prm.trainable = !matches_any(prm.name, frozen);
+    // With LoRA only the adapters train (the base is frozen); frozen globs apply on top.
+    prm.trainable = !matches_any(prm.name, frozen) && (cfg.lora_rank == 0 || is_adapter_name(prm.name));
   }
   first_replica_ = tp_.rank() == 0 && grid.dp_cp().rank() == 0;
   params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
@@ -327,6 +331,7 @@ std::unique_ptr<DecoderLM::Decoder> DecoderLM::new_decoder(int64_t B, int64_t ca
 const float* DecoderLM::decode_chunk(Decoder& d, int64_t chunk, const int32_t* tokens, int64_t T, const float* input) {
   FF_CHECK(T >= 1 && d.length + T <= d.capacity, "decoding %lld positions after %lld: the cache holds %lld",
            (long long)T, (long long)d.length, (long long)d.capacity);
+  TrainingMode evaluation(compute_, false);
   if (compute_weights_stale_ && compute_.bf16()) {
     cpu::to_bf16(params_.values_bf16(), params_.values(), params_.numel());
     compute_weights_stale_ = false;

@@ -133,6 +133,9 @@ class DecoderLM {
   void end_of_step();
 
   const ModelConfig& config() const { return cfg_; }
+  // Evaluation mode (no dropout) for the forwards that follow, until set back; the inference path
+  // is always in evaluation mode.
+  void set_training(bool on) { compute_.set_training(on); }
   // Time per component of forward and backward (off unless profile().on is set).
   Profile& profile() { return profile_; }
   ParamStore& params() { return params_; }

@@ -55,9 +55,10 @@ double DistributedAdamW::step(double lr) {
   float* grads = params_.grads();
   float* values = params_.values();
   // 1. Partial gradients of TP-replicated parameters under sequence parallelism.
-  if (grid_.config().sequence_parallel && grid_.tp().size() > 1)
+  if (grid_.tp().size() > 1)
     for (Param& p : params_.params())
-      if (p.tp_replicated && p.trainable) grid_.tp().all_reduce_sum(p.grad, p.numel());
+      if (p.trainable && ((p.tp_replicated && grid_.config().sequence_parallel) || p.tp_partial_grad))
+        grid_.tp().all_reduce_sum(p.grad, p.numel());
 
   // 2. Reduce-scatter each region's gradients into its owned shard.
   const float scale = 1.0f / static_cast<float>(grid_.dp_size() * grid_.cp().size());

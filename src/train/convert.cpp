@@ -6,6 +6,7 @@
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/hf_convert.h"
+#include "train/lora_merge.h"
 #include "train/model_source.h"
 #include "train/trainer.h"
 
@@ -28,6 +29,11 @@ void run_convert(const ConvertOptions& o) {
       for (const auto& n : f.names()) tensors[n] = f.read_any(n);
     } else {
       tensors = read_checkpoint_model(src.path);
+    }
+    if (cfg.model.lora_rank > 0) {
+      FF_CHECK(o.merge_lora, "convert --to hf: '%s' carries LoRA adapters, which the Hugging Face layout has no place "
+               "for; give --merge_lora to fold them into the weights", o.checkpoint.c_str());
+      merge_lora(cfg.model, tensors);
     }
     HfExportOptions e;
     e.family = o.family;

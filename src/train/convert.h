@@ -15,6 +15,7 @@ struct ConvertOptions {
   std::string family = "auto";
   std::string dtype = "f32";     // export dtype: f32 (exact) or bf16
   int64_t max_shard_mb = 5120;   // export: shard past this size
+  bool merge_lora = false;       // export: fold LoRA adapters into the weights (required when the model has them)
 };
 
 void run_convert(const ConvertOptions& o);

@@ -108,7 +108,8 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
 ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets,
                                           int64_t B, int64_t S, const TokenObjective& objective) {
   // Forward only, one micro-batch through every virtual stage in order: a chain, so each stage's
-  // sends complete once the next stage has received them.
+  // sends complete once the next stage has received them. No dropout.
+  model_.set_training(false);
   const Communicator& pp = grid_.pp();
   const int64_t P = pp.size(), p = pp.rank(), V = model_.num_chunks(), VS = P * V;
   const int64_t width = model_.stream_rows(B, S) * model_.config().d_model;
@@ -130,6 +131,7 @@ ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, co
       value[1] = static_cast<double>(v.tokens);
     }
   }
+  model_.set_training(true);
   pp.all_reduce_sum(value, 2);
   return {value[0], static_cast<int64_t>(value[1])};
 }

@@ -14,6 +14,7 @@
 #include "parallel/data_parallel.h"
 #include "train/data.h"
 #include "train/flops.h"
+#include "train/lora_merge.h"
 #include "train/model_source.h"
 #include "train/objective.h"
 #include "train/run_checkpoint.h"
@@ -241,6 +242,7 @@ TrainResult Trainer::run(bool quiet) {
       if (lead) save_model_from_checkpoint(dir, cfg_, path, &tokenizer);
       grid_.all().barrier();
     }
+    if (lead && cfg_.model.lora_rank > 0) save_adapters(path, tc.out_dir + "/adapters.safetensors");
     if (lead && !quiet)
       std::printf("saved %s; validation loss %.4f -> %.4f (unigram baseline %.4f)\n", path.c_str(),
                   result.first_valid_loss, result.final_valid_loss, result.unigram_entropy);
@@ -271,6 +273,22 @@ void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const
   RunConfig single = cfg;
   single.parallel = ParallelConfig{};  // the file holds the whole model
   write_safetensors(path, entries, model_metadata(single, tokenizer));
+}
+
+void save_adapters(const std::string& model_path, const std::string& path) {
+  SafetensorsFile f(model_path);
+  std::vector<HostTensor> held;
+  std::vector<std::string> names;
+  for (const auto& n : f.names())
+    if (is_adapter_name(n)) {
+      names.push_back(n);
+      held.push_back(f.read_any(n));
+    }
+  std::vector<SafetensorsEntry> entries;
+  for (size_t i = 0; i < names.size(); ++i) entries.push_back({names[i], held[i].shape, held[i].data.data()});
+  auto meta = f.metadata();
+  meta["format"] = "fivefold-lora-adapters-1";
+  write_safetensors(path, entries, meta);
 }
 
 RunConfig load_model_config(const std::string& path) {

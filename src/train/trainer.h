@@ -65,6 +65,8 @@ void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const
 // The whole model of a checkpoint folder (written by any layout) as one model file.
 void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,
                                 const TokenizerFile* tokenizer = nullptr);
+// The LoRA adapters of a model file alone (with its metadata), e.g. out_dir/adapters.safetensors.
+void save_adapters(const std::string& model_path, const std::string& path);
 // Reads the config stored in a model file written by save_model.
 RunConfig load_model_config(const std::string& path);
 void load_model_weights(DecoderLM& model, const std::string& path);

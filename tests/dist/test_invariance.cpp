@@ -427,6 +427,38 @@ TEST(Invariance, FrozenParameters) {
   if (world_size() >= 4) expect_invariant(c, tensor_layout(2, true, 2, 2), {}, false, frozen);
 }
 
+// LoRA adapters under TP (with and without SP), DP with the distributed optimizer, and EP: the
+// base frozen, A whole beside a column-parallel weight and B whole beside a row-parallel one,
+// their partial gradients summed over TP. B is set away from zero (a function of each element's
+// global position, the same on every layout) so that both factors carry gradient.
+TEST(Invariance, LoraAdapters) {
+  ModelConfig c = tiny_moe();
+  c.layer_pattern = "*-*E";
+  c.ffn_hidden = 20;
+  c.moe_shared_expert_hidden = 10;
+  c.lora_rank = 2;
+  c.lora_alpha = 4;
+  c.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+  ModelSetup nonzero_b = [](DecoderLM& m) {
+    for (Param& p : m.params().params()) {
+      if (p.name.find(".lora_B.") == std::string::npos) continue;
+      const int64_t cols = p.local_shape[1];
+      for (int64_t i = 0; i < p.numel(); ++i) {
+        const int64_t gr = p.local_offset[0] + i / cols, gc = p.local_offset[1] + i % cols;
+        p.value[i] = 0.3f * std::sin(1.7f * static_cast<float>(gr * 31 + gc) + static_cast<float>(p.name.size()));
+      }
+    }
+    m.mark_values_changed();
+  };
+  expect_invariant(c, layout(max_ep()), nonzero_b);
+  expect_invariant(c, layout(max_ep()), nonzero_b, true);
+  expect_invariant(c, tensor_layout(2, true, 2), nonzero_b);
+  ModelConfig dense = c;
+  dense.layer_pattern = "*-*-";
+  dense.num_experts = 0;
+  expect_invariant(dense, tensor_layout(2, false), nonzero_b);
+}
+
 // The loss is a global token mean: M micro-batches per replica whose sequences keep different
 // numbers of valid targets (the rest masked), under data, context, tensor and pipeline
 // parallelism, give the loss and gradients of one process running all DP x M micro-batches as a

@@ -17,7 +17,7 @@ int64_t local_experts(const ModelConfig& cfg, const ParallelGrid& grid) {
 }  // namespace
 
 MoeLayer::MoeLayer(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
-                   float init_std, float out_init_std)
+                   float init_std, float out_init_std, const LoraOptions& lora)
     : cfg_(cfg),
       tp_{&grid.tp(), grid.config().sequence_parallel},
       router_(store, prefix + ".gate", cfg, grid),
@@ -26,7 +26,7 @@ MoeLayer::MoeLayer(ParamStore& store, Compute& compute, const std::string& prefi
   if (cfg.moe_shared_expert_hidden > 0) {
     // The shared expert is a dense MLP on the attention TP group (with sequence parallelism).
     shared_.emplace(store, compute, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
-                    init_std, out_init_std, tp_);
+                    init_std, out_init_std, tp_, lora);
     if (cfg.moe_shared_expert_gate) {
       shared_gate_ = store.add(prefix + ".shared_expert_gate.weight", Shape{1, cfg.d_model}, ParamInit::normal, init_std);
       shared_gate_->tp_replicated = true;

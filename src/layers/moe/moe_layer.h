@@ -26,7 +26,7 @@ struct MoeStats {
 class MoeLayer {
  public:
   MoeLayer(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
-           float init_std, float out_init_std);
+           float init_std, float out_init_std, const LoraOptions& lora = {});
 
   struct Saved {
     Router::Saved router;
