@@ -54,7 +54,8 @@ if (( MODEL_THREADS > 0 && MODEL_THREADS != THREADS )); then
   echo "note: the model file says train.threads = $MODEL_THREADS, which fivefold generate uses instead of $THREADS"
 fi
 
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores; $THREADS threads each"
+# The load average tells whether other work shared the cores (2-thread runs slow down many-fold then).
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg); $THREADS threads each"
 echo "model: $MODEL (seq_len $SEQ_LEN); prompt \"$PROMPT\", $TOKENS new tokens, greedy"
 for _ in $(seq 8); do printf '{"prompt": "%s"}\n' "$PROMPT"; done > "$WORK/prompts8.jsonl"
 FF=(env OMP_NUM_THREADS="$THREADS" "$FIVEFOLD" generate --model "$MODEL" --tokens "$TOKENS" --temperature 0)

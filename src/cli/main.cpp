@@ -32,6 +32,7 @@
 #include "train/model_source.h"
 #include "train/run_checkpoint.h"
 #include "train/plan.h"
+#include "train/sft_data.h"
 #include "train/trainer.h"
 
 extern char** environ;
@@ -159,6 +160,8 @@ struct GenerateOptions {
   std::string prompts_file;  // JSONL: one prompt per line ({"prompt": ...} or a JSON string)
   SamplingOptions sampling;
   std::string output = "text";  // text | jsonl
+  std::string chat_template = "none";  // wrap each prompt as a user turn of this template
+  int64_t threads = 0;
   std::string tokenizer_type, tokenizer_path;  // empty: the model's own tokenizer
   std::map<std::string, std::string> layout;   // --tp, --ep, --pp, ... flags
 };
@@ -229,21 +232,27 @@ int cmd_generate(const GenerateOptions& g) {
   auto layout = c.parallel.validate(world.size());
   errors.insert(errors.end(), layout.begin(), layout.end());
   FF_CHECK(errors.empty(), "bad command line:%s", join_problems(errors).c_str());
+  c.train.threads = g.threads;  // this machine's choice, not the training run's
   set_threads(c);
   ParallelGrid grid(world, c.parallel);
   DecoderLM model(c.model, grid, c.train.seed);
   load_model_source(src, model);
   auto tok = make_tokenizer(model_tokenizer(src, explicit_tokenizer(g.tokenizer_type, g.tokenizer_path)));
-  const std::vector<std::string> prompts = read_prompts(g);
+  ChatTemplate chat = ChatTemplate::none;
+  FF_CHECK(enum_from_string(g.chat_template, chat), "--chat_template %s: must be one of %s", g.chat_template.c_str(),
+           enum_choices(ChatTemplate{}).c_str());
+  std::vector<std::string> prompts = read_prompts(g);
   std::vector<std::vector<int32_t>> ids;
-  for (const auto& p : prompts) ids.push_back(tok->encode(p));
+  for (const auto& p : prompts) ids.push_back(tok->encode(chat == ChatTemplate::none ? p : chat_prompt(p, chat)));
   GenerationStats stats;
   const std::vector<Generated> out = generate(model, grid, *tok, ids, g.sampling, &stats);
   if (grid.world_rank() != 0) return 0;
   for (size_t i = 0; i < out.size(); ++i) {
     if (g.output == "jsonl") {
-      std::printf("%s\n", nlohmann::json{{"prompt", prompts[i]}, {"text", out[i].text}, {"finish", out[i].finish},
-                                         {"new_tokens", out[i].tokens.size()}}.dump().c_str());
+      // Text cut inside a multi-byte character (byte-level tokenizers) is written with U+FFFD.
+      const nlohmann::json rec = {{"prompt", prompts[i]}, {"text", out[i].text}, {"finish", out[i].finish},
+                                  {"new_tokens", out[i].tokens.size()}};
+      std::printf("%s\n", rec.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
       std::printf("%s%s\n%s", prompts[i].c_str(), out[i].text.c_str(), i + 1 < out.size() ? "\n" : "");
     }
@@ -483,6 +492,11 @@ int main(int argc, char** argv) {
     generate->add_option("--stop", gen.sampling.stop, "stop string (repeatable); the text ends before it");
     generate->add_option("--kv_cache", gen.sampling.kv_cache, "decode with the KV cache (false: recompute the context "
                                                               "every token)")->capture_default_str();
+    generate->add_option("--chat_template", gen.chat_template, "none | chatml | llama3 | nemo: each prompt becomes "
+                                                              "the user's turn, and the model writes the assistant's")
+        ->capture_default_str();
+    generate->add_option("--threads", gen.threads, "OpenMP threads per rank; 0 = OMP_NUM_THREADS or the cores shared "
+                                                   "among the ranks")->capture_default_str();
     generate->add_option("--output", gen.output, "text | jsonl (one {prompt, text, finish, new_tokens} per prompt)")
         ->capture_default_str();
     generate->add_option("--tokenizer_type", gen.tokenizer_type, "byte | sentencepiece | bpe; default: the model's own");

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include <omp.h>
 
@@ -46,6 +47,22 @@ cpu::AttentionShape shape_of(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int6
 float* workspace(const cpu::AttentionShape& sh, Arena& arena) {
   return arena.alloc_f32(cpu::attention_workspace_floats(sh, omp_get_max_threads()));
 }
+// Packed sequences: the rows of sequence b whose positions restart at 0 begin a new segment (an
+// example of its own: it attends only within itself). [begin, end) row ranges over all B * S rows;
+// one per sequence when nothing is packed.
+std::vector<std::pair<int64_t, int64_t>> segments(const int32_t* positions, int64_t B, int64_t S) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t start = b * S;
+    for (int64_t r = b * S + 1; r < (b + 1) * S; ++r)
+      if (positions[r] == 0) {
+        out.push_back({start, r});
+        start = r;
+      }
+    out.push_back({start, (b + 1) * S});
+  }
+  return out;
+}
 }  // namespace
 
 void Attention::forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B,
@@ -66,7 +83,17 @@ void Attention::forward(Saved& s, float* out, const float* x, const int32_t* pos
                          arena);
   else {
     const cpu::AttentionShape sh = shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16());
-    cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, sh, workspace(sh, arena));
+    float* ws = workspace(sh, arena);
+    const auto segs = segments(positions, B, S);
+    if (static_cast<int64_t>(segs.size()) == B) {
+      cpu::attention_forward(s.o.f32(), s.lse.f32(), q, k, v, sh, ws);
+    } else {  // packed: each segment its own causal sequence (its lse at Hq x its first row)
+      for (const auto& [r0, r1] : segs) {
+        const cpu::AttentionShape seg = shape_of(1, r1 - r0, Hq_, Hkv_, dh_, compute_->bf16());
+        cpu::attention_forward(s.o.f32() + r0 * Hq_ * dh_, s.lse.f32() + r0 * Hq_, q + r0 * W, k + r0 * W, v + r0 * W,
+                               seg, ws);
+      }
+    }
   }
   float* partial = tp_.active() ? arena.alloc_f32(N * D_) : out;  // row-parallel: partial sums
   s.o_op = compute_->operand(s.o.f32(), N, Hq_ * dh_, arena);
@@ -137,8 +164,19 @@ void Attention::backward(float* dx, const float* dout, const int32_t* positions,
                           scratch);
   else {
     const cpu::AttentionShape sh = shape_of(B, S, Hq_, Hkv_, dh_, compute_->bf16());
-    cpu::attention_backward(dqkv, dqkv + Hq_ * dh_, dqkv + (Hq_ + Hkv_) * dh_, dO, qkv, qkv + Hq_ * dh_,
-                            qkv + (Hq_ + Hkv_) * dh_, s.o.f32(), s.lse.f32(), sh, workspace(sh, scratch));
+    float* ws = workspace(sh, scratch);
+    const auto segs = segments(positions, B, S);
+    const int64_t ko = Hq_ * dh_, vo = (Hq_ + Hkv_) * dh_;
+    if (static_cast<int64_t>(segs.size()) == B) {
+      cpu::attention_backward(dqkv, dqkv + ko, dqkv + vo, dO, qkv, qkv + ko, qkv + vo, s.o.f32(), s.lse.f32(), sh, ws);
+    } else {
+      for (const auto& [r0, r1] : segs) {
+        const cpu::AttentionShape seg = shape_of(1, r1 - r0, Hq_, Hkv_, dh_, compute_->bf16());
+        const int64_t q0 = r0 * W, o0 = r0 * Hq_ * dh_;
+        cpu::attention_backward(dqkv + q0, dqkv + q0 + ko, dqkv + q0 + vo, dO + o0, qkv + q0, qkv + q0 + ko,
+                                qkv + q0 + vo, s.o.f32() + o0, s.lse.f32() + r0 * Hq_, seg, ws);
+      }
+    }
   }
   if (rope_on_) cpu::rope_backward(dqkv, positions, rope_, N, Hq_ + Hkv_, dh_, W);
   float* dx_full = tp_.active() ? scratch.alloc_f32(N * D_) : dx;

@@ -183,9 +183,10 @@ DecoderLM::ChunkRange DecoderLM::chunk_range(int64_t chunk) const {
   return {vs * L / VS, (vs + 1) * L / VS, vs == 0, vs == VS - 1};
 }
 
-ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) {
+ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
+                                 const int32_t* positions) {
   FF_CHECK(pp_size_ == 1, "DecoderLM::forward runs the whole model; with pipeline stages use the pipeline executor");
-  return forward_chunk(mb, 0, tokens, targets, B, S, nullptr);
+  return forward_chunk(mb, 0, tokens, targets, B, S, nullptr, positions);
 }
 
 void DecoderLM::backward(MicroBatch& mb, const float* dlogp, float objective_scale, float moe_scale) {
@@ -198,12 +199,21 @@ TargetLogProbs DecoderLM::target_logprobs(const MicroBatch& mb) const {
   return {mb.head.logp.f32(), mb.targets, mb.positions.data(), mb.B, mb.S, cp_};
 }
 
-void DecoderLM::prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) {
+void DecoderLM::prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
+                        const int32_t* positions) {
   FF_CHECK(S >= 1 && S <= cfg_.seq_len, "sequence length %lld outside [1, model.seq_len = %lld]", (long long)S,
            (long long)cfg_.seq_len);
   Arena& A = mb.arena;
   A.reset();
-  if (cp_) {
+  if (positions) {
+    FF_CHECK(cp_ == nullptr, "packed sequences (positions restarting per example) run without context parallelism: "
+             "use parallel.cp = 1 or no packing");
+    for (int64_t r = 0; r < B * S; ++r)
+      FF_CHECK(positions[r] >= 0 && positions[r] < cfg_.seq_len && (r % S != 0 || positions[r] == 0),
+               "row %lld: position %d outside [0, model.seq_len) or a sequence not starting at 0", (long long)r,
+               positions[r]);
+    mb.positions.assign(positions, positions + B * S);
+  } else if (cp_) {
     // Context parallelism: keep this rank's two chunks of every sequence (context_parallel.h).
     const int P = cp_->size();
     FF_CHECK(S % (2 * P) == 0, "sequence length %lld is not divisible by 2 * parallel.cp = %d", (long long)S, 2 * P);
@@ -237,8 +247,8 @@ int64_t DecoderLM::stream_rows(int64_t B, int64_t S) const {
 }
 
 ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int32_t* tokens, const int32_t* targets,
-                                       int64_t B, int64_t S, const float* input) {
-  if (chunk == 0) prepare(mb, tokens, targets, B, S);
+                                       int64_t B, int64_t S, const float* input, const int32_t* positions) {
+  if (chunk == 0) prepare(mb, tokens, targets, B, S, positions);
   if (compute_weights_stale_ && compute_.bf16()) {
     cpu::to_bf16(params_.values_bf16(), params_.values(), params_.numel());
     compute_weights_stale_ = false;

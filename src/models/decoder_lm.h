@@ -71,7 +71,10 @@ class DecoderLM {
 
   // tokens/targets [B*S]; a target of -1 has no log-prob (masked). targets may be null: logits
   // only (inference). The whole model (one pipeline stage).
-  ForwardResult forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
+  // positions [B*S]: each row's position; null = 0 .. S-1 in every sequence. Packed sequences
+  // restart at 0 for each example, which then attends only within itself (layers/attention.h).
+  ForwardResult forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
+                        const int32_t* positions = nullptr);
   // Gradients of objective_scale * objective + moe_scale * (the MoE losses) accumulate into the
   // parameter grads, where dlogp[rows] = d objective / d logp of target_logprobs(mb).
   void backward(MicroBatch& mb, const float* dlogp, float objective_scale, float moe_scale);
@@ -91,7 +94,7 @@ class DecoderLM {
   // the caller until this micro-batch's backward), null on virtual stage 0. Every chunk gets the
   // micro-batch's tokens and targets; chunk 0 must run first for each micro-batch.
   ForwardResult forward_chunk(MicroBatch& mb, int64_t chunk, const int32_t* tokens, const int32_t* targets,
-                              int64_t B, int64_t S, const float* input);
+                              int64_t B, int64_t S, const float* input, const int32_t* positions = nullptr);
   // The chunk's output activation [stream_rows, D] for the next virtual stage.
   const float* chunk_output(const MicroBatch& mb, int64_t chunk) const;
   // Backward of one chunk. dout: gradient of its output (null on the last virtual stage); dlogp:
@@ -162,7 +165,8 @@ class DecoderLM {
     std::unique_ptr<Mlp> mlp;
     std::unique_ptr<MoeLayer> moe;
   };
-  void prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S);
+  void prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
+               const int32_t* positions);
 
   ModelConfig cfg_;
   Profile profile_;

@@ -12,6 +12,13 @@
 
 namespace ff {
 
+// What train.data_path holds: pre-training text (windows of a token stream) or SFT examples
+// (train/sft_data.h), rendered by a chat template.
+enum class DataFormat : uint8_t { pretrain, sft };
+std::span<const EnumName<DataFormat>> enum_names(DataFormat);
+enum class ChatTemplate : uint8_t { none, chatml, llama3, nemo };
+std::span<const EnumName<ChatTemplate>> enum_names(ChatTemplate);
+
 struct TrainConfig {
   uint64_t seed = 1234;
   int64_t steps = 500;
@@ -21,6 +28,10 @@ struct TrainConfig {
   std::string data_path = "data/kjv.txt";
   std::string split = "98,2,0";  // train, valid, test ratios over each source's documents
   std::string json_key = "text";
+  DataFormat data_format = DataFormat::pretrain;
+  ChatTemplate chat_template = ChatTemplate::none;
+  std::string sft_prompt_key = "prompt", sft_response_key = "response", sft_messages_key = "messages";
+  bool sft_pack = false;
   TokenizerType tokenizer_type = TokenizerType::sentencepiece;
   std::string tokenizer_path = "data/kjv-sp4096.model";
   int64_t eval_interval = 50;   // steps between validation passes; 0 = only at the end
@@ -47,6 +58,13 @@ struct TrainConfig {
                               "an indexed dataset PREFIX (PREFIX.bin + PREFIX.idx), or a blend \"W1 PATH1 W2 PATH2 ...\"");
     v(split, "split", "train,valid,test ratios over each source's documents, e.g. 98,2,0");
     v(json_key, "json_key", "JSONL sources: the key holding each document's text");
+    v(data_format, "data_format", "pretrain: documents as one token stream; sft: JSONL examples (prompt/response or "
+                                  "messages), loss on the responses only");
+    v(chat_template, "chat_template", "sft: how examples are rendered (none: prompt then response)");
+    v(sft_prompt_key, "sft_prompt_key", "sft: the key of the prompt");
+    v(sft_response_key, "sft_response_key", "sft: the key of the response");
+    v(sft_pack, "sft_pack", "sft: pack several examples into each sequence (each attends to itself, positions restart)");
+    v(sft_messages_key, "sft_messages_key", "sft: the key of a list of {role, content} messages (needs a chat template)");
     v(tokenizer_type, "tokenizer_type", "tokenizer kind");
     v(tokenizer_path, "tokenizer_path", "SentencePiece .model (trained on the text sources if missing) or tokenizer.json");
     v(eval_interval, "eval_interval", "steps between validation passes; 0 = only at the end");

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/check.h"
+#include "train/sft_data.h"
 #include "io/preprocess.h"
 
 namespace ff {
@@ -185,6 +186,16 @@ EvalData open_eval_data(const RunConfig& c, const std::string& part, const Commu
 TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64_t valid_samples,
                                 const Communicator& world, bool quiet) {
   const auto& tc = c.train;
+  if (tc.data_format == DataFormat::sft) {
+    TrainingData d;
+    d.tokenizer = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
+    FF_CHECK(d.tokenizer->vocab_size() <= c.model.vocab_size, "model.vocab_size = %lld is smaller than the tokenizer's "
+             "%lld entries (%s)", (long long)c.model.vocab_size, (long long)d.tokenizer->vocab_size(),
+             d.tokenizer->describe().c_str());
+    open_sft_data(c, d, d.summary);
+    d.summary += "; tokenizer " + d.tokenizer->describe();
+    return d;
+  }
   const auto sources = parse_sources(tc.data_path);
   for (const auto& s : sources)
     FF_CHECK(is_prefix(s.path) || fs::is_regular_file(s.path), "train.data_path: '%s' is neither an indexed dataset "
@@ -240,13 +251,15 @@ TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64
   for (double x : p)
     if (x > 0) d.unigram_entropy -= x * std::log(x);
   d.summary += "; tokenizer " + d.tokenizer->describe();
-  d.train = std::make_unique<BlendedDataset>(std::move(train_parts), weights, train_samples);
-  d.valid = std::make_unique<BlendedDataset>(std::move(valid_parts), weights, valid_samples);
+  d.train = std::make_unique<GptSamples>(std::make_unique<BlendedDataset>(std::move(train_parts), weights, train_samples));
+  d.valid = std::make_unique<GptSamples>(std::make_unique<BlendedDataset>(std::move(valid_parts), weights, valid_samples));
   return d;
 }
 
-void fill_batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, const BlendedDataset& ds, int64_t first,
-                int64_t B, int64_t S) {
+void GptSamples::fill(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, std::vector<int32_t>& positions,
+                      int64_t first, int64_t B, int64_t S) const {
+  const BlendedDataset& ds = *ds_;
+  positions.clear();
   tokens.resize(static_cast<size_t>(B * S));
   targets.resize(static_cast<size_t>(B * S));
   std::vector<int32_t> buf(static_cast<size_t>(S + 1));

@@ -24,9 +24,20 @@
 
 namespace ff {
 
+// What the trainer reads, B samples at a time: tokens and targets [B*S] (a target of -1 has no
+// loss: padding, or a prompt under SFT), and the rows' positions when several examples are packed
+// into one sample (empty: 0 .. S-1 in each). Sample indices are taken modulo size().
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual void fill(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, std::vector<int32_t>& positions,
+                    int64_t first, int64_t B, int64_t S) const = 0;
+  virtual int64_t size() const = 0;
+};
+
 struct TrainingData {
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<BlendedDataset> train, valid;
+  std::unique_ptr<SampleSource> train, valid;
   double unigram_entropy = 0;  // nats per token of the train splits' token distribution (blend-weighted)
   std::string summary;         // one line for the log
 };
@@ -47,10 +58,25 @@ struct EvalData {
 };
 EvalData open_eval_data(const RunConfig& c, const std::string& part, const Communicator& world, bool quiet);
 
-// tokens/targets [B*S]: samples first .. first + B - 1 of `ds` (indices taken modulo its size);
-// tokens are each sample's first S tokens, targets its last S.
-void fill_batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, const BlendedDataset& ds, int64_t first,
-                int64_t B, int64_t S);
+// Pre-training samples of a blend: each sample's first S tokens are its tokens, its last S the targets.
+class GptSamples : public SampleSource {
+ public:
+  explicit GptSamples(std::unique_ptr<BlendedDataset> ds) : ds_(std::move(ds)) {}
+  void fill(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, std::vector<int32_t>& positions,
+            int64_t first, int64_t B, int64_t S) const override;
+  int64_t size() const override { return ds_->size(); }
+  const BlendedDataset& blend() const { return *ds_; }
+
+ private:
+  std::unique_ptr<BlendedDataset> ds_;
+};
+
+// tokens/targets [B*S]: samples first .. first + B - 1 of `src` (sources that do not pack).
+inline void fill_batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, const SampleSource& src,
+                       int64_t first, int64_t B, int64_t S) {
+  std::vector<int32_t> positions;
+  src.fill(tokens, targets, positions, first, B, S);
+}
 
 // The resumable position in the train stream: the next sample of the blend, the same on every
 // rank (data-parallel rank r of R reads samples next + (m * R + r) * B .. of micro-batch m).

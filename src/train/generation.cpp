@@ -148,7 +148,7 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
         continue;
       }
       g.tokens.push_back(t);
-      g.text = tokenizer.decode(g.tokens);
+      if (!o.stop.empty()) g.text = tokenizer.decode(g.tokens);  // (otherwise decoded once at the end)
       for (const auto& stop : o.stop) {
         const size_t at = stop.empty() ? std::string::npos : g.text.find(stop);
         if (at != std::string::npos) {
@@ -177,6 +177,8 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
       feed(window, fed, true);
     }
   }
+  for (auto& g : out)
+    if (g.finish != "stop") g.text = tokenizer.decode(g.tokens);
   if (stats) {
     for (const auto& g : out) stats->new_tokens += static_cast<int64_t>(g.tokens.size());
     stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

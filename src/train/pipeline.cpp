@@ -33,7 +33,8 @@ PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, i
 
 PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& tokens,
                                      const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
-                                     const TokenObjective& objective) {
+                                     const TokenObjective& objective,
+                                     const std::vector<std::vector<int32_t>>* positions) {
   FF_CHECK(static_cast<int64_t>(tokens.size()) == M_ && targets.size() == tokens.size(),
            "pipeline step: %zu micro-batches given, %lld expected", tokens.size(), (long long)M_);
   const Communicator& pp = grid_.pp();
@@ -61,8 +62,10 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
         input = act.data();
       }
       auto t0 = std::chrono::steady_clock::now();
+      const int32_t* pos = positions && !(*positions)[static_cast<size_t>(m)].empty()
+                               ? (*positions)[static_cast<size_t>(m)].data() : nullptr;
       ForwardResult r = model_.forward_chunk(mb, c, tokens[static_cast<size_t>(m)].data(),
-                                             targets[static_cast<size_t>(m)].data(), B, S, input);
+                                             targets[static_cast<size_t>(m)].data(), B, S, input, pos);
       result.forward_s += seconds_since(t0);
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
       if (vs == VS - 1) {
@@ -106,7 +109,8 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
 }
 
 ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets,
-                                          int64_t B, int64_t S, const TokenObjective& objective) {
+                                          int64_t B, int64_t S, const TokenObjective& objective,
+                                          const std::vector<int32_t>* positions) {
   // Forward only, one micro-batch through every virtual stage in order: a chain, so each stage's
   // sends complete once the next stage has received them. No dropout.
   model_.set_training(false);
@@ -119,7 +123,8 @@ ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, co
   for (int64_t c = 0; c < V; ++c) {
     const int64_t vs = c * P + p;
     if (vs > 0) pp.recv(input.data(), width, static_cast<int>((vs - 1) % P), static_cast<int>(vs));
-    model_.forward_chunk(mb, c, tokens.data(), targets.data(), B, S, vs > 0 ? input.data() : nullptr);
+    model_.forward_chunk(mb, c, tokens.data(), targets.data(), B, S, vs > 0 ? input.data() : nullptr,
+                         positions && !positions->empty() ? positions->data() : nullptr);
     if (vs < VS - 1) {
       pp.send(model_.chunk_output(mb, c), width, static_cast<int>((vs + 1) % P), static_cast<int>(vs + 1));
       pp.wait_sends();

@@ -37,11 +37,13 @@ class PipelineExecutor {
   // so it normalises itself, e.g. by the step's tokens) and of the MoE losses (the mean over the
   // micro-batches) accumulate into the parameters, scaled for the data-parallel reduction, which
   // averages over the replicas: this replica's share of the objective counts DP times.
+  // positions: per micro-batch [B*S] (packed examples); null or empty entries: 0 .. S-1.
   PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
-                     int64_t B, int64_t S, const TokenObjective& objective);
+                     int64_t B, int64_t S, const TokenObjective& objective,
+                     const std::vector<std::vector<int32_t>>* positions = nullptr);
   // The objective on one micro-batch, forward only (validation, eval); every rank receives it.
   ObjectiveValue evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B,
-                          int64_t S, const TokenObjective& objective);
+                          int64_t S, const TokenObjective& objective, const std::vector<int32_t>* positions = nullptr);
 
  private:
   DecoderLM& model_;

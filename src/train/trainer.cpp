@@ -56,7 +56,8 @@ void Trainer::check_freeze_globs() const {
 }
 
 StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
-                          const std::vector<std::vector<int32_t>>& targets) {
+                          const std::vector<std::vector<int32_t>>& targets,
+                          const std::vector<std::vector<int32_t>>* positions) {
   const int64_t M = static_cast<int64_t>(tokens.size()), B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
   const int64_t DP = grid_.dp_size();
   StepMetrics m;
@@ -66,7 +67,8 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   model_.params().zero_grads();
   // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
   const int64_t step_tokens = step_target_count(targets, grid_.dp());
-  PipelineResult r = pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)));
+  PipelineResult r =
+      pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)), positions);
   m.forward_s = r.forward_s;
   m.backward_s = r.backward_s;
   auto t0 = Clock::now();
@@ -106,14 +108,14 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   return m;
 }
 
-double Trainer::validation_loss(const BlendedDataset& split, int64_t batches) {
+double Trainer::validation_loss(const SampleSource& split, int64_t batches) {
   const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
-  std::vector<int32_t> tokens, targets;
+  std::vector<int32_t> tokens, targets, positions;
   const TokenMeanCrossEntropy token_sum(1.0);  // each batch's summed negative log-likelihood
   double nll = 0, count = 0;
   for (int64_t b = 0; b < batches; ++b) {
-    fill_batch(tokens, targets, split, b * B, B, S);  // the same samples at every evaluation, on every replica
-    const ObjectiveValue v = pipeline_.evaluate(tokens, targets, B, S, token_sum);
+    split.fill(tokens, targets, positions, b * B, B, S);  // the same samples at every evaluation, on every replica
+    const ObjectiveValue v = pipeline_.evaluate(tokens, targets, B, S, token_sum, &positions);
     nll += v.loss;
     count += static_cast<double>(v.tokens);
   }
@@ -176,14 +178,15 @@ TrainResult Trainer::run(bool quiet) {
   SampleCursor data_cursor;  // the data source's resumable position
   data_cursor.data = tc.data_path;
   if (!tc.resume.empty()) data_cursor.load_cursor(resumed.data_cursor);
-  std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size());
+  std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size()),
+      positions(tokens.size());
   auto t_start = Clock::now();
   for (int64_t s = resumed.step; s < tc.steps; ++s) {
     for (size_t m = 0; m < tokens.size(); ++m)  // micro-batch m of data-parallel rank r: samples (m * dp + r) * B ..
-      fill_batch(tokens[m], targets[m], *data.train,
-                 data_cursor.next_sample + (static_cast<int64_t>(m) * dp + grid_.dp().rank()) * B, B, S);
+      data.train->fill(tokens[m], targets[m], positions[m],
+                       data_cursor.next_sample + (static_cast<int64_t>(m) * dp + grid_.dp().rank()) * B, B, S);
     data_cursor.next_sample += global_batch;
-    StepMetrics m = step(s, tokens, targets);
+    StepMetrics m = step(s, tokens, targets, &positions);
     result.losses.push_back(m.loss);
     nlohmann::json rec = {{"step", m.step}, {"loss", m.loss}, {"aux_loss", m.aux_loss}, {"z_loss", m.z_loss},
                           {"lr", m.lr}, {"grad_norm", m.grad_norm}, {"tokens_per_s", m.tokens_per_s},

@@ -10,6 +10,7 @@
 #include "models/decoder_lm.h"
 #include "optim/distributed_optimizer.h"
 #include "train/config.h"
+#include "train/data.h"
 #include "train/pipeline.h"
 
 namespace ff {
@@ -40,10 +41,12 @@ class Trainer {
   // One optimizer step on this data-parallel replica's micro-batches (all pipeline stages and TP /
   // CP ranks of a replica get the same ones); used by run() and by the bench. Losses and tokens/s
   // are over the whole job (every replica), MFU per rank.
+  // positions: per micro-batch (packed samples), or null / empty entries for 0 .. S-1.
   StepMetrics step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
-                   const std::vector<std::vector<int32_t>>& targets);
+                   const std::vector<std::vector<int32_t>>& targets,
+                   const std::vector<std::vector<int32_t>>* positions = nullptr);
   // Mean loss over the split's first `batches` micro-batches of samples.
-  double validation_loss(const BlendedDataset& split, int64_t batches);
+  double validation_loss(const SampleSource& split, int64_t batches);
   DecoderLM& model() { return model_; }
   void set_peak_tflops(double t) { peak_tflops_ = t; }
 

@@ -60,7 +60,7 @@ TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
   TrainingData again = open_training_data(c, 64, 8, world, true);
   EXPECT_EQ(fs::last_write_time(dir + "/corpus-sp300.idx"), t_idx);
   EXPECT_EQ(fs::last_write_time(dir + "/corpus-sp300.model"), t_model);
-  EXPECT_TRUE(again.train->parts()[0]->loaded_from_cache());
+  EXPECT_TRUE(dynamic_cast<const GptSamples&>(*again.train).blend().parts()[0]->loaded_from_cache());
   std::vector<int32_t> tokens2, targets2;
   fill_batch(tokens2, targets2, *again.train, 5, 4, 16);
   EXPECT_EQ(tokens, tokens2);
