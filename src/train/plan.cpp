@@ -107,8 +107,13 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
   const double N = static_cast<double>(B * c.seq_len / p.cp), Ns = p.sequence_parallel ? N / T : N;
 
   // The most loaded pipeline stage decides the memory.
+  // With LoRA only the adapters train: their gradients and moments, spread over the layers like
+  // the layers themselves (an approximation per stage) and over TP (the sliced factor dominates).
+  ModelConfig no_adapters = c;
+  no_adapters.lora_rank = 0;
+  const double adapters = static_cast<double>(count_parameters(c) - count_parameters(no_adapters));
   for (int64_t stage = 0; stage < p.pp; ++stage) {
-    double dense = 0, expert = 0, act = 0;
+    double dense = 0, expert = 0, act = 0, stage_layers = 0;
     for (int64_t chunk = 0; chunk < p.virtual_stages; ++chunk) {
       const int64_t vs = chunk * p.pp + stage;
       for (int64_t j = vs * L / VS; j < (vs + 1) * L / VS; ++j) {
@@ -116,6 +121,7 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
         dense += d;
         expert += e;
         act += layer_activations(c, kinds[static_cast<size_t>(j)], p, B);
+        ++stage_layers;
       }
       if (vs == 0) {
         dense += static_cast<double>(c.vocab_size) * D / T;
@@ -132,11 +138,14 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
     act *= static_cast<double>(micro_batch_records(p.pp, stage, M, p.virtual_stages));
     // Weights: the fp32 masters, plus their bf16 copy under bf16 compute.
     const double weights = (dense + expert) * (c.precision == Precision::bf16 ? kFloat + 2.0 : kFloat);
-    const double opt = in.distributed_optimizer ? 2 * kFloat * (dense / dp_cp + expert / edp)
-                                                : 2 * kFloat * (dense + expert);
-    if (weights + (dense + expert) * kFloat + opt + act > plan.total()) {
+    const double trained_dense = c.lora_rank > 0 ? adapters * stage_layers / static_cast<double>(L) / T : dense;
+    const double trained_expert = c.lora_rank > 0 ? 0.0 : expert;
+    const double opt = in.distributed_optimizer ? 2 * kFloat * (trained_dense / dp_cp + trained_expert / edp)
+                                                : 2 * kFloat * (trained_dense + trained_expert);
+    const double grads = (trained_dense + trained_expert) * kFloat;
+    if (weights + grads + opt + act > plan.total()) {
       plan.weights = weights;
-      plan.grads = (dense + expert) * kFloat;
+      plan.grads = grads;
       plan.optimizer = opt;
       plan.activations = act;
     }

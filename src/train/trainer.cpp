@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -25,6 +26,11 @@ namespace ff {
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// " (unigram baseline X nats/token)" for pre-training data; SFT losses have no such baseline.
+std::string baseline(const TrainResult& r) {
+  return r.unigram_entropy > 0 ? strprintf(" (unigram baseline %.4f nats/token)", r.unigram_entropy) : "";
+}
 
 std::string format_duration(double s) {
   int64_t t = static_cast<int64_t>(s + 0.5);
@@ -113,8 +119,13 @@ double Trainer::validation_loss(const SampleSource& split, int64_t batches) {
   std::vector<int32_t> tokens, targets, positions;
   const TokenMeanCrossEntropy token_sum(1.0);  // each batch's summed negative log-likelihood
   double nll = 0, count = 0;
-  for (int64_t b = 0; b < batches; ++b) {
+  // Each sample once: a split smaller than batches x B (a small SFT set) is read once, the rows
+  // past its end masked, so the loss does not depend on the order or the micro-batch size.
+  const int64_t samples = std::min(batches * B, split.size());
+  for (int64_t b = 0; b * B < samples; ++b) {
     split.fill(tokens, targets, positions, b * B, B, S);  // the same samples at every evaluation, on every replica
+    for (int64_t r = std::max<int64_t>(0, samples - b * B); r < B; ++r)
+      std::fill(targets.begin() + r * S, targets.begin() + (r + 1) * S, -1);
     const ObjectiveValue v = pipeline_.evaluate(tokens, targets, B, S, token_sum, &positions);
     nll += v.loss;
     count += static_cast<double>(v.tokens);
@@ -159,7 +170,16 @@ TrainResult Trainer::run(bool quiet) {
     if (lead && !quiet) {
       std::printf("initialised from %s: %lld tensors (%.2f s)\n", tc.init_from.c_str(), (long long)report.loaded,
                   seconds_since(t_load));
-      for (const auto& n : report.fresh) std::printf("  new (not in the source, freshly initialised): %s\n", n.c_str());
+      int64_t adapters = 0;
+      for (const auto& n : report.fresh) {
+        if (is_adapter_name(n)) {
+          ++adapters;
+          continue;
+        }
+        std::printf("  new (not in the source, freshly initialised): %s\n", n.c_str());
+      }
+      if (adapters > 0) std::printf("  %lld new LoRA adapter tensors (B = 0: the model starts as the source)\n",
+                                    (long long)adapters);
       for (const auto& n : report.unused) std::printf("  unused (in the source, not in this model): %s\n", n.c_str());
     }
   }
@@ -173,8 +193,7 @@ TrainResult Trainer::run(bool quiet) {
   result.unigram_entropy = data.unigram_entropy;
   result.first_valid_loss = validation_loss(*data.valid, tc.eval_batches);
   if (lead && !quiet)
-    std::printf("validation loss before training %.4f (unigram baseline %.4f nats/token)\n", result.first_valid_loss,
-                result.unigram_entropy);
+    std::printf("validation loss before training %.4f%s\n", result.first_valid_loss, baseline(result).c_str());
   SampleCursor data_cursor;  // the data source's resumable position
   data_cursor.data = tc.data_path;
   if (!tc.resume.empty()) data_cursor.load_cursor(resumed.data_cursor);
@@ -247,8 +266,8 @@ TrainResult Trainer::run(bool quiet) {
     }
     if (lead && cfg_.model.lora_rank > 0) save_adapters(path, tc.out_dir + "/adapters.safetensors");
     if (lead && !quiet)
-      std::printf("saved %s; validation loss %.4f -> %.4f (unigram baseline %.4f)\n", path.c_str(),
-                  result.first_valid_loss, result.final_valid_loss, result.unigram_entropy);
+      std::printf("saved %s; validation loss %.4f -> %.4f%s\n", path.c_str(), result.first_valid_loss,
+                  result.final_valid_loss, baseline(result).c_str());
   }
   return result;
 }
