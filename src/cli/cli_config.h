@@ -52,6 +52,10 @@ struct CliApplier {
         size_t pos = 0;
         long long x = std::stoll(v, &pos);
         if (pos != v.size()) throw std::invalid_argument(v);
+        if (std::is_unsigned_v<T> && x < 0) {  // a negative seed would wrap to a huge one
+          errors.push_back(where + ": must be a non-negative integer");
+          return;
+        }
         field = static_cast<T>(x);
       } else if constexpr (std::is_floating_point_v<T>) {
         size_t pos = 0;

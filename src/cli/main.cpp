@@ -51,12 +51,14 @@ void RunConfigFlags::add_to(CLI::App& app, RunConfig& d) {
 
 RunConfig RunConfigFlags::resolve() const {
   RunConfig c;
+  nlohmann::json file;  // the config file's document, when there is one
   if (!config_path.empty()) {
     std::ifstream f(config_path);
     FF_CHECK(f.good(), "--config %s: cannot open the file", config_path.c_str());
     std::stringstream ss;
     ss << f.rdbuf();
     c = run_config_from_json(ss.str(), config_path);
+    file = nlohmann::json::parse(ss.str());  // valid: run_config_from_json parsed it
   } else if (given.count("resume")) {
     c = checkpoint_run_config(given.at("resume"));  // a resumed run keeps its config; flags override
   } else {
@@ -64,11 +66,14 @@ RunConfig RunConfigFlags::resolve() const {
   }
   std::vector<std::string> errors;
   if (given.count("model_preset")) {
+    // The flag's preset replaces the file's, and the file's model fields still apply on top of it
+    // (preset, then file, then flags).
     CliApplier a{given, "train", errors};
     TrainConfig t = c.train;
     t.visit_fields(a);
     try {
       c.model = model_preset(t.model_preset);
+      if (file.contains("model")) config_from_json(c.model, file["model"], "model", errors);
     } catch (const Error& e) {
       errors.push_back(std::string("--model_preset: ") + e.what());
     }
@@ -143,6 +148,7 @@ int cmd_train(const RunConfigFlags& flags, bool print_config) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
   check_run_config(c, world.size());
+  check_same_config_on_every_rank(c, world);
   if (print_config) {
     std::printf("%s\n", run_config_to_json(c).c_str());
     return 0;
@@ -383,6 +389,7 @@ int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup, bool p
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
   check_run_config(c, world.size());
+  check_same_config_on_every_rank(c, world);
   FF_CHECK(steps >= 1 && warmup >= 0, "--bench_steps must be >= 1 and --warmup >= 0");
   if (peer.on) {  // checked first, so a wrong flag does not cost a whole measurement
     FF_CHECK(world.size() == 1, "--peer runs the PyTorch peer after a single-process measurement, but this job has %d "

@@ -43,6 +43,8 @@ struct JsonReader {
         else field = it->template get<bool>();
       } else if constexpr (std::is_integral_v<T>) {
         if (!it->is_number_integer()) errors.push_back(where + " = " + it->dump() + ": must be an integer");
+        else if (std::is_unsigned_v<T> && !it->is_number_unsigned())
+          errors.push_back(where + " = " + it->dump() + ": must be a non-negative integer");
         else field = it->template get<T>();
       } else if constexpr (std::is_floating_point_v<T>) {
         if (!it->is_number()) errors.push_back(where + " = " + it->dump() + ": must be a number");

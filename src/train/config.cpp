@@ -35,6 +35,42 @@ std::vector<std::string> RunConfig::validate(int64_t world) const {
   return e;
 }
 
+void check_same_config_on_every_rank(RunConfig& c, const Communicator& world) {
+  if (world.size() == 1) return;
+  const std::string mine = run_config_to_json(c);
+  int64_t n = world.rank() == 0 ? static_cast<int64_t>(mine.size()) : 0;
+  world.broadcast(&n, sizeof(n), 0);
+  std::string first(static_cast<size_t>(n), '\0');
+  if (world.rank() == 0) first = mine;
+  world.broadcast(first.data(), n, 0);
+  std::string where;  // the first field that differs from rank 0's, if any
+  if (first != mine) {
+    const auto a = nlohmann::json::parse(mine), b = nlohmann::json::parse(first);
+    for (auto sec = a.begin(); sec != a.end() && where.empty(); ++sec)
+      for (auto f = sec->begin(); f != sec->end() && where.empty(); ++f) {
+        const bool there = b.contains(sec.key()) && b[sec.key()].contains(f.key());
+        if (!there || b[sec.key()][f.key()] != *f)
+          where = strprintf("%s.%s = %s, rank 0 has %s", sec.key().c_str(), f.key().c_str(), f->dump().c_str(),
+                            there ? b[sec.key()][f.key()].dump().c_str() : "no such field");
+      }
+    if (where.empty()) where = "the config text";
+  }
+  // Which ranks differ (all of them learn it), then the first of them tells the others where.
+  std::vector<int64_t> flags(static_cast<size_t>(world.size()));
+  const int64_t mine_differs = where.empty() ? 0 : 1;
+  world.all_gather(flags.data(), &mine_differs, 1);
+  int first_rank = -1;
+  for (int r = 0; r < world.size() && first_rank < 0; ++r)
+    if (flags[static_cast<size_t>(r)]) first_rank = r;
+  if (first_rank < 0) return;
+  int64_t len = static_cast<int64_t>(where.size());
+  world.broadcast(&len, sizeof(len), first_rank);
+  where.resize(static_cast<size_t>(len));
+  world.broadcast(where.data(), len, first_rank);
+  FF_FAIL("rank %d of this job resolved another config than rank 0: %s; start every rank with the same flags and "
+          "files", first_rank, where.c_str());
+}
+
 RunConfig run_config_from_json(const std::string& text, const std::string& source_name) {
   nlohmann::json j;
   try {

@@ -100,6 +100,10 @@ struct RunConfig {
 // Parses a JSON document (text) into a RunConfig on top of the defaults (and of the preset named
 // by train.model_preset). Throws ff::Error listing every problem.
 RunConfig run_config_from_json(const std::string& text, const std::string& source_name);
+// Every rank of a job must have resolved the same config (ranks started with other flags or
+// files would fail inside a collective, or train a worse model silently). Collective over world:
+// rank 0's config goes to all; a rank whose own differs fails naming the first field that does.
+void check_same_config_on_every_rank(RunConfig& c, const Communicator& world);
 std::string run_config_to_json(RunConfig& c);
 
 }  // namespace ff

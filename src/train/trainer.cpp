@@ -160,6 +160,14 @@ TrainResult Trainer::run(bool quiet) {
   if (!tc.resume.empty()) {
     auto t_load = Clock::now();
     resumed = ckpt.resume();
+    if (resumed.step >= tc.steps) {  // nothing to train: say so, evaluate nothing, change nothing
+      if (lead && !quiet)
+        std::printf("the checkpoint %s is at step %lld and train.steps = %lld: nothing to do (raise --steps to "
+                    "train on)\n", tc.resume.c_str(), (long long)resumed.step, (long long)tc.steps);
+      TrainResult nothing;
+      nothing.nothing_to_do = true;
+      return nothing;
+    }
     if (lead) truncate_metrics(tc.out_dir + "/metrics.jsonl", resumed.step);
     if (lead && !quiet) std::printf("resumed from %s at step %lld (%.2f s)\n", tc.resume.c_str(), (long long)resumed.step,
                                     seconds_since(t_load));

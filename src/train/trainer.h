@@ -31,6 +31,7 @@ struct TrainResult {
   double unigram_entropy = 0;  // nats per token of the training split's token distribution
   std::vector<double> losses;  // per step
   bool stopped = false;        // by SIGTERM/SIGINT, after saving a checkpoint
+  bool nothing_to_do = false;  // resumed at or past train.steps: nothing trained, evaluated or written
 };
 
 class Trainer {

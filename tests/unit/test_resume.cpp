@@ -119,6 +119,30 @@ TEST(Resume, StoppedAndResumedRunIsBitIdenticalToAnUninterruptedOne) {
   fs::remove_all(b);
 }
 
+// A resume whose train.steps is not past the checkpoint's step trains, evaluates and writes
+// nothing (no invented "validation loss ... -> 0.0000"), and leaves the folder as it was.
+TEST(Resume, StepsNotPastTheCheckpointIsNothingToDo) {
+  const std::string a = fresh_dir("nothing");
+  RunConfig c = tiny_run(a);
+  c.train.steps = 3;
+  c.train.save_interval = 3;
+  train(c);
+  const auto metrics_size = fs::file_size(a + "/metrics.jsonl");
+  const auto model_time = fs::last_write_time(a + "/model.safetensors");
+  for (int64_t steps : {3, 2}) {
+    RunConfig again = c;
+    again.train.resume = a + "/checkpoints";
+    again.train.steps = steps;
+    const TrainResult r = train(again);
+    EXPECT_TRUE(r.nothing_to_do) << steps;
+    EXPECT_TRUE(r.losses.empty());
+    EXPECT_EQ(r.final_valid_loss, 0.0);
+    EXPECT_EQ(fs::file_size(a + "/metrics.jsonl"), metrics_size);  // not truncated
+    EXPECT_EQ(fs::last_write_time(a + "/model.safetensors"), model_time);  // not rewritten
+  }
+  fs::remove_all(a);
+}
+
 // The `fivefold` binary beside this test binary, or "" if it was not built.
 std::string fivefold_binary() {
   const fs::path p = fs::read_symlink("/proc/self/exe").parent_path() / "fivefold";

@@ -1,0 +1,49 @@
+"""The command line's config resolution, through the binary: defaults, then the preset (the file's
+train.model_preset, or --model_preset), then the config file's fields, then flags; and values a
+field cannot hold (a negative seed) are refused, naming the flag or key.
+
+Usage: test_config_precedence.py FIVEFOLD. Exits non-zero on any failure.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+fivefold = sys.argv[1]
+failures = []
+
+
+def resolved(*args):
+    r = subprocess.run([fivefold, "train", *args, "--print_config"], capture_output=True, text=True, timeout=60)
+    return r.returncode, (json.loads(r.stdout) if r.returncode == 0 else r.stdout + r.stderr)
+
+
+def check(what, ok, detail=""):
+    print("%-70s %s" % (what, "ok" if ok else "FAILED " + str(detail)))
+    if not ok:
+        failures.append(what)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    cfg = os.path.join(tmp, "run.json")
+    with open(cfg, "w") as f:
+        json.dump({"model": {"d_model": 96, "num_heads": 4}, "train": {"model_preset": "moe-small", "steps": 7}}, f)
+    rc, c = resolved("--config", cfg)
+    check("file: its preset, then its model fields", rc == 0 and c["model"]["d_model"] == 96 and
+          c["model"]["num_experts"] == 8 and c["train"]["steps"] == 7, c)
+    rc, c = resolved("--config", cfg, "--model_preset", "llama-small")
+    check("--model_preset replaces the file's preset; the file's model fields stay",
+          rc == 0 and c["model"]["d_model"] == 96 and c["model"]["num_experts"] == 0 and c["train"]["steps"] == 7, c)
+    rc, c = resolved("--config", cfg, "--model_preset", "llama-small", "--d_model", "64")
+    check("flags come last", rc == 0 and c["model"]["d_model"] == 64, c)
+    rc, out = resolved("--seed", "-1")
+    check("--seed -1 is refused", rc != 0 and "--seed -1: must be a non-negative integer" in out, out)
+    with open(cfg, "w") as f:
+        json.dump({"train": {"seed": -3}}, f)
+    rc, out = resolved("--config", cfg)
+    check("train.seed = -3 in a file is refused", rc != 0 and "train.seed = -3: must be a non-negative integer" in out,
+          out)
+
+print("%d failed" % len(failures))
+sys.exit(1 if failures else 0)
