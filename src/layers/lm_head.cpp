@@ -62,4 +62,12 @@ void LmHead::backward(float* dx, const float* dlogp, Saved& s, int64_t N, Arena&
   s.logp = Tensor{};  // the logits were consumed
 }
 
+void LmHead::backward_logits(float* dx, const float* dlogits, Saved& s, int64_t N, Arena& scratch) {
+  FF_CHECK(s.logits.shape[0] == N, "a distribution objective needs the logits of every row: set model.head_chunk_rows = 0");
+  const int64_t D = weight_->local_shape[1], Vl = vocab_local();
+  compute_->linear_backward(dx, Weight::of(*weight_), compute_->operand(dlogits, N, Vl, scratch), s.x_op, N, D, Vl,
+                            false);
+  s.logp = Tensor{};  // consumed
+}
+
 }  // namespace ff

@@ -35,6 +35,11 @@ class LmHead {
   // without a target). Consumes the saved logits; a second backward needs a new forward.
   void backward(float* dx, const float* dlogp, Saved& s, int64_t N, Arena& scratch);
 
+  // Distribution objectives (distillation): the gradient of the saved logits themselves,
+  // dlogits[N, Vl] (this shard's columns; may be the saved logits, overwritten in place). Needs a
+  // forward that kept all N rows (no chunk_rows).
+  void backward_logits(float* dx, const float* dlogits, Saved& s, int64_t N, Arena& scratch);
+
   int64_t vocab_local() const { return weight_->local_shape[0]; }
 
  private:

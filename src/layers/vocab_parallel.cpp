@@ -56,4 +56,57 @@ void vocab_parallel_cross_entropy_backward(float* dlogits, const float* logits, 
   }
 }
 
+namespace {
+// lse[n] of z[n, :] / tau over every shard.
+void sharded_lse(float* lse, const float* z, int64_t N, int64_t Vl, float tau, const Communicator* tp) {
+  std::vector<double> mx(static_cast<size_t>(N)), sum(static_cast<size_t>(N));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < Vl; ++j) m = std::max(m, z[n * Vl + j] / tau);
+    mx[static_cast<size_t>(n)] = m;
+  }
+  if (tp) tp->all_reduce_max(mx.data(), N);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    double s = 0;
+    for (int64_t j = 0; j < Vl; ++j) s += std::exp(static_cast<double>(z[n * Vl + j] / tau) - mx[static_cast<size_t>(n)]);
+    sum[static_cast<size_t>(n)] = s;
+  }
+  if (tp) tp->all_reduce_sum(sum.data(), N);
+  for (int64_t n = 0; n < N; ++n)
+    lse[n] = static_cast<float>(mx[static_cast<size_t>(n)] + std::log(sum[static_cast<size_t>(n)]));
+}
+}  // namespace
+
+void vocab_parallel_kl_forward(float* kl, float* lse_s, float* lse_t, const float* zs, const float* zt, int64_t N,
+                               int64_t Vl, float tau, const Communicator* tp) {
+  sharded_lse(lse_s, zs, N, Vl, tau, tp);
+  sharded_lse(lse_t, zt, N, Vl, tau, tp);
+  std::vector<double> part(static_cast<size_t>(N));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    double s = 0;  // sum_v p_t (z_t - z_s) / tau over this shard
+    for (int64_t j = 0; j < Vl; ++j) {
+      const double pt = std::exp(static_cast<double>(zt[n * Vl + j] / tau) - lse_t[n]);
+      s += pt * (static_cast<double>(zt[n * Vl + j]) - zs[n * Vl + j]) / tau;
+    }
+    part[static_cast<size_t>(n)] = s;
+  }
+  if (tp) tp->all_reduce_sum(part.data(), N);
+  for (int64_t n = 0; n < N; ++n)
+    kl[n] = static_cast<float>(part[static_cast<size_t>(n)] + static_cast<double>(lse_s[n]) - lse_t[n]);
+}
+
+void vocab_parallel_kl_backward(float* dzs, const float* zs, const float* zt, const float* lse_s, const float* lse_t,
+                                const float* g, int64_t N, int64_t Vl, float tau) {
+  // d kl / d z_s[j] = (p_s[j] - p_t[j]) / tau  (the teacher is constant).
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < Vl; ++j) {
+      const float ps = std::exp(zs[n * Vl + j] / tau - lse_s[n]), pt = std::exp(zt[n * Vl + j] / tau - lse_t[n]);
+      dzs[n * Vl + j] = g[n] * (ps - pt) / tau;
+    }
+}
+
 }  // namespace ff

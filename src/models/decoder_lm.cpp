@@ -189,8 +189,15 @@ ForwardResult DecoderLM::forward(MicroBatch& mb, const int32_t* tokens, const in
   return forward_chunk(mb, 0, tokens, targets, B, S, nullptr, positions);
 }
 
-void DecoderLM::backward(MicroBatch& mb, const float* dlogp, float objective_scale, float moe_scale) {
-  backward_chunk(mb, 0, nullptr, dlogp, objective_scale, moe_scale);
+void DecoderLM::backward(MicroBatch& mb, HeadGradient g, float objective_scale, float moe_scale) {
+  backward_chunk(mb, 0, nullptr, g, objective_scale, moe_scale);
+}
+
+float* DecoderLM::head_logits(MicroBatch& mb) {
+  FF_CHECK(mb.targets != nullptr && !mb.head.logp.empty() && mb.head.logits.shape[0] == mb.B * mb.S,
+           "head_logits: the last forward of this micro-batch had no targets, ran on another stage, or kept one "
+           "chunk of logits (model.head_chunk_rows)");
+  return mb.head.logits.f32();
 }
 
 TargetLogProbs DecoderLM::target_logprobs(const MicroBatch& mb) const {
@@ -401,7 +408,7 @@ const float* DecoderLM::chunk_output(const MicroBatch& mb, int64_t chunk) const 
   return mb.resid[static_cast<size_t>(chunk_range(chunk).end)].f32();
 }
 
-const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, const float* dlogp,
+const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, HeadGradient hg,
                                        float objective_scale, float moe_scale) {
   const ChunkRange range = chunk_range(chunk);
   const int64_t N = mb.B * mb.S, D = cfg_.d_model, V = cfg_.vocab_size, Nl = tp_.local_rows(N);
@@ -417,13 +424,21 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     std::memcpy(dresid, dout, sizeof(float) * static_cast<size_t>(Nl * D));
   } else {
     ProfileScope scope(&profile_, kProfileHead, true);
-    FF_CHECK(dlogp != nullptr, "the last pipeline stage's backward needs the objective's gradient");
+    FF_CHECK(hg.dlogp != nullptr || hg.dlogits != nullptr, "the last pipeline stage's backward needs the objective's "
+             "gradient");
     T.reset();
-    float* scaled = T.alloc_f32(N);
     const float g = objective_scale * cp_scale;
-    for (int64_t n = 0; n < N; ++n) scaled[n] = g * dlogp[n];
     float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
-    lm_head_->backward(dhead_in, scaled, mb.head, N, T);
+    if (hg.dlogp) {
+      float* scaled = T.alloc_f32(N);
+      for (int64_t n = 0; n < N; ++n) scaled[n] = g * hg.dlogp[n];
+      lm_head_->backward(dhead_in, scaled, mb.head, N, T);
+    } else {
+      const int64_t n_logits = N * lm_head_->vocab_local();
+      float* scaled = mb.head.logits.f32();  // the logits are consumed: the gradient goes in their place
+      for (int64_t i = 0; i < n_logits; ++i) scaled[i] = g * hg.dlogits[i];
+      lm_head_->backward_logits(dhead_in, scaled, mb.head, N, T);
+    }
     float* dxf = A.alloc_f32(Nl * D);
     tp_.enter_backward(dxf, dhead_in, N, D, false, T);
     std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));

@@ -33,6 +33,19 @@ struct ForwardResult {
   int64_t routed_slots = 0, dropped_slots = 0;
 };
 
+// What backward starts from on the last stage: a token-level objective's d loss / d logp per row,
+// or a distribution objective's gradient of the logits [rows, V / TP] themselves.
+struct HeadGradient {
+  const float* dlogp = nullptr;
+  const float* dlogits = nullptr;
+  HeadGradient(const float* dlogp_rows = nullptr) : dlogp(dlogp_rows) {}  // NOLINT: a dlogp is the common case
+  static HeadGradient of_logits(const float* d) {
+    HeadGradient g;
+    g.dlogits = d;
+    return g;
+  }
+};
+
 // The head's output for a token-level objective: this rank's rows of one micro-batch.
 struct TargetLogProbs {
   const float* logp = nullptr;         // [B*S] log p(target) per row; 0 where the target is -1
@@ -77,9 +90,15 @@ class DecoderLM {
                         const int32_t* positions = nullptr);
   // Gradients of objective_scale * objective + moe_scale * (the MoE losses) accumulate into the
   // parameter grads, where dlogp[rows] = d objective / d logp of target_logprobs(mb).
-  void backward(MicroBatch& mb, const float* dlogp, float objective_scale, float moe_scale);
+  void backward(MicroBatch& mb, HeadGradient g, float objective_scale, float moe_scale);
   // The last forward's per-row target log-probs (last pipeline stage, forward with targets).
   TargetLogProbs target_logprobs(const MicroBatch& mb) const;
+  // The last forward's logits [rows, V / TP] (all rows; forward with targets and head_chunk_rows
+  // = 0), for distribution objectives; rows as in target_logprobs.
+  float* head_logits(MicroBatch& mb);
+  // The vocabulary shard this rank's logits hold, and the TP group they are sharded over (null: one).
+  int64_t vocab_shard() const { return head_ ? head_->local_shape[0] : 0; }
+  const Communicator* vocab_group() const { return tp_.active() ? tp_.group : nullptr; }
 
   // Pipeline parallelism: this rank holds model chunks 0 .. num_chunks() - 1; chunk c is virtual
   // stage c P + p and holds the pattern layers of chunk_range(c). Virtual stage 0 also embeds the
@@ -100,7 +119,7 @@ class DecoderLM {
   // Backward of one chunk. dout: gradient of its output (null on the last virtual stage); dlogp:
   // the objective's gradient (the last virtual stage only; scales as in backward). Returns the
   // gradient of its input for the previous virtual stage (null on virtual stage 0).
-  const float* backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, const float* dlogp,
+  const float* backward_chunk(MicroBatch& mb, int64_t chunk, const float* dout, HeadGradient g,
                               float objective_scale, float moe_scale);
   // Rows of the residual stream this rank holds for B sequences of S (after CP and SP splits).
   int64_t stream_rows(int64_t B, int64_t S) const;

@@ -47,6 +47,8 @@ struct TrainConfig {
   std::string freeze;           // comma-separated globs of parameter names to freeze
   std::string init_from;        // pretrained weights: model file, checkpoint or Hugging Face folder
   std::string init_new;         // comma-separated globs of parameters init_from may lack
+  std::string teacher;          // distillation: the frozen teacher model (file, checkpoint or HF folder)
+  double kd_temperature = 1.0;
 
   template <class V>
   void visit_fields(V& v) {
@@ -82,6 +84,11 @@ struct TrainConfig {
                               "tokenizer to its own");
     v(init_new, "init_new", "comma-separated globs of parameters that init_from may lack; they keep their fresh "
                             "initialisation and are listed at start");
+    v(teacher, "teacher", "knowledge distillation: train on the forward KL from this frozen teacher's distribution "
+                          "(a model file, checkpoint or Hugging Face folder with the same vocabulary) instead of the "
+                          "cross-entropy; one pipeline stage");
+    v(kd_temperature, "kd_temperature", "distillation temperature tau: the loss is tau^2 KL(softmax(z_t / tau) || "
+                                        "softmax(z_s / tau))");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }

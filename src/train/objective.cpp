@@ -1,5 +1,7 @@
 #include "train/objective.h"
 
+#include "layers/vocab_parallel.h"
+
 namespace ff {
 
 ObjectiveValue TokenMeanCrossEntropy::evaluate(const TargetLogProbs& in, float* dlogp) const {
@@ -19,6 +21,40 @@ ObjectiveValue TokenMeanCrossEntropy::evaluate(const TargetLogProbs& in, float* 
   v.tokens = static_cast<int64_t>(sum_count[1]);
   v.loss = total_ > 0 ? -sum_count[0] / total_ : 0.0;
   return v;
+}
+
+Distillation::Distillation(DecoderLM& teacher, DecoderLM::MicroBatch& teacher_mb, double total_tokens,
+                           float temperature)
+    : teacher_(teacher), mb_(teacher_mb), total_(total_tokens), tau_(temperature) {
+  FF_CHECK(temperature > 0, "distillation temperature %g: must be > 0", temperature);
+}
+
+ObjectiveValue Distillation::evaluate(const StudentLogits& in, float* dlogits) const {
+  const TargetLogProbs& r = in.rows;
+  const int64_t N = r.B * r.S;
+  // The teacher's logits of the same rows: a forward over the same tokens, no targets (all rows).
+  teacher_.set_training(false);
+  teacher_.forward(mb_, in.tokens, nullptr, r.B, in.S_full, in.positions);
+  teacher_.set_training(true);
+  FF_CHECK(teacher_.vocab_shard() == in.Vl, "the teacher's vocabulary shard (%lld) differs from the student's (%lld): "
+           "teacher and student need the same model.vocab_size", (long long)teacher_.vocab_shard(), (long long)in.Vl);
+  const float* zt = teacher_.logits(mb_);
+  std::vector<float> kl(static_cast<size_t>(N)), lse_s(kl.size()), lse_t(kl.size()), g(kl.size());
+  vocab_parallel_kl_forward(kl.data(), lse_s.data(), lse_t.data(), in.logits, zt, N, in.Vl, tau_, in.tp);
+  // loss = tau^2 / T sum over rows with a target of kl: its gradient per row is g = tau^2 / T.
+  const float w = total_ > 0 ? static_cast<float>(tau_ * tau_ / total_) : 0.0f;
+  double sum_count[2] = {0, 0};
+  for (int64_t n = 0; n < N; ++n) {
+    const bool valid = r.targets[n] >= 0;
+    g[static_cast<size_t>(n)] = valid ? w : 0.0f;
+    if (valid) {
+      sum_count[0] += kl[static_cast<size_t>(n)];
+      sum_count[1] += 1;
+    }
+  }
+  vocab_parallel_kl_backward(dlogits, in.logits, zt, lse_s.data(), lse_t.data(), g.data(), N, in.Vl, tau_);
+  if (r.cp) r.cp->all_reduce_sum(sum_count, 2);
+  return {total_ > 0 ? tau_ * tau_ * sum_count[0] / total_ : 0.0, static_cast<int64_t>(sum_count[1])};
 }
 
 int64_t count_targets(const std::vector<int32_t>& targets) {

@@ -8,6 +8,7 @@
 // targets weigh by their tokens, exactly as one large batch would.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "models/decoder_lm.h"
@@ -36,6 +37,43 @@ class TokenMeanCrossEntropy : public TokenObjective {
 
  private:
   double total_;
+};
+
+// A distribution objective reads the student's logits of one micro-batch (this rank's vocabulary
+// shard) and writes their gradient. It gets the micro-batch's tokens as the executor got them (the
+// whole [B*S], before any context-parallel split) and the positions, so that it can run other
+// models (a teacher) on the same rows.
+struct StudentLogits {
+  const float* logits = nullptr;  // [rows, Vl]
+  TargetLogProbs rows;            // which rows have targets (the mask), positions, B, S, CP group
+  const int32_t* tokens = nullptr;       // [B * S_full]
+  const int32_t* positions = nullptr;    // [B * S_full] or null
+  int64_t S_full = 0, Vl = 0;
+  const Communicator* tp = nullptr;      // the vocabulary shards (null: one)
+};
+
+class LogitObjective {
+ public:
+  virtual ~LogitObjective() = default;
+  // dlogits[rows, Vl] OVERWRITTEN with d loss / d logits. Complete over the TP and CP groups.
+  virtual ObjectiveValue evaluate(const StudentLogits& in, float* dlogits) const = 0;
+};
+
+// Knowledge distillation (specs/methods.md, Minitron): the forward KL from a frozen teacher's
+// distribution to the student's at temperature tau, tau^2 KL(p_t || p_s), as a global token mean
+// over the rows with a target (1 / total_tokens). The teacher runs on the same tokens under the
+// same layout (one pipeline stage).
+class Distillation : public LogitObjective {
+ public:
+  // teacher_mb: a record of the teacher's for its forwards (kept by the caller across steps).
+  Distillation(DecoderLM& teacher, DecoderLM::MicroBatch& teacher_mb, double total_tokens, float temperature);
+  ObjectiveValue evaluate(const StudentLogits& in, float* dlogits) const override;
+
+ private:
+  DecoderLM& teacher_;
+  DecoderLM::MicroBatch& mb_;
+  double total_;
+  float tau_;
 };
 
 // Rows with a target (>= 0) in targets.

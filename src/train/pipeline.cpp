@@ -28,6 +28,7 @@ PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, i
   activations_.resize(static_cast<size_t>(records * model.num_chunks()));
   gradients_.resize(activations_.size());
   dlogp_.resize(static_cast<size_t>(records));
+  dlogits_.resize(static_cast<size_t>(records));
   sends_.resize(static_cast<size_t>(records));
 }
 
@@ -35,6 +36,23 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
                                      const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
                                      const TokenObjective& objective,
                                      const std::vector<std::vector<int32_t>>* positions) {
+  return run_step(tokens, targets, B, S, &objective, nullptr, positions);
+}
+
+PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& tokens,
+                                     const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
+                                     const LogitObjective& objective,
+                                     const std::vector<std::vector<int32_t>>* positions) {
+  FF_CHECK(grid_.pp().size() == 1, "a distribution objective (distillation) runs on one pipeline stage: use "
+           "parallel.pp = 1");
+  return run_step(tokens, targets, B, S, nullptr, &objective, positions);
+}
+
+PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>>& tokens,
+                                          const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
+                                          const TokenObjective* token_objective,
+                                          const LogitObjective* logit_objective,
+                                          const std::vector<std::vector<int32_t>>* positions) {
   FF_CHECK(static_cast<int64_t>(tokens.size()) == M_ && targets.size() == tokens.size(),
            "pipeline step: %zu micro-batches given, %lld expected", tokens.size(), (long long)M_);
   const Communicator& pp = grid_.pp();
@@ -70,8 +88,16 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
       if (vs == VS - 1) {
         const TargetLogProbs in = model_.target_logprobs(mb);
-        dlogp_[rec].resize(static_cast<size_t>(in.B * in.S));
-        const ObjectiveValue v = objective.evaluate(in, dlogp_[rec].data());
+        ObjectiveValue v;
+        if (token_objective) {
+          dlogp_[rec].resize(static_cast<size_t>(in.B * in.S));
+          v = token_objective->evaluate(in, dlogp_[rec].data());
+        } else {
+          StudentLogits sl{model_.head_logits(mb), in, tokens[static_cast<size_t>(m)].data(), pos, S,
+                           model_.vocab_shard(), model_.vocab_group()};
+          dlogits_[rec].resize(static_cast<size_t>(in.B * in.S * sl.Vl));
+          v = logit_objective->evaluate(sl, dlogits_[rec].data());
+        }
         result.loss += v.loss;
         result.tokens += v.tokens;
       }
@@ -90,8 +116,9 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
         dout = grad.data();
       }
       auto t0 = std::chrono::steady_clock::now();
-      const float* din = model_.backward_chunk(mb, c, dout, vs == VS - 1 ? dlogp_[rec].data() : nullptr,
-                                               objective_scale, moe_scale);
+      HeadGradient g;
+      if (vs == VS - 1) g = token_objective ? HeadGradient(dlogp_[rec].data()) : HeadGradient::of_logits(dlogits_[rec].data());
+      const float* din = model_.backward_chunk(mb, c, dout, g, objective_scale, moe_scale);
       result.backward_s += seconds_since(t0);
       if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1), sends_[rec]);
     }

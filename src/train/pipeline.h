@@ -41,17 +41,26 @@ class PipelineExecutor {
   PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
                      int64_t B, int64_t S, const TokenObjective& objective,
                      const std::vector<std::vector<int32_t>>* positions = nullptr);
+  // The same with a distribution objective (distillation: one pipeline stage).
+  PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
+                     int64_t B, int64_t S, const LogitObjective& objective,
+                     const std::vector<std::vector<int32_t>>* positions = nullptr);
   // The objective on one micro-batch, forward only (validation, eval); every rank receives it.
   ObjectiveValue evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B,
                           int64_t S, const TokenObjective& objective, const std::vector<int32_t>* positions = nullptr);
 
  private:
+  PipelineResult run_step(const std::vector<std::vector<int32_t>>& tokens,
+                          const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
+                          const TokenObjective* token_objective, const LogitObjective* logit_objective,
+                          const std::vector<std::vector<int32_t>>* positions);
   DecoderLM& model_;
   const ParallelGrid& grid_;
   int64_t M_;
   std::vector<std::unique_ptr<DecoderLM::MicroBatch>> micro_batches_;  // micro-batch m uses m % size
   std::vector<std::vector<float>> activations_, gradients_;  // received, per (record, chunk)
   std::vector<std::vector<float>> dlogp_;                     // the objective's gradient, per record
+  std::vector<std::vector<float>> dlogits_;                   // a distribution objective's, per record
   std::vector<std::vector<MPI_Request>> sends_;               // per record, not yet completed
 };
 

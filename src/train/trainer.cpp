@@ -44,6 +44,20 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
       optimizer_(model_.params(), cfg_.optim, /*allocate_moments=*/!cfg_.optim.distributed),
       pipeline_(model_, grid, cfg_.train.grad_accum) {
   check_freeze_globs();
+  if (!cfg_.train.teacher.empty()) {
+    // The teacher: another model in the same job, on the same grid, every parameter frozen.
+    const ModelSource src = open_model_source(cfg_.train.teacher);
+    ModelConfig tc = src.config.model;
+    tc.precision = cfg_.model.precision;
+    tc.head_chunk_rows = 0;
+    FF_CHECK(tc.vocab_size == cfg_.model.vocab_size, "train.teacher '%s' has model.vocab_size = %lld, the student %lld: "
+             "distillation compares distributions over the same vocabulary", cfg_.train.teacher.c_str(),
+             (long long)tc.vocab_size, (long long)cfg_.model.vocab_size);
+    FF_CHECK(cfg_.model.head_chunk_rows == 0, "distillation needs every row's logits: set model.head_chunk_rows = 0");
+    teacher_ = std::make_unique<DecoderLM>(tc, grid, cfg_.train.seed, std::vector<std::string>{"*"});
+    load_model_source(src, *teacher_);
+    teacher_mb_ = teacher_->new_micro_batch();
+  }
   if (cfg_.optim.distributed) distributed_ = std::make_unique<DistributedAdamW>(model_.params(), cfg_.optim, grid);
   peak_tflops_ = cfg_.train.peak_tflops;
 }
@@ -74,7 +88,11 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
   const int64_t step_tokens = step_target_count(targets, grid_.dp());
   PipelineResult r =
-      pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)), positions);
+      teacher_ ? pipeline_.run(tokens, targets, B, S,
+                               Distillation(*teacher_, *teacher_mb_, static_cast<double>(step_tokens),
+                                            static_cast<float>(cfg_.train.kd_temperature)),
+                               positions)
+               : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)), positions);
   m.forward_s = r.forward_s;
   m.backward_s = r.backward_s;
   auto t0 = Clock::now();

@@ -55,6 +55,8 @@ class Trainer {
   RunConfig cfg_;
   const ParallelGrid& grid_;
   DecoderLM model_;
+  std::unique_ptr<DecoderLM> teacher_;  // train.teacher: frozen, loaded at construction
+  std::unique_ptr<DecoderLM::MicroBatch> teacher_mb_;
   AdamW optimizer_;  // its moments are unused (empty) with the distributed optimizer
   std::unique_ptr<DistributedAdamW> distributed_;  // optim.distributed
   PipelineExecutor pipeline_;

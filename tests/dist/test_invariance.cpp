@@ -459,6 +459,59 @@ TEST(Invariance, LoraAdapters) {
   expect_invariant(dense, tensor_layout(2, false), nonzero_b);
 }
 
+// Distillation (a distribution objective with a frozen teacher in the same job) under DP, TP with
+// and without SP (vocabulary-parallel KL), CP and EP: the loss and gradients of one process
+// distilling all DP x M micro-batches as one batch.
+void expect_distillation_invariant(const ModelConfig& cfg, const ParallelConfig& pc) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, pc);
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  DecoderLM student(cfg, grid, 13), teacher(cfg, grid, 29, {"*"}), ref(cfg, one, 13), ref_teacher(cfg, one, 29, {"*"});
+  auto tmb = teacher.new_micro_batch(), ref_tmb = ref_teacher.new_micro_batch();
+  const int64_t B = 2, M = 2, S = cfg.seq_len, DP = grid.dp_size(), replica = grid.dp().rank();
+  Batch all;
+  std::vector<std::vector<int32_t>> tokens, targets;
+  for (int64_t k = 0; k < DP * M; ++k) {
+    Batch b = micro_batch(1, k, B, cfg);
+    b.targets[static_cast<size_t>(k % (B * S))] = -1;  // a masked row
+    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
+    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
+    if (k / M == replica) {
+      tokens.push_back(b.tokens);
+      targets.push_back(b.targets);
+    }
+  }
+  const double total = static_cast<double>(count_targets(all.targets));
+  PipelineExecutor ref_pipe(ref, one, 1);
+  ref.params().zero_grads();
+  const double want = ref_pipe.run({all.tokens}, {all.targets}, DP * M * B, S, Distillation(ref_teacher, *ref_tmb, total, 1.5f)).loss;
+  PipelineExecutor pipe(student, grid, M);
+  student.params().zero_grads();
+  const PipelineResult r = pipe.run(tokens, targets, B, S, Distillation(teacher, *tmb, total, 1.5f));
+  reduce_gradients(student.params(), grid);
+  double loss = r.loss;
+  grid.dp().all_reduce_sum(&loss, 1);
+  EXPECT_NEAR(loss, want, 1e-5 * want);
+  for (const Param& p : student.params().params()) {
+    Param* q = ref.params().find(p.name);
+    ASSERT_NE(q, nullptr) << p.name;
+    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
+  }
+}
+
+TEST(Invariance, Distillation) {
+  ModelConfig c = tiny_moe();
+  c.moe_aux_loss_coeff = 0;  // defined per micro-batch: the one-batch reference differs by design
+  c.moe_z_loss_coeff = 0;
+  expect_distillation_invariant(c, layout(max_ep()));
+  expect_distillation_invariant(tiny_dense(), tensor_layout(2, false));
+  expect_distillation_invariant(c, tensor_layout(2, true, 2));
+  ParallelConfig cp;
+  cp.cp = 2;
+  expect_distillation_invariant(tiny_dense(), cp);
+}
+
 // The loss is a global token mean: M micro-batches per replica whose sequences keep different
 // numbers of valid targets (the rest masked), under data, context, tensor and pipeline
 // parallelism, give the loss and gradients of one process running all DP x M micro-batches as a

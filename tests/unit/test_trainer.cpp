@@ -139,5 +139,36 @@ TEST(Trainer, FreezeKeepsFrozenTensorsAndRejectsGlobsThatMatchNothing) {
   std::filesystem::remove_all(dir);
 }
 
+// train.teacher: a second model in the job, frozen, loaded from a model file; the student's
+// distillation loss falls; a teacher of another vocabulary is refused.
+TEST(Trainer, DistilsFromATeacherModelFile) {
+  const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_trainer_distil").string();
+  RunConfig t = small_run(dir);
+  t.train.steps = 20;
+  t.train.out_dir = dir + "/teacher";
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, t.parallel);
+  Trainer(t, grid).run(true);
+  RunConfig s = t;
+  s.train.out_dir = dir + "/student";
+  s.train.teacher = dir + "/teacher/model.safetensors";
+  s.train.kd_temperature = 2.0;
+  s.train.steps = 15;
+  s.model.d_model = 32;  // a smaller student
+  s.model.num_heads = 4;
+  s.model.moe_ffn_hidden = 48;
+  const TrainResult r = Trainer(s, grid).run(true);
+  ASSERT_EQ(r.losses.size(), 15u);
+  EXPECT_LT(r.losses.back(), 0.7 * r.losses.front()) << r.losses.front() << " -> " << r.losses.back();
+  s.model.vocab_size = 300;
+  try {
+    Trainer bad(s, grid);
+    ADD_FAILURE() << "a teacher of another vocabulary was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("same vocabulary"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace ff
