@@ -13,7 +13,7 @@ namespace ff {
 RunCheckpoint::RunCheckpoint(RunConfig& cfg, DecoderLM& model, AdamW& optimizer, const ParallelGrid& grid,
                              DistributedAdamW* distributed)
     : cfg_(cfg), model_(model), optimizer_(optimizer), distributed_(distributed), grid_(grid),
-      world_(Communicator::world()) {}
+      world_(grid.all()) {}
 
 bool RunCheckpoint::due(int64_t step) const {
   const int64_t every = cfg_.train.save_interval;

@@ -40,7 +40,7 @@ class RunCheckpoint {
   DistributedAdamW* distributed_;
   std::vector<float> staging_m_, staging_v_;  // whole moments while a save or load runs (distributed)
   const ParallelGrid& grid_;
-  Communicator world_;
+  const Communicator& world_;  // every rank of the job (the grid's)
 };
 
 // The run config stored in a checkpoint (folder or save folder with `latest`): `train --resume`

@@ -156,7 +156,7 @@ TrainResult Trainer::run(bool quiet) {
   const int64_t B = tc.micro_batch, S = cfg_.model.seq_len;
   const int64_t dp = grid_.dp_size(), global_batch = dp * tc.grad_accum * B;
   TrainingData data = open_training_data(cfg_, std::max<int64_t>(1, tc.steps * global_batch), tc.eval_batches * B,
-                                         Communicator::world(), quiet);
+                                         grid_.all(), quiet);
   std::filesystem::create_directories(tc.out_dir);
   const bool lead = grid_.world_rank() == 0;
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
