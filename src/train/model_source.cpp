@@ -68,10 +68,10 @@ ModelSource open_model_source(const std::string& path) {
     s.config.model = import_hf_config(path);
     s.config.train.model_preset = "";
     s.tokenizer = hf_tokenizer(path);
-    if (s.tokenizer) {
-      s.config.train.tokenizer_type = s.tokenizer->type;
-      s.config.train.tokenizer_path = s.tokenizer->name;
-    }
+    // Without a tokenizer in the folder the config names none (not the defaults' file), so that
+    // nothing pairs the model with a tokenizer it was not made with.
+    s.config.train.tokenizer_type = s.tokenizer ? s.tokenizer->type : TokenizerType::sentencepiece;
+    s.config.train.tokenizer_path = s.tokenizer ? s.tokenizer->name : "";
     return s;
   }
   s.kind = ModelSource::Kind::checkpoint;

@@ -144,6 +144,12 @@ TEST_F(ModelSourceTest, WeightsLoadFromEveryKindOfSource) {
       EXPECT_EQ(src.tokenizer->bytes, tok.bytes);
     }
   }
+  // A Hugging Face folder without a tokenizer names none: no default file stands in for it.
+  fs::remove(dir_ + "/hf/tokenizer.model");
+  const ModelSource bare = open_model_source(dir_ + "/hf");
+  EXPECT_FALSE(bare.tokenizer.has_value());
+  EXPECT_EQ(bare.config.train.tokenizer_path, "");
+  EXPECT_THROW(model_tokenizer(bare, std::nullopt), Error);
 }
 
 TEST_F(ModelSourceTest, WhatDoesNotFitIsAnErrorNamingTheTensor) {
