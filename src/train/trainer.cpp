@@ -62,6 +62,35 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
   peak_tflops_ = cfg_.train.peak_tflops;
 }
 
+void Trainer::move_earlier_run_aside(bool quiet) const {
+  // A run into an out_dir that holds another run's results neither mixes with them nor replaces
+  // them: their checkpoints, metrics and model files move into out_dir/previous-N first. A run
+  // that resumes from out_dir's own checkpoints continues them instead.
+  namespace fs = std::filesystem;
+  const auto& tc = cfg_.train;
+  const std::string ckpts = tc.out_dir + "/checkpoints";
+  const bool continuing = !tc.resume.empty() && fs::exists(ckpts) &&
+                          fs::weakly_canonical(tc.resume).string().rfind(fs::weakly_canonical(ckpts).string(), 0) == 0;
+  if (continuing) return;
+  std::vector<std::string> found;
+  for (const char* name : {"checkpoints", "metrics.jsonl", "model.safetensors", "adapters.safetensors"})
+    if (fs::exists(tc.out_dir + "/" + name)) found.push_back(name);
+  if (found.empty()) return;
+  std::string aside;
+  for (int k = 1;; ++k) {
+    aside = strprintf("%s/previous-%d", tc.out_dir.c_str(), k);
+    if (!fs::exists(aside)) break;
+  }
+  fs::create_directories(aside);
+  std::string list;
+  for (const auto& name : found) {
+    fs::rename(tc.out_dir + "/" + name, aside + "/" + name);
+    list += (list.empty() ? "" : ", ") + name;
+  }
+  if (!quiet) std::printf("%s held an earlier run's %s: moved to %s (continue that run with --resume %s/checkpoints)\n",
+                          tc.out_dir.c_str(), list.c_str(), aside.c_str(), aside.c_str());
+}
+
 void Trainer::check_freeze_globs() const {
   // A glob that matches no parameter on any rank is a typo, not a choice.
   const auto globs = parse_name_globs(cfg_.train.freeze);
@@ -159,6 +188,8 @@ TrainResult Trainer::run(bool quiet) {
                                          grid_.all(), quiet);
   std::filesystem::create_directories(tc.out_dir);
   const bool lead = grid_.world_rank() == 0;
+  if (lead) move_earlier_run_aside(quiet);
+  grid_.all().barrier();
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
   if (lead && !quiet) {
     std::printf("%s\n", grid_.describe().c_str());

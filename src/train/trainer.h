@@ -62,6 +62,7 @@ class Trainer {
   PipelineExecutor pipeline_;
   double peak_tflops_ = 0;
   void check_freeze_globs() const;
+  void move_earlier_run_aside(bool quiet) const;
 };
 
 // Save / load the model weights (global names) with the run config, and the tokenizer when given,

@@ -143,6 +143,36 @@ TEST(Resume, StepsNotPastTheCheckpointIsNothingToDo) {
   fs::remove_all(a);
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A fresh run into an out_dir with an earlier run's checkpoints, metrics and model mixes with
+// none of them and loses none: they move to out_dir/previous-1 first (issue 12 item 1).
+TEST(Resume, AFreshRunMovesAnEarlierRunAside) {
+  const std::string a = fresh_dir("aside");
+  RunConfig c = tiny_run(a);
+  c.train.steps = 3;
+  c.train.save_interval = 3;
+  train(c);
+  const std::string old_model = read_file(a + "/model.safetensors");
+  const std::string old_metrics = read_file(a + "/metrics.jsonl");
+  RunConfig again = c;
+  again.train.seed = 99;  // another run
+  std::vector<float> w;
+  train(again, &w);
+  EXPECT_EQ(read_file(a + "/previous-1/model.safetensors"), old_model);
+  EXPECT_EQ(read_file(a + "/previous-1/metrics.jsonl"), old_metrics);
+  EXPECT_TRUE(fs::exists(a + "/previous-1/checkpoints/step_00000003/meta.json"));
+  EXPECT_NE(read_file(a + "/model.safetensors"), old_model);
+  // The checkpoint folder holds the new run's checkpoint alone.
+  EXPECT_EQ(list_checkpoints(a + "/checkpoints").size(), 1u);
+  EXPECT_NE(read_file(a + "/checkpoints/step_00000003/model.r00000.safetensors"),
+            read_file(a + "/previous-1/checkpoints/step_00000003/model.r00000.safetensors"));
+  fs::remove_all(a);
+}
+
 // The `fivefold` binary beside this test binary, or "" if it was not built.
 std::string fivefold_binary() {
   const fs::path p = fs::read_symlink("/proc/self/exe").parent_path() / "fivefold";
@@ -173,13 +203,6 @@ pid_t start_train(const std::string& bin, RunConfig c, const std::string& dir) {
     _exit(127);
   }
   return pid;
-}
-
-std::string read_file(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 bool has_tmp_folder(const std::string& save_dir) {
