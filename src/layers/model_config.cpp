@@ -11,6 +11,7 @@ constexpr EnumName<NormKind> kNorms[] = {{NormKind::rmsnorm, "rmsnorm"}, {NormKi
 constexpr EnumName<PositionEmbedding> kPositions[] = {{PositionEmbedding::rope, "rope"},
                                                       {PositionEmbedding::none, "none"}};
 constexpr EnumName<Precision> kPrecisions[] = {{Precision::fp32, "fp32"}, {Precision::bf16, "bf16"}};
+constexpr EnumName<HeadKind> kHeads[] = {{HeadKind::lm, "lm"}, {HeadKind::value, "value"}};
 constexpr EnumName<cpu::RouterScore> kScores[] = {{cpu::RouterScore::softmax, "softmax"},
                                                   {cpu::RouterScore::sigmoid, "sigmoid"}};
 constexpr EnumName<cpu::DropPolicy> kPolicies[] = {{cpu::DropPolicy::probs, "probs"},
@@ -21,6 +22,7 @@ std::span<const EnumName<Activation>> enum_names(Activation) { return kActivatio
 std::span<const EnumName<NormKind>> enum_names(NormKind) { return kNorms; }
 std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding) { return kPositions; }
 std::span<const EnumName<Precision>> enum_names(Precision) { return kPrecisions; }
+std::span<const EnumName<HeadKind>> enum_names(HeadKind) { return kHeads; }
 }  // namespace ff
 namespace ff::cpu {
 std::span<const EnumName<RouterScore>> enum_names(RouterScore) { return kScores; }
@@ -135,6 +137,8 @@ std::vector<std::string> ModelConfig::validate() const {
     if (moe_z_loss_coeff < 0) e.push_back(strprintf("model.moe_z_loss_coeff = %g: must be >= 0", moe_z_loss_coeff));
     if (!(moe_router_topk_scaling > 0)) e.push_back(strprintf("model.moe_router_topk_scaling = %g: must be > 0", moe_router_topk_scaling));
   }
+  if (head == HeadKind::value && tie_embeddings)
+    e.push_back("model.tie_embeddings = true needs the LM head; a value head (model.head = value) has its own weight");
   if (lora_rank < 0) e.push_back(strprintf("model.lora_rank = %lld: must be >= 0 (0 = no adapters)", (long long)lora_rank));
   if (!(lora_dropout >= 0 && lora_dropout < 1))
     e.push_back(strprintf("model.lora_dropout = %g: must be in [0, 1)", lora_dropout));

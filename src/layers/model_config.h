@@ -33,6 +33,11 @@ std::span<const EnumName<DropPolicy>> enum_names(DropPolicy);
 
 namespace ff {
 
+// The model's head: the LM head (logits over the vocabulary), or a scalar per token (reward
+// models, critics: layers/value_head.h).
+enum class HeadKind : uint8_t { lm, value };
+std::span<const EnumName<HeadKind>> enum_names(HeadKind);
+
 // One character per layer: '*' attention, '-' dense MLP, 'E' MoE, 'M' Mamba (reserved).
 enum class LayerKind : uint8_t { attention, mlp, moe, mamba };
 
@@ -73,6 +78,7 @@ struct ModelConfig {
   bool moe_pad_to_capacity = false;
   Precision precision = Precision::fp32;
   int64_t head_chunk_rows = 0;  // LM head + cross-entropy over row chunks; 0 = all rows at once
+  HeadKind head = HeadKind::lm;
   // LoRA adapters (layers/linear.h); the base weights are then frozen.
   int64_t lora_rank = 0;
   double lora_alpha = 16;
@@ -119,6 +125,8 @@ struct ModelConfig {
     v(head_chunk_rows, "head_chunk_rows", "training: the LM head and cross-entropy run over chunks of this many rows, so "
                                           "logits exist for one chunk at a time (backward recomputes each chunk's logits: "
                                           "one more head GEMM); for large vocabularies. 0 = all rows at once");
+    v(head, "head", "lm: logits over the vocabulary; value: one scalar per token (score.weight [1, D]), for reward "
+                    "models and critics");
     v(lora_rank, "lora_rank", "LoRA adapter rank r on the lora_targets projections; the base weights are frozen; "
                               "0 = no adapters");
     v(lora_alpha, "lora_alpha", "LoRA scale alpha: an adapter adds (alpha / r) x A^T B^T");

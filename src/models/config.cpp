@@ -45,7 +45,8 @@ int64_t mlp_lora_params(const ModelConfig& c, int64_t F) {
 }
 
 int64_t count(const ModelConfig& c, int64_t experts_counted) {
-  int64_t n = c.vocab_size * c.d_model * (c.tie_embeddings ? 1 : 2) + norm_params(c);
+  const int64_t head = c.head == HeadKind::value ? c.d_model : (c.tie_embeddings ? 0 : c.vocab_size * c.d_model);
+  int64_t n = c.vocab_size * c.d_model + head + norm_params(c);
   for (LayerKind k : c.layers()) {
     n += norm_params(c);
     switch (k) {

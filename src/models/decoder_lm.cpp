@@ -129,7 +129,9 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   }
   if (chunk_range(chunks_ - 1).last) {
     final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
-    if (!cfg.tie_embeddings) {
+    if (cfg.head == HeadKind::value) {
+      value_head_ = std::make_unique<ValueHead>(params_, D, std0);
+    } else if (!cfg.tie_embeddings) {
       head_ = params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0}, ParamInit::normal, std0);
     } else if (embedding_) {
       head_ = embedding_;
@@ -140,7 +142,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
                                 ParamInit::normal, std0);
       head_->replica = true;
     }
-    lm_head_ = std::make_unique<LmHead>(head_, compute_, tp_, V, cfg.head_chunk_rows);
+    if (head_) lm_head_ = std::make_unique<LmHead>(head_, compute_, tp_, V, cfg.head_chunk_rows);
   }
   // Middle stages hold neither copy, so whether the tied embedding trains is read from the globs.
   tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1 && cfg.lora_rank == 0 &&
@@ -151,6 +153,9 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   for (Param& prm : params_.params()) {
     if (prm.tp_replicated && tp_.rank() > 0) prm.replica = true;
     prm.data_replica = (prm.expert ? grid.edp() : grid.dp_cp()).rank() > 0;
+    // The value head's weight is whole on every TP rank, with the same gradient there (every rank
+    // sees every row): written once, no reduction over TP.
+    if (value_head_ && &prm == value_head_->weight() && tp_.rank() > 0) prm.replica = true;
     // With LoRA only the adapters train (the base is frozen); frozen globs apply on top.
     prm.trainable = !matches_any(prm.name, frozen) && (cfg.lora_rank == 0 || is_adapter_name(prm.name));
   }
@@ -200,7 +205,11 @@ float* DecoderLM::head_logits(MicroBatch& mb) {
   return mb.head.logits.f32();
 }
 
-TargetLogProbs DecoderLM::target_logprobs(const MicroBatch& mb) const {
+HeadRows DecoderLM::head_rows(const MicroBatch& mb) const {
+  if (value_head_) {
+    FF_CHECK(!mb.value.v.empty(), "head_rows: no forward of this micro-batch on this (the last) stage");
+    return {mb.value.v.f32(), mb.targets, mb.positions.data(), mb.B, mb.S, cp_};
+  }
   FF_CHECK(mb.targets != nullptr && !mb.head.logp.empty(),
            "target_logprobs: the last forward of this micro-batch had no targets (or was on another stage)");
   return {mb.head.logp.f32(), mb.targets, mb.positions.data(), mb.B, mb.S, cp_};
@@ -325,13 +334,19 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   ProfileScope head_scope(&profile_, kProfileHead, false);
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
-  const Tensor head_input = compute_.operand(tp_.enter(mb.final_norm.y.f32(), N, D, A), N, D, A);
-  lm_head_->forward(mb.head, head_input, targets, N, A);
+  const float* full = tp_.enter(mb.final_norm.y.f32(), N, D, A);
+  if (value_head_) {
+    value_head_->forward(mb.value, full, N, A);
+    return res;
+  }
+  lm_head_->forward(mb.head, compute_.operand(full, N, D, A), targets, N, A);
   return res;
 }
 
 std::unique_ptr<DecoderLM::Decoder> DecoderLM::new_decoder(int64_t B, int64_t capacity) const {
   FF_CHECK(cp_ == nullptr, "generation runs without context parallelism: use parallel.cp = 1");
+  FF_CHECK(cfg_.head == HeadKind::lm, "a model with a value head (model.head = value) scores text; it does not "
+           "generate");
   FF_CHECK(B >= 1 && B % tp_.size() == 0, "a decoder of %lld sequences: with tensor parallelism the batch must be a "
            "multiple of parallel.tp = %d", (long long)B, tp_.size());
   FF_CHECK(capacity >= 1 && capacity <= cfg_.seq_len, "a KV cache of %lld positions: must be in [1, model.seq_len = %lld]",
@@ -429,7 +444,19 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     T.reset();
     const float g = objective_scale * cp_scale;
     float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
-    if (hg.dlogp) {
+    if (value_head_) {
+      FF_CHECK(hg.dlogp != nullptr, "a value head's backward takes d loss / d value per row");
+      float* scaled = T.alloc_f32(N);
+      for (int64_t n = 0; n < N; ++n) scaled[n] = g * hg.dlogp[n];
+      value_head_->backward(dhead_in, scaled, mb.value, N);
+      // Every TP rank holds the whole gradient of the head's input, which entering's backward sums
+      // over TP: each rank contributes 1 / TP of it (exact: TP is a power of two here or the
+      // division rounds once).
+      if (tp_.size() > 1) {
+        const float share = 1.0f / static_cast<float>(tp_.size());
+        for (int64_t i = 0; i < N * D; ++i) dhead_in[i] *= share;
+      }
+    } else if (hg.dlogp) {
       float* scaled = T.alloc_f32(N);
       for (int64_t n = 0; n < N; ++n) scaled[n] = g * hg.dlogp[n];
       lm_head_->backward(dhead_in, scaled, mb.head, N, T);
@@ -479,6 +506,7 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
 }
 
 const float* DecoderLM::logits(const MicroBatch& mb) const {
+  FF_CHECK(lm_head_ != nullptr, "logits(): this model has a value head (model.head = value); read head_rows()");
   FF_CHECK(mb.head.logits.shape[0] == mb.head.x_op.shape[0],
            "logits(): the last forward kept one chunk of logits (model.head_chunk_rows); forward without targets "
            "gives all of them");

@@ -16,6 +16,7 @@
 #include "layers/attention.h"
 #include "layers/compute.h"
 #include "layers/lm_head.h"
+#include "layers/value_head.h"
 #include "layers/mlp.h"
 #include "layers/moe/moe_layer.h"
 #include "layers/norm.h"
@@ -33,10 +34,11 @@ struct ForwardResult {
   int64_t routed_slots = 0, dropped_slots = 0;
 };
 
-// What backward starts from on the last stage: a token-level objective's d loss / d logp per row,
-// or a distribution objective's gradient of the logits [rows, V / TP] themselves.
+// What backward starts from on the last stage: a token-level objective's d loss / d value per row
+// (HeadRows::value: log p(target), or the value head's scalar), or a distribution objective's
+// gradient of the logits [rows, V / TP] themselves.
 struct HeadGradient {
-  const float* dlogp = nullptr;
+  const float* dlogp = nullptr;  // per row: d loss / d HeadRows::value
   const float* dlogits = nullptr;
   HeadGradient(const float* dlogp_rows = nullptr) : dlogp(dlogp_rows) {}  // NOLINT: a dlogp is the common case
   static HeadGradient of_logits(const float* d) {
@@ -46,9 +48,11 @@ struct HeadGradient {
   }
 };
 
-// The head's output for a token-level objective: this rank's rows of one micro-batch.
-struct TargetLogProbs {
-  const float* logp = nullptr;         // [B*S] log p(target) per row; 0 where the target is -1
+// The head's output per row for a token-level objective: this rank's rows of one micro-batch.
+struct HeadRows {
+  // [B*S] per row: the LM head's log p(target) (0 where the target is -1), or the value head's
+  // scalar (model.head = value).
+  const float* value = nullptr;
   const int32_t* targets = nullptr;    // [B*S]; -1 = no target (a masked or padding position)
   const int32_t* positions = nullptr;  // [B*S] each row's position in its sequence
   int64_t B = 0, S = 0;                // S: rows of each sequence held here (S / CP under context parallelism)
@@ -78,6 +82,7 @@ class DecoderLM {
     std::vector<MoeLayer::Saved> moe;
     Norm::Saved final_norm;
     LmHead::Saved head;
+    ValueHead::Saved value;  // model.head = value
   };
 
   std::unique_ptr<MicroBatch> new_micro_batch() const;
@@ -89,10 +94,10 @@ class DecoderLM {
   ForwardResult forward(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                         const int32_t* positions = nullptr);
   // Gradients of objective_scale * objective + moe_scale * (the MoE losses) accumulate into the
-  // parameter grads, where dlogp[rows] = d objective / d logp of target_logprobs(mb).
+  // parameter grads, where dlogp[rows] = d objective / d logp of head_rows(mb).
   void backward(MicroBatch& mb, HeadGradient g, float objective_scale, float moe_scale);
   // The last forward's per-row target log-probs (last pipeline stage, forward with targets).
-  TargetLogProbs target_logprobs(const MicroBatch& mb) const;
+  HeadRows head_rows(const MicroBatch& mb) const;
   // The last forward's logits [rows, V / TP] (all rows; forward with targets and head_chunk_rows
   // = 0), for distribution objectives; rows as in target_logprobs.
   float* head_logits(MicroBatch& mb);
@@ -202,7 +207,8 @@ class DecoderLM {
   std::vector<Layer> layers_;
   std::unique_ptr<Norm> final_norm_;
   Param* head_ = nullptr;  // last pipeline stage only; == embedding_ when tied
-  std::unique_ptr<LmHead> lm_head_;
+  std::unique_ptr<LmHead> lm_head_;        // model.head = lm (last stage)
+  std::unique_ptr<ValueHead> value_head_;  // model.head = value (last stage)
 };
 
 // Every reason this model cannot run under this parallel layout (sizes that do not divide, unsupported

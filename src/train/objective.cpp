@@ -4,7 +4,7 @@
 
 namespace ff {
 
-ObjectiveValue TokenMeanCrossEntropy::evaluate(const TargetLogProbs& in, float* dlogp) const {
+ObjectiveValue TokenMeanCrossEntropy::evaluate(const HeadRows& in, float* dlogp) const {
   const int64_t rows = in.B * in.S;
   const float g = total_ > 0 ? static_cast<float>(-1.0 / total_) : 0.0f;
   double sum_count[2] = {0, 0};  // sum of logp and valid rows, over the CP ranks' rows
@@ -12,7 +12,7 @@ ObjectiveValue TokenMeanCrossEntropy::evaluate(const TargetLogProbs& in, float* 
     const bool valid = in.targets[n] >= 0;
     dlogp[n] = valid ? g : 0.0f;
     if (valid) {
-      sum_count[0] += in.logp[n];
+      sum_count[0] += in.value[n];
       sum_count[1] += 1;
     }
   }
@@ -30,7 +30,7 @@ Distillation::Distillation(DecoderLM& teacher, DecoderLM::MicroBatch& teacher_mb
 }
 
 ObjectiveValue Distillation::evaluate(const StudentLogits& in, float* dlogits) const {
-  const TargetLogProbs& r = in.rows;
+  const HeadRows& r = in.rows;
   const int64_t N = r.B * r.S;
   // The teacher's logits of the same rows: a forward over the same tokens, no targets (all rows).
   teacher_.set_training(false);
@@ -72,7 +72,7 @@ int64_t step_target_count(const std::vector<std::vector<int32_t>>& targets, cons
 
 namespace {
 // The micro-batch's valid targets (over the CP ranks).
-int64_t micro_batch_targets(const TargetLogProbs& in) {
+int64_t micro_batch_targets(const HeadRows& in) {
   int64_t n = 0;
   for (int64_t r = 0; r < in.B * in.S; ++r) n += in.targets[r] >= 0;
   if (in.cp) in.cp->all_reduce_sum(&n, 1);
@@ -84,7 +84,7 @@ ForwardResult forward_mean_ce(DecoderLM& model, DecoderLM::MicroBatch& mb, const
                               const int32_t* targets, int64_t B, int64_t S) {
   ForwardResult r = model.forward(mb, tokens, targets, B, S);
   if (!targets) return r;
-  const TargetLogProbs in = model.target_logprobs(mb);
+  const HeadRows in = model.head_rows(mb);
   std::vector<float> dlogp(static_cast<size_t>(in.B * in.S));
   const ObjectiveValue v = TokenMeanCrossEntropy(static_cast<double>(micro_batch_targets(in))).evaluate(in, dlogp.data());
   r.loss = v.loss;
@@ -93,7 +93,7 @@ ForwardResult forward_mean_ce(DecoderLM& model, DecoderLM::MicroBatch& mb, const
 }
 
 void backward_mean_ce(DecoderLM& model, DecoderLM::MicroBatch& mb, float scale) {
-  const TargetLogProbs in = model.target_logprobs(mb);
+  const HeadRows in = model.head_rows(mb);
   std::vector<float> dlogp(static_cast<size_t>(in.B * in.S));
   TokenMeanCrossEntropy(static_cast<double>(micro_batch_targets(in))).evaluate(in, dlogp.data());
   model.backward(mb, dlogp.data(), scale, scale);

@@ -1,5 +1,5 @@
 // Token-level objectives (DESIGN decision 10): a function of the per-row log-probs of the targets
-// that the LM head gives (models/decoder_lm.h TargetLogProbs), evaluated on one micro-batch at a
+// that the LM head gives (models/decoder_lm.h HeadRows), evaluated on one micro-batch at a
 // time, returning its value and its gradient per row. The body and head know nothing of the loss.
 //
 // The loss of a step is a global token mean: with T the valid targets of the whole step (every
@@ -26,14 +26,14 @@ class TokenObjective {
   virtual ~TokenObjective() = default;
   // dlogp[B*S] OVERWRITTEN with d loss / d logp (0 on rows without a target). Complete over the CP
   // group: every CP rank of a micro-batch calls it and gets the same value.
-  virtual ObjectiveValue evaluate(const TargetLogProbs& in, float* dlogp) const = 0;
+  virtual ObjectiveValue evaluate(const HeadRows& in, float* dlogp) const = 0;
 };
 
-// loss = -(1 / total_tokens) sum over the valid rows of logp.
+// loss = -(1 / total_tokens) sum over the valid rows of logp (the LM head's HeadRows::value).
 class TokenMeanCrossEntropy : public TokenObjective {
  public:
   explicit TokenMeanCrossEntropy(double total_tokens) : total_(total_tokens) {}
-  ObjectiveValue evaluate(const TargetLogProbs& in, float* dlogp) const override;
+  ObjectiveValue evaluate(const HeadRows& in, float* dlogp) const override;
 
  private:
   double total_;
@@ -45,7 +45,7 @@ class TokenMeanCrossEntropy : public TokenObjective {
 // models (a teacher) on the same rows.
 struct StudentLogits {
   const float* logits = nullptr;  // [rows, Vl]
-  TargetLogProbs rows;            // which rows have targets (the mask), positions, B, S, CP group
+  HeadRows rows;            // which rows have targets (the mask), positions, B, S, CP group
   const int32_t* tokens = nullptr;       // [B * S_full]
   const int32_t* positions = nullptr;    // [B * S_full] or null
   int64_t S_full = 0, Vl = 0;

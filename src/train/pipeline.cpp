@@ -87,7 +87,7 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
       result.forward_s += seconds_since(t0);
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
       if (vs == VS - 1) {
-        const TargetLogProbs in = model_.target_logprobs(mb);
+        const HeadRows in = model_.head_rows(mb);
         ObjectiveValue v;
         if (token_objective) {
           dlogp_[rec].resize(static_cast<size_t>(in.B * in.S));
@@ -156,7 +156,7 @@ ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, co
       pp.send(model_.chunk_output(mb, c), width, static_cast<int>((vs + 1) % P), static_cast<int>(vs + 1));
       pp.wait_sends();
     } else {
-      const TargetLogProbs in = model_.target_logprobs(mb);
+      const HeadRows in = model_.head_rows(mb);
       dlogp_[0].resize(static_cast<size_t>(in.B * in.S));
       const ObjectiveValue v = objective.evaluate(in, dlogp_[0].data());
       value[0] = v.loss;

@@ -512,6 +512,82 @@ TEST(Invariance, Distillation) {
   expect_distillation_invariant(tiny_dense(), cp);
 }
 
+// A value head (model.head = value) under DP, TP with and without SP, EP and CP: the values and
+// the gradients of a regression on them equal one process's. The objective: 1/2 mean over rows
+// with a target of (v - t / 10)^2, as a global token mean.
+class ValueRegression : public TokenObjective {
+ public:
+  explicit ValueRegression(double total) : total_(total) {}
+  ObjectiveValue evaluate(const HeadRows& in, float* dv) const override {
+    double sum_count[2] = {0, 0};
+    for (int64_t n = 0; n < in.B * in.S; ++n) {
+      dv[n] = 0.0f;
+      if (in.targets[n] < 0) continue;
+      const double e = in.value[n] - in.targets[n] / 10.0;
+      sum_count[0] += 0.5 * e * e;
+      sum_count[1] += 1;
+      dv[n] = static_cast<float>(e / total_);
+    }
+    if (in.cp) in.cp->all_reduce_sum(sum_count, 2);
+    return {sum_count[0] / total_, static_cast<int64_t>(sum_count[1])};
+  }
+
+ private:
+  double total_;
+};
+
+void expect_value_head_invariant(ModelConfig cfg, const ParallelConfig& pc) {
+  cfg.head = HeadKind::value;
+  cfg.moe_aux_loss_coeff = 0;
+  cfg.moe_z_loss_coeff = 0;
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, pc);
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  DecoderLM model(cfg, grid, 17), ref(cfg, one, 17);
+  const int64_t B = 2, M = 2, S = cfg.seq_len, DP = grid.dp_size(), replica = grid.dp().rank();
+  Batch all;
+  std::vector<std::vector<int32_t>> tokens, targets;
+  for (int64_t k = 0; k < DP * M; ++k) {
+    Batch b = micro_batch(2, k, B, cfg);
+    b.targets[static_cast<size_t>((3 * k) % (B * S))] = -1;
+    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
+    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
+    if (k / M == replica) {
+      tokens.push_back(b.tokens);
+      targets.push_back(b.targets);
+    }
+  }
+  const double total = static_cast<double>(count_targets(all.targets));
+  PipelineExecutor ref_pipe(ref, one, 1);
+  ref.params().zero_grads();
+  const double want = ref_pipe.run({all.tokens}, {all.targets}, DP * M * B, S, ValueRegression(total)).loss;
+  PipelineExecutor pipe(model, grid, M);
+  model.params().zero_grads();
+  const PipelineResult r = pipe.run(tokens, targets, B, S, ValueRegression(total));
+  reduce_gradients(model.params(), grid);
+  double loss = r.loss;
+  grid.dp().all_reduce_sum(&loss, 1);
+  EXPECT_NEAR(loss, want, 1e-5 * want);
+  for (const Param& p : model.params().params()) {
+    Param* q = ref.params().find(p.name);
+    ASSERT_NE(q, nullptr) << p.name;
+    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
+  }
+}
+
+TEST(Invariance, ValueHead) {
+  expect_value_head_invariant(tiny_moe(), layout(max_ep()));
+  expect_value_head_invariant(tiny_dense(), tensor_layout(2, false));
+  expect_value_head_invariant(tiny_moe(), tensor_layout(2, true, 2));
+  ParallelConfig cp;
+  cp.cp = 2;
+  expect_value_head_invariant(tiny_dense(), cp);
+  ParallelConfig pp;
+  pp.pp = 2;
+  expect_value_head_invariant(tiny_dense(), pp);
+}
+
 // The loss is a global token mean: M micro-batches per replica whose sequences keep different
 // numbers of valid targets (the rest masked), under data, context, tensor and pipeline
 // parallelism, give the loss and gradients of one process running all DP x M micro-batches as a

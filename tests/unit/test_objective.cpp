@@ -49,7 +49,7 @@ Batch masked_batch(const ModelConfig& c, const std::vector<int64_t>& keep, uint6
 TEST(Objective, TokenMeanCrossEntropyValueAndGradient) {
   const float logp[5] = {-1.0f, -2.0f, 0.0f, -0.5f, -3.0f};
   const int32_t targets[5] = {3, 1, -1, 0, 7};
-  TargetLogProbs in{logp, targets, nullptr, 1, 5, nullptr};
+  HeadRows in{logp, targets, nullptr, 1, 5, nullptr};
   float dlogp[5];
   const ObjectiveValue v = TokenMeanCrossEntropy(10.0).evaluate(in, dlogp);
   EXPECT_DOUBLE_EQ(v.loss, (1.0 + 2.0 + 0.5 + 3.0) / 10.0);

@@ -153,7 +153,7 @@ TEST(SftData, PackedExamplesEqualTheExamplesOneByOne) {
   b.params().zero_grads();
   ForwardResult ra = a.forward(*ma, pt.data(), py.data(), 1, S, pp.data());
   (void)ra;
-  const TargetLogProbs in = a.target_logprobs(*ma);
+  const HeadRows in = a.head_rows(*ma);
   std::vector<float> dlogp(static_cast<size_t>(S));
   const ObjectiveValue va = TokenMeanCrossEntropy(static_cast<double>(count_targets(py))).evaluate(in, dlogp.data());
   a.backward(*ma, dlogp.data(), 1.0f, 1.0f);
