@@ -85,7 +85,7 @@ RunConfig RunConfigFlags::resolve() const {
   c.parallel.visit_fields(p);
   if (!errors.empty()) {
     const std::string all = join_problems(errors);
-    FF_FAIL("bad command line:%s", all.c_str());
+    throw UserError("bad command line:" + all);
   }
   if (!c.train.init_from.empty() && c.train.resume.empty()) adopt_init_source(c);
   return c;
@@ -124,7 +124,7 @@ void check_run_config(const RunConfig& c, int world) {
   auto errors = c.validate(world);
   if (errors.empty()) return;
   const std::string all = join_problems(errors);
-  FF_FAIL("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str());
+  throw UserError(strprintf("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str()));
 }
 
 // OpenMP threads per rank: train.threads if set; else OMP_NUM_THREADS if the user set it; else the
@@ -590,6 +590,8 @@ int main(int argc, char** argv) {
     }
     if (bench->parsed()) return cmd_bench(bench_flags, bench_steps, warmup, bench_profile, peer);
     if (plan->parsed()) return cmd_plan(plan_flags, plan_opts);
+  } catch (const UserError& e) {
+    abort_job_once(e.what());
   } catch (const std::exception& e) {
     abort_job(e.what());
   }

@@ -15,6 +15,13 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An error in what every rank was given alike (flags, config files): every rank finds the same
+// one, so one rank reports it for all (parallel/comm.h abort_job_once).
+class UserError : public Error {
+ public:
+  using Error::Error;
+};
+
 // The rank printed in messages; set once by the communicator layer at start-up (a plain
 // process-wide fact like the pid, not mutable model state).
 int& error_rank();

@@ -1,10 +1,10 @@
 #include "parallel/comm.h"
 
-#include <chrono>
-
-#include <cstdio>
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "core/check.h"
 
@@ -276,6 +276,15 @@ void abort_job(const std::string& message) {
   if (initialized && !finalized) MPI_Comm_size(MPI_COMM_WORLD, &size);
   if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
   std::exit(1);
+}
+
+void abort_job_once(const std::string& message) {
+  int initialized = 0, finalized = 0, rank = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
+  abort_job(message);
 }
 
 }  // namespace ff

@@ -45,5 +45,12 @@ with tempfile.TemporaryDirectory() as tmp:
     check("train.seed = -3 in a file is refused", rc != 0 and "train.seed = -3: must be a non-negative integer" in out,
           out)
 
+# Under mpirun every rank finds the same bad flag: the message is printed once, not once per rank.
+env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+r = subprocess.run(["mpirun", "--oversubscribe", "-np", "3", fivefold, "train", "--seed", "-1"], env=env,
+                   capture_output=True, text=True, timeout=120)
+n = (r.stdout + r.stderr).count("--seed -1: must be a non-negative integer")
+check("under mpirun -np 3 the error is printed once", r.returncode != 0 and n == 1, "%d times" % n)
+
 print("%d failed" % len(failures))
 sys.exit(1 if failures else 0)
