@@ -126,13 +126,16 @@ SftSamples::SftSamples(std::vector<SftExample> examples, int32_t pad, uint64_t s
   std::iota(order.begin(), order.end(), 0);
   Rng rng(seed, "sft-order");
   for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
+  int64_t used = 0;  // tokens in the last sample so far
   for (int64_t e : order) {
     const int64_t len = static_cast<int64_t>(examples_[static_cast<size_t>(e)].ids.size());
-    int64_t used = 0;
-    if (pack_len_ > 0 && !bins_.empty())
-      for (int64_t k : bins_.back()) used += static_cast<int64_t>(examples_[static_cast<size_t>(k)].ids.size());
-    if (pack_len_ > 0 && !bins_.empty() && used + len <= pack_len_) bins_.back().push_back(e);
-    else bins_.push_back({e});
+    if (pack_len_ > 0 && !bins_.empty() && used + len <= pack_len_) {
+      bins_.back().push_back(e);
+      used += len;
+    } else {
+      bins_.push_back({e});
+      used = len;
+    }
   }
 }
 

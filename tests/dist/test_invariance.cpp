@@ -30,6 +30,7 @@
 #include "optim/distributed_optimizer.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
+#include "invariance.h"
 #include "tiny_model.h"
 #include "train/objective.h"
 #include "train/pipeline.h"
@@ -37,50 +38,7 @@
 namespace ff {
 namespace {
 
-using test::tiny_moe;
-
-struct Batch {
-  std::vector<int32_t> tokens, targets;
-};
-
-// The micro-batch of data-parallel replica `replica` at step `step`: the same on every layout.
-Batch micro_batch(int64_t step, int64_t replica, int64_t B, const ModelConfig& c) {
-  Rng rng(77, "dist-batch", static_cast<uint64_t>(step * 1000 + replica));
-  Batch b;
-  for (int64_t i = 0; i < B * c.seq_len; ++i) {
-    b.tokens.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size))));
-    b.targets.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size))));
-  }
-  return b;
-}
-
-// Compares this rank's slice of a gradient (or of the values) with the same slice of the
-// reference's whole tensor. allowance: an extra bound per element of the whole tensor (or null).
-::testing::AssertionResult tensors_match(const Param& p, const Param& ref, bool values = false, double tol = 1e-4,
-                                         const std::vector<double>* allowance = nullptr) {
-  const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
-  const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
-  const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
-  const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : 0;
-  double scale = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) scale = std::max(scale, std::fabs(double((values ? ref.value : ref.grad)[i])));
-  double worst = 0;  // the largest excess over the bound
-  int64_t worst_i = -1;
-  for (int64_t i = 0; i < p.numel(); ++i) {
-    const float* mine = values ? p.value : p.grad;
-    const int64_t g = (r0 + i / lc) * cols + c0 + i % lc;
-    const double want = (values ? ref.value : ref.grad)[g];
-    const double bound = tol * scale + 1e-7 + (allowance ? (*allowance)[static_cast<size_t>(g)] : 0.0);
-    const double excess = std::fabs(double(mine[i]) - want) - bound;
-    if (excess > worst) {
-      worst = excess;
-      worst_i = i;
-    }
-  }
-  if (worst_i < 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << p.name << ": element " << worst_i << " is " << worst
-                                       << " past its bound (max |ref| " << scale << ")";
-}
+using namespace test;  // invariance.h, tiny_model.h
 
 // The per-element bound on how far Adam can move two runs apart when their gradients differ by at
 // most delta per element (the gradient tolerance), accumulated over the steps.
@@ -211,34 +169,6 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
   }
   return last;
 }
-
-ParallelConfig layout(int64_t ep, MoeDispatcher d = MoeDispatcher::alltoall) {
-  ParallelConfig pc;
-  pc.ep = ep;
-  pc.moe_dispatcher = d;
-  return pc;
-}
-
-ParallelConfig tensor_layout(int64_t tp, bool sp, int64_t ep = 1, int64_t etp = 1) {
-  ParallelConfig pc;
-  pc.tp = tp;
-  pc.sequence_parallel = sp;
-  pc.ep = ep;
-  pc.etp = etp;
-  return pc;
-}
-
-ModelConfig tiny_dense() {
-  ModelConfig c = tiny_moe();
-  c.num_experts = 0;
-  c.ffn_hidden = 20;
-  c.layer_pattern = "*-*-";
-  return c;
-}
-
-int world_size() { return Communicator::world().size(); }
-// The largest EP over all ranks that the tiny model's 4 experts allow.
-int64_t max_ep() { return std::min(world_size(), 4); }
 
 TEST(Invariance, DataParallel) { expect_invariant(tiny_moe(), layout(1)); }
 
@@ -457,198 +387,6 @@ TEST(Invariance, LoraAdapters) {
   dense.layer_pattern = "*-*-";
   dense.num_experts = 0;
   expect_invariant(dense, tensor_layout(2, false), nonzero_b);
-}
-
-// Distillation (a distribution objective with a frozen teacher in the same job) under DP, TP with
-// and without SP (vocabulary-parallel KL), CP and EP: the loss and gradients of one process
-// distilling all DP x M micro-batches as one batch.
-void expect_distillation_invariant(const ModelConfig& cfg, const ParallelConfig& pc) {
-  Communicator world = Communicator::world();
-  ParallelGrid grid(world, pc);
-  Communicator self = Communicator::self();
-  ParallelGrid one(self, ParallelConfig{});
-  DecoderLM student(cfg, grid, 13), teacher(cfg, grid, 29, {"*"}), ref(cfg, one, 13), ref_teacher(cfg, one, 29, {"*"});
-  auto tmb = teacher.new_micro_batch(), ref_tmb = ref_teacher.new_micro_batch();
-  const int64_t B = 2, M = 2, S = cfg.seq_len, DP = grid.dp_size(), replica = grid.dp().rank();
-  Batch all;
-  std::vector<std::vector<int32_t>> tokens, targets;
-  for (int64_t k = 0; k < DP * M; ++k) {
-    Batch b = micro_batch(1, k, B, cfg);
-    b.targets[static_cast<size_t>(k % (B * S))] = -1;  // a masked row
-    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
-    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
-    if (k / M == replica) {
-      tokens.push_back(b.tokens);
-      targets.push_back(b.targets);
-    }
-  }
-  const double total = static_cast<double>(count_targets(all.targets));
-  PipelineExecutor ref_pipe(ref, one, 1);
-  ref.params().zero_grads();
-  const double want = ref_pipe.run({all.tokens}, {all.targets}, DP * M * B, S, Distillation(ref_teacher, *ref_tmb, total, 1.5f)).loss;
-  PipelineExecutor pipe(student, grid, M);
-  student.params().zero_grads();
-  const PipelineResult r = pipe.run(tokens, targets, B, S, Distillation(teacher, *tmb, total, 1.5f));
-  reduce_gradients(student.params(), grid);
-  double loss = r.loss;
-  grid.dp().all_reduce_sum(&loss, 1);
-  EXPECT_NEAR(loss, want, 1e-5 * want);
-  for (const Param& p : student.params().params()) {
-    Param* q = ref.params().find(p.name);
-    ASSERT_NE(q, nullptr) << p.name;
-    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
-  }
-}
-
-TEST(Invariance, Distillation) {
-  ModelConfig c = tiny_moe();
-  c.moe_aux_loss_coeff = 0;  // defined per micro-batch: the one-batch reference differs by design
-  c.moe_z_loss_coeff = 0;
-  expect_distillation_invariant(c, layout(max_ep()));
-  expect_distillation_invariant(tiny_dense(), tensor_layout(2, false));
-  expect_distillation_invariant(c, tensor_layout(2, true, 2));
-  ParallelConfig cp;
-  cp.cp = 2;
-  expect_distillation_invariant(tiny_dense(), cp);
-}
-
-// A value head (model.head = value) under DP, TP with and without SP, EP and CP: the values and
-// the gradients of a regression on them equal one process's. The objective: 1/2 mean over rows
-// with a target of (v - t / 10)^2, as a global token mean.
-class ValueRegression : public TokenObjective {
- public:
-  explicit ValueRegression(double total) : total_(total) {}
-  ObjectiveValue evaluate(const HeadRows& in, float* dv) const override {
-    double sum_count[2] = {0, 0};
-    for (int64_t n = 0; n < in.B * in.S; ++n) {
-      dv[n] = 0.0f;
-      if (in.targets[n] < 0) continue;
-      const double e = in.value[n] - in.targets[n] / 10.0;
-      sum_count[0] += 0.5 * e * e;
-      sum_count[1] += 1;
-      dv[n] = static_cast<float>(e / total_);
-    }
-    if (in.cp) in.cp->all_reduce_sum(sum_count, 2);
-    return {sum_count[0] / total_, static_cast<int64_t>(sum_count[1])};
-  }
-
- private:
-  double total_;
-};
-
-void expect_value_head_invariant(ModelConfig cfg, const ParallelConfig& pc) {
-  cfg.head = HeadKind::value;
-  cfg.moe_aux_loss_coeff = 0;
-  cfg.moe_z_loss_coeff = 0;
-  Communicator world = Communicator::world();
-  ParallelGrid grid(world, pc);
-  Communicator self = Communicator::self();
-  ParallelGrid one(self, ParallelConfig{});
-  DecoderLM model(cfg, grid, 17), ref(cfg, one, 17);
-  const int64_t B = 2, M = 2, S = cfg.seq_len, DP = grid.dp_size(), replica = grid.dp().rank();
-  Batch all;
-  std::vector<std::vector<int32_t>> tokens, targets;
-  for (int64_t k = 0; k < DP * M; ++k) {
-    Batch b = micro_batch(2, k, B, cfg);
-    b.targets[static_cast<size_t>((3 * k) % (B * S))] = -1;
-    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
-    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
-    if (k / M == replica) {
-      tokens.push_back(b.tokens);
-      targets.push_back(b.targets);
-    }
-  }
-  const double total = static_cast<double>(count_targets(all.targets));
-  PipelineExecutor ref_pipe(ref, one, 1);
-  ref.params().zero_grads();
-  const double want = ref_pipe.run({all.tokens}, {all.targets}, DP * M * B, S, ValueRegression(total)).loss;
-  PipelineExecutor pipe(model, grid, M);
-  model.params().zero_grads();
-  const PipelineResult r = pipe.run(tokens, targets, B, S, ValueRegression(total));
-  reduce_gradients(model.params(), grid);
-  double loss = r.loss;
-  grid.dp().all_reduce_sum(&loss, 1);
-  EXPECT_NEAR(loss, want, 1e-5 * want);
-  for (const Param& p : model.params().params()) {
-    Param* q = ref.params().find(p.name);
-    ASSERT_NE(q, nullptr) << p.name;
-    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
-  }
-}
-
-TEST(Invariance, ValueHead) {
-  expect_value_head_invariant(tiny_moe(), layout(max_ep()));
-  expect_value_head_invariant(tiny_dense(), tensor_layout(2, false));
-  expect_value_head_invariant(tiny_moe(), tensor_layout(2, true, 2));
-  ParallelConfig cp;
-  cp.cp = 2;
-  expect_value_head_invariant(tiny_dense(), cp);
-  ParallelConfig pp;
-  pp.pp = 2;
-  expect_value_head_invariant(tiny_dense(), pp);
-}
-
-// The loss is a global token mean: M micro-batches per replica whose sequences keep different
-// numbers of valid targets (the rest masked), under data, context, tensor and pipeline
-// parallelism, give the loss and gradients of one process running all DP x M micro-batches as a
-// single batch with the mean over its valid targets.
-void expect_token_mean_invariant(const ParallelConfig& pc) {
-  const ModelConfig cfg = tiny_dense();
-  Communicator world = Communicator::world();
-  ParallelGrid grid(world, pc);
-  Communicator self = Communicator::self();
-  ParallelGrid one(self, ParallelConfig{});
-  DecoderLM model(cfg, grid, 13), ref(cfg, one, 13);
-  const int64_t B = 2, M = 2, S = cfg.seq_len, DP = grid.dp_size(), replica = grid.dp().rank();
-  auto masked = [&](int64_t index) {  // micro-batch `index` of the step; sequence b keeps (3 index + b) % S + 1
-    Batch b = micro_batch(0, index, B, cfg);
-    for (int64_t s = 0; s < B; ++s)
-      for (int64_t i = (3 * index + s) % S + 1; i < S; ++i) b.targets[static_cast<size_t>(s * S + i)] = -1;
-    return b;
-  };
-  Batch all;
-  for (int64_t k = 0; k < DP * M; ++k) {
-    Batch b = masked(k);
-    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
-    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
-  }
-  auto ref_mb = ref.new_micro_batch();
-  ref.params().zero_grads();
-  const double want = forward_mean_ce(ref, *ref_mb, all.tokens.data(), all.targets.data(), DP * M * B, S).loss;
-  backward_mean_ce(ref, *ref_mb, 1.0f);
-
-  std::vector<std::vector<int32_t>> tokens, targets;
-  for (int64_t m = 0; m < M; ++m) {
-    Batch b = masked(replica * M + m);
-    tokens.push_back(b.tokens);
-    targets.push_back(b.targets);
-  }
-  PipelineExecutor pipe(model, grid, M);
-  model.params().zero_grads();
-  const TokenMeanCrossEntropy objective(static_cast<double>(step_target_count(targets, grid.dp())));
-  PipelineResult r = pipe.run(tokens, targets, B, S, objective);
-  model.synchronize_tied_embeddings();
-  reduce_gradients(model.params(), grid);
-  double loss = r.loss;
-  grid.dp().all_reduce_sum(&loss, 1);
-  EXPECT_NEAR(loss, want, 1e-5 * want);
-  for (const Param& p : model.params().params()) {
-    Param* q = ref.params().find(p.name);
-    ASSERT_NE(q, nullptr) << p.name;
-    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
-  }
-}
-
-TEST(Invariance, GlobalTokenMeanWithUnequalMasks) {
-  expect_token_mean_invariant(ParallelConfig{});  // data parallel over all ranks
-  ParallelConfig pc;
-  pc.cp = 2;
-  expect_token_mean_invariant(pc);
-  pc = tensor_layout(2, true);
-  expect_token_mean_invariant(pc);
-  pc = ParallelConfig{};
-  pc.pp = 2;
-  expect_token_mean_invariant(pc);
 }
 
 // Pipeline parallelism: the same as expect_invariant with M micro-batches per DP replica, run by

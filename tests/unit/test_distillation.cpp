@@ -53,21 +53,7 @@ TEST(Distillation, KlKernelMatchesReferenceAndFiniteDifferences) {
   }
 }
 
-ModelConfig tiny() {
-  ModelConfig c;
-  c.vocab_size = 31;
-  c.d_model = 16;
-  c.layer_pattern = "*-*E";
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.seq_len = 6;
-  c.ffn_hidden = 20;
-  c.num_experts = 4;
-  c.moe_ffn_hidden = 12;
-  c.moe_aux_loss_coeff = 0;
-  c.init_std = 0.3;
-  return c;
-}
+ModelConfig tiny() { return test::small_model("*-*E", 31); }
 
 TEST(Distillation, StudentEqualToTeacherHasZeroLossAndGradient) {
   Communicator world = Communicator::world();

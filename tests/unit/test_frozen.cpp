@@ -14,20 +14,9 @@ namespace ff {
 namespace {
 
 ModelConfig moe_config() {
-  ModelConfig c;
-  c.vocab_size = 31;
-  c.d_model = 16;
-  c.layer_pattern = "*E*-";
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.seq_len = 6;
-  c.ffn_hidden = 20;
-  c.num_experts = 4;
-  c.moe_top_k = 2;
-  c.moe_ffn_hidden = 12;
+  ModelConfig c = test::small_model("*E*-", 31);
   c.moe_shared_expert_hidden = 8;
   c.norm = NormKind::layernorm1p;
-  c.init_std = 0.3;
   return c;
 }
 

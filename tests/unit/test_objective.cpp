@@ -14,19 +14,7 @@
 namespace ff {
 namespace {
 
-ModelConfig dense_config() {
-  ModelConfig c;
-  c.vocab_size = 29;
-  c.d_model = 16;
-  c.layer_pattern = "*-*-";
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.seq_len = 6;
-  c.ffn_hidden = 20;
-  c.num_experts = 0;
-  c.init_std = 0.3;
-  return c;
-}
+ModelConfig dense_config() { return test::small_model("*-*-", 29); }
 
 struct Batch {
   std::vector<int32_t> tokens, targets;

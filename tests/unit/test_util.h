@@ -10,8 +10,29 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "layers/model_config.h"
 
 namespace ff::test {
+
+// The small model of the objective, LoRA, freezing, distillation and value-head tests: width 16,
+// 4 query / 2 KV heads, sequences of 6, MLP 20, 4 experts of 12 (top 2) when the pattern has 'E',
+// no aux loss (it is defined per micro-batch), init std 0.3 (every path carries gradient).
+inline ModelConfig small_model(const std::string& pattern, int64_t vocab) {
+  ModelConfig c;
+  c.vocab_size = vocab;
+  c.d_model = 16;
+  c.layer_pattern = pattern;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.seq_len = 6;
+  c.ffn_hidden = 20;
+  c.num_experts = pattern.find('E') != std::string::npos ? 4 : 0;
+  c.moe_top_k = 2;
+  c.moe_ffn_hidden = 12;
+  c.moe_aux_loss_coeff = 0;
+  c.init_std = 0.3;
+  return c;
+}
 
 inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
   Rng rng(seed, "test");

@@ -13,18 +13,7 @@ namespace ff {
 namespace {
 
 ModelConfig value_model() {
-  ModelConfig c;
-  c.vocab_size = 29;
-  c.d_model = 16;
-  c.layer_pattern = "*-*E";
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.seq_len = 6;
-  c.ffn_hidden = 20;
-  c.num_experts = 4;
-  c.moe_ffn_hidden = 12;
-  c.moe_aux_loss_coeff = 0;
-  c.init_std = 0.3;
+  ModelConfig c = test::small_model("*-*E", 29);
   c.head = HeadKind::value;
   return c;
 }

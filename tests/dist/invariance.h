@@ -1,0 +1,88 @@
+// Helpers shared by the invariance tests (test_invariance.cpp, test_objective_invariance.cpp):
+// the data of a step, the comparison of a rank's slice with the reference's whole tensor (its
+// tolerance is derived in test_invariance.cpp's header), layouts and the tiny models.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "models/decoder_lm.h"
+#include "parallel/grid.h"
+#include "tiny_model.h"
+
+namespace ff::test {
+
+struct Batch {
+  std::vector<int32_t> tokens, targets;
+};
+
+// The micro-batch of data-parallel replica `replica` at step `step`: the same on every layout.
+inline Batch micro_batch(int64_t step, int64_t replica, int64_t B, const ModelConfig& c) {
+  Rng rng(77, "dist-batch", static_cast<uint64_t>(step * 1000 + replica));
+  Batch b;
+  for (int64_t i = 0; i < B * c.seq_len; ++i) {
+    b.tokens.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size))));
+    b.targets.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size))));
+  }
+  return b;
+}
+
+// Compares this rank's slice of a gradient (or of the values) with the same slice of the
+// reference's whole tensor. allowance: an extra bound per element of the whole tensor (or null).
+inline ::testing::AssertionResult tensors_match(const Param& p, const Param& ref, bool values = false, double tol = 1e-4,
+                                         const std::vector<double>* allowance = nullptr) {
+  const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
+  const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
+  const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
+  const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : 0;
+  double scale = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) scale = std::max(scale, std::fabs(double((values ? ref.value : ref.grad)[i])));
+  double worst = 0;  // the largest excess over the bound
+  int64_t worst_i = -1;
+  for (int64_t i = 0; i < p.numel(); ++i) {
+    const float* mine = values ? p.value : p.grad;
+    const int64_t g = (r0 + i / lc) * cols + c0 + i % lc;
+    const double want = (values ? ref.value : ref.grad)[g];
+    const double bound = tol * scale + 1e-7 + (allowance ? (*allowance)[static_cast<size_t>(g)] : 0.0);
+    const double excess = std::fabs(double(mine[i]) - want) - bound;
+    if (excess > worst) {
+      worst = excess;
+      worst_i = i;
+    }
+  }
+  if (worst_i < 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << p.name << ": element " << worst_i << " is " << worst
+                                       << " past its bound (max |ref| " << scale << ")";
+}
+
+inline ParallelConfig layout(int64_t ep, MoeDispatcher d = MoeDispatcher::alltoall) {
+  ParallelConfig pc;
+  pc.ep = ep;
+  pc.moe_dispatcher = d;
+  return pc;
+}
+
+inline ParallelConfig tensor_layout(int64_t tp, bool sp, int64_t ep = 1, int64_t etp = 1) {
+  ParallelConfig pc;
+  pc.tp = tp;
+  pc.sequence_parallel = sp;
+  pc.ep = ep;
+  pc.etp = etp;
+  return pc;
+}
+
+inline ModelConfig tiny_dense() {
+  ModelConfig c = tiny_moe();
+  c.num_experts = 0;
+  c.ffn_hidden = 20;
+  c.layer_pattern = "*-*-";
+  return c;
+}
+
+inline int world_size() { return Communicator::world().size(); }
+// The largest EP over all ranks that the tiny model's 4 experts allow.
+inline int64_t max_ep() { return std::min(world_size(), 4); }
+
+}  // namespace ff::test

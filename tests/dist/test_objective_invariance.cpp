@@ -1,0 +1,182 @@
+// Objectives under every layout: the loss as a global token mean, distillation (a distribution
+// objective with a frozen teacher in the same job) and a value head. Each runs M micro-batches
+// per data-parallel replica through the pipeline executor and must give the loss and gradients
+// of one process running all DP x M micro-batches as a single batch, with the same objective
+// (tolerances as in test_invariance.cpp: the same sums in another order).
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+
+#include "invariance.h"
+#include "models/decoder_lm.h"
+#include "parallel/data_parallel.h"
+#include "train/objective.h"
+#include "train/pipeline.h"
+
+namespace ff {
+namespace {
+
+using namespace test;  // invariance.h, tiny_model.h
+
+// Runs one step of `model` with `run` on this replica's M micro-batches of B sequences (micro-batch
+// k of the step is batch(k)), and `run` on `ref` over all of them as one micro-batch; compares the
+// loss (summed over the replicas) and every gradient. `run` gets the step's valid targets (the
+// global token count) and whether it runs the reference.
+using RunObjective = std::function<PipelineResult(PipelineExecutor& pipe, const std::vector<std::vector<int32_t>>& tokens,
+                                                  const std::vector<std::vector<int32_t>>& targets, int64_t B,
+                                                  double total, bool reference)>;
+
+void expect_one_batch_invariant(DecoderLM& model, DecoderLM& ref, const ParallelGrid& grid, const ParallelGrid& one,
+                                const std::function<Batch(int64_t)>& batch, const RunObjective& run) {
+  const int64_t B = 2, M = 2, DP = grid.dp_size(), replica = grid.dp().rank();
+  Batch all;
+  std::vector<std::vector<int32_t>> tokens, targets;
+  for (int64_t k = 0; k < DP * M; ++k) {
+    Batch b = batch(k);
+    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
+    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
+    if (k / M == replica) {
+      tokens.push_back(b.tokens);
+      targets.push_back(b.targets);
+    }
+  }
+  const double total = static_cast<double>(step_target_count(targets, grid.dp()));
+  EXPECT_EQ(total, static_cast<double>(count_targets(all.targets)));
+  PipelineExecutor ref_pipe(ref, one, 1);
+  ref.params().zero_grads();
+  const double want = run(ref_pipe, {all.tokens}, {all.targets}, DP * M * B, total, true).loss;
+  PipelineExecutor pipe(model, grid, M);
+  model.params().zero_grads();
+  const PipelineResult r = run(pipe, tokens, targets, B, total, false);
+  model.synchronize_tied_embeddings();
+  reduce_gradients(model.params(), grid);
+  double loss = r.loss;  // the replicas' contributions add up to the step's loss
+  grid.dp().all_reduce_sum(&loss, 1);
+  EXPECT_NEAR(loss, want, 1e-5 * want);
+  for (const Param& p : model.params().params()) {
+    Param* q = ref.params().find(p.name);
+    ASSERT_NE(q, nullptr) << p.name;
+    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
+  }
+}
+
+// The loss is a global token mean: sequences that keep different numbers of valid targets (the
+// rest masked), under data, context, tensor and pipeline parallelism, weigh by their tokens.
+void expect_token_mean_invariant(const ParallelConfig& pc) {
+  const ModelConfig cfg = tiny_dense();
+  Communicator world = Communicator::world(), self = Communicator::self();
+  ParallelGrid grid(world, pc), one(self, ParallelConfig{});
+  DecoderLM model(cfg, grid, 13), ref(cfg, one, 13);
+  const int64_t S = cfg.seq_len;
+  auto masked = [&](int64_t k) {  // micro-batch k of the step; sequence b keeps (3 k + b) % S + 1 targets
+    Batch b = micro_batch(0, k, 2, cfg);
+    for (int64_t s = 0; s < 2; ++s)
+      for (int64_t i = (3 * k + s) % S + 1; i < S; ++i) b.targets[static_cast<size_t>(s * S + i)] = -1;
+    return b;
+  };
+  expect_one_batch_invariant(model, ref, grid, one, masked,
+                             [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B,
+                                 double total, bool) {
+                               return pipe.run(tokens, targets, B, S, TokenMeanCrossEntropy(total));
+                             });
+}
+
+TEST(Invariance, GlobalTokenMeanWithUnequalMasks) {
+  expect_token_mean_invariant(ParallelConfig{});  // data parallel over all ranks
+  ParallelConfig pc;
+  pc.cp = 2;
+  expect_token_mean_invariant(pc);
+  pc = tensor_layout(2, true);
+  expect_token_mean_invariant(pc);
+  pc = ParallelConfig{};
+  pc.pp = 2;
+  expect_token_mean_invariant(pc);
+}
+
+// A micro-batch of the step with one masked row.
+Batch with_a_masked_row(const ModelConfig& cfg, int64_t step, int64_t k) {
+  Batch b = micro_batch(step, k, 2, cfg);
+  b.targets[static_cast<size_t>((3 * k) % (2 * cfg.seq_len))] = -1;
+  return b;
+}
+
+// Distillation under DP, TP with and without SP (vocabulary-parallel KL), CP and EP.
+void expect_distillation_invariant(const ModelConfig& cfg, const ParallelConfig& pc) {
+  Communicator world = Communicator::world(), self = Communicator::self();
+  ParallelGrid grid(world, pc), one(self, ParallelConfig{});
+  DecoderLM student(cfg, grid, 13), teacher(cfg, grid, 29, {"*"}), ref(cfg, one, 13), ref_teacher(cfg, one, 29, {"*"});
+  auto tmb = teacher.new_micro_batch(), ref_tmb = ref_teacher.new_micro_batch();
+  expect_one_batch_invariant(student, ref, grid, one, [&](int64_t k) { return with_a_masked_row(cfg, 1, k); },
+                             [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B,
+                                 double total, bool reference) {
+                               DecoderLM& t = reference ? ref_teacher : teacher;
+                               return pipe.run(tokens, targets, B, cfg.seq_len,
+                                               Distillation(t, reference ? *ref_tmb : *tmb, total, 1.5f));
+                             });
+}
+
+TEST(Invariance, Distillation) {
+  ModelConfig c = tiny_moe();
+  c.moe_aux_loss_coeff = 0;  // defined per micro-batch: the one-batch reference differs by design
+  c.moe_z_loss_coeff = 0;
+  expect_distillation_invariant(c, layout(max_ep()));
+  expect_distillation_invariant(tiny_dense(), tensor_layout(2, false));
+  expect_distillation_invariant(c, tensor_layout(2, true, 2));
+  ParallelConfig cp;
+  cp.cp = 2;
+  expect_distillation_invariant(tiny_dense(), cp);
+}
+
+// A regression on the value head's outputs: 1/2 mean over rows with a target of (v - t / 10)^2,
+// as a global token mean.
+class ValueRegression : public TokenObjective {
+ public:
+  explicit ValueRegression(double total) : total_(total) {}
+  ObjectiveValue evaluate(const HeadRows& in, float* dv) const override {
+    double sum_count[2] = {0, 0};
+    for (int64_t n = 0; n < in.B * in.S; ++n) {
+      dv[n] = 0.0f;
+      if (in.targets[n] < 0) continue;
+      const double e = in.value[n] - in.targets[n] / 10.0;
+      sum_count[0] += 0.5 * e * e;
+      sum_count[1] += 1;
+      dv[n] = static_cast<float>(e / total_);
+    }
+    if (in.cp) in.cp->all_reduce_sum(sum_count, 2);
+    return {sum_count[0] / total_, static_cast<int64_t>(sum_count[1])};
+  }
+
+ private:
+  double total_;
+};
+
+// A value head (model.head = value) under DP, TP with and without SP, EP, CP and PP.
+void expect_value_head_invariant(ModelConfig cfg, const ParallelConfig& pc) {
+  cfg.head = HeadKind::value;
+  cfg.moe_aux_loss_coeff = 0;
+  cfg.moe_z_loss_coeff = 0;
+  Communicator world = Communicator::world(), self = Communicator::self();
+  ParallelGrid grid(world, pc), one(self, ParallelConfig{});
+  DecoderLM model(cfg, grid, 17), ref(cfg, one, 17);
+  expect_one_batch_invariant(model, ref, grid, one, [&](int64_t k) { return with_a_masked_row(cfg, 2, k); },
+                             [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B,
+                                 double total, bool) {
+                               return pipe.run(tokens, targets, B, cfg.seq_len, ValueRegression(total));
+                             });
+}
+
+TEST(Invariance, ValueHead) {
+  expect_value_head_invariant(tiny_moe(), layout(max_ep()));
+  expect_value_head_invariant(tiny_dense(), tensor_layout(2, false));
+  expect_value_head_invariant(tiny_moe(), tensor_layout(2, true, 2));
+  ParallelConfig cp;
+  cp.cp = 2;
+  expect_value_head_invariant(tiny_dense(), cp);
+  ParallelConfig pp;
+  pp.pp = 2;
+  expect_value_head_invariant(tiny_dense(), pp);
+}
+
+}  // namespace
+}  // namespace ff
