@@ -27,6 +27,24 @@ std::string step_name(int64_t step) { return strprintf("step_%08lld", (long long
 std::string rank_file(const char* kind, int rank, const char* ext) {
   return strprintf("%s.r%05d.%s", kind, rank, ext);
 }
+// A role's file of one kind ("model", "optim"): the plain name for role "model", else prefixed.
+std::string role_file(const std::string& role, const char* kind, int rank) {
+  const std::string k = role == "model" ? std::string(kind) : role + "." + kind;
+  return rank_file(k.c_str(), rank, "safetensors");
+}
+std::string file_role(const json& entry) { return entry.value("role", std::string("model")); }
+
+void check_roles(const std::vector<CheckpointContents>& models) {
+  FF_CHECK(!models.empty(), "save_checkpoint: no model given");
+  for (size_t i = 0; i < models.size(); ++i) {
+    const std::string& r = models[i].role;
+    FF_CHECK(models[i].params != nullptr, "save_checkpoint: model '%s' has no parameters", r.c_str());
+    FF_CHECK(!r.empty() && r != "optim" && r != "state" &&
+                 std::all_of(r.begin(), r.end(), [](char c) { return std::islower(c) || std::isdigit(c) || c == '_'; }),
+             "save_checkpoint: role '%s' is not a name of [a-z0-9_] (nor 'optim' or 'state')", r.c_str());
+    for (size_t j = 0; j < i; ++j) FF_CHECK(models[j].role != r, "save_checkpoint: role '%s' given twice", r.c_str());
+  }
+}
 
 // Parses "step_<digits>" (and, with tmp, "step_<digits>.tmp"); -1 otherwise.
 int64_t parse_step_name(const std::string& n, bool tmp) {
@@ -123,9 +141,10 @@ struct ChunkIndex {
   std::map<std::string, std::vector<Chunk>> chunks;
   std::string folder;
 
-  ChunkIndex(const std::string& dir, const json& meta, const std::string& kind) : folder(dir) {
+  ChunkIndex(const std::string& dir, const json& meta, const std::string& kind, const std::string& role = "model")
+      : folder(dir) {
     for (const auto& f : meta["files"])
-      if (f["kind"] == kind) files.emplace_back(dir + "/" + f["file"].get<std::string>());
+      if (f["kind"] == kind && file_role(f) == role) files.emplace_back(dir + "/" + f["file"].get<std::string>());
     for (const auto& file : files) {
       const char* p = file.path().c_str();
       auto it = file.metadata().find("fivefold_placement");
@@ -247,9 +266,42 @@ std::vector<std::string> list_checkpoints(const std::string& save_dir) {
   return out;
 }
 
-std::string save_checkpoint(const std::string& save_dir, const CheckpointContents& contents,
+namespace {
+// This rank's model file (and optimizer file, when the contents carry moments) of one role.
+// Returns their sizes in bytes (-1: no optimizer file).
+std::array<int64_t, 2> write_role_files(const std::string& tmp_dir, const CheckpointContents& contents, int rank) {
+  std::vector<SafetensorsEntry> model, optim;
+  json model_place = json::object(), optim_place = json::object();
+  for (const Param& p : contents.params->params()) {
+    if (p.replica || p.data_replica) continue;  // another rank writes the same values
+    const json place = {{"global_shape", p.global_shape.vec()}, {"offset", p.local_offset.vec()}};
+    model.push_back({p.name, p.local_shape.vec(), p.value});
+    model_place[p.name] = place;
+    if (contents.exp_avg && p.trainable) {  // a frozen parameter has no optimizer state
+      optim.push_back({p.name + ".exp_avg", p.local_shape.vec(), contents.exp_avg->data() + p.offset});
+      optim.push_back({p.name + ".exp_avg_sq", p.local_shape.vec(), contents.exp_avg_sq->data() + p.offset});
+      optim_place[p.name + ".exp_avg"] = place;
+      optim_place[p.name + ".exp_avg_sq"] = place;
+    }
+  }
+  for (const StateBuffer& b : contents.buffers)
+    if (b.write) {
+      const std::vector<int64_t> shape{static_cast<int64_t>(b.data->size())};
+      model.push_back({b.name, shape, b.data->data()});
+      model_place[b.name] = {{"global_shape", shape}, {"offset", {0}}};
+    }
+  const std::string model_file = tmp_dir + "/" + role_file(contents.role, "model", rank);
+  const std::string optim_file = tmp_dir + "/" + role_file(contents.role, "optim", rank);
+  write_rank_tensors(model_file, model, model_place, rank);
+  if (contents.exp_avg) write_rank_tensors(optim_file, optim, optim_place, rank);
+  return {static_cast<int64_t>(fs::file_size(model_file)),
+          contents.exp_avg ? static_cast<int64_t>(fs::file_size(optim_file)) : -1};
+}
+}  // namespace
+
+std::string save_checkpoint(const std::string& save_dir, const std::vector<CheckpointContents>& models,
                             const TrainingState& state, const Communicator& world, int64_t keep_last) {
-  FF_CHECK(contents.params != nullptr, "save_checkpoint: no parameters given");
+  check_roles(models);
   const int rank = world.rank();
   const bool lead = rank == 0;
   const std::string name = step_name(state.step);
@@ -266,52 +318,38 @@ std::string save_checkpoint(const std::string& save_dir, const CheckpointContent
   }
   world.broadcast(&exists, sizeof(exists), 0);
   if (!exists) {
-    // This rank's files.
-    std::vector<SafetensorsEntry> model, optim;
-    json model_place = json::object(), optim_place = json::object();
-    for (const Param& p : contents.params->params()) {
-      if (p.replica || p.data_replica) continue;  // another rank writes the same values
-      const json place = {{"global_shape", p.global_shape.vec()}, {"offset", p.local_offset.vec()}};
-      model.push_back({p.name, p.local_shape.vec(), p.value});
-      model_place[p.name] = place;
-      if (contents.exp_avg && p.trainable) {  // a frozen parameter has no optimizer state
-        optim.push_back({p.name + ".exp_avg", p.local_shape.vec(), contents.exp_avg->data() + p.offset});
-        optim.push_back({p.name + ".exp_avg_sq", p.local_shape.vec(), contents.exp_avg_sq->data() + p.offset});
-        optim_place[p.name + ".exp_avg"] = place;
-        optim_place[p.name + ".exp_avg_sq"] = place;
-      }
+    // This rank's files: per role its model and optimizer sizes, then the state file's.
+    const size_t R = models.size(), per_rank = 2 * R + 1;
+    std::vector<int64_t> mine(per_rank);
+    for (size_t i = 0; i < R; ++i) {
+      const auto sizes = write_role_files(tmp_dir, models[i], rank);
+      mine[2 * i] = sizes[0];
+      mine[2 * i + 1] = sizes[1];
     }
-    for (const StateBuffer& b : contents.buffers)
-      if (b.write) {
-        const std::vector<int64_t> shape{static_cast<int64_t>(b.data->size())};
-        model.push_back({b.name, shape, b.data->data()});
-        model_place[b.name] = {{"global_shape", shape}, {"offset", {0}}};
-      }
-    const std::string model_file = rank_file("model", rank, "safetensors");
-    const std::string optim_file = rank_file("optim", rank, "safetensors");
     const std::string state_file = rank_file("state", rank, "json");
-    write_rank_tensors(tmp_dir + "/" + model_file, model, model_place, rank);
-    if (contents.exp_avg) write_rank_tensors(tmp_dir + "/" + optim_file, optim, optim_place, rank);
     json st = {{"rank", rank}, {"data_cursor", state.data_cursor}, {"rng", state.rng}};
     write_text_durably(tmp_dir + "/" + state_file, st.dump(1));
-    // Sizes of every rank's files, for meta.json.
-    int64_t mine[3] = {static_cast<int64_t>(fs::file_size(tmp_dir + "/" + model_file)),
-                       contents.exp_avg ? static_cast<int64_t>(fs::file_size(tmp_dir + "/" + optim_file)) : -1,
-                       static_cast<int64_t>(fs::file_size(tmp_dir + "/" + state_file))};
-    std::vector<int64_t> all(3 * static_cast<size_t>(world.size()));
-    world.all_gather(all.data(), mine, 3);
+    mine[2 * R] = static_cast<int64_t>(fs::file_size(tmp_dir + "/" + state_file));
+    std::vector<int64_t> all(per_rank * static_cast<size_t>(world.size()));
+    world.all_gather(all.data(), mine.data(), static_cast<int64_t>(per_rank));
     if (lead) {
-      json files = json::array();
+      json files = json::array(), roles = json::array();
       for (int r = 0; r < world.size(); ++r) {
-        const int64_t* s = all.data() + 3 * r;
-        files.push_back({{"file", rank_file("model", r, "safetensors")}, {"rank", r}, {"kind", "model"}, {"bytes", s[0]}});
-        if (s[1] >= 0)
-          files.push_back({{"file", rank_file("optim", r, "safetensors")}, {"rank", r}, {"kind", "optim"}, {"bytes", s[1]}});
-        files.push_back({{"file", rank_file("state", r, "json")}, {"rank", r}, {"kind", "state"}, {"bytes", s[2]}});
+        const int64_t* s = all.data() + per_rank * static_cast<size_t>(r);
+        for (size_t i = 0; i < R; ++i) {
+          const std::string& role = models[i].role;
+          files.push_back({{"file", role_file(role, "model", r)}, {"rank", r}, {"kind", "model"}, {"role", role},
+                           {"bytes", s[2 * i]}});
+          if (s[2 * i + 1] >= 0)
+            files.push_back({{"file", role_file(role, "optim", r)}, {"rank", r}, {"kind", "optim"}, {"role", role},
+                             {"bytes", s[2 * i + 1]}});
+        }
+        files.push_back({{"file", rank_file("state", r, "json")}, {"rank", r}, {"kind", "state"}, {"bytes", s[2 * R]}});
       }
+      for (const auto& m : models) roles.push_back({{"role", m.role}, {"optimizer_steps", m.optimizer_steps}});
       json meta = {{"format", kFormat}, {"version", kVersion}, {"step", state.step},
                    {"consumed_samples", state.consumed_samples}, {"optimizer_steps", state.optimizer_steps},
-                   {"world_size", world.size()}, {"files", files}};
+                   {"world_size", world.size()}, {"files", files}, {"models", roles}};
       meta["config"] = state.config_json.empty() ? json::object() : json::parse(state.config_json);
       meta["layout"] = state.layout_json.empty() ? json::object() : json::parse(state.layout_json);
       write_text_durably(tmp_dir + "/meta.json", meta.dump(1));
@@ -360,6 +398,13 @@ TrainingState read_checkpoint_state(const std::string& folder, int world_rank) {
   s.step = meta["step"].get<int64_t>();
   s.consumed_samples = meta["consumed_samples"].get<int64_t>();
   s.optimizer_steps = meta["optimizer_steps"].get<int64_t>();
+  s.role_optimizer_steps["model"] = s.optimizer_steps;  // checkpoints of one model list no roles
+  for (const auto& m : meta.value("models", json::array())) {
+    FF_CHECK(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("optimizer_steps") &&
+                 m["optimizer_steps"].is_number_integer(),
+             "'%s/meta.json': a 'models' entry lacks role or optimizer_steps", folder.c_str());
+    s.role_optimizer_steps[m["role"].get<std::string>()] = m["optimizer_steps"].get<int64_t>();
+  }
   s.config_json = meta.value("config", json::object()).dump();
   s.layout_json = meta.value("layout", json::object()).dump();
   // A job with more ranks than the one that saved reads rank 0's state: the trainer's data cursor
@@ -379,10 +424,31 @@ TrainingState read_checkpoint_state(const std::string& folder, int world_rank) {
   return s;
 }
 
+namespace {
+std::vector<std::string> roles_of(const json& meta) {
+  std::vector<std::string> roles;
+  for (const auto& f : meta["files"])
+    if (f["kind"] == "model" && std::find(roles.begin(), roles.end(), file_role(f)) == roles.end())
+      roles.push_back(file_role(f));
+  return roles;
+}
+
+void check_role_present(const std::string& folder, const json& meta, const std::string& role) {
+  const auto roles = roles_of(meta);
+  if (std::find(roles.begin(), roles.end(), role) != roles.end()) return;
+  std::string list;
+  for (const auto& r : roles) list += (list.empty() ? "" : ", ") + r;
+  FF_FAIL("checkpoint '%s' holds no model '%s' (it holds: %s); was it written by another recipe?", folder.c_str(),
+          role.c_str(), list.empty() ? "none" : list.c_str());
+}
+}  // namespace
+
+std::vector<std::string> checkpoint_roles(const std::string& folder) { return roles_of(read_meta(folder)); }
+
 void load_checkpoint_tensors(const std::string& folder, const CheckpointContents& contents) {
   json meta = read_meta(folder);
-  ChunkIndex model(folder, meta, "model");
-  FF_CHECK(!model.files.empty(), "checkpoint '%s' lists no model files", folder.c_str());
+  check_role_present(folder, meta, contents.role);
+  ChunkIndex model(folder, meta, "model", contents.role);
   for (Param& p : contents.params->params())
     model.load(p.name, p.global_shape.vec(), p.local_offset.vec(), p.local_shape.vec(), p.value);
   for (const StateBuffer& b : contents.buffers) {
@@ -390,7 +456,7 @@ void load_checkpoint_tensors(const std::string& folder, const CheckpointContents
     model.load(b.name, shape, {0}, shape, b.data->data());
   }
   if (!contents.exp_avg) return;
-  ChunkIndex optim(folder, meta, "optim");
+  ChunkIndex optim(folder, meta, "optim", contents.role);
   FF_CHECK(!optim.files.empty(), "checkpoint '%s' holds no optimizer state (weights only); it cannot resume training",
            folder.c_str());
   for (Param& p : contents.params->params()) {
@@ -402,9 +468,10 @@ void load_checkpoint_tensors(const std::string& folder, const CheckpointContents
   }
 }
 
-std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folder) {
+std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folder, const std::string& role) {
   json meta = read_meta(folder);
-  ChunkIndex model(folder, meta, "model");
+  check_role_present(folder, meta, role);
+  ChunkIndex model(folder, meta, "model", role);
   std::map<std::string, HostTensor> out;
   for (const auto& [name, chunks] : model.chunks) {
     HostTensor t;

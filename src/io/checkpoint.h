@@ -8,6 +8,12 @@
 //                                        master weights) and of the state buffers (expert bias)
 //   .../optim.r00000.safetensors        Adam moments, "<name>.exp_avg" / "<name>.exp_avg_sq"
 //   .../state.r00000.json               rank 0's RNG streams and data cursor
+//   .../critic.model.r00000.safetensors  the same pair for each further trainable model of a
+//   .../critic.optim.r00000.safetensors  recipe (DESIGN decision 14), under its role's name
+//
+// A recipe's models are saved under their roles: "model" (the trained model, whose files keep the
+// plain names above) and any others ("critic", ...). meta.json lists them ("models": role,
+// optimizer steps); a frozen model is not saved (its source is part of the run config).
 //
 // Tensors carry global (Hugging Face style) names. Each safetensors file's metadata
 // "fivefold_placement" gives, per tensor, its global shape and the offset of the slice stored
@@ -45,7 +51,8 @@ struct StateBuffer {
 struct TrainingState {
   int64_t step = 0;              // optimizer steps completed
   int64_t consumed_samples = 0;  // sequences consumed by all data-parallel ranks together
-  int64_t optimizer_steps = 0;   // AdamW's bias-correction counter
+  int64_t optimizer_steps = 0;   // AdamW's bias-correction counter (of role "model")
+  std::map<std::string, int64_t> role_optimizer_steps;  // every saved role's
   std::string data_cursor;       // this rank's data position, opaque JSON written by the data source
   std::map<std::string, std::array<uint64_t, 4>> rng;  // this rank's live RNG streams, by purpose
   std::string config_json;       // the full run config
@@ -62,18 +69,27 @@ class DataCursor {
 };
 
 // Live training state a checkpoint reads from and writes into.
+// Live training state of one model a checkpoint reads from and writes into.
 struct CheckpointContents {
   ParamStore* params = nullptr;
   std::vector<float>* exp_avg = nullptr;  // null: weights only
   std::vector<float>* exp_avg_sq = nullptr;
   std::vector<StateBuffer> buffers;
+  std::string role = "model";   // the model's name in the checkpoint: [a-z0-9_]+
+  int64_t optimizer_steps = 0;  // its AdamW's bias-correction counter (written; read back by the state)
 };
 
-// Collective over `world`. Writes SAVE_DIR/step_N atomically, points `latest` at it, prunes to
-// keep_last (0 = keep all). Returns the checkpoint folder. If step_N already exists complete, it
-// is kept and only `latest` is updated.
-std::string save_checkpoint(const std::string& save_dir, const CheckpointContents& contents,
+// Collective over `world`. Writes SAVE_DIR/step_N atomically with every model of `models` (distinct
+// roles; the same list on every rank), points `latest` at it, prunes to keep_last (0 = keep all).
+// Returns the checkpoint folder. If step_N already exists complete, it is kept and only `latest`
+// is updated.
+std::string save_checkpoint(const std::string& save_dir, const std::vector<CheckpointContents>& models,
                             const TrainingState& state, const Communicator& world, int64_t keep_last);
+// One model (role "model").
+inline std::string save_checkpoint(const std::string& save_dir, const CheckpointContents& contents,
+                                   const TrainingState& state, const Communicator& world, int64_t keep_last) {
+  return save_checkpoint(save_dir, std::vector<CheckpointContents>{contents}, state, world, keep_last);
+}
 
 // The checkpoint folder `path` names: a checkpoint folder itself (it holds meta.json), or a save
 // folder with a `latest` pointer. Errors say what was found instead.
@@ -82,13 +98,16 @@ std::string resolve_checkpoint(const std::string& path);
 // Reads meta.json and this rank's state file.
 TrainingState read_checkpoint_state(const std::string& folder, int world_rank);
 
-// Fills the contents' parameters, moments and buffers from the checkpoint, each local slice
-// assembled from the stored chunks. Every problem (missing tensor, other global shape, wrong
-// dtype, truncated file) is an error naming the tensor and the file.
+// Fills the contents' parameters, moments and buffers from the checkpoint's model of the same
+// role, each local slice assembled from the stored chunks. Every problem (missing role or
+// tensor, other global shape, wrong dtype, truncated file) is an error naming the tensor and file.
 void load_checkpoint_tensors(const std::string& folder, const CheckpointContents& contents);
 
-// Every model tensor of the checkpoint at its global shape (conversion, inspection).
-std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folder);
+// Every tensor of one saved model at its global shape (conversion, inspection).
+std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folder, const std::string& role = "model");
+
+// The roles of the models a checkpoint holds, in the order they were saved.
+std::vector<std::string> checkpoint_roles(const std::string& folder);
 
 // Complete checkpoint folders under save_dir, oldest first.
 std::vector<std::string> list_checkpoints(const std::string& save_dir);

@@ -81,9 +81,15 @@ class Compute {
   // inference path switch it off for their duration (TrainingMode below).
   bool training() const { return training_; }
   void set_training(bool on) { training_ = on; }
+  // Whether LoRA adapters (layers/linear.h) act: off, a model computes its frozen base, which
+  // serves as the reference of DPO and PPO under LoRA without a second copy of the weights. Set
+  // for a forward and its backward together.
+  bool adapters_on() const { return adapters_on_; }
+  void set_adapters(bool on) { adapters_on_ = on; }
 
  private:
   bool training_ = true;
+  bool adapters_on_ = true;
   Precision precision_;
   cpu::Matmul matmul_;
 };

@@ -62,7 +62,7 @@ void Linear::dropout(float* x_drop, const Tensor& x, int64_t N, const Adapter& a
 
 void Linear::forward(float* y, const Tensor& x, int64_t N, Saved* s, Arena& arena) const {
   compute_->linear_forward(y, x, Weight::of(*weight_), N, in_, out_);
-  if (adapters_.empty()) return;
+  if (adapters_.empty() || !compute_->adapters_on()) return;
   const int64_t r = lora_.rank, R = r * static_cast<int64_t>(adapters_.size());
   const bool drop = s != nullptr && lora_.dropout > 0 && compute_->training();
   Tensor x_in = x;
@@ -98,7 +98,7 @@ void Linear::forward(float* y, const Tensor& x, int64_t N, Saved* s, Arena& aren
 void Linear::backward(float* dx, const float* dy, const Tensor& dy_op, const Tensor& x, const Saved& s, int64_t N,
                       bool accumulate_dx, Arena& scratch) const {
   compute_->linear_backward(dx, Weight::of(*weight_), dy_op, x, N, in_, out_, accumulate_dx);
-  if (adapters_.empty()) return;
+  if (adapters_.empty() || !compute_->adapters_on()) return;
   FF_CHECK(!s.u.empty(), "Linear::backward of an adapted layer needs its training forward");
   const int64_t r = lora_.rank, R = r * static_cast<int64_t>(adapters_.size());
   const Tensor& x_in = s.x_drop.empty() ? x : s.x_drop;

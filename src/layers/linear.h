@@ -14,7 +14,8 @@
 // the part; row placement slices A with W's columns and keeps B whole. Either way the whole factor
 // is the same on every TP rank and its gradient there is a partial sum (Param::tp_partial_grad).
 // Dropout (training only) draws one mask per forward over the whole input width from
-// Rng(seed, "lora-dropout:" + name, call), the same on every rank.
+// Rng(seed, "lora-dropout:" + name, call), the same on every rank. With the Compute's adapters
+// switched off (Compute::set_adapters) the layer is its base alone, forward and backward.
 // Legend: N rows, in/out local sizes, r adapter rank.
 #pragma once
 #include <algorithm>

@@ -163,6 +163,10 @@ class DecoderLM {
   // Evaluation mode (no dropout) for the forwards that follow, until set back; the inference path
   // is always in evaluation mode.
   void set_training(bool on) { compute_.set_training(on); }
+  // LoRA adapters on or off for the forwards (and their backwards) that follow: off, the model is
+  // its frozen base (the reference of DPO and PPO under LoRA, with no second copy of the weights).
+  void set_adapters(bool on) { compute_.set_adapters(on); }
+  bool adapters_on() const { return compute_.adapters_on(); }
   // Time per component of forward and backward (off unless profile().on is set).
   Profile& profile() { return profile_; }
   ParamStore& params() { return params_; }

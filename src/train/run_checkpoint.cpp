@@ -10,36 +10,24 @@
 
 namespace ff {
 
-RunCheckpoint::RunCheckpoint(RunConfig& cfg, DecoderLM& model, AdamW& optimizer, const ParallelGrid& grid,
-                             DistributedAdamW* distributed)
-    : cfg_(cfg), model_(model), optimizer_(optimizer), distributed_(distributed), grid_(grid),
-      world_(grid.all()) {}
+RunCheckpoint::RunCheckpoint(RunConfig& cfg, std::vector<ModelRole*> models, const ParallelGrid& grid)
+    : cfg_(cfg), models_(std::move(models)), grid_(grid), world_(grid.all()) {
+  FF_CHECK(!models_.empty() && models_.front()->role() == "model", "RunCheckpoint: the trained model (role 'model') "
+           "comes first");
+  for (const ModelRole* m : models_)
+    FF_CHECK(m->trainable(), "RunCheckpoint: model '%s' is frozen; frozen models are not saved", m->role().c_str());
+}
 
 bool RunCheckpoint::due(int64_t step) const {
   const int64_t every = cfg_.train.save_interval;
   return every > 0 && (step % every == 0 || step == cfg_.train.steps);
 }
 
-CheckpointContents RunCheckpoint::contents() {
-  CheckpointContents c;
-  c.params = &model_.params();
-  if (distributed_) {  // the staging copies of the sharded moments
-    c.exp_avg = &staging_m_;
-    c.exp_avg_sq = &staging_v_;
-  } else {
-    c.exp_avg = &optimizer_.exp_avg();
-    c.exp_avg_sq = &optimizer_.exp_avg_sq();
-  }
-  for (const auto& b : model_.state_buffers())  // the only non-parameter state of the model
-    c.buffers.push_back({b.name, b.data, b.writer});
-  return c;
-}
-
 std::string RunCheckpoint::save(int64_t step, const DataCursor& data) {
   TrainingState s;
   s.step = step;
   s.consumed_samples = step * cfg_.train.grad_accum * cfg_.train.micro_batch * grid_.dp_size();
-  s.optimizer_steps = distributed_ ? distributed_->steps_taken() : optimizer_.steps_taken();
+  s.optimizer_steps = models_.front()->optimizer_steps();
   s.data_cursor = data.save_cursor();
   s.config_json = run_config_to_json(cfg_);
   nlohmann::json layout = config_to_json(cfg_.parallel);
@@ -47,10 +35,10 @@ std::string RunCheckpoint::save(int64_t step, const DataCursor& data) {
   layout["dp"] = grid_.dp_size();
   layout["edp"] = grid_.edp_size();
   s.layout_json = layout.dump();
-  if (distributed_) distributed_->gather_moments(staging_m_, staging_v_);
-  const std::string dir = save_checkpoint(save_dir(), contents(), s, world_, cfg_.train.keep_checkpoints);
-  staging_m_ = {};
-  staging_v_ = {};
+  std::vector<CheckpointContents> contents;
+  for (ModelRole* m : models_) contents.push_back(m->begin_save());
+  const std::string dir = save_checkpoint(save_dir(), contents, s, world_, cfg_.train.keep_checkpoints);
+  for (ModelRole* m : models_) m->end_save();
   return dir;
 }
 
@@ -65,19 +53,10 @@ TrainingState RunCheckpoint::resume() {
       if (stored["model"].contains(it.key()) && stored["model"][it.key()] != *it)
         std::fprintf(stderr, "warning: resuming %s with model.%s = %s; the checkpoint was written with %s\n",
                      folder.c_str(), it.key().c_str(), it->dump().c_str(), stored["model"][it.key()].dump().c_str());
-  if (distributed_) {
-    staging_m_.assign(static_cast<size_t>(model_.params().numel()), 0.0f);
-    staging_v_.assign(staging_m_.size(), 0.0f);
-  }
-  load_checkpoint_tensors(folder, contents());
-  model_.mark_values_changed();
-  if (distributed_) {
-    distributed_->scatter_moments(staging_m_, staging_v_);
-    distributed_->set_steps_taken(s.optimizer_steps);
-    staging_m_ = {};
-    staging_v_ = {};
-  } else {
-    optimizer_.set_steps_taken(s.optimizer_steps);
+  for (ModelRole* m : models_) {
+    load_checkpoint_tensors(folder, m->begin_load());
+    const auto steps = s.role_optimizer_steps.find(m->role());
+    m->end_load(steps != s.role_optimizer_steps.end() ? steps->second : s.optimizer_steps);
   }
   return s;
 }

@@ -12,7 +12,6 @@
 
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
-#include "parallel/data_parallel.h"
 #include "train/data.h"
 #include "train/flops.h"
 #include "train/lora_merge.h"
@@ -40,9 +39,9 @@ std::string format_duration(double s) {
 }  // namespace
 
 Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
-    : cfg_(std::move(cfg)), grid_(grid), model_(cfg_.model, grid, cfg_.train.seed, parse_name_globs(cfg_.train.freeze)),
-      optimizer_(model_.params(), cfg_.optim, /*allocate_moments=*/!cfg_.optim.distributed),
-      pipeline_(model_, grid, cfg_.train.grad_accum) {
+    : cfg_(std::move(cfg)), grid_(grid),
+      student_("model", cfg_.model, cfg_.optim, grid, cfg_.train.seed, parse_name_globs(cfg_.train.freeze)),
+      pipeline_(student_.model(), grid, cfg_.train.grad_accum) {
   check_freeze_globs();
   if (!cfg_.train.teacher.empty()) {
     // The teacher: another model in the same job, on the same grid, every parameter frozen.
@@ -54,11 +53,10 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
              "distillation compares distributions over the same vocabulary", cfg_.train.teacher.c_str(),
              (long long)tc.vocab_size, (long long)cfg_.model.vocab_size);
     FF_CHECK(cfg_.model.head_chunk_rows == 0, "distillation needs every row's logits: set model.head_chunk_rows = 0");
-    teacher_ = std::make_unique<DecoderLM>(tc, grid, cfg_.train.seed, std::vector<std::string>{"*"});
-    load_model_source(src, *teacher_);
-    teacher_mb_ = teacher_->new_micro_batch();
+    teacher_ = std::make_unique<ModelRole>("teacher", tc, grid, cfg_.train.seed);
+    load_model_source(src, teacher_->model());
+    teacher_mb_ = teacher_->model().new_micro_batch();
   }
-  if (cfg_.optim.distributed) distributed_ = std::make_unique<DistributedAdamW>(model_.params(), cfg_.optim, grid);
   peak_tflops_ = cfg_.train.peak_tflops;
 }
 
@@ -96,7 +94,7 @@ void Trainer::check_freeze_globs() const {
   const auto globs = parse_name_globs(cfg_.train.freeze);
   std::vector<int64_t> matches(globs.size(), 0);
   for (size_t g = 0; g < globs.size(); ++g)
-    for (const Param& p : model_.params().params()) matches[g] += matches_any(p.name, {globs[g]});
+    for (const Param& p : student_.model().params().params()) matches[g] += matches_any(p.name, {globs[g]});
   if (!globs.empty()) grid_.all().all_reduce_sum(matches.data(), static_cast<int64_t>(matches.size()));
   for (size_t g = 0; g < globs.size(); ++g)
     FF_CHECK(matches[g] > 0, "train.freeze: '%s' matches no parameter of this model (names look like "
@@ -113,12 +111,12 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   m.step = step_index + 1;
   const double comm0 = grid_.communication_seconds();
   auto t_step = Clock::now();
-  model_.params().zero_grads();
+  student_.model().params().zero_grads();
   // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
   const int64_t step_tokens = step_target_count(targets, grid_.dp());
   PipelineResult r =
       teacher_ ? pipeline_.run(tokens, targets, B, S,
-                               Distillation(*teacher_, *teacher_mb_, static_cast<double>(step_tokens),
+                               Distillation(teacher_->model(), *teacher_mb_, static_cast<double>(step_tokens),
                                             static_cast<float>(cfg_.train.kd_temperature)),
                                positions)
                : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)), positions);
@@ -126,15 +124,7 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   m.backward_s = r.backward_s;
   auto t0 = Clock::now();
   m.lr = learning_rate(cfg_.optim, step_index, cfg_.train.steps);
-  model_.synchronize_tied_embeddings();
-  if (distributed_) {
-    m.grad_norm = distributed_->step(m.lr);
-  } else {
-    reduce_gradients(model_.params(), grid_);
-    m.grad_norm = optimizer_.step(m.lr, grid_.mp(), grid_.expert_mp());
-  }
-  model_.end_of_step();
-  model_.mark_values_changed();
+  m.grad_norm = student_.optimizer_step(m.lr);
   m.optimizer_s = seconds_since(t0);
   // The replicas' contributions to the loss add up to it; the MoE losses are means over the replicas.
   double sums[3] = {r.loss, r.aux_loss, r.z_loss};
@@ -203,7 +193,7 @@ TrainResult Trainer::run(bool quiet) {
   }
   // Checkpoints: resume (train.resume) restores parameters, optimizer and buffers here and the
   // data cursor below; SIGTERM/SIGINT save a checkpoint at the end of the current step.
-  RunCheckpoint ckpt(cfg_, model_, optimizer_, grid_, distributed_.get());
+  RunCheckpoint ckpt(cfg_, {&student_}, grid_);
   StopSignalGuard stop_guard;
   TrainingState resumed;
   if (!tc.resume.empty()) {
@@ -223,7 +213,7 @@ TrainResult Trainer::run(bool quiet) {
   }
   if (!tc.init_from.empty() && tc.resume.empty()) {
     auto t_load = Clock::now();
-    const LoadReport report = load_model_source(open_model_source(tc.init_from), model_, parse_name_globs(tc.init_new));
+    const LoadReport report = load_model_source(open_model_source(tc.init_from), student_.model(), parse_name_globs(tc.init_new));
     if (lead && !quiet) {
       std::printf("initialised from %s: %lld tensors (%.2f s)\n", tc.init_from.c_str(), (long long)report.loaded,
                   seconds_since(t_load));
@@ -314,7 +304,7 @@ TrainResult Trainer::run(bool quiet) {
     // The model file carries the tokenizer the data was made with (opened at start, so it exists).
     const TokenizerFile tokenizer = run_tokenizer_file(cfg_);
     if (grid_.world_size() == 1) {
-      save_model(model_, cfg_, path, &tokenizer);
+      save_model(student_.model(), cfg_, path, &tokenizer);
     } else {
       // Every rank writes its slices to a checkpoint; the lead assembles the whole model from it.
       const std::string dir = ckpt.save(tc.steps, data_cursor);

@@ -8,9 +8,9 @@
 
 #include "io/gpt_dataset.h"
 #include "models/decoder_lm.h"
-#include "optim/distributed_optimizer.h"
 #include "train/config.h"
 #include "train/data.h"
+#include "train/model_role.h"
 #include "train/pipeline.h"
 
 namespace ff {
@@ -48,17 +48,15 @@ class Trainer {
                    const std::vector<std::vector<int32_t>>* positions = nullptr);
   // Mean loss over the split's first `batches` micro-batches of samples.
   double validation_loss(const SampleSource& split, int64_t batches);
-  DecoderLM& model() { return model_; }
+  DecoderLM& model() { return student_.model(); }
   void set_peak_tflops(double t) { peak_tflops_ = t; }
 
  private:
   RunConfig cfg_;
   const ParallelGrid& grid_;
-  DecoderLM model_;
-  std::unique_ptr<DecoderLM> teacher_;  // train.teacher: frozen, loaded at construction
+  ModelRole student_;                   // role "model": the model this run trains
+  std::unique_ptr<ModelRole> teacher_;  // train.teacher: frozen, loaded at construction
   std::unique_ptr<DecoderLM::MicroBatch> teacher_mb_;
-  AdamW optimizer_;  // its moments are unused (empty) with the distributed optimizer
-  std::unique_ptr<DistributedAdamW> distributed_;  // optim.distributed
   PipelineExecutor pipeline_;
   double peak_tflops_ = 0;
   void check_freeze_globs() const;
