@@ -24,4 +24,23 @@ class AtomicFile {
 
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
+// A log a run appends records to (metrics.jsonl): each line goes to the file in one write() and
+// is checked. A failed write (a full disk) is retried for a few seconds, since space may come
+// back; if it still fails the error names the file and the reason, and the line is not lost
+// silently: the run ends there.
+class AppendFile {
+ public:
+  AppendFile(const std::string& path, bool truncate);
+  ~AppendFile();
+  AppendFile(const AppendFile&) = delete;
+  AppendFile& operator=(const AppendFile&) = delete;
+  // line: one record without its newline.
+  void write_line(const std::string& line);
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  off_t end_ = 0;  // bytes of the file's complete lines
+};
+
 }  // namespace ff

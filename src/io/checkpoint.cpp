@@ -362,14 +362,25 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
   if (lead) {
     write_text_durably(save_dir + "/latest", name + "\n");
     fsync_path(save_dir, true);
-    // Prune: stale temporary folders of killed saves, then the oldest beyond keep_last.
+    // Prune: the oldest beyond keep_last, each renamed to step_N.tmp before it is deleted (a rename
+    // is atomic: a kill mid-delete leaves a .tmp folder, never a step folder without meta.json);
+    // then every leftover: .tmp folders of killed saves and deletes, and step folders without
+    // meta.json (which only a kill during an older fivefold's delete could leave).
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(save_dir, ec))
-      if (parse_step_name(e.path().filename().string(), true) >= 0) fs::remove_all(e.path(), ec);
     if (keep_last > 0) {
       auto all = list_checkpoints(save_dir);
       for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i)
-        if (fs::path(all[i]).filename() != name) fs::remove_all(all[i], ec);
+        if (fs::path(all[i]).filename() != name) {
+          const std::string doomed = all[i] + ".tmp";
+          fs::remove_all(doomed, ec);
+          fs::rename(all[i], doomed, ec);
+        }
+    }
+    for (const auto& e : fs::directory_iterator(save_dir, ec)) {
+      const std::string n = e.path().filename().string();
+      const bool stale_tmp = parse_step_name(n, true) >= 0;
+      const bool headless = parse_step_name(n, false) >= 0 && e.is_directory() && !fs::exists(e.path() / "meta.json");
+      if (stale_tmp || headless) fs::remove_all(e.path(), ec);
     }
   }
   world.barrier();

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/hash.h"
 #include "core/rng.h"
 
 namespace ff {
@@ -100,12 +101,6 @@ bool read_npy_i64(const std::string& path, std::vector<int64_t>& v, int64_t cols
 // ---- GptDataset ----
 
 namespace {
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 int64_t mtime_ns(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return 0;

@@ -1,15 +1,20 @@
 #include "train/data.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include "core/check.h"
-#include "train/sft_data.h"
+#include "core/hash.h"
+#include "io/atomic_file.h"
+#include "io/file_lock.h"
 #include "io/preprocess.h"
+#include "train/sft_data.h"
 
 namespace ff {
 
@@ -50,17 +55,61 @@ std::vector<Source> parse_sources(const std::string& spec) {
 
 bool is_prefix(const std::string& p) { return fs::exists(p + ".idx") && fs::exists(p + ".bin"); }
 
+// The identity of a file: canonical path, bytes, modification time in ns, and (content = true,
+// for small files such as tokenizers) an FNV-1a hash of its bytes.
+nlohmann::json file_identity(const std::string& path, bool content) {
+  nlohmann::json id = {{"path", fs::weakly_canonical(path).string()}};
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return id;
+  id["bytes"] = static_cast<int64_t>(fs::file_size(path, ec));
+  id["mtime_ns"] = static_cast<int64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(fs::last_write_time(path, ec).time_since_epoch()).count());
+  if (content) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    id["fnv1a"] = strprintf("%016llx", (unsigned long long)fnv1a(ss.str()));
+  }
+  return id;
+}
+
+// What a prepared dataset is made from (see data.h): the source, the tokenizer and the JSONL key.
+nlohmann::json preparation_key(const std::string& text, const TrainConfig& tc) {
+  const bool byte = tc.tokenizer_type == TokenizerType::byte;
+  return {{"source", file_identity(text, false)},
+          {"tokenizer", {{"type", enum_to_string(tc.tokenizer_type)},
+                         {"file", byte ? nlohmann::json() : file_identity(tc.tokenizer_path, true)}}},
+          {"json_key", tc.json_key}};
+}
+
 std::string prepared_prefix(const std::string& text, const TrainConfig& tc) {
   const fs::path p(text);
   const std::string stem = p.stem().string();
-  const std::string tag = tc.tokenizer_type == TokenizerType::byte ? "byte" : fs::path(tc.tokenizer_path).stem().string();
+  const bool byte = tc.tokenizer_type == TokenizerType::byte;
+  const std::string tag = byte ? "byte" : fs::path(tc.tokenizer_path).stem().string();
   const std::string name = tag.rfind(stem + "-", 0) == 0 ? tag : stem + "-" + tag;
-  return (p.parent_path() / name).string();
+  std::string ext = p.extension().string();
+  if (!ext.empty()) ext = "-" + ext.substr(1);
+  // The name's hash covers what identifies the data, not its version (sizes, times, contents):
+  // a changed file is prepared again into the same prefix.
+  const std::string identity = fs::weakly_canonical(text).string() + "\n" + enum_to_string(tc.tokenizer_type) + "\n" +
+                               (byte ? std::string() : fs::weakly_canonical(tc.tokenizer_path).string()) + "\n" +
+                               tc.json_key;
+  const std::string hash = strprintf("%08llx", (unsigned long long)(fnv1a(identity) & 0xffffffffull));
+  return (p.parent_path() / (name + ext + "-" + hash)).string();
 }
 
-bool older(const std::string& a, const std::string& b) {
-  std::error_code ec;
-  return fs::exists(b) && fs::last_write_time(a, ec) < fs::last_write_time(b, ec);
+// PREFIX.source.json: the preparation key of the files at PREFIX.
+std::string key_file(const std::string& prefix) { return prefix + ".source.json"; }
+
+bool prepared_from(const std::string& prefix, const nlohmann::json& key) {
+  if (!is_prefix(prefix) || !fs::exists(key_file(prefix))) return false;
+  std::ifstream f(key_file(prefix));
+  try {
+    return nlohmann::json::parse(f) == key;
+  } catch (const std::exception&) {
+    return false;  // a damaged key: prepare again
+  }
 }
 
 void prepare(const RunConfig& c, const std::vector<Source>& sources, bool quiet) {
@@ -85,15 +134,16 @@ void prepare(const RunConfig& c, const std::vector<Source>& sources, bool quiet)
     if (!quiet) std::printf("training a SentencePiece tokenizer of %lld tokens on %s -> %s\n", (long long)sc.vocab_size,
                             texts.c_str(), tp.c_str());
     std::fflush(stdout);
+    const FileLock lock(tp + ".lock", "the training of tokenizer " + tp);
     train_sentencepiece(sc);
   }
   std::unique_ptr<Tokenizer> tok;
   for (const auto& s : sources) {
     if (is_prefix(s.path)) continue;
     const std::string prefix = prepared_prefix(s.path, tc);
-    const bool tok_file = tc.tokenizer_type != TokenizerType::byte;
-    if (is_prefix(prefix) && !older(prefix + ".idx", s.path) && !(tok_file && older(prefix + ".idx", tc.tokenizer_path)))
-      continue;
+    const nlohmann::json key = preparation_key(s.path, tc);
+    if (prepared_from(prefix, key)) continue;
+    const FileLock lock(prefix + ".lock", "the preparation of " + prefix);
     if (!tok) tok = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
     PreprocessConfig pc;
     pc.input = s.path;
@@ -105,6 +155,7 @@ void prepare(const RunConfig& c, const std::vector<Source>& sources, bool quiet)
     if (!quiet) std::printf("preprocessing %s with %s -> %s.{bin,idx}\n", s.path.c_str(), tok->describe().c_str(), prefix.c_str());
     std::fflush(stdout);
     preprocess(pc, *tok);
+    write_file_atomically(key_file(prefix), key.dump(1) + "\n");  // last: the files are complete
   }
 }
 

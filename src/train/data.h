@@ -4,11 +4,15 @@
 // PREFIX (PREFIX.idx + PREFIX.bin exist) or a text / JSONL file, which is prepared on first use:
 //   - with train.tokenizer_type sentencepiece and no file at train.tokenizer_path, a tokenizer of
 //     model.vocab_size entries is trained on the run's text sources;
-//   - the file is preprocessed into PREFIX = the file's path without its extension, then "-" and
-//     the tokenizer's file stem ("-byte" for the byte tokenizer), leaving out a repeated corpus
-//     name: data/kjv.txt + data/kjv-sp4096.model -> data/kjv-sp4096.{bin,idx}.
-// Later runs reuse both unless the text or the tokenizer is newer than the prepared files. Rank 0
-// prepares while the other ranks wait. Each source is split by documents with train.split; the
+//   - the file is preprocessed into PREFIX = its folder / STEM-TAG-EXT-HASH, TAG the tokenizer's
+//     file stem ("byte" for the byte tokenizer; a repeated corpus name left out), HASH naming the
+//     source's path, the tokenizer (type, path) and train.json_key: data/kjv.txt +
+//     data/kjv-sp4096.model -> data/kjv-sp4096-txt-1f0c2a9b.{bin,idx}. PREFIX.source.json holds
+//     what the files were made from (source and tokenizer: path, bytes, modification time; the
+//     tokenizer's content hash; the JSON key).
+// Later runs reuse the prepared files only when that record matches the source and tokenizer as
+// they are now, and prepare them again otherwise; a lock (PREFIX.lock) keeps two processes from
+// preparing one dataset at once. Rank 0 prepares while the other ranks wait. Each source is split by documents with train.split; the
 // train stream blends the train splits by weight, the valid stream the valid splits.
 #pragma once
 #include <cstdint>

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/atomic_file.h"
 #include "io/config_json.h"
 #include "train/stop_signal.h"
 
@@ -85,7 +86,7 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
     }
   }
   in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
+  write_file_atomically(path, kept);  // checked, and never a half-truncated file
 }
 
 }  // namespace ff

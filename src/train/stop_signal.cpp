@@ -17,8 +17,14 @@ extern "C" void on_stop_signal(int signo) {
 }
 }  // namespace
 
+// The signals that ask for a graceful stop. SIGUSR1 and SIGUSR2 are the ones Open MPI's mpirun
+// forwards to every rank and then lets the job finish on; on SIGTERM and SIGINT mpirun kills the
+// ranks about a second after forwarding them (docs/reliability.md).
+constexpr int kStopSignals[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+constexpr int kNumStopSignals = sizeof(kStopSignals) / sizeof(kStopSignals[0]);
+
 struct StopSignalGuard::Saved {
-  struct sigaction term {}, intr {};
+  struct sigaction previous[kNumStopSignals] {};
 };
 
 StopSignalGuard::StopSignalGuard() : saved_(new Saved) {
@@ -27,13 +33,11 @@ StopSignalGuard::StopSignalGuard() : saved_(new Saved) {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &sa, &saved_->term);
-  sigaction(SIGINT, &sa, &saved_->intr);
+  for (int i = 0; i < kNumStopSignals; ++i) sigaction(kStopSignals[i], &sa, &saved_->previous[i]);
 }
 
 StopSignalGuard::~StopSignalGuard() {
-  sigaction(SIGTERM, &saved_->term, nullptr);
-  sigaction(SIGINT, &saved_->intr, nullptr);
+  for (int i = 0; i < kNumStopSignals; ++i) sigaction(kStopSignals[i], &saved_->previous[i], nullptr);
   delete saved_;
 }
 

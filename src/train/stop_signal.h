@@ -1,4 +1,5 @@
-// Graceful stop on SIGTERM / SIGINT. The handler only sets a flag (async-signal-safe); the
+// Graceful stop on SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (the last two are what mpirun forwards to
+// the ranks and waits on: `kill -USR1 <mpirun pid>` stops a multi-rank job with a checkpoint). The handler only sets a flag (async-signal-safe); the
 // training loop reads it at the end of each step, agrees on it across ranks, saves a checkpoint
 // and returns. A second signal while the flag is set takes the default action (kills), so a stuck
 // run can still be interrupted from the keyboard.
@@ -12,7 +13,7 @@ namespace ff {
 
 class StopSignalGuard {
  public:
-  StopSignalGuard();   // installs handlers for SIGTERM and SIGINT and clears the flag
+  StopSignalGuard();   // installs handlers for the stop signals and clears the flag
   ~StopSignalGuard();  // restores the previous handlers
   StopSignalGuard(const StopSignalGuard&) = delete;
   StopSignalGuard& operator=(const StopSignalGuard&) = delete;

@@ -10,7 +10,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
+#include "io/file_lock.h"
 #include "io/safetensors.h"
 #include "train/data.h"
 #include "train/flops.h"
@@ -178,6 +180,9 @@ TrainResult Trainer::run(bool quiet) {
                                          grid_.all(), quiet);
   std::filesystem::create_directories(tc.out_dir);
   const bool lead = grid_.world_rank() == 0;
+  // One run at a time in an out_dir (held until the run returns; released by the kernel if killed).
+  std::unique_ptr<FileLock> out_dir_lock;
+  if (lead) out_dir_lock = std::make_unique<FileLock>(tc.out_dir + "/.fivefold.lock", "out_dir " + tc.out_dir);
   if (lead) move_earlier_run_aside(quiet);
   grid_.all().barrier();
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
@@ -230,11 +235,8 @@ TrainResult Trainer::run(bool quiet) {
       for (const auto& n : report.unused) std::printf("  unused (in the source, not in this model): %s\n", n.c_str());
     }
   }
-  std::ofstream metrics;  // written by the lead rank only
-  if (lead) {
-    metrics.open(tc.out_dir + "/metrics.jsonl", resumed.step > 0 ? std::ios::app : std::ios::trunc);
-    FF_CHECK(metrics.good(), "cannot write %s/metrics.jsonl", tc.out_dir.c_str());
-  }
+  std::unique_ptr<AppendFile> metrics;  // written by the lead rank only, every record checked
+  if (lead) metrics = std::make_unique<AppendFile>(tc.out_dir + "/metrics.jsonl", /*truncate=*/resumed.step == 0);
 
   TrainResult result;
   result.unigram_entropy = data.unigram_entropy;
@@ -267,8 +269,7 @@ TrainResult Trainer::run(bool quiet) {
     }
     rec["communication_s"] = m.communication_s;
     if (lead) {
-      metrics << rec.dump() << "\n";
-      metrics.flush();
+      metrics->write_line(rec.dump());
     }
     if (lead && !quiet && (m.step % tc.log_interval == 0 || last || rec.contains("valid_loss"))) {
       double elapsed = seconds_since(t_start);

@@ -72,5 +72,28 @@ for model in (os.path.join(first, "checkpoints"), os.path.join(first, "model.saf
     ok = g.returncode == 0 and g.stdout.startswith("paragraph")
     print("%-40s %s %r" % ("generate from " + os.path.basename(model), "ok" if ok else "FAILED", g.stdout[:60]))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + 3 - failures, failures))
+
+# Stopping an mpirun job: SIGUSR1 to mpirun reaches every rank, which save a checkpoint at the end
+# of the step and exit 0 (SIGTERM / SIGINT to mpirun kill the ranks about a second later).
+import signal
+import time
+stopped = os.path.join(tmp, "stopped")
+os.makedirs(stopped)
+with open(os.path.join(stopped, "log.txt"), "w") as log:
+    job = subprocess.Popen(["mpirun", "--oversubscribe", "-np", "2", fivefold] + common +
+                           ["--ep", "2", "--steps", "100000", "--out_dir", stopped], env=env, stdout=log, stderr=log)
+    metrics = os.path.join(stopped, "metrics.jsonl")
+    t0 = time.time()
+    while job.poll() is None and time.time() - t0 < 120 and (
+            not os.path.exists(metrics) or sum(1 for _ in open(metrics)) < 3):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    rc = job.wait(timeout=120)
+text = open(os.path.join(stopped, "log.txt")).read()
+latest = os.path.join(stopped, "checkpoints", "latest")
+ok = rc == 0 and "stopped by a signal" in text and os.path.exists(latest)
+print("%-40s %s %s" % ("SIGUSR1 to mpirun saves a checkpoint", "ok" if ok else "FAILED",
+                       open(latest).read().strip() if os.path.exists(latest) else text[-600:]))
+failures += not ok
+print("%d passed, %d failed" % (len(layouts) + 4 - failures, failures))
 sys.exit(1 if failures else 0)

@@ -135,7 +135,13 @@ TEST(Checkpoint, KeepsTheNewestNAndCleansKilledSaves) {
   Communicator world = Communicator::world();
   Toy a(1);
   fs::create_directories(dir + "/step_00000099.tmp");  // left by a killed save
+  // Left by a kill while an older fivefold deleted a pruned checkpoint: its meta.json went first.
+  fs::create_directories(dir + "/step_00000050");
+  std::ofstream(dir + "/step_00000050/model.r00000.safetensors") << "half of a deleted checkpoint";
   for (int64_t step = 1; step <= 5; ++step) save_checkpoint(dir, a.contents(), state_at(step), world, 2);
+  EXPECT_FALSE(fs::exists(dir + "/step_00000050"));
+  for (int64_t step = 1; step <= 3; ++step)  // pruned ones leave nothing behind, not even as .tmp
+    EXPECT_FALSE(fs::exists(dir + "/step_0000000" + std::to_string(step) + ".tmp"));
   auto all = list_checkpoints(dir);
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(fs::path(all[0]).filename(), "step_00000004");

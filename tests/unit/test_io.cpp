@@ -7,6 +7,8 @@
 #include <fstream>
 
 #include "core/rng.h"
+#include "core/check.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 
 namespace ff {
@@ -96,6 +98,45 @@ TEST(Safetensors, FuzzedHeadersNeverCrash) {
   }
   EXPECT_GT(errors, 0);
   std::remove(p.c_str());
+}
+
+}  // namespace
+}  // namespace ff
+
+namespace ff {
+namespace {
+
+// A full disk (/dev/full: every write fails with ENOSPC) ends the run with an error naming the
+// file and the reason, after retrying; it is never ignored (issue: metrics.jsonl kept 1 of 2,000
+// records, rc 0).
+TEST(AppendFile, AFullDiskIsAnErrorNamingTheFile) {
+  AppendFile full("/dev/full", /*truncate=*/false);
+  try {
+    full.write_line("{\"step\": 1}");
+    ADD_FAILURE() << "a write to /dev/full succeeded";
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("/dev/full"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("No space left on device"), std::string::npos) << msg;
+  }
+}
+
+TEST(AppendFile, AppendsCompleteLines) {
+  const std::string p = temp_path("append.jsonl");
+  std::ofstream(p) << "{\"step\": 1}\n";
+  {
+    AppendFile f(p, false);
+    f.write_line("{\"step\": 2}");
+    f.write_line("{\"step\": 3}");
+  }
+  std::ifstream in(p);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(all, "{\"step\": 1}\n{\"step\": 2}\n{\"step\": 3}\n");
+  AppendFile fresh(p, true);
+  fresh.write_line("x");
+  std::ifstream again(p);
+  std::string now((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(now, "x\n");
 }
 
 }  // namespace

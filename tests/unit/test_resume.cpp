@@ -271,10 +271,12 @@ TEST(Resume, SigkillDuringASaveResumesFromThePreviousCheckpoint) {
   fs::remove_all(ref_dir);
 }
 
-TEST(Resume, SigtermSavesACheckpointAndExitsCleanly) {
+// A stop signal at a random moment: the run saves a checkpoint at the end of its step, exits with
+// 0, and the checkpoint equals an uninterrupted run's at that step.
+void stops_cleanly_on(int signo) {
   const std::string bin = fivefold_binary();
   if (bin.empty()) GTEST_SKIP() << "the fivefold binary is not built beside the tests";
-  const std::string dir = fresh_dir("term");
+  const std::string dir = fresh_dir("term_" + std::to_string(signo));
   RunConfig c = tiny_run(dir);
   c.train.steps = 10;
   const pid_t pid = start_train(bin, c, dir);
@@ -291,7 +293,7 @@ TEST(Resume, SigtermSavesACheckpointAndExitsCleanly) {
     ended = waitpid(pid, &status, WNOHANG) == pid;
   }
   if (!ended) {
-    kill(pid, SIGTERM);
+    kill(pid, signo);
     waitpid(pid, &status, 0);
   }
   const std::string log = read_file(dir + "/log.txt");
@@ -306,7 +308,7 @@ TEST(Resume, SigtermSavesACheckpointAndExitsCleanly) {
 
   // The checkpoint equals the one an uninterrupted run writes at that step: weights, moments,
   // data cursor.
-  const std::string ref_dir = fresh_dir("term_ref");
+  const std::string ref_dir = fresh_dir("term_ref_" + std::to_string(signo));
   RunConfig ref = c;
   ref.train.out_dir = ref_dir;
   ref.train.save_interval = 1;
@@ -321,6 +323,10 @@ TEST(Resume, SigtermSavesACheckpointAndExitsCleanly) {
   fs::remove_all(dir);
   fs::remove_all(ref_dir);
 }
+
+TEST(Resume, SigtermSavesACheckpointAndExitsCleanly) { stops_cleanly_on(SIGTERM); }
+// SIGUSR1 is what `kill -USR1 <mpirun pid>` reaches the ranks with (mpirun forwards it and waits).
+TEST(Resume, Sigusr1SavesACheckpointAndExitsCleanly) { stops_cleanly_on(SIGUSR1); }
 
 }  // namespace
 }  // namespace ff

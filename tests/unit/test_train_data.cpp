@@ -28,6 +28,17 @@ std::string corpus(size_t bytes) {
   return s;
 }
 
+// The one prepared dataset in dir whose name starts with `start` (PREFIX.idx; data.h names it).
+std::string prepared_idx(const std::string& dir, const std::string& start) {
+  std::vector<std::string> found;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind(start, 0) == 0 && e.path().extension() == ".idx") found.push_back(e.path().string());
+  }
+  EXPECT_EQ(found.size(), 1u) << start;
+  return found.empty() ? std::string() : found[0];
+}
+
 TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
   const std::string dir = (fs::temp_directory_path() / "fivefold_train_data").string();
   fs::remove_all(dir);
@@ -42,7 +53,8 @@ TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
   Communicator world = Communicator::world();
   TrainingData d = open_training_data(c, 64, 8, world, /*quiet=*/true);
   ASSERT_TRUE(fs::exists(dir + "/corpus-sp300.model"));
-  ASSERT_TRUE(fs::exists(dir + "/corpus-sp300.idx"));  // the repeated corpus name is left out
+  const std::string idx = prepared_idx(dir, "corpus-sp300-txt-");  // the repeated corpus name is left out
+  ASSERT_TRUE(fs::exists(idx));
   EXPECT_EQ(d.tokenizer->vocab_size(), 300);
   EXPECT_EQ(d.train->size(), 64);
   EXPECT_GT(d.unigram_entropy, 1.0);
@@ -55,10 +67,10 @@ TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
   // The text decodes back to corpus words (EOD decodes to nothing).
   EXPECT_NE(d.tokenizer->decode(tokens).find("the"), std::string::npos);
   // Second run: nothing is rebuilt.
-  const auto t_idx = fs::last_write_time(dir + "/corpus-sp300.idx");
+  const auto t_idx = fs::last_write_time(idx);
   const auto t_model = fs::last_write_time(dir + "/corpus-sp300.model");
   TrainingData again = open_training_data(c, 64, 8, world, true);
-  EXPECT_EQ(fs::last_write_time(dir + "/corpus-sp300.idx"), t_idx);
+  EXPECT_EQ(fs::last_write_time(idx), t_idx);
   EXPECT_EQ(fs::last_write_time(dir + "/corpus-sp300.model"), t_model);
   EXPECT_TRUE(dynamic_cast<const GptSamples&>(*again.train).blend().parts()[0]->loaded_from_cache());
   std::vector<int32_t> tokens2, targets2;
@@ -72,6 +84,75 @@ TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.vocab_size"), std::string::npos) << e.what();
   }
+  fs::remove_all(dir);
+}
+
+// Prepared data is keyed by what made it (issue: corpus.jsonl trained on corpus.txt's tokens, and
+// a second spm.model in another folder reused data made with the first).
+TEST(TrainData, PreparedDataIsNeverReusedForAnotherSourceOrTokenizer) {
+  const std::string dir = (fs::temp_directory_path() / "fivefold_prepared_keys").string();
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/a");
+  fs::create_directories(dir + "/b");
+  std::string text_a = corpus(40000), text_b;
+  Rng letters(3, "other-words");  // random words: a tokenizer of other pieces than the corpus's
+  for (int i = 0; i < 6000; ++i) {
+    for (uint64_t k = 0, n = 2 + letters.below(6); k < n; ++k) text_b += static_cast<char>('a' + letters.below(26));
+    text_b += i % 9 == 8 ? "\n\n" : " ";
+  }
+  Communicator world = Communicator::world();
+  RunConfig c;
+  c.model.vocab_size = 300;
+  c.model.seq_len = 16;
+  c.train.split = "90,10,0";
+  const auto first_text = [&](const RunConfig& rc) {
+    TrainingData d = open_training_data(rc, 8, 8, world, true);
+    std::vector<int32_t> tokens, targets;
+    fill_batch(tokens, targets, *d.train, 0, 8, 16);
+    return d.tokenizer->decode(tokens);
+  };
+  // Byte tokenizer: corpus.txt holds the corpus words, corpus.jsonl other words.
+  std::ofstream(dir + "/corpus.txt") << text_a;
+  {
+    std::ofstream j(dir + "/corpus.jsonl");
+    for (int i = 0; i < 400; ++i) j << "{\"text\": \"zebra quagga okapi zebra quagga okapi\"}\n";
+  }
+  c.model.vocab_size = 257;
+  c.train.tokenizer_type = TokenizerType::byte;
+  c.train.data_path = dir + "/corpus.txt";
+  EXPECT_NE(first_text(c).find("the"), std::string::npos);
+  c.train.data_path = dir + "/corpus.jsonl";
+  const std::string from_jsonl = first_text(c);
+  EXPECT_NE(from_jsonl.find("zebra"), std::string::npos) << from_jsonl;
+  EXPECT_EQ(from_jsonl.find("the"), std::string::npos) << from_jsonl;
+  // Two tokenizers named spm.model in two folders, each trained on its own text: the corpus is
+  // prepared once for each, with each one's tokens (which decode with it to the corpus words).
+  const auto first_tokens = [&](const RunConfig& rc) {
+    TrainingData d = open_training_data(rc, 8, 8, world, true);
+    std::vector<int32_t> tokens, targets;
+    fill_batch(tokens, targets, *d.train, 0, 8, 16);
+    EXPECT_NE(d.tokenizer->decode(tokens).find("the"), std::string::npos) << rc.train.tokenizer_path;
+    return tokens;
+  };
+  c.model.vocab_size = 300;
+  c.train.tokenizer_type = TokenizerType::sentencepiece;
+  c.train.data_path = dir + "/corpus.txt";
+  c.train.tokenizer_path = dir + "/a/spm.model";
+  const std::vector<int32_t> with_a = first_tokens(c);
+  std::ofstream(dir + "/b/other.txt") << text_b;
+  RunConfig other = c;
+  other.train.data_path = dir + "/b/other.txt";
+  other.train.tokenizer_path = dir + "/b/spm.model";
+  open_training_data(other, 8, 8, world, true);  // trains b/spm.model on other words
+  c.train.tokenizer_path = dir + "/b/spm.model";
+  EXPECT_NE(first_tokens(c), with_a);  // b's tokens, not a's
+  int prepared = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    prepared += e.path().filename().string().rfind("corpus-spm-txt-", 0) == 0 && e.path().extension() == ".idx";
+  EXPECT_EQ(prepared, 2);
+  // A tokenizer replaced in place (same path, other content) prepares the data again.
+  fs::copy_file(dir + "/a/spm.model", dir + "/b/spm.model", fs::copy_options::overwrite_existing);
+  EXPECT_EQ(first_tokens(c), with_a);
   fs::remove_all(dir);
 }
 

@@ -1,6 +1,7 @@
 // The training loop end to end on a small synthetic corpus: it learns (validation loss falls
 // well below the unigram baseline), it is deterministic, and it writes its metrics and model.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/rng.h"
+#include "io/file_lock.h"
 #include "train/trainer.h"
 
 namespace ff {
@@ -51,7 +53,7 @@ RunConfig small_run(const std::string& dir) {
   c.train.eval_batches = 4;
   c.train.out_dir = dir;
   c.train.peak_tflops = 1.0;  // skip the ceiling measurement
-  c.train.data_path = dir + "/corpus.txt";  // preprocessed on first use into dir/corpus-byte.{bin,idx}
+  c.train.data_path = dir + "/corpus.txt";  // preprocessed on first use into dir/corpus-byte-txt-HASH.{bin,idx}
   c.train.tokenizer_type = TokenizerType::byte;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -104,6 +106,37 @@ TEST(Trainer, SameSeedSameConfigGivesBitIdenticalLosses) {
   }
   ASSERT_EQ(losses[0].size(), 6u);
   for (size_t i = 0; i < losses[0].size(); ++i) EXPECT_EQ(losses[0][i], losses[1][i]) << "step " << i;
+  std::filesystem::remove_all(dir);
+}
+
+// One run at a time in an out_dir: a second one is refused, naming the process that holds it, and
+// leaves the first one's files alone; once the holder is gone (as if it ended or was killed) the
+// same folder takes a run again.
+TEST(Trainer, AnOutDirInUseIsRefusedNamingItsHolder) {
+  const std::string dir = (std::filesystem::temp_directory_path() / "fivefold_trainer_locked").string();
+  RunConfig c = small_run(dir);
+  c.train.steps = 1;
+  c.train.eval_batches = 1;
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, c.parallel);
+  {
+    FileLock other(dir + "/.fivefold.lock", "out_dir " + dir);  // the other run
+    std::ofstream(dir + "/metrics.jsonl") << "{\"step\": 1}\n";
+    Trainer t(c, grid);
+    try {
+      t.run(true);
+      ADD_FAILURE() << "trained into an out_dir in use";
+    } catch (const UserError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("in use by another fivefold process (pid " + std::to_string(::getpid())), std::string::npos)
+          << msg;
+      EXPECT_NE(msg.find(dir), std::string::npos) << msg;
+    }
+    EXPECT_TRUE(std::filesystem::exists(dir + "/metrics.jsonl"));  // not moved aside, not replaced
+    EXPECT_FALSE(std::filesystem::exists(dir + "/previous-1"));
+  }
+  Trainer t(c, grid);
+  EXPECT_EQ(t.run(true).losses.size(), 1u);
   std::filesystem::remove_all(dir);
 }
 
