@@ -35,6 +35,10 @@ struct Param {
   // Held whole by every TP rank, but each rank's gradient is a partial sum even without sequence
   // parallelism (a LoRA factor beside a sliced weight, layers/linear.h): always all-reduced over TP.
   bool tp_partial_grad = false;
+  // The same for an expert parameter over the expert-tensor-parallel group (a LoRA factor beside
+  // an ETP-sliced expert weight, layers/moe/experts.h): always all-reduced over ETP, never over TP
+  // (with folding the ETP group need not be the TP group).
+  bool etp_partial_grad = false;
   // Another data-parallel replica (DP x CP for dense, expert-DP for experts) holds the same values;
   // the first replica writes the parameter to checkpoints.
   bool data_replica = false;

@@ -36,10 +36,10 @@ struct LoraOptions {
   float alpha = 16;
   float dropout = 0;
   uint64_t seed = 0;
-  std::vector<std::string> targets;  // projection names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj
-  bool adapts(const std::string& projection) const {
-    return rank > 0 && std::find(targets.begin(), targets.end(), projection) != targets.end();
-  }
+  // projection names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; the routed
+  // experts' experts.gate_proj, experts.up_proj, experts.down_proj, or experts for all three
+  std::vector<std::string> targets;
+  bool adapts(const std::string& projection) const { return rank > 0 && lora_targets_name(targets, projection); }
 };
 
 // The adapters a model config asks for (its lora_* fields), with the model's seed.

@@ -66,6 +66,16 @@ std::vector<std::string> ModelConfig::lora_target_list() const {
   return out;
 }
 
+bool lora_targets_name(const std::vector<std::string>& targets, const std::string& projection) {
+  for (const std::string& t : targets)
+    if (t == projection || (t == "experts" && projection.rfind("experts.", 0) == 0)) return true;
+  return false;
+}
+
+bool ModelConfig::lora_adapts(const std::string& projection) const {
+  return lora_rank > 0 && lora_targets_name(lora_target_list(), projection);
+}
+
 cpu::RouterOptions ModelConfig::router_options() const {
   cpu::RouterOptions o;
   o.num_experts = num_experts;
@@ -147,19 +157,30 @@ std::vector<std::string> ModelConfig::validate() const {
     const auto targets = lora_target_list();
     if (targets.empty()) e.push_back("model.lora_targets is empty: name the projections that get adapters");
     const std::string p = pattern();
-    const bool attention = p.find('*') != std::string::npos;
-    const bool mlp = p.find('-') != std::string::npos || (p.find('E') != std::string::npos && moe_shared_expert_hidden > 0);
+    const bool attention = p.find('*') != std::string::npos, moe = p.find('E') != std::string::npos;
+    const bool mlp = p.find('-') != std::string::npos || (moe && moe_shared_expert_hidden > 0);
+    const bool swiglu = activation == Activation::swiglu;
+    bool expert_targets = false;
     for (const auto& t : targets) {
       const bool attn_t = t == "q_proj" || t == "k_proj" || t == "v_proj" || t == "o_proj";
-      const bool mlp_t = t == "up_proj" || t == "down_proj" || (t == "gate_proj" && activation == Activation::swiglu);
-      if (!attn_t && !mlp_t)
+      const bool mlp_t = t == "up_proj" || t == "down_proj" || (t == "gate_proj" && swiglu);
+      const bool expert_t = t == "experts" || t == "experts.up_proj" || t == "experts.down_proj" ||
+                            (t == "experts.gate_proj" && swiglu);
+      expert_targets = expert_targets || expert_t;
+      if (!attn_t && !mlp_t && !expert_t)
         e.push_back(strprintf("model.lora_targets: '%s' is not a linear of this model (choose from q_proj, k_proj, "
-                              "v_proj, o_proj, %sup_proj, down_proj; routed experts take no adapters)", t.c_str(),
-                              activation == Activation::swiglu ? "gate_proj, " : ""));
-      else if ((attn_t && !attention) || (mlp_t && !mlp))
+                              "v_proj, o_proj, %sup_proj, down_proj, %sexperts.up_proj, experts.down_proj or experts "
+                              "for all the routed experts' projections)", t.c_str(), swiglu ? "gate_proj, " : "",
+                              swiglu ? "experts.gate_proj, " : ""));
+      else if ((attn_t && !attention) || (mlp_t && !mlp) || (expert_t && !moe))
         e.push_back(strprintf("model.lora_targets: '%s': the model has no %s layer", t.c_str(),
-                              attn_t ? "attention" : "dense MLP or shared expert"));
+                              attn_t ? "attention" : mlp_t ? "dense MLP or shared expert" : "MoE"));
     }
+    // The routed experts' rows are dispatched tokens in an order that depends on the parallel
+    // layout (EP, ETP, capacity), so a dropout mask per row would too: refused rather than drawn.
+    if (expert_targets && moe && lora_dropout > 0)
+      e.push_back(strprintf("model.lora_dropout = %g: the routed experts' adapters (lora_targets experts*) take no "
+                            "dropout; set lora_dropout = 0 or leave the experts out of lora_targets", lora_dropout));
   }
   return e;
 }

@@ -132,7 +132,9 @@ struct ModelConfig {
     v(lora_alpha, "lora_alpha", "LoRA scale alpha: an adapter adds (alpha / r) x A^T B^T");
     v(lora_dropout, "lora_dropout", "dropout on the adapters' input during training, in [0, 1)");
     v(lora_targets, "lora_targets", "comma-separated projections that get adapters: q_proj, k_proj, v_proj, o_proj "
-                                    "(attention), gate_proj, up_proj, down_proj (dense MLPs and shared experts)");
+                                    "(attention), gate_proj, up_proj, down_proj (dense MLPs and shared experts), "
+                                    "experts.gate_proj, experts.up_proj, experts.down_proj (every routed expert of the "
+                                    "MoE layers, one adapter each; no lora_dropout), experts (all three)");
   }
 
   // Derived values (pure functions of the fields; nothing is rewritten).
@@ -141,9 +143,16 @@ struct ModelConfig {
   std::vector<LayerKind> layers() const;  // parsed pattern; call after validate()
   cpu::RouterOptions router_options() const;
   std::vector<std::string> lora_target_list() const;  // lora_targets split at commas
+  // Whether lora_targets names the projection (e.g. "q_proj", "experts.up_proj"; the target
+  // "experts" names all three projections of the routed experts).
+  bool lora_adapts(const std::string& projection) const;
 
   // Every problem, each naming its field and saying what would be valid. Empty = valid.
   std::vector<std::string> validate() const;
 };
+
+// Whether the target list names the projection: by its name, or "experts" for the three
+// projections of the routed experts ("experts.gate_proj", "experts.up_proj", "experts.down_proj").
+bool lora_targets_name(const std::vector<std::string>& targets, const std::string& projection);
 
 }  // namespace ff

@@ -28,8 +28,7 @@ int64_t shared_expert_params(const ModelConfig& c) {
 // Parameters of the LoRA adapters of one linear part in -> out: r (in + out) if it is a target.
 int64_t lora_params(const ModelConfig& c, const char* target, int64_t in, int64_t out) {
   if (c.lora_rank == 0) return 0;
-  const auto t = c.lora_target_list();
-  return std::find(t.begin(), t.end(), target) != t.end() ? c.lora_rank * (in + out) : 0;
+  return c.lora_adapts(target) ? c.lora_rank * (in + out) : 0;
 }
 
 int64_t attention_lora_params(const ModelConfig& c) {
@@ -44,6 +43,13 @@ int64_t mlp_lora_params(const ModelConfig& c, int64_t F) {
          lora_params(c, "down_proj", F, D);
 }
 
+// One routed expert's adapters (lora_targets experts.*).
+int64_t expert_lora_params(const ModelConfig& c) {
+  const int64_t D = c.d_model, F = c.moe_ffn_hidden;
+  return (c.activation == Activation::swiglu ? lora_params(c, "experts.gate_proj", D, F) : 0) +
+         lora_params(c, "experts.up_proj", D, F) + lora_params(c, "experts.down_proj", F, D);
+}
+
 int64_t count(const ModelConfig& c, int64_t experts_counted) {
   const int64_t head = c.head == HeadKind::value ? c.d_model : (c.tie_embeddings ? 0 : c.vocab_size * c.d_model);
   int64_t n = c.vocab_size * c.d_model + head + norm_params(c);
@@ -53,7 +59,8 @@ int64_t count(const ModelConfig& c, int64_t experts_counted) {
       case LayerKind::attention: n += attention_params(c) + attention_lora_params(c); break;
       case LayerKind::mlp: n += mlp_params(c, c.ffn_hidden) + mlp_lora_params(c, c.ffn_hidden); break;
       case LayerKind::moe:
-        n += c.num_experts * c.d_model + experts_counted * mlp_params(c, c.moe_ffn_hidden) + shared_expert_params(c);
+        n += c.num_experts * c.d_model + experts_counted * (mlp_params(c, c.moe_ffn_hidden) + expert_lora_params(c)) +
+             shared_expert_params(c);
         if (c.moe_shared_expert_hidden > 0) n += mlp_lora_params(c, c.moe_shared_expert_hidden);
         break;
       case LayerKind::mamba: break;

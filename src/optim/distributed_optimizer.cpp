@@ -54,11 +54,15 @@ int64_t DistributedAdamW::state_bytes() const {
 double DistributedAdamW::step(double lr) {
   float* grads = params_.grads();
   float* values = params_.values();
-  // 1. Partial gradients of TP-replicated parameters under sequence parallelism.
+  // 1. Partial gradients of TP-replicated parameters under sequence parallelism, and of the
+  // factors held whole beside sliced weights (LoRA): over TP, or over ETP for experts.
   if (grid_.tp().size() > 1)
     for (Param& p : params_.params())
       if (p.trainable && ((p.tp_replicated && grid_.config().sequence_parallel) || p.tp_partial_grad))
         grid_.tp().all_reduce_sum(p.grad, p.numel());
+  if (grid_.etp().size() > 1)
+    for (Param& p : params_.params())
+      if (p.trainable && p.etp_partial_grad) grid_.etp().all_reduce_sum(p.grad, p.numel());
 
   // 2. Reduce-scatter each region's gradients into its owned shard.
   const float scale = 1.0f / static_cast<float>(grid_.dp_size() * grid_.cp().size());

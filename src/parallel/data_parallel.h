@@ -11,7 +11,9 @@
 namespace ff {
 
 // Parameters every TP rank holds whole (norms, router) are first summed over TP when sequence
-// parallelism gave each TP rank different tokens. One all-reduce per run of adjacent parameters of
+// parallelism gave each TP rank different tokens; LoRA factors held whole beside a sliced weight
+// are summed over TP (Param::tp_partial_grad), or over ETP beside a sliced expert weight
+// (Param::etp_partial_grad). One all-reduce per run of adjacent parameters of
 // the same kind, so the collectives are few and large and every rank issues them in the same order.
 void reduce_gradients(ParamStore& store, const ParallelGrid& grid);
 

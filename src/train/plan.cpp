@@ -39,6 +39,17 @@ std::pair<double, double> layer_params(const ModelConfig& c, LayerKind kind, con
   return {0, 0};
 }
 
+// The routed experts' LoRA adapters one rank holds in one MoE layer: per local expert and adapted
+// projection the factor held whole (r D) and the one sliced over ETP (r F / ETP).
+double expert_adapter_params(const ModelConfig& c, const ParallelConfig& p) {
+  if (c.lora_rank == 0) return 0;
+  const bool swiglu = c.activation == Activation::swiglu;
+  const double projections = (swiglu && c.lora_adapts("experts.gate_proj") ? 1.0 : 0.0) +
+                             (c.lora_adapts("experts.up_proj") ? 1.0 : 0.0) + (c.lora_adapts("experts.down_proj") ? 1.0 : 0.0);
+  return static_cast<double>(c.num_experts / p.ep) * projections * static_cast<double>(c.lora_rank) *
+         (static_cast<double>(c.d_model) + static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()));
+}
+
 // Bytes saved for backward by one micro-batch in pattern layer `kind` on one rank. fp32 buffers
 // count 4 bytes a value; GEMM operands kept for the weight gradients count `copy` bytes more (2
 // under bf16, where they are bf16 copies beside the fp32 values; 0 under fp32, where they are
@@ -111,9 +122,15 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
   // the layers themselves (an approximation per stage) and over TP (the sliced factor dominates).
   ModelConfig no_adapters = c;
   no_adapters.lora_rank = 0;
-  const double adapters = static_cast<double>(count_parameters(c) - count_parameters(no_adapters));
+  // The routed experts' adapters (lora_targets experts.*) are expert parameters: split over EP
+  // and ETP, sharded over expert-DP, counted per MoE layer.
+  int64_t moe_layers = 0;
+  for (LayerKind k : kinds) moe_layers += k == LayerKind::moe;
+  const ParallelConfig one_rank;
+  const double all_expert_adapters = static_cast<double>(moe_layers) * expert_adapter_params(c, one_rank);
+  const double adapters = static_cast<double>(count_parameters(c) - count_parameters(no_adapters)) - all_expert_adapters;
   for (int64_t stage = 0; stage < p.pp; ++stage) {
-    double dense = 0, expert = 0, act = 0, stage_layers = 0;
+    double dense = 0, expert = 0, act = 0, stage_layers = 0, expert_adapters = 0;
     for (int64_t chunk = 0; chunk < p.virtual_stages; ++chunk) {
       const int64_t vs = chunk * p.pp + stage;
       for (int64_t j = vs * L / VS; j < (vs + 1) * L / VS; ++j) {
@@ -121,6 +138,7 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
         dense += d;
         expert += e;
         act += layer_activations(c, kinds[static_cast<size_t>(j)], p, B);
+        if (kinds[static_cast<size_t>(j)] == LayerKind::moe) expert_adapters += expert_adapter_params(c, p);
         ++stage_layers;
       }
       if (vs == 0) {
@@ -139,7 +157,7 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
     // Weights: the fp32 masters, plus their bf16 copy under bf16 compute.
     const double weights = (dense + expert) * (c.precision == Precision::bf16 ? kFloat + 2.0 : kFloat);
     const double trained_dense = c.lora_rank > 0 ? adapters * stage_layers / static_cast<double>(L) / T : dense;
-    const double trained_expert = c.lora_rank > 0 ? 0.0 : expert;
+    const double trained_expert = c.lora_rank > 0 ? expert_adapters : expert;
     const double opt = in.distributed_optimizer ? 2 * kFloat * (trained_dense / dp_cp + trained_expert / edp)
                                                 : 2 * kFloat * (trained_dense + trained_expert);
     const double grads = (trained_dense + trained_expert) * kFloat;

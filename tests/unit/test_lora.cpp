@@ -1,6 +1,7 @@
 // LoRA (layers/linear.h): a fresh adapter (B = 0) leaves the model's outputs bit-identical; the
 // adapters' gradients pass finite differences; merged weights reproduce the adapter forward; the
-// base gets no gradient and no optimizer state; dropout acts in training only.
+// base gets no gradient and no optimizer state; dropout acts in training only. The same for the
+// routed experts' adapters (layers/moe/experts.h, lora_targets experts.*).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -27,6 +28,15 @@ ModelConfig lora_config() {
   c.lora_rank = 3;
   c.lora_alpha = 6;
   c.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+  return c;
+}
+
+// Adapters on the routed experts (all three projections) and on one attention projection. The
+// MoE layer is the last block, so the adapters change nothing a router sees: the routing is the
+// same whatever their values (finite differences never cross a routing decision).
+ModelConfig expert_lora_config() {
+  ModelConfig c = lora_config();
+  c.lora_targets = "o_proj,experts";
   return c;
 }
 
@@ -64,11 +74,13 @@ void randomise_adapters(DecoderLM& m) {
 TEST(Lora, FreshAdaptersLeaveTheOutputsBitIdentical) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  DecoderLM base(base_config(), grid, 4), adapted(lora_config(), grid, 4);
-  const Batch b = batch(base_config(), 2);
-  const auto want = logits(base, b, 2), got = logits(adapted, b, 2);
-  ASSERT_EQ(want.size(), got.size());
-  EXPECT_EQ(0, std::memcmp(want.data(), got.data(), sizeof(float) * want.size()));
+  for (const ModelConfig& c : {lora_config(), expert_lora_config()}) {
+    DecoderLM base(base_config(), grid, 4), adapted(c, grid, 4);
+    const Batch b = batch(base_config(), 2);
+    const auto want = logits(base, b, 2), got = logits(adapted, b, 2);
+    ASSERT_EQ(want.size(), got.size());
+    EXPECT_EQ(0, std::memcmp(want.data(), got.data(), sizeof(float) * want.size())) << c.lora_targets;
+  }
 }
 
 // Adapters switched off (the DPO / PPO reference under LoRA): trained adapters (B != 0) leave the
@@ -123,10 +135,10 @@ TEST(Lora, BaseIsFrozenAndOnlyAdaptersHoldOptimizerState) {
   EXPECT_LT(adapter_elements, (m.params().numel() - adapter_elements) / 4);  // even at this toy size
 }
 
-TEST(Lora, AdapterGradientsMatchFiniteDifferences) {
+// Checks every trainable parameter's gradient against central differences; returns how many.
+int check_adapter_gradients(const ModelConfig& c) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  const ModelConfig c = lora_config();
   DecoderLM m(c, grid, 4);
   randomise_adapters(m);
   const Batch b = batch(c, 2);
@@ -153,13 +165,20 @@ TEST(Lora, AdapterGradientsMatchFiniteDifferences) {
     EXPECT_NE(analytic, 0.0) << p.name;
     ++checked;
   }
-  EXPECT_EQ(checked, 28);
+  return checked;
 }
 
-TEST(Lora, MergedWeightsReproduceTheAdapterForward) {
+TEST(Lora, AdapterGradientsMatchFiniteDifferences) { EXPECT_EQ(check_adapter_gradients(lora_config()), 28); }
+
+// The routed experts' adapters: A_e and B_e of gate, up and down for each of the 4 experts, and
+// o_proj's pair in the two attention blocks.
+TEST(Lora, ExpertAdapterGradientsMatchFiniteDifferences) {
+  EXPECT_EQ(check_adapter_gradients(expert_lora_config()), 2 * 3 * 4 + 2 * 2);
+}
+
+void expect_merge_reproduces_forward(const ModelConfig& c) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  ModelConfig c = lora_config();
   DecoderLM m(c, grid, 4);
   randomise_adapters(m);
   TensorMap tensors;
@@ -187,6 +206,77 @@ TEST(Lora, MergedWeightsReproduceTheAdapterForward) {
   EXPECT_GT(scale, 0.1);
 }
 
+TEST(Lora, MergedWeightsReproduceTheAdapterForward) { expect_merge_reproduces_forward(lora_config()); }
+
+// The experts' adapter pairs "<p>.experts.{e}.<proj>.lora_A/B.weight" fold into their expert's
+// "<p>.experts.{e}.<proj>.weight" (the MoE layer's experts are merged one by one).
+TEST(Lora, MergedExpertWeightsReproduceTheAdapterForward) { expect_merge_reproduces_forward(expert_lora_config()); }
+
+// With expert adapters the base experts are frozen: no gradient buffer, and after a backward
+// their values unchanged; only the adapters (expert parameters themselves) train.
+TEST(Lora, ExpertBaseIsFrozenAndTheAdaptersAreExpertParameters) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  const ModelConfig c = expert_lora_config();
+  DecoderLM m(c, grid, 4);
+  int64_t expert_adapters = 0, adapter_elements = 0;
+  for (const Param& p : m.params().params()) {
+    const bool adapter = is_adapter_name(p.name), in_experts = p.name.find(".experts.") != std::string::npos;
+    EXPECT_EQ(p.trainable, adapter) << p.name;
+    EXPECT_EQ(p.grad == nullptr, !adapter) << p.name;
+    if (in_experts) {
+      EXPECT_TRUE(p.expert) << p.name;
+    }
+    EXPECT_FALSE(p.tp_partial_grad || p.etp_partial_grad) << p.name;  // one process: nothing to sum
+    expert_adapters += adapter && in_experts;
+    adapter_elements += adapter ? p.numel() : 0;
+  }
+  EXPECT_EQ(expert_adapters, 2 * 3 * 4);  // A and B of gate, up, down for 4 experts
+  EXPECT_EQ(m.params().grad_numel(), adapter_elements);
+  EXPECT_EQ(m.params().numel(), count_parameters(c));
+  // The experts' adapters follow every base weight of the layer in registration order.
+  const auto& ps = m.params().params();
+  size_t last_base = 0, first_adapter = ps.size();
+  for (size_t i = 0; i < ps.size(); ++i)
+    if (ps[i].name.find(".experts.") != std::string::npos) {
+      if (is_adapter_name(ps[i].name))
+        first_adapter = std::min(first_adapter, i);
+      else
+        last_base = i;
+    }
+  EXPECT_LT(last_base, first_adapter);
+  // A training step's backward leaves the frozen base without gradient and every adapter with one.
+  randomise_adapters(m);
+  const Batch b = batch(c, 2);
+  auto mb = m.new_micro_batch();
+  m.params().zero_grads();
+  forward_mean_ce(m, *mb, b.tokens.data(), b.targets.data(), 2, c.seq_len);
+  backward_mean_ce(m, *mb, 1.0f);
+  for (const Param& p : m.params().params())
+    if (p.trainable && p.name.find(".experts.") != std::string::npos) {
+      double sq = 0;
+      for (int64_t i = 0; i < p.numel(); ++i) sq += double(p.grad[i]) * p.grad[i];
+      EXPECT_GT(sq, 0.0) << p.name;
+    }
+}
+
+// "experts" names the three projections of the routed experts: the same parameters as listing them.
+TEST(Lora, ExpertsShorthandNamesTheThreeProjections) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  ModelConfig a = expert_lora_config(), b = a;
+  b.lora_targets = "o_proj,experts.gate_proj,experts.up_proj,experts.down_proj";
+  DecoderLM ma(a, grid, 4), mb(b, grid, 4);
+  ASSERT_EQ(ma.params().params().size(), mb.params().params().size());
+  for (size_t i = 0; i < ma.params().params().size(); ++i)
+    EXPECT_EQ(ma.params().params()[i].name, mb.params().params()[i].name);
+  b.lora_targets = "experts.down_proj";
+  DecoderLM down(b, grid, 4);
+  int64_t n = 0;
+  for (const Param& p : down.params().params()) n += is_adapter_name(p.name);
+  EXPECT_EQ(n, 2 * 4);
+}
+
 TEST(Lora, DropoutActsInTrainingOnly) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
@@ -208,17 +298,43 @@ TEST(Lora, DropoutActsInTrainingOnly) {
 
 TEST(Lora, TargetsThatDoNotExistAreErrors) {
   ModelConfig c = lora_config();
-  c.lora_targets = "q_proj,experts,w_proj";
+  c.lora_targets = "q_proj,expert,w_proj,experts.w1";
   const auto e = c.validate();
-  ASSERT_EQ(e.size(), 2u);
-  EXPECT_NE(e[0].find("'experts' is not a linear of this model"), std::string::npos) << e[0];
+  ASSERT_EQ(e.size(), 3u);
+  EXPECT_NE(e[0].find("'expert' is not a linear of this model"), std::string::npos) << e[0];
   EXPECT_NE(e[1].find("'w_proj'"), std::string::npos) << e[1];
+  EXPECT_NE(e[2].find("'experts.w1'"), std::string::npos) << e[2];
+  EXPECT_NE(e[2].find("experts.gate_proj"), std::string::npos) << e[2];  // the choices are named
   c = lora_config();
   c.layer_pattern = "*E*E";
   c.moe_shared_expert_hidden = 0;
   c.lora_targets = "down_proj";
   ASSERT_EQ(c.validate().size(), 1u);
   EXPECT_NE(c.validate()[0].find("no dense MLP or shared expert"), std::string::npos);
+  // The experts' targets need MoE layers; experts.gate_proj needs SwiGLU experts.
+  c = lora_config();
+  c.layer_pattern = "*-*-";
+  c.num_experts = 0;
+  c.lora_targets = "experts.up_proj";
+  ASSERT_EQ(c.validate().size(), 1u);
+  EXPECT_NE(c.validate()[0].find("'experts.up_proj': the model has no MoE layer"), std::string::npos) << c.validate()[0];
+  c = expert_lora_config();
+  c.activation = Activation::gelu;
+  c.lora_targets = "experts.gate_proj";
+  ASSERT_EQ(c.validate().size(), 1u);
+  EXPECT_NE(c.validate()[0].find("'experts.gate_proj' is not a linear"), std::string::npos) << c.validate()[0];
+}
+
+// Dropout on the routed experts' adapters is refused (the rows' order depends on the layout), by name.
+TEST(Lora, DropoutOnExpertAdaptersIsAnError) {
+  ModelConfig c = expert_lora_config();
+  c.lora_dropout = 0.1;
+  const auto e = c.validate();
+  ASSERT_EQ(e.size(), 1u);
+  EXPECT_NE(e[0].find("model.lora_dropout"), std::string::npos) << e[0];
+  EXPECT_NE(e[0].find("experts"), std::string::npos) << e[0];
+  c.lora_targets = "o_proj";  // dense adapters keep their dropout
+  EXPECT_TRUE(c.validate().empty());
 }
 
 }  // namespace

@@ -27,6 +27,25 @@ TEST(Plan, OneRankHoldsTheWholeModel) {
   EXPECT_EQ(p.bubble_s, 0);
 }
 
+// LoRA on the routed experts only: one process trains exactly the adapters count_parameters adds
+// (4 bytes of gradient each); EP splits them with the experts.
+TEST(Plan, ExpertAdaptersAreExpertParameters) {
+  DeviceSpec dev;
+  PlanInput in = small(1);
+  in.model.lora_rank = 4;
+  in.model.lora_targets = "experts";
+  ModelConfig base = in.model;
+  base.lora_rank = 0;
+  const Plan one = plan_layout(in, dev);
+  ASSERT_TRUE(one.problems.empty());
+  EXPECT_DOUBLE_EQ(one.grads, 4.0 * static_cast<double>(count_parameters(in.model) - count_parameters(base)));
+  in.world = 4;
+  in.layout.ep = 4;
+  const Plan ep = plan_layout(in, dev);
+  ASSERT_TRUE(ep.problems.empty());
+  EXPECT_DOUBLE_EQ(ep.grads, one.grads / 4);
+}
+
 TEST(Plan, ParallelismDividesWhatItShards) {
   DeviceSpec dev;
   PlanInput in = small(4);

@@ -22,7 +22,7 @@ MoeLayer::MoeLayer(ParamStore& store, Compute& compute, const std::string& prefi
       tp_{&grid.tp(), grid.config().sequence_parallel},
       router_(store, prefix + ".gate", cfg, grid),
       experts_(store, compute, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
-               out_init_std, grid.etp().rank(), grid.etp().size()) {
+               out_init_std, grid.etp().rank(), grid.etp().size(), lora) {
   if (cfg.moe_shared_expert_hidden > 0) {
     // The shared expert is a dense MLP on the attention TP group (with sequence parallelism).
     shared_.emplace(store, compute, prefix + ".shared_expert", cfg.d_model, cfg.moe_shared_expert_hidden, cfg.activation,
