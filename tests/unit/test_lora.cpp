@@ -87,28 +87,31 @@ TEST(Lora, FreshAdaptersLeaveTheOutputsBitIdentical) {
 // outputs exactly the base model's, bit for bit (the same GEMMs on the same values), and switched
 // back on they act again.
 TEST(Lora, AdaptersSwitchedOffGiveTheBaseModel) {
-  Communicator world = Communicator::world();
-  ParallelGrid grid(world, ParallelConfig{});
-  DecoderLM base(base_config(), grid, 4), adapted(lora_config(), grid, 4);
-  randomise_adapters(adapted);
-  const Batch b = batch(base_config(), 2);
-  const auto want = logits(base, b, 2), with = logits(adapted, b, 2);
-  adapted.set_adapters(false);
-  const auto without = logits(adapted, b, 2);
-  ASSERT_EQ(want.size(), without.size());
-  EXPECT_EQ(0, std::memcmp(want.data(), without.data(), sizeof(float) * want.size()));
-  EXPECT_NE(0, std::memcmp(want.data(), with.data(), sizeof(float) * want.size()));
-  // A backward with adapters off gives them no gradient.
-  auto mb = adapted.new_micro_batch();
-  adapted.params().zero_grads();
-  forward_mean_ce(adapted, *mb, b.tokens.data(), b.targets.data(), 2, base_config().seq_len);
-  backward_mean_ce(adapted, *mb, 1.0f);
-  for (const Param& p : adapted.params().params())
-    if (p.trainable)
-      for (int64_t i = 0; i < p.numel(); ++i) ASSERT_EQ(p.grad[i], 0.0f) << p.name;
-  adapted.set_adapters(true);
-  const auto again = logits(adapted, b, 2);
-  EXPECT_EQ(0, std::memcmp(with.data(), again.data(), sizeof(float) * with.size()));
+  for (const ModelConfig& lc : {lora_config(), expert_lora_config()}) {
+    SCOPED_TRACE(lc.lora_targets);
+    Communicator world = Communicator::world();
+    ParallelGrid grid(world, ParallelConfig{});
+    DecoderLM base(base_config(), grid, 4), adapted(lc, grid, 4);
+    randomise_adapters(adapted);
+    const Batch b = batch(base_config(), 2);
+    const auto want = logits(base, b, 2), with = logits(adapted, b, 2);
+    adapted.set_adapters(false);
+    const auto without = logits(adapted, b, 2);
+    ASSERT_EQ(want.size(), without.size());
+    EXPECT_EQ(0, std::memcmp(want.data(), without.data(), sizeof(float) * want.size()));
+    EXPECT_NE(0, std::memcmp(want.data(), with.data(), sizeof(float) * want.size()));
+    // A backward with adapters off gives them no gradient.
+    auto mb = adapted.new_micro_batch();
+    adapted.params().zero_grads();
+    forward_mean_ce(adapted, *mb, b.tokens.data(), b.targets.data(), 2, base_config().seq_len);
+    backward_mean_ce(adapted, *mb, 1.0f);
+    for (const Param& p : adapted.params().params())
+      if (p.trainable)
+        for (int64_t i = 0; i < p.numel(); ++i) ASSERT_EQ(p.grad[i], 0.0f) << p.name;
+    adapted.set_adapters(true);
+    const auto again = logits(adapted, b, 2);
+    EXPECT_EQ(0, std::memcmp(with.data(), again.data(), sizeof(float) * with.size()));
+  }
 }
 
 TEST(Lora, BaseIsFrozenAndOnlyAdaptersHoldOptimizerState) {

@@ -153,7 +153,7 @@ void Experts::forward(Saved& s, float* out, const float* rows, const float* row_
   for (int64_t n : tokens_per_expert) R += n;
   const bool swiglu = act_ == Activation::swiglu;
   check_stacked();
-  const bool fc1_adapted = adapters_[kGate].A || adapters_[kUp].A;
+  const bool fc1_adapted = acting(kGate) || acting(kUp);
   s.x_op = compute_->operand(rows, R, D_, arena);
   // SwiGLU's pre-activation only feeds the fused pass and its backward: kept in the operand dtype
   // (bf16 under bf16 compute, as autocast keeps a linear's output), half the memory and traffic;
@@ -162,7 +162,7 @@ void Experts::forward(Saved& s, float* out, const float* rows, const float* row_
   s.scaled = compute_->alloc_operand(R, F_, arena);
   compute_->grouped_forward(s.h1, s.x_op, Weight::of(*fc1_), W_ * D_, tokens_per_expert, D_, W_);
   for (int k : {kGate, kUp})
-    if (adapters_[k].A) adapter_forward(s.h1.f32(), W_, s.u[k], adapters_[k], s.x_op, tokens_per_expert, R, arena);
+    if (acting(k)) adapter_forward(s.h1.f32(), W_, s.u[k], adapters_[k], s.x_op, tokens_per_expert, R, arena);
   if (swiglu) {  // one fused pass: activation, prob scaling, cast
     const bool b16 = s.scaled.dtype == DType::bf16;
     float* o32 = b16 ? nullptr : s.scaled.f32();
@@ -177,7 +177,7 @@ void Experts::forward(Saved& s, float* out, const float* rows, const float* row_
     scale_rows(s.scaled, s.act.f32(), row_probs, R, F_);
   }
   compute_->grouped_forward(out, s.scaled, Weight::of(*fc2_), D_ * F_, tokens_per_expert, F_, D_);
-  if (adapters_[kDown].A)
+  if (acting(kDown))
     adapter_forward(out, D_, s.u[kDown], adapters_[kDown], s.scaled, tokens_per_expert, R, arena);
 }
 
@@ -188,9 +188,9 @@ void Experts::backward(float* drows, float* drow_probs, const float* dout, const
   float* dscaled = scratch.alloc_f32(R * F_);
   compute_->grouped_backward(dscaled, Weight::of(*fc2_), D_ * F_, compute_->operand(dout, R, D_, scratch), s.scaled,
                              tokens_per_expert, F_, D_);
-  if (adapters_[kDown].A)  // before the prob gradient, which reads dscaled
+  if (acting(kDown))  // before the prob gradient, which reads dscaled
     adapter_backward(dscaled, dout, D_, s.u[kDown], adapters_[kDown], s.scaled, tokens_per_expert, R, scratch);
-  const bool fc1_adapted = adapters_[kGate].A || adapters_[kUp].A;
+  const bool fc1_adapted = acting(kGate) || acting(kUp);
   Tensor dh1;                // [R, W] operand
   float* dh1_f32 = nullptr;  // its fp32 values (what the gate/up adapters read)
   if (act_ == Activation::swiglu) {  // one fused pass: prob gradient, activation backward, cast
@@ -222,7 +222,7 @@ void Experts::backward(float* drows, float* drow_probs, const float* dout, const
   }
   compute_->grouped_backward(drows, Weight::of(*fc1_), W_ * D_, dh1, s.x_op, tokens_per_expert, D_, W_);
   for (int k : {kGate, kUp})
-    if (adapters_[k].A)
+    if (acting(k))
       adapter_backward(drows, dh1_f32, W_, s.u[k], adapters_[k], s.x_op, tokens_per_expert, R, scratch);
 }
 

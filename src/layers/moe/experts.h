@@ -17,7 +17,7 @@
 // A whole and slice B's rows; down (columns split) slices A's columns and keeps B whole. The whole
 // factor's gradient is then a partial sum over ETP (Param::etp_partial_grad) and counted once
 // (replica on ETP ranks > 0). No dropout (refused by ModelConfig::validate: the rows' order
-// depends on the layout).
+// depends on the layout). With the Compute's adapters off the experts are their base alone.
 // Legend: R rows, D width, F expert hidden (local: F / ETP), W = fc1 width (2F for SwiGLU), r rank.
 #pragma once
 #include <string>
@@ -59,6 +59,9 @@ class Experts {
     int64_t col = 0;          // its first column in h1 (gate 0, up F for SwiGLU) or in out (down 0)
   };
   enum { kGate = 0, kUp = 1, kDown = 2 };
+  // Projection k's adapters act in this pass: it has them and the Compute's adapters are on (off:
+  // the base alone, forward and backward; Compute::set_adapters).
+  bool acting(int k) const { return adapters_[k].A != nullptr && compute_->adapters_on(); }
   void add_adapters(ParamStore& store, const std::string& prefix, const char* proj, int64_t first, Adapter& a,
                     bool split_out, int64_t in_global, int64_t out_global, int64_t etp_rank, int64_t etp_size);
   // y[:, a.col : a.col + a.out] += s (x A_e^T) B_e^T per segment (y [R, y_cols] fp32), u [R, r] kept.
