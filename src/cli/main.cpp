@@ -592,6 +592,9 @@ int main(int argc, char** argv) {
     if (plan->parsed()) return cmd_plan(plan_flags, plan_opts);
   } catch (const UserError& e) {
     abort_job_once(e.what());
+  } catch (const std::bad_alloc&) {
+    abort_job("out of memory: this run needs more memory than this machine gave it; `fivefold plan` shows what a "
+              "config needs per rank: make the model, train.micro_batch or model.seq_len smaller, or use more ranks");
   } catch (const std::exception& e) {
     abort_job(e.what());
   }

@@ -1,6 +1,7 @@
 #include "io/hf_convert.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -125,11 +126,20 @@ json config_json(const ModelConfig& c, const HfTable& t, bool bf16) {
 // Reads config.json into a ModelConfig; every key the family needs, with HF's defaults where HF
 // has them.
 ModelConfig model_from_config(const json& j, HfFamily f, const std::string& path) {
-  auto need = [&](const char* k) -> const json& {
+  // A size: a whole number in [0, 2^31 - 1] (token ids and the kernels' row indices are int32),
+  // never truncated (64.5 -> 64) or wrapped (1e30 -> negative).
+  auto whole = [&](const char* k, const json& v) -> int64_t {
+    const double d = v.get<double>();
+    FF_CHECK(std::isfinite(d) && d == std::floor(d) && d >= 0 && d <= 2147483647.0,
+             "'%s': key '%s' = %s is not a whole number between 0 and 2147483647", path.c_str(), k, v.dump().c_str());
+    return v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(d);
+  };
+  auto need = [&](const char* k) -> int64_t {
     FF_CHECK(j.contains(k) && j[k].is_number(), "'%s': key '%s' is missing or not a number", path.c_str(), k);
-    return j[k];
+    return whole(k, j[k]);
   };
   auto num = [&](const char* k, double def) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : def; };
+  auto size_or = [&](const char* k, int64_t def) { return j.contains(k) && j[k].is_number() ? whole(k, j[k]) : def; };
   auto flag = [&](const char* k, bool def) { return j.contains(k) && j[k].is_boolean() ? j[k].get<bool>() : def; };
   const std::string act = j.value("hidden_act", "silu");
   FF_CHECK(act == "silu", "'%s': hidden_act = \"%s\"; fivefold imports SwiGLU (silu) models", path.c_str(), act.c_str());
@@ -140,16 +150,16 @@ ModelConfig model_from_config(const json& j, HfFamily f, const std::string& path
     FF_CHECK(!flag(k, false), "'%s': %s = true; fivefold's Llama layers have no biases", path.c_str(), k);
   ModelConfig c;
   c.layer_pattern = "";
-  c.d_model = need("hidden_size").get<int64_t>();
-  c.num_layers = need("num_hidden_layers").get<int64_t>();
-  c.num_heads = need("num_attention_heads").get<int64_t>();
-  c.num_kv_heads = static_cast<int64_t>(num("num_key_value_heads", static_cast<double>(c.num_heads)));
-  c.vocab_size = need("vocab_size").get<int64_t>();
-  c.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer() ? j["head_dim"].get<int64_t>() : 0;
+  c.d_model = need("hidden_size");
+  c.num_layers = need("num_hidden_layers");
+  c.num_heads = need("num_attention_heads");
+  c.num_kv_heads = size_or("num_key_value_heads", c.num_heads);
+  c.vocab_size = need("vocab_size");
+  c.head_dim = size_or("head_dim", 0);
   if (c.num_heads > 0 && c.head_dim == c.d_model / c.num_heads && c.d_model % c.num_heads == 0) c.head_dim = 0;
   c.norm_eps = num("rms_norm_eps", f == HfFamily::mixtral ? 1e-5 : 1e-6);
   c.rope_base = num("rope_theta", f == HfFamily::mixtral ? 1e6 : 10000.0);
-  c.seq_len = static_cast<int64_t>(num("max_position_embeddings", 4096));
+  c.seq_len = size_or("max_position_embeddings", 4096);
   c.tie_embeddings = flag("tie_word_embeddings", false);
   c.init_std = num("initializer_range", 0.02);
   c.activation = Activation::swiglu;
@@ -164,12 +174,12 @@ ModelConfig model_from_config(const json& j, HfFamily f, const std::string& path
   switch (f) {
     case HfFamily::llama:
       c.num_experts = 0;
-      c.ffn_hidden = need("intermediate_size").get<int64_t>();
+      c.ffn_hidden = need("intermediate_size");
       break;
     case HfFamily::mixtral:  // softmax over all, top-k, renormalise == top-k then softmax
-      c.num_experts = need("num_local_experts").get<int64_t>();
-      c.moe_top_k = need("num_experts_per_tok").get<int64_t>();
-      c.moe_ffn_hidden = need("intermediate_size").get<int64_t>();
+      c.num_experts = need("num_local_experts");
+      c.moe_top_k = need("num_experts_per_tok");
+      c.moe_ffn_hidden = need("intermediate_size");
       c.moe_router_pre_softmax = false;
       c.moe_router_norm_topk_prob = false;
       break;
@@ -177,11 +187,11 @@ ModelConfig model_from_config(const json& j, HfFamily f, const std::string& path
       FF_CHECK(num("decoder_sparse_step", 1) == 1 && j.value("mlp_only_layers", json::array()).empty(),
                "'%s': decoder_sparse_step != 1 or mlp_only_layers non-empty: fivefold imports Qwen2-MoE models whose "
                "every block is MoE", path.c_str());
-      c.num_experts = need("num_experts").get<int64_t>();
-      c.moe_top_k = need("num_experts_per_tok").get<int64_t>();
-      c.moe_ffn_hidden = need("moe_intermediate_size").get<int64_t>();
-      c.ffn_hidden = static_cast<int64_t>(num("intermediate_size", static_cast<double>(c.ffn_hidden)));
-      c.moe_shared_expert_hidden = need("shared_expert_intermediate_size").get<int64_t>();
+      c.num_experts = need("num_experts");
+      c.moe_top_k = need("num_experts_per_tok");
+      c.moe_ffn_hidden = need("moe_intermediate_size");
+      c.ffn_hidden = size_or("intermediate_size", c.ffn_hidden);
+      c.moe_shared_expert_hidden = need("shared_expert_intermediate_size");
       c.moe_shared_expert_gate = c.moe_shared_expert_hidden > 0;
       c.moe_router_pre_softmax = true;
       c.moe_router_norm_topk_prob = flag("norm_topk_prob", false);

@@ -49,6 +49,7 @@ struct TrainConfig {
   std::string init_new;         // comma-separated globs of parameters init_from may lack
   std::string teacher;          // distillation: the frozen teacher model (file, checkpoint or HF folder)
   double kd_temperature = 1.0;
+  bool memory_check = true;     // refuse to start when the planned memory exceeds what is available
 
   template <class V>
   void visit_fields(V& v) {
@@ -73,6 +74,8 @@ struct TrainConfig {
     v(eval_batches, "eval_batches", "micro-batches per validation pass");
     v(log_interval, "log_interval", "steps between log lines");
     v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
+    v(memory_check, "memory_check", "refuse to start when the planned memory per rank (fivefold plan) exceeds the "
+      "memory this machine has available for each of its ranks");
     v(peak_tflops, "peak_tflops", "peak TFLOP/s for MFU; 0 = measure the GEMM ceiling at start");
     v(threads, "threads", "OpenMP threads per rank; 0 = OMP_NUM_THREADS, or the cores shared among the ranks on this machine");
     v(model_preset, "model_preset", "named model preset applied before the model fields");

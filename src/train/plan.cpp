@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 
 #include "models/decoder_lm.h"
 #include "train/flops.h"
@@ -248,6 +250,42 @@ std::string plan_table(const std::vector<std::pair<ParallelConfig, Plan>>& plans
                    plan.total() / gib, plan.total() <= cap ? "yes" : "no", plan.step_s(),
                    100 * plan.communication_share());
   return s;
+}
+
+double available_memory_per_rank() {
+  std::ifstream f("/proc/meminfo");
+  std::string key, unit;
+  double kib = 0, value = 0;
+  while (f >> key >> value >> unit)
+    if (key == "MemAvailable:") kib = value;
+  if (kib <= 0) return INFINITY;  // unknown: nothing to check against
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const double ranks = local != nullptr && std::atoi(local) > 0 ? std::atoi(local) : 1;
+  return kib * 1024.0 / ranks;
+}
+
+void check_planned_memory(const PlanInput& in, double available) {
+  DeviceSpec any;
+  const Plan p = plan_layout(in, any);
+  if (!p.problems.empty() || !(p.total() > available)) return;  // layout problems are reported where the layout is built
+  const double gib = 1024.0 * 1024 * 1024;
+  const ModelConfig& c = in.model;
+  std::string cause;
+  if (p.activations >= std::max({p.weights, p.grads, p.optimizer}))
+    cause = strprintf("most of it activations: train.micro_batch = %lld, model.seq_len = %lld, model.d_model = %lld, "
+                      "model.vocab_size = %lld", (long long)in.micro_batch, (long long)c.seq_len, (long long)c.d_model,
+                      (long long)c.vocab_size);
+  else
+    cause = strprintf("most of it weights, gradients and optimizer state of %.3g parameters: model.vocab_size = %lld, "
+                      "model.d_model = %lld, model.num_layers = %lld, model.num_experts = %lld",
+                      static_cast<double>(count_parameters(c)), (long long)c.vocab_size, (long long)c.d_model,
+                      (long long)c.num_layers, (long long)c.num_experts);
+  throw UserError(strprintf(
+      "this run needs about %.1f GiB per rank (weights %.1f, gradients %.1f, optimizer %.1f, activations %.1f GiB; %s) "
+      "and this machine has %.1f GiB available per rank: make those sizes smaller, spread the model over more ranks "
+      "(fivefold plan lists the layouts that fit), or set train.memory_check = false to try anyway",
+      p.total() / gib, p.weights / gib, p.grads / gib, p.optimizer / gib, p.activations / gib, cause.c_str(),
+      available / gib));
 }
 
 }  // namespace ff

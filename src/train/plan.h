@@ -48,4 +48,14 @@ std::vector<std::pair<ParallelConfig, Plan>> plan_all_layouts(const PlanInput& i
 // One line per layout: sizes, memory split, step time and communication share.
 std::string plan_table(const std::vector<std::pair<ParallelConfig, Plan>>& plans, const DeviceSpec& device);
 
+// Bytes of memory available to each rank of this job on this machine: the kernel's MemAvailable
+// shared among the job's ranks here (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; 1 without mpirun).
+double available_memory_per_rank();
+
+// Refuses (a UserError naming the fields that drive the largest part, the bytes needed and the
+// bytes available) a run whose planned memory per rank exceeds `available` bytes, so that sizes
+// too large end in one clear error before anything is allocated rather than in std::bad_alloc.
+// The same verdict on every rank (it depends on the config and layout only).
+void check_planned_memory(const PlanInput& in, double available);
+
 }  // namespace ff

@@ -19,6 +19,7 @@
 #include "train/lora_merge.h"
 #include "train/model_source.h"
 #include "train/objective.h"
+#include "train/plan.h"
 #include "train/run_checkpoint.h"
 #include "train/stop_signal.h"
 
@@ -38,10 +39,19 @@ std::string format_duration(double s) {
   if (t >= 3600) return strprintf("%lldh%02lldm", (long long)(t / 3600), (long long)(t % 3600 / 60));
   return strprintf("%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
 }
+
+// The config, once the run's planned memory per rank is known to fit (before anything is built).
+RunConfig memory_checked(RunConfig cfg, const ParallelGrid& grid) {
+  if (cfg.train.memory_check)
+    check_planned_memory({cfg.model, cfg.parallel, grid.world_size(), cfg.train.micro_batch, cfg.train.grad_accum,
+                          cfg.optim.distributed},
+                         available_memory_per_rank());
+  return cfg;
+}
 }  // namespace
 
 Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
-    : cfg_(std::move(cfg)), grid_(grid),
+    : cfg_(memory_checked(std::move(cfg), grid)), grid_(grid),
       student_("model", cfg_.model, cfg_.optim, grid, cfg_.train.seed, parse_name_globs(cfg_.train.freeze)),
       pipeline_(student_.model(), grid, cfg_.train.grad_accum) {
   check_freeze_globs();

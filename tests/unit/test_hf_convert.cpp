@@ -189,6 +189,17 @@ TEST(HfConvert, UnknownMissingAndNonZeroBiasKeysAreErrors) {
   cj["hidden_act"] = "gelu";
   std::ofstream(dir + "/config.json") << cj.dump();
   expect({"config.json", "hidden_act"});
+  // Sizes are whole numbers in range, never truncated (64.5 -> 64) or wrapped (1e30 -> negative).
+  cj["hidden_act"] = "silu";
+  for (const nlohmann::json& v : {nlohmann::json(64.5), nlohmann::json(1e30), nlohmann::json(-8)}) {
+    cj["hidden_size"] = v;
+    std::ofstream(dir + "/config.json") << cj.dump();
+    expect({"config.json", "'hidden_size' = " + v.dump(), "not a whole number"});
+  }
+  cj["hidden_size"] = c.d_model;
+  cj["max_position_embeddings"] = 1e12;
+  std::ofstream(dir + "/config.json") << cj.dump();
+  expect({"config.json", "'max_position_embeddings'", "not a whole number"});
   fs::remove_all(dir);
 
   // Export: a tensor with no HF name, and a config the layout cannot express.

@@ -1,6 +1,7 @@
 // `fivefold plan`: memory terms follow the layout the way the implementation allocates.
 #include <gtest/gtest.h>
 
+#include "core/check.h"
 #include "train/plan.h"
 
 namespace ff {
@@ -13,6 +14,35 @@ PlanInput small(int64_t world) {
   in.micro_batch = 4;
   in.grad_accum = 2;
   return in;
+}
+
+// Sizes too large for the memory are refused before anything is allocated, naming the fields and
+// the bytes (issue: --vocab_size 2000000000 and --micro_batch 100000000 ended in std::bad_alloc).
+TEST(Plan, RunsThatDoNotFitTheMemoryAreRefusedNamingTheFields) {
+  const double gib = 1024.0 * 1024 * 1024;
+  auto error_of = [](const PlanInput& in, double available) -> std::string {
+    try {
+      check_planned_memory(in, available);
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  PlanInput in = small(1);
+  EXPECT_EQ(error_of(in, 24 * gib), "");
+  const Plan fits = plan_layout(in, DeviceSpec{});
+  EXPECT_NE(error_of(in, 0.5 * fits.total()), "");  // the plan's own total decides
+  EXPECT_EQ(error_of(in, 1.01 * fits.total()), "");
+  PlanInput vocab = in;
+  vocab.model.vocab_size = 2000000000;
+  std::string msg = error_of(vocab, 24 * gib);
+  EXPECT_NE(msg.find("model.vocab_size = 2000000000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("24.0 GiB available per rank"), std::string::npos) << msg;
+  PlanInput batch = in;
+  batch.micro_batch = 100000000;
+  msg = error_of(batch, 24 * gib);
+  EXPECT_NE(msg.find("train.micro_batch = 100000000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("activations"), std::string::npos) << msg;
 }
 
 TEST(Plan, OneRankHoldsTheWholeModel) {
