@@ -204,6 +204,14 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
       FF_CHECK(ptr >= 0 && ptr % es == 0 && ptr <= bin_bytes_ && len <= (bin_bytes_ - ptr) / es,
                "'%s': sequence %lld (pointer %lld, %d tokens of %lld bytes) lies outside '%s' of %lld bytes", ipc,
                (long long)i, (long long)ptr, len, (long long)es, bp.c_str(), (long long)bin_bytes_);
+      // Sequences follow each other in the .bin as the writer lays them out, none inside another
+      // (an index whose pointers overlap reads the same tokens twice, or garbage).
+      if (i > 0) {
+        const int64_t prev_end = sequence_pointer(i - 1) + static_cast<int64_t>(sequence_length(i - 1)) * es;
+        FF_CHECK(ptr >= prev_end, "'%s': sequence %lld starts at byte %lld, inside sequence %lld (which ends at %lld): "
+                 "the pointers overlap; the index is corrupted", ipc, (long long)i, (long long)ptr, (long long)(i - 1),
+                 (long long)prev_end);
+      }
       tokens_ += len;
     }
     FF_CHECK(document_index(0) == 0, "'%s': document index starts at %lld, not 0", ipc, (long long)document_index(0));

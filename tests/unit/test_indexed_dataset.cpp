@@ -159,6 +159,7 @@ TEST(IndexedDataset, BadFilesGiveErrorsNamingFileAndProblem) {
   expect_error(dir, with(34 + 16 + 8, i64(1000)), h.bin, "lies outside");
   expect_error(dir, with(34 + 16 + 8, i64(-2)), h.bin, "lies outside");
   expect_error(dir, h.idx, h.bin.substr(0, 10), "lies outside");                 // truncated .bin
+  expect_error(dir, with(34 + 16 + 24, i64(4)), h.bin, "the pointers overlap");  // sequence 3 inside 2
   expect_error(dir, with(34 + 48, i64(1)), h.bin, "starts at 1");                // doc[0] != 0
   expect_error(dir, with(34 + 48 + 16, i64(0)), h.bin, "out of order");          // 0, 1, 0, 4
   expect_error(dir, with(34 + 48 + 24, i64(3)), h.bin, "ends at 3");             // doc[D-1] != S
