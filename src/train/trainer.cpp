@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "io/file_lock.h"
 #include "io/safetensors.h"
+#include "train/console_log.h"
 #include "train/data.h"
 #include "train/flops.h"
 #include "train/lora_merge.h"
@@ -258,6 +259,8 @@ TrainResult Trainer::run(bool quiet) {
   if (!tc.resume.empty()) data_cursor.load_cursor(resumed.data_cursor);
   std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size()),
       positions(tokens.size());
+  // From here on the lead's lines go through a writer thread: a step never waits on stdout.
+  std::unique_ptr<ConsoleLog> console = lead ? std::make_unique<ConsoleLog>() : nullptr;
   auto t_start = Clock::now();
   for (int64_t s = resumed.step; s < tc.steps; ++s) {
     for (size_t m = 0; m < tokens.size(); ++m)  // micro-batch m of data-parallel rank r: samples (m * dp + r) * B ..
@@ -284,26 +287,25 @@ TrainResult Trainer::run(bool quiet) {
     if (lead && !quiet && (m.step % tc.log_interval == 0 || last || rec.contains("valid_loss"))) {
       double elapsed = seconds_since(t_start);
       double eta = elapsed / static_cast<double>(s + 1 - resumed.step) * static_cast<double>(tc.steps - s - 1);
-      std::printf("step %5lld/%lld %3.0f%% | loss %.4f | aux %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% |"
-                  " load max/mean %.2f | drop %.3f | ETA %s%s\n",
+      console->line(strprintf("step %5lld/%lld %3.0f%% | loss %.4f | aux %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | "
+                  "MFU %.1f%% | load max/mean %.2f | drop %.3f | ETA %s%s",
                   (long long)m.step, (long long)tc.steps, 100.0 * static_cast<double>(m.step) / static_cast<double>(tc.steps),
                   m.loss, m.aux_loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu,
                   m.mean_expert_load > 0 ? m.max_expert_load / m.mean_expert_load : 0.0, m.dropped_fraction,
                   format_duration(eta).c_str(),
-                  rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : "");
-      std::fflush(stdout);
+                  rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : ""));
     }
     const bool stop = ckpt.stop_agreed();
     if (ckpt.due(m.step) || stop) {
       auto t_save = Clock::now();
       const std::string dir = ckpt.save(m.step, data_cursor);
-      if (lead && !quiet) std::printf("saved checkpoint %s (%.2f s)\n", dir.c_str(), seconds_since(t_save));
+      if (lead && !quiet) console->line(strprintf("saved checkpoint %s (%.2f s)", dir.c_str(), seconds_since(t_save)));
     }
     if (stop) {
       result.stopped = true;
       if (lead)
-        std::printf("stopped by a signal after step %lld; continue with --resume %s\n", (long long)m.step,
-                    ckpt.save_dir().c_str());
+        console->line(strprintf("stopped by a signal after step %lld; continue with --resume %s", (long long)m.step,
+                                ckpt.save_dir().c_str()));
       break;
     }
   }
@@ -324,8 +326,8 @@ TrainResult Trainer::run(bool quiet) {
     }
     if (lead && cfg_.model.lora_rank > 0) save_adapters(path, tc.out_dir + "/adapters.safetensors");
     if (lead && !quiet)
-      std::printf("saved %s; validation loss %.4f -> %.4f%s\n", path.c_str(), result.first_valid_loss,
-                  result.final_valid_loss, baseline(result).c_str());
+      console->line(strprintf("saved %s; validation loss %.4f -> %.4f%s", path.c_str(), result.first_valid_loss,
+                              result.final_valid_loss, baseline(result).c_str()));
   }
   return result;
 }
