@@ -29,7 +29,7 @@ if [[ -z $MODEL ]]; then
   MODEL=$WORK/model/model.safetensors
   TRAIN=("$FIVEFOLD" train --model_preset llama-small --d_model 128 --num_layers 2 --num_heads 4 --num_kv_heads 2
          --ffn_hidden 256 --seq_len 256 --tokenizer_type byte --vocab_size 264 --data_path "$WORK/kjv.txt"
-         --steps 100 --micro_batch 4 --eval_interval 0 --eval_batches 1 --log_interval 1000 --peak_tflops 1
+         --steps 100 --micro_batch 4 --eval_interval 0 --eval_samples 4 --log_interval 1000 --peak_tflops 1
          --out_dir "$WORK/model")
   echo "training the test model: $(printf '%q ' "${TRAIN[@]}")"
   OMP_NUM_THREADS=$THREADS "${TRAIN[@]}" > "$WORK/train.log" 2>&1 || { cat "$WORK/train.log"; exit 1; }

@@ -53,7 +53,7 @@ sft() {  # NAME SEED EXTRA_FLAGS...
   shift 2
   $FF train --init_from "$OUT/base-hf" --data_format sft --chat_template nemo --data_path "$OUT/data/sft.jsonl" \
       --split 90,10,0 --seq_len 128 --micro_batch 16 --steps 150 --warmup_steps 10 --eval_interval 50 \
-      --eval_batches 6 --seed "$seed" --out_dir "$OUT/$name" --log_interval 50 "$@" > "$OUT/$name.log"
+      --eval_samples 96 --seed "$seed" --out_dir "$OUT/$name" --log_interval 50 "$@" > "$OUT/$name.log"
   generations "$name" "$OUT/$name/model.safetensors"
 }
 generations base "$OUT/base-hf"  # the pre-trained model, prompted with the same template

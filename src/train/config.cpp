@@ -11,7 +11,7 @@ std::vector<std::string> TrainConfig::validate() const {
   if (micro_batch < 1) e.push_back(strprintf("train.micro_batch = %lld: must be >= 1", (long long)micro_batch));
   if (grad_accum < 1) e.push_back(strprintf("train.grad_accum = %lld: must be >= 1", (long long)grad_accum));
   if (eval_interval < 0) e.push_back(strprintf("train.eval_interval = %lld: must be >= 0", (long long)eval_interval));
-  if (eval_batches < 1) e.push_back(strprintf("train.eval_batches = %lld: must be >= 1", (long long)eval_batches));
+  if (eval_samples < 1) e.push_back(strprintf("train.eval_samples = %lld: must be >= 1", (long long)eval_samples));
   if (log_interval < 1) e.push_back(strprintf("train.log_interval = %lld: must be >= 1", (long long)log_interval));
   if (peak_tflops < 0) e.push_back(strprintf("train.peak_tflops = %g: must be >= 0", peak_tflops));
   if (threads < 0) e.push_back(strprintf("train.threads = %lld: must be >= 0", (long long)threads));

@@ -35,7 +35,7 @@ struct TrainConfig {
   TokenizerType tokenizer_type = TokenizerType::sentencepiece;
   std::string tokenizer_path = "data/kjv-sp4096.model";
   int64_t eval_interval = 50;   // steps between validation passes; 0 = only at the end
-  int64_t eval_batches = 8;
+  int64_t eval_samples = 64;  // validation samples, the same set whatever the micro-batch or layout
   int64_t log_interval = 1;
   std::string out_dir = "runs/default";
   double peak_tflops = 0;       // MFU denominator; 0 = measure this machine's fp32 GEMM ceiling
@@ -71,7 +71,8 @@ struct TrainConfig {
     v(tokenizer_type, "tokenizer_type", "tokenizer kind");
     v(tokenizer_path, "tokenizer_path", "SentencePiece .model (trained on the text sources if missing) or tokenizer.json");
     v(eval_interval, "eval_interval", "steps between validation passes; 0 = only at the end");
-    v(eval_batches, "eval_batches", "micro-batches per validation pass");
+    v(eval_samples, "eval_samples", "validation samples per validation pass (the split's first ones; all of a smaller "
+      "split), the same set whatever train.micro_batch or the layout");
     v(log_interval, "log_interval", "steps between log lines");
     v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
     v(memory_check, "memory_check", "refuse to start when the planned memory per rank (fivefold plan) exceeds the "

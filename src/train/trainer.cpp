@@ -164,14 +164,15 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   return m;
 }
 
-double Trainer::validation_loss(const SampleSource& split, int64_t batches) {
+double Trainer::validation_loss(const SampleSource& split, int64_t eval_samples) {
   const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
   std::vector<int32_t> tokens, targets, positions;
   const TokenMeanCrossEntropy token_sum(1.0);  // each batch's summed negative log-likelihood
   double nll = 0, count = 0;
-  // Each sample once: a split smaller than batches x B (a small SFT set) is read once, the rows
-  // past its end masked, so the loss does not depend on the order or the micro-batch size.
-  const int64_t samples = std::min(batches * B, split.size());
+  // The split's first eval_samples samples (all of a smaller split, e.g. a small SFT set), each
+  // once, in micro-batches of B with the rows past the last one masked: the loss is the same
+  // whatever the micro-batch size or the layout.
+  const int64_t samples = std::min(eval_samples, split.size());
   for (int64_t b = 0; b * B < samples; ++b) {
     split.fill(tokens, targets, positions, b * B, B, S);  // the same samples at every evaluation, on every replica
     for (int64_t r = std::max<int64_t>(0, samples - b * B); r < B; ++r)
@@ -187,7 +188,7 @@ TrainResult Trainer::run(bool quiet) {
   const auto& tc = cfg_.train;
   const int64_t B = tc.micro_batch, S = cfg_.model.seq_len;
   const int64_t dp = grid_.dp_size(), global_batch = dp * tc.grad_accum * B;
-  TrainingData data = open_training_data(cfg_, std::max<int64_t>(1, tc.steps * global_batch), tc.eval_batches * B,
+  TrainingData data = open_training_data(cfg_, std::max<int64_t>(1, tc.steps * global_batch), tc.eval_samples,
                                          grid_.all(), quiet);
   std::filesystem::create_directories(tc.out_dir);
   const bool lead = grid_.world_rank() == 0;
@@ -251,7 +252,7 @@ TrainResult Trainer::run(bool quiet) {
 
   TrainResult result;
   result.unigram_entropy = data.unigram_entropy;
-  result.first_valid_loss = validation_loss(*data.valid, tc.eval_batches);
+  result.first_valid_loss = validation_loss(*data.valid, tc.eval_samples);
   if (lead && !quiet)
     std::printf("validation loss before training %.4f%s\n", result.first_valid_loss, baseline(result).c_str());
   SampleCursor data_cursor;  // the data source's resumable position
@@ -277,7 +278,7 @@ TrainResult Trainer::run(bool quiet) {
                           {"dropped_fraction", m.dropped_fraction}};
     const bool last = s + 1 == tc.steps;
     if ((tc.eval_interval > 0 && m.step % tc.eval_interval == 0) || last) {
-      rec["valid_loss"] = validation_loss(*data.valid, tc.eval_batches);
+      rec["valid_loss"] = validation_loss(*data.valid, tc.eval_samples);
       result.final_valid_loss = rec["valid_loss"];
     }
     rec["communication_s"] = m.communication_s;

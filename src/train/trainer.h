@@ -46,8 +46,8 @@ class Trainer {
   StepMetrics step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
                    const std::vector<std::vector<int32_t>>& targets,
                    const std::vector<std::vector<int32_t>>* positions = nullptr);
-  // Mean loss over the split's first `batches` micro-batches of samples.
-  double validation_loss(const SampleSource& split, int64_t batches);
+  // Mean loss per target token over the split's first eval_samples samples.
+  double validation_loss(const SampleSource& split, int64_t eval_samples);
   DecoderLM& model() { return student_.model(); }
   void set_peak_tflops(double t) { peak_tflops_ = t; }
 

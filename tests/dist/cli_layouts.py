@@ -24,8 +24,8 @@ with open(corpus, "w") as f:
 
 common = ["train", "--data_path", corpus, "--tokenizer_type", "byte", "--vocab_size", "512", "--d_model", "32",
           "--num_layers", "4", "--num_heads", "4", "--num_kv_heads", "2", "--seq_len", "32", "--num_experts", "4",
-          "--moe_ffn_hidden", "32", "--micro_batch", "2", "--eval_interval", "0", "--eval_batches",
-          "1", "--peak_tflops", "1", "--split", "90,10,0"]
+          "--moe_ffn_hidden", "32", "--micro_batch", "2", "--eval_interval", "0", "--eval_samples",
+          "2", "--peak_tflops", "1", "--split", "90,10,0"]
 
 
 def run(ranks, extra, out):

@@ -60,7 +60,7 @@ RunConfig tiny_run(const std::string& dir) {
   c.train.micro_batch = 2;
   c.train.grad_accum = 2;
   c.train.eval_interval = 0;
-  c.train.eval_batches = 1;
+  c.train.eval_samples = 2;
   c.train.peak_tflops = 1.0;
   c.train.out_dir = dir;
   c.train.data_path = dir + "/corpus.txt";
