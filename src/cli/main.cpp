@@ -568,7 +568,9 @@ int main(int argc, char** argv) {
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-      return app.exit(e);
+      // Every rank parsed the same command line: rank 0 alone prints the error (or --help).
+      if (error_rank() == 0) return app.exit(e);
+      return e.get_exit_code();
     }
     if (train->parsed()) return cmd_train(train_flags, print_config);
     if (generate->parsed()) return cmd_generate(gen);
@@ -593,10 +595,12 @@ int main(int argc, char** argv) {
   } catch (const UserError& e) {
     abort_job_once(e.what());
   } catch (const std::bad_alloc&) {
-    abort_job("out of memory: this run needs more memory than this machine gave it; `fivefold plan` shows what a "
+    abort_job_once("out of memory: this run needs more memory than this machine gave it; `fivefold plan` shows what a "
               "config needs per rank: make the model, train.micro_batch or model.seq_len smaller, or use more ranks");
   } catch (const std::exception& e) {
-    abort_job(e.what());
+    // Most errors that reach here are alike on every rank (a missing file, a bad split): printed
+    // once; one that only some ranks meet is still printed, by them, a moment later.
+    abort_job_once(e.what());
   }
   return 0;
 }

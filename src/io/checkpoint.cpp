@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/hash.h"
 
 namespace ff {
 
@@ -88,6 +89,30 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
+// A checkpoint file's checksum: core/hash.h word_hash over its bytes; written as 16 hex digits.
+uint64_t file_checksum(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  FF_CHECK(f.good(), "cannot open '%s'", path.c_str());
+  std::vector<char> buf(size_t(8) << 20);  // a multiple of 8: the words line up across reads
+  uint64_t h = kFnv1aBasis;
+  while (f) {
+    f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h = word_hash(buf.data(), static_cast<size_t>(f.gcount()), h);
+  }
+  return h;
+}
+std::string checksum_hex(uint64_t h) { return strprintf("%016llx", (unsigned long long)h); }
+
+// Files of a checkpoint listed with a checksum must still have it (checkpoints written before
+// checksums list none and are read as they are).
+void verify_checksum(const std::string& folder, const json& entry) {
+  if (!entry.contains("checksum")) return;
+  const std::string path = folder + "/" + entry["file"].get<std::string>();
+  const std::string got = checksum_hex(file_checksum(path)), want = entry["checksum"].is_string() ? entry["checksum"].get<std::string>() : "";
+  FF_CHECK(got == want, "checkpoint file '%s' is damaged: its checksum is %s, meta.json recorded %s when it was saved "
+           "(a flipped bit or an overwrite); resume from an older checkpoint", path.c_str(), got.c_str(), want.c_str());
+}
+
 json parse_json_file(const std::string& path) {
   const std::string text = read_text(path);
   try {
@@ -144,7 +169,10 @@ struct ChunkIndex {
   ChunkIndex(const std::string& dir, const json& meta, const std::string& kind, const std::string& role = "model")
       : folder(dir) {
     for (const auto& f : meta["files"])
-      if (f["kind"] == kind && file_role(f) == role) files.emplace_back(dir + "/" + f["file"].get<std::string>());
+      if (f["kind"] == kind && file_role(f) == role) {
+        verify_checksum(dir, f);
+        files.emplace_back(dir + "/" + f["file"].get<std::string>());
+      }
     for (const auto& file : files) {
       const char* p = file.path().c_str();
       auto it = file.metadata().find("fivefold_placement");
@@ -268,8 +296,12 @@ std::vector<std::string> list_checkpoints(const std::string& save_dir) {
 
 namespace {
 // This rank's model file (and optimizer file, when the contents carry moments) of one role.
-// Returns their sizes in bytes (-1: no optimizer file).
-std::array<int64_t, 2> write_role_files(const std::string& tmp_dir, const CheckpointContents& contents, int rank) {
+// Returns their sizes in bytes (-1: no optimizer file) and checksums.
+struct WrittenFile {
+  int64_t bytes = -1;
+  uint64_t checksum = 0;
+};
+std::array<WrittenFile, 2> write_role_files(const std::string& tmp_dir, const CheckpointContents& contents, int rank) {
   std::vector<SafetensorsEntry> model, optim;
   json model_place = json::object(), optim_place = json::object();
   for (const Param& p : contents.params->params()) {
@@ -294,8 +326,10 @@ std::array<int64_t, 2> write_role_files(const std::string& tmp_dir, const Checkp
   const std::string optim_file = tmp_dir + "/" + role_file(contents.role, "optim", rank);
   write_rank_tensors(model_file, model, model_place, rank);
   if (contents.exp_avg) write_rank_tensors(optim_file, optim, optim_place, rank);
-  return {static_cast<int64_t>(fs::file_size(model_file)),
-          contents.exp_avg ? static_cast<int64_t>(fs::file_size(optim_file)) : -1};
+  std::array<WrittenFile, 2> out;
+  out[0] = {static_cast<int64_t>(fs::file_size(model_file)), file_checksum(model_file)};
+  if (contents.exp_avg) out[1] = {static_cast<int64_t>(fs::file_size(optim_file)), file_checksum(optim_file)};
+  return out;
 }
 }  // namespace
 
@@ -318,33 +352,45 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
   }
   world.broadcast(&exists, sizeof(exists), 0);
   if (!exists) {
-    // This rank's files: per role its model and optimizer sizes, then the state file's.
-    const size_t R = models.size(), per_rank = 2 * R + 1;
+    // This rank's files: per role its model and optimizer file, then the state file; for each its
+    // size and checksum (as the bits of an int64, for one all_gather).
+    const size_t R = models.size(), per_rank = 2 * (2 * R + 1);
     std::vector<int64_t> mine(per_rank);
+    auto record = [&](size_t slot, const WrittenFile& w) {
+      mine[2 * slot] = w.bytes;
+      mine[2 * slot + 1] = static_cast<int64_t>(w.checksum);
+    };
     for (size_t i = 0; i < R; ++i) {
-      const auto sizes = write_role_files(tmp_dir, models[i], rank);
-      mine[2 * i] = sizes[0];
-      mine[2 * i + 1] = sizes[1];
+      const auto files = write_role_files(tmp_dir, models[i], rank);
+      record(2 * i, files[0]);
+      record(2 * i + 1, files[1]);
     }
     const std::string state_file = rank_file("state", rank, "json");
     json st = {{"rank", rank}, {"data_cursor", state.data_cursor}, {"rng", state.rng}};
     write_text_durably(tmp_dir + "/" + state_file, st.dump(1));
-    mine[2 * R] = static_cast<int64_t>(fs::file_size(tmp_dir + "/" + state_file));
+    record(2 * R, {static_cast<int64_t>(fs::file_size(tmp_dir + "/" + state_file)), file_checksum(tmp_dir + "/" + state_file)});
     std::vector<int64_t> all(per_rank * static_cast<size_t>(world.size()));
     world.all_gather(all.data(), mine.data(), static_cast<int64_t>(per_rank));
     if (lead) {
       json files = json::array(), roles = json::array();
+      auto entry = [](const std::string& file, int r, const char* kind, const int64_t* slot) {
+        return json{{"file", file}, {"rank", r}, {"kind", kind}, {"bytes", slot[0]},
+                    {"checksum", checksum_hex(static_cast<uint64_t>(slot[1]))}};
+      };
       for (int r = 0; r < world.size(); ++r) {
         const int64_t* s = all.data() + per_rank * static_cast<size_t>(r);
         for (size_t i = 0; i < R; ++i) {
           const std::string& role = models[i].role;
-          files.push_back({{"file", role_file(role, "model", r)}, {"rank", r}, {"kind", "model"}, {"role", role},
-                           {"bytes", s[2 * i]}});
-          if (s[2 * i + 1] >= 0)
-            files.push_back({{"file", role_file(role, "optim", r)}, {"rank", r}, {"kind", "optim"}, {"role", role},
-                             {"bytes", s[2 * i + 1]}});
+          json m = entry(role_file(role, "model", r), r, "model", s + 4 * i);
+          m["role"] = role;
+          files.push_back(m);
+          if (s[4 * i + 2] >= 0) {
+            json o = entry(role_file(role, "optim", r), r, "optim", s + 4 * i + 2);
+            o["role"] = role;
+            files.push_back(o);
+          }
         }
-        files.push_back({{"file", rank_file("state", r, "json")}, {"rank", r}, {"kind", "state"}, {"bytes", s[2 * R]}});
+        files.push_back(entry(rank_file("state", r, "json"), r, "state", s + 4 * R));
       }
       for (const auto& m : models) roles.push_back({{"role", m.role}, {"optimizer_steps", m.optimizer_steps}});
       json meta = {{"format", kFormat}, {"version", kVersion}, {"step", state.step},
@@ -425,6 +471,8 @@ TrainingState read_checkpoint_state(const std::string& folder, int world_rank) {
   if (!fs::exists(path)) path = folder + "/" + rank_file("state", 0, "json");
   FF_CHECK(fs::exists(path), "checkpoint '%s' has no state file (%s): the checkpoint is incomplete", folder.c_str(),
            path.c_str());
+  for (const auto& f : meta["files"])
+    if (f["kind"] == "state" && folder + "/" + f["file"].get<std::string>() == path) verify_checksum(folder, f);
   json st = parse_json_file(path);
   try {
     s.data_cursor = st.at("data_cursor").get<std::string>();

@@ -3,7 +3,7 @@
 //   SAVE_DIR/latest                     the name of the newest complete checkpoint, updated last
 //   SAVE_DIR/step_00000100/meta.json    format + version, step, consumed samples, optimizer steps,
 //                                        the full run config, the parallel layout, and every file
-//                                        with the rank that wrote it and its size
+//                                        with the rank that wrote it, its size and its checksum
 //   .../model.r00000.safetensors        rank 0's slice of every parameter (fp32: these are the
 //                                        master weights) and of the state buffers (expert bias)
 //   .../optim.r00000.safetensors        Adam moments, "<name>.exp_avg" / "<name>.exp_avg_sq"
@@ -20,6 +20,10 @@
 // there, so a reader assembles any slice it needs from the chunks of all ranks: a checkpoint
 // written under one parallel layout loads under another (specs/parallelism-and-moe.md §10).
 // Replicas (Param::replica) are not written; the main replicas cover each tensor exactly once.
+//
+// Integrity: every file's checksum (core/hash.h word_hash) is verified before its tensors or
+// state are read; a flipped bit is an error naming the file. Checkpoints written before
+// checksums existed list none and are read without.
 //
 // Atomicity: files go to SAVE_DIR/step_N.tmp, each fsynced, then the folder is fsynced, renamed
 // to step_N, SAVE_DIR fsynced, and `latest` replaced (tmp + fsync + rename). A process killed

@@ -103,9 +103,9 @@ class Communicator {
 // Ends the whole job after an unrecoverable error on this rank: prints the message and calls
 // MPI_Abort so the other ranks do not wait forever in a collective.
 [[noreturn]] void abort_job(const std::string& message);
-// The same for an error every rank finds alike (a bad flag or config): rank 0 prints it and ends
-// the job; the other ranks wait a moment for that and print only if the job is still running (rank
-// 0 did not find it), so the message appears once, never not at all.
+// The same for an error that every rank may find alike (a bad flag, config or file): rank 0 prints
+// it and ends the job; the other ranks wait a moment for that and print only if the job is still
+// running (rank 0 did not find it), so the message appears once, never not at all.
 [[noreturn]] void abort_job_once(const std::string& message);
 
 }  // namespace ff

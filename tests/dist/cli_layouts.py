@@ -95,5 +95,16 @@ ok = rc == 0 and "stopped by a signal" in text and os.path.exists(latest)
 print("%-40s %s %s" % ("SIGUSR1 to mpirun saves a checkpoint", "ok" if ok else "FAILED",
                        open(latest).read().strip() if os.path.exists(latest) else text[-600:]))
 failures += not ok
-print("%d passed, %d failed" % (len(layouts) + 4 - failures, failures))
+
+# An error every rank meets alike (a missing checkpoint, a bad command line) is printed once, not
+# once per rank, and the job fails.
+for what, extra, needle in (("missing --resume folder", ["--resume", os.path.join(tmp, "nothing")], "does not exist"),
+                            ("a flag given twice", ["--seed", "1", "--seed", "2"], "--seed")):
+    r = subprocess.run(["mpirun", "--oversubscribe", "-np", "3", fivefold] + common + extra + ["--out_dir", os.path.join(tmp, "err")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    said = (r.stdout + r.stderr).count(needle)
+    ok = r.returncode != 0 and said == 1
+    print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
+    failures += not ok
+print("%d passed, %d failed" % (len(layouts) + 6 - failures, failures))
 sys.exit(1 if failures else 0)

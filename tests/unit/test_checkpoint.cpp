@@ -198,13 +198,42 @@ TEST(Checkpoint, BadCheckpointsNameTheTensorAndTheFile) {
     auto meta = nlohmann::json::parse(std::ifstream(folder + "/meta.json"));
     const auto old_bytes = meta["files"][0]["bytes"];
     meta["files"][0]["bytes"] = fs::file_size(model_file);
+    const auto checksum = meta["files"][0]["checksum"];
+    meta["files"][0].erase("checksum");  // as a checkpoint from before checksums: the reader's own checks
     std::ofstream(folder + "/meta.json") << meta.dump();
     expect([&] { load_checkpoint_tensors(folder, a.contents()); }, {model_file, "dtype BF16", "F32"});
+    meta["files"][0]["checksum"] = checksum;
     fs::rename(folder + "/good.bak", model_file);
     meta["files"][0]["bytes"] = old_bytes;
     std::ofstream(folder + "/meta.json") << meta.dump();
   }
   load_checkpoint_tensors(folder, a.contents());  // restored: loads again
+  // One flipped bit in a tensor's values: the checksum names the file (the sizes still agree).
+  {
+    fs::copy_file(model_file, folder + "/good.bak");
+    std::fstream f(model_file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-3, std::ios::end);
+    char c = 0;
+    f.get(c);
+    f.seekp(-3, std::ios::end);
+    f.put(static_cast<char>(c ^ 0x10));
+  }
+  expect([&] { load_checkpoint_tensors(folder, a.contents()); }, {model_file, "is damaged", "checksum"});
+  expect([&] { read_checkpoint_model(folder); }, {model_file, "is damaged"});
+  fs::remove(model_file);
+  fs::rename(folder + "/good.bak", model_file);
+  load_checkpoint_tensors(folder, a.contents());
+  {  // and in a state file
+    const std::string state_file = folder + "/state.r00000.json";
+    std::string text;
+    {
+      std::ifstream in(state_file);
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    std::ofstream(state_file) << std::string(text).replace(text.find("\"rank\": 0"), 9, "\"rank\": 1");
+    expect([&] { read_checkpoint_state(folder, 0); }, {state_file, "is damaged"});
+    std::ofstream(state_file) << text;
+  }
   // A truncated file: meta.json's size check names it.
   fs::copy_file(model_file, folder + "/good.bak");
   fs::resize_file(model_file, fs::file_size(model_file) - 10);
@@ -212,6 +241,7 @@ TEST(Checkpoint, BadCheckpointsNameTheTensorAndTheFile) {
   // Truncated and meta.json agreeing (both damaged): the safetensors reader names file and tensor.
   auto meta = nlohmann::json::parse(std::ifstream(folder + "/meta.json"));
   meta["files"][0]["bytes"] = fs::file_size(model_file);
+  meta["files"][0].erase("checksum");  // the reader's own checks, as for a checkpoint without checksums
   std::ofstream(folder + "/meta.json") << meta.dump();
   expect([&] { load_checkpoint_tensors(folder, a.contents()); }, {model_file});
   // A header that lies about offsets.
