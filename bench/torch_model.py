@@ -204,7 +204,10 @@ class DecoderLM(torch.nn.Module):
             self.norms.append(Norm(d, m["norm"], m["norm_eps"]))
             self.blocks.append(Attention(m) if c == "*" else Mlp(d, m["ffn_hidden"], m["activation"]) if c == "-" else Moe(m))
         self.norm = Norm(d, m["norm"], m["norm_eps"])
-        self.lm_head = None if m["tie_embeddings"] else torch.nn.Linear(d, m["vocab_size"], bias=False)
+        # model.head = value: one scalar per position from score.weight [1, d] in place of the LM head
+        self.score = torch.nn.Linear(d, 1, bias=False) if m.get("head", "lm") == "value" else None
+        self.lm_head = (None if m["tie_embeddings"] or self.score is not None
+                        else torch.nn.Linear(d, m["vocab_size"], bias=False))
 
     def named_fivefold_parameters(self):
         """(fivefold global name, parameter) pairs."""
@@ -221,6 +224,8 @@ class DecoderLM(torch.nn.Module):
             out.append(("model.norm." + n, t))
         if self.lm_head is not None:
             out.append(("lm_head.weight", self.lm_head.weight))
+        if self.score is not None:
+            out.append(("score.weight", self.score.weight))
         return out
 
     def forward(self, tokens, targets=None):
@@ -236,6 +241,8 @@ class DecoderLM(torch.nn.Module):
             else:
                 x = x + block(h)
         h = self.norm(x)
+        if self.score is not None:  # the value head: [B, S] values and the MoE losses
+            return (h @ self.score.weight.t()).squeeze(-1), aux
         logits = h @ (self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight).t()
         if targets is None:
             return logits

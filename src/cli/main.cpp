@@ -144,6 +144,28 @@ void set_threads(const RunConfig& c) {
   omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
 }
 
+// The fields an align recipe sets unless the user gave them: preference data and the recipe's
+// objective; a reward model also gets the value head, freshly initialised when it starts from a
+// language model. An objective of the other recipe is refused.
+RunConfigFlags align_recipe(RunConfigFlags flags, const std::string& recipe) {
+  auto& g = flags.given;
+  const bool rm = recipe == "rm";
+  if (g.count("objective")) {
+    const std::string o = g.at("objective");
+    const bool rm_objective = o == "bradley_terry";
+    if (rm != rm_objective || o == "cross_entropy")
+      throw UserError(strprintf("fivefold align %s: --objective %s belongs to %s", recipe.c_str(), o.c_str(),
+                                rm_objective ? "align rm" : o == "cross_entropy" ? "fivefold train" : "align dpo"));
+  }
+  g.emplace("objective", rm ? "bradley_terry" : "dpo");
+  g.emplace("data_format", "preference");
+  if (rm) {
+    g.emplace("head", "value");
+    g.emplace("init_new", "score.weight");
+  }
+  return flags;
+}
+
 int cmd_train(const RunConfigFlags& flags, bool print_config) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
@@ -458,6 +480,20 @@ int main(int argc, char** argv) {
     train_flags.add_to(*train, defaults);
     train->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
 
+    // `fivefold align rm | dpo`: training on preference pairs (train/preference_data.h), the
+    // recipe's fields preset (align_recipe); every train flag applies.
+    auto* align = app.add_subcommand("align", "align a model on preference pairs (JSONL: prompt, chosen, rejected)");
+    align->require_subcommand(1);
+    RunConfigFlags rm_flags, dpo_flags;
+    auto* align_rm = align->add_subcommand("rm", "train a Bradley-Terry reward model: a value head scores each "
+                                                 "response's end, loss -log sigmoid(r_chosen - r_rejected)");
+    rm_flags.add_to(*align_rm, defaults);
+    align_rm->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+    auto* align_dpo = align->add_subcommand("dpo", "direct preference optimisation against a frozen reference "
+                                                   "(--objective dpo, ipo, rpo_sq, rpo_fwd_kl or rpo_bwd_kl)");
+    dpo_flags.add_to(*align_dpo, defaults);
+    align_dpo->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+
     ConvertOptions conv;
     auto* convert = app.add_subcommand("convert", "Hugging Face export (--to hf) or import (--from hf)");
     convert->add_option("--to", conv.to, "hf: write a Hugging Face folder from --checkpoint");
@@ -573,6 +609,8 @@ int main(int argc, char** argv) {
       return e.get_exit_code();
     }
     if (train->parsed()) return cmd_train(train_flags, print_config);
+    if (align_rm->parsed()) return cmd_train(align_recipe(rm_flags, "rm"), print_config);
+    if (align_dpo->parsed()) return cmd_train(align_recipe(dpo_flags, "dpo"), print_config);
     if (generate->parsed()) return cmd_generate(gen);
     if (eval->parsed()) {
       ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);

@@ -57,6 +57,7 @@ struct HeadRows {
   const int32_t* positions = nullptr;  // [B*S] each row's position in its sequence
   int64_t B = 0, S = 0;                // S: rows of each sequence held here (S / CP under context parallelism)
   const Communicator* cp = nullptr;    // each sequence's rows are spread over this group; null: all here
+  int64_t micro_batch = 0;             // its index in the step (set by the pipeline executor)
 };
 
 class DecoderLM {

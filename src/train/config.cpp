@@ -5,6 +5,15 @@
 
 namespace ff {
 
+namespace {
+constexpr EnumName<Objective> kObjectives[] = {
+    {Objective::cross_entropy, "cross_entropy"}, {Objective::bradley_terry, "bradley_terry"},
+    {Objective::dpo, "dpo"}, {Objective::ipo, "ipo"}, {Objective::rpo_sq, "rpo_sq"},
+    {Objective::rpo_fwd_kl, "rpo_fwd_kl"}, {Objective::rpo_bwd_kl, "rpo_bwd_kl"}};
+}  // namespace
+
+std::span<const EnumName<Objective>> enum_names(Objective) { return kObjectives; }
+
 std::vector<std::string> TrainConfig::validate() const {
   std::vector<std::string> e;
   if (steps < 0) e.push_back(strprintf("train.steps = %lld: must be >= 0", (long long)steps));
@@ -19,6 +28,17 @@ std::vector<std::string> TrainConfig::validate() const {
   if (tokenizer_type != TokenizerType::byte && tokenizer_path.empty())
     e.push_back("train.tokenizer_path is empty: give the tokenizer file, or --tokenizer_type byte");
   if (save_interval < 0) e.push_back(strprintf("train.save_interval = %lld: must be >= 0 (0 = none)", (long long)save_interval));
+  const bool pairwise = objective != Objective::cross_entropy;
+  if (pairwise != (data_format == DataFormat::preference))
+    e.push_back(strprintf("train.objective = %s with train.data_format = %s: preference pairs go with a pairwise "
+                          "objective (bradley_terry, dpo, ipo, rpo_*) and those objectives with preference data",
+                          enum_to_string(objective).c_str(), enum_to_string(data_format).c_str()));
+  if (pairwise && micro_batch % 2 != 0)
+    e.push_back(strprintf("train.micro_batch = %lld: preference pairs take two sequences each (chosen, rejected), so "
+                          "the micro-batch must be even", (long long)micro_batch));
+  if (pairwise && !teacher.empty()) e.push_back("train.teacher: distillation does not combine with a pairwise objective");
+  if (!(dpo_beta > 0)) e.push_back(strprintf("train.dpo_beta = %g: must be > 0", dpo_beta));
+  if (dpo_sft_weight < 0) e.push_back(strprintf("train.dpo_sft_weight = %g: must be >= 0", dpo_sft_weight));
   if (keep_checkpoints < 0)
     e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));
   return e;
@@ -32,6 +52,11 @@ std::vector<std::string> RunConfig::validate(int64_t world) const {
   const auto layout = parallel.validate(world);
   add(layout);
   if (layout.empty() && e.empty()) add(layout_problems(model, parallel));  // sizes vs. this layout
+  const bool reward_model = train.objective == Objective::bradley_terry;
+  if (train.objective != Objective::cross_entropy && reward_model != (model.head == HeadKind::value))
+    e.push_back(strprintf("train.objective = %s with model.head = %s: the reward model (bradley_terry) needs the "
+                          "value head, the DPO family the LM head", enum_to_string(train.objective).c_str(),
+                          enum_to_string(model.head).c_str()));
   return e;
 }
 

@@ -12,12 +12,18 @@
 
 namespace ff {
 
-// What train.data_path holds: pre-training text (windows of a token stream) or SFT examples
-// (train/sft_data.h), rendered by a chat template.
-enum class DataFormat : uint8_t { pretrain, sft };
+// What train.data_path holds: pre-training text (windows of a token stream), SFT examples
+// (train/sft_data.h) or preference pairs (train/preference_data.h), rendered by a chat template.
+enum class DataFormat : uint8_t { pretrain, sft, preference };
 std::span<const EnumName<DataFormat>> enum_names(DataFormat);
 enum class ChatTemplate : uint8_t { none, chatml, llama3, nemo };
 std::span<const EnumName<ChatTemplate>> enum_names(ChatTemplate);
+// What a run minimises (train/objective.h, train/preference_objective.h): the cross-entropy of the
+// targets (pre-training, SFT; with train.teacher, distillation), or a pairwise objective on
+// preference pairs: the Bradley-Terry reward-model loss (model.head = value), DPO, IPO, or RPO
+// against ground-truth rewards (squared, forward or backward KL).
+enum class Objective : uint8_t { cross_entropy, bradley_terry, dpo, ipo, rpo_sq, rpo_fwd_kl, rpo_bwd_kl };
+std::span<const EnumName<Objective>> enum_names(Objective);
 
 struct TrainConfig {
   uint64_t seed = 1234;
@@ -50,6 +56,15 @@ struct TrainConfig {
   std::string teacher;          // distillation: the frozen teacher model (file, checkpoint or HF folder)
   double kd_temperature = 1.0;
   bool memory_check = true;     // refuse to start when the planned memory exceeds what is available
+  // Preference pairs and their objectives (train/preference_data.h, train/preference_objective.h).
+  Objective objective = Objective::cross_entropy;
+  std::string pref_chosen_key = "chosen", pref_rejected_key = "rejected";
+  std::string pref_chosen_reward_key = "chosen_reward", pref_rejected_reward_key = "rejected_reward";
+  double dpo_beta = 0.2;              // beta of DPO, IPO and RPO
+  bool dpo_average_log_probs = false; // the mean of a response's log-probs instead of their sum
+  double dpo_sft_weight = 0;          // weight of the chosen responses' cross-entropy added to the loss
+  double rpo_eta = 1.0;               // RPO: scale of the ground-truth reward difference
+  std::string reference;              // DPO family: the frozen reference model (empty: see the help text)
 
   template <class V>
   void visit_fields(V& v) {
@@ -93,6 +108,25 @@ struct TrainConfig {
                           "cross-entropy; one pipeline stage");
     v(kd_temperature, "kd_temperature", "distillation temperature tau: the loss is tau^2 KL(softmax(z_t / tau) || "
                                         "softmax(z_s / tau))");
+    v(objective, "objective", "what to minimise: cross_entropy (pre-training, SFT), or on preference pairs "
+                              "(data_format = preference): bradley_terry (a reward model, model.head = value), dpo, "
+                              "ipo, rpo_sq, rpo_fwd_kl, rpo_bwd_kl");
+    v(pref_chosen_key, "pref_chosen_key", "preference: the key of the preferred response");
+    v(pref_rejected_key, "pref_rejected_key", "preference: the key of the rejected response");
+    v(pref_chosen_reward_key, "pref_chosen_reward_key", "preference: the key of the chosen response's ground-truth "
+                                                        "reward (RPO)");
+    v(pref_rejected_reward_key, "pref_rejected_reward_key", "preference: the key of the rejected response's "
+                                                            "ground-truth reward (RPO)");
+    v(dpo_beta, "dpo_beta", "beta: DPO's loss is -log sigmoid(beta (Delta_chosen - Delta_rejected)), Delta the "
+                            "policy's log-prob of a response minus the reference's");
+    v(dpo_average_log_probs, "dpo_average_log_probs", "DPO family: use the mean of a response's token log-probs "
+                                                      "instead of their sum");
+    v(dpo_sft_weight, "dpo_sft_weight", "DPO family: add this weight times the chosen responses' negative "
+                                        "log-likelihood (summed over each response, mean over pairs)");
+    v(rpo_eta, "rpo_eta", "RPO: the ground-truth reward difference is scaled by eta");
+    v(reference, "reference", "DPO family: the frozen reference model (a model file, checkpoint or Hugging Face "
+                              "folder); empty: the init_from model, which under LoRA is the policy itself with its "
+                              "adapters off (no second copy of the weights)");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }

@@ -14,6 +14,7 @@
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
 #include "io/preprocess.h"
+#include "train/preference_data.h"
 #include "train/sft_data.h"
 
 namespace ff {
@@ -244,6 +245,16 @@ TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64
              "%lld entries (%s)", (long long)c.model.vocab_size, (long long)d.tokenizer->vocab_size(),
              d.tokenizer->describe().c_str());
     open_sft_data(c, d, d.summary);
+    d.summary += "; tokenizer " + d.tokenizer->describe();
+    return d;
+  }
+  if (tc.data_format == DataFormat::preference) {
+    TrainingData d;
+    d.tokenizer = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
+    FF_CHECK(d.tokenizer->vocab_size() <= c.model.vocab_size, "model.vocab_size = %lld is smaller than the tokenizer's "
+             "%lld entries (%s)", (long long)c.model.vocab_size, (long long)d.tokenizer->vocab_size(),
+             d.tokenizer->describe().c_str());
+    open_preference_data(c, d, d.summary);
     d.summary += "; tokenizer " + d.tokenizer->describe();
     return d;
   }

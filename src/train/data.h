@@ -37,6 +37,9 @@ class SampleSource {
   virtual void fill(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, std::vector<int32_t>& positions,
                     int64_t first, int64_t B, int64_t S) const = 0;
   virtual int64_t size() const = 0;
+  // The ground-truth reward of each of the B sequences from `first` (preference pairs that carry
+  // them, for RPO); empty: none.
+  virtual std::vector<float> sequence_rewards(int64_t /*first*/, int64_t /*B*/) const { return {}; }
 };
 
 struct TrainingData {

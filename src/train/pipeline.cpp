@@ -87,7 +87,8 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
       result.forward_s += seconds_since(t0);
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
       if (vs == VS - 1) {
-        const HeadRows in = model_.head_rows(mb);
+        HeadRows in = model_.head_rows(mb);
+        in.micro_batch = m;
         ObjectiveValue v;
         if (token_objective) {
           dlogp_[rec].resize(static_cast<size_t>(in.B * in.S));

@@ -10,7 +10,8 @@
 namespace ff {
 
 namespace {
-constexpr EnumName<DataFormat> kFormats[] = {{DataFormat::pretrain, "pretrain"}, {DataFormat::sft, "sft"}};
+constexpr EnumName<DataFormat> kFormats[] = {
+    {DataFormat::pretrain, "pretrain"}, {DataFormat::sft, "sft"}, {DataFormat::preference, "preference"}};
 constexpr EnumName<ChatTemplate> kTemplates[] = {{ChatTemplate::none, "none"},
                                                  {ChatTemplate::chatml, "chatml"},
                                                  {ChatTemplate::llama3, "llama3"},

@@ -70,6 +70,8 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
     load_model_source(src, teacher_->model());
     teacher_mb_ = teacher_->model().new_micro_batch();
   }
+  if (cfg_.train.objective != Objective::cross_entropy)
+    preference_ = std::make_unique<PreferenceTraining>(cfg_, student_, pipeline_, grid);
   peak_tflops_ = cfg_.train.peak_tflops;
 }
 
@@ -117,7 +119,8 @@ void Trainer::check_freeze_globs() const {
 
 StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
                           const std::vector<std::vector<int32_t>>& targets,
-                          const std::vector<std::vector<int32_t>>* positions) {
+                          const std::vector<std::vector<int32_t>>* positions,
+                          const std::vector<std::vector<float>>* rewards) {
   const int64_t M = static_cast<int64_t>(tokens.size()), B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
   const int64_t DP = grid_.dp_size();
   StepMetrics m;
@@ -125,14 +128,25 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   const double comm0 = grid_.communication_seconds();
   auto t_step = Clock::now();
   student_.model().params().zero_grads();
+  PipelineResult r;
+  if (preference_) {  // the mean over the step's pairs
+    PairStats pairs;
+    r = preference_->step(tokens, targets, B, S, positions,
+                          rewards ? *rewards : std::vector<std::vector<float>>(tokens.size()), pairs);
+    if (pairs.pairs > 0) {
+      m.accuracy = pairs.correct / pairs.pairs;
+      m.reward_chosen = pairs.chosen / pairs.pairs;
+      m.reward_rejected = pairs.rejected / pairs.pairs;
+    }
+  } else {
   // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
   const int64_t step_tokens = step_target_count(targets, grid_.dp());
-  PipelineResult r =
-      teacher_ ? pipeline_.run(tokens, targets, B, S,
+  r = teacher_ ? pipeline_.run(tokens, targets, B, S,
                                Distillation(teacher_->model(), *teacher_mb_, static_cast<double>(step_tokens),
                                             static_cast<float>(cfg_.train.kd_temperature)),
                                positions)
                : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)), positions);
+  }
   m.forward_s = r.forward_s;
   m.backward_s = r.backward_s;
   auto t0 = Clock::now();
@@ -164,24 +178,33 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   return m;
 }
 
-double Trainer::validation_loss(const SampleSource& split, int64_t eval_samples) {
+Validation Trainer::validate(const SampleSource& split, int64_t eval_samples) {
   const int64_t B = cfg_.train.micro_batch, S = cfg_.model.seq_len;
   std::vector<int32_t> tokens, targets, positions;
   const TokenMeanCrossEntropy token_sum(1.0);  // each batch's summed negative log-likelihood
-  double nll = 0, count = 0;
+  double loss = 0, count = 0;
+  PairStats pairs;
   // The split's first eval_samples samples (all of a smaller split, e.g. a small SFT set), each
   // once, in micro-batches of B with the rows past the last one masked: the loss is the same
-  // whatever the micro-batch size or the layout.
-  const int64_t samples = std::min(eval_samples, split.size());
+  // whatever the micro-batch size or the layout. Preference pairs: whole pairs.
+  int64_t samples = std::min(eval_samples, split.size());
+  if (preference_) samples = std::max<int64_t>(2, samples - samples % 2);
   for (int64_t b = 0; b * B < samples; ++b) {
     split.fill(tokens, targets, positions, b * B, B, S);  // the same samples at every evaluation, on every replica
     for (int64_t r = std::max<int64_t>(0, samples - b * B); r < B; ++r)
       std::fill(targets.begin() + r * S, targets.begin() + (r + 1) * S, -1);
+    if (preference_) {
+      PairStats batch;
+      loss += preference_->evaluate(tokens, targets, B, S, &positions, split.sequence_rewards(b * B, B), batch);
+      pairs.add(batch);
+      continue;
+    }
     const ObjectiveValue v = pipeline_.evaluate(tokens, targets, B, S, token_sum, &positions);
-    nll += v.loss;
+    loss += v.loss;
     count += static_cast<double>(v.tokens);
   }
-  return count > 0 ? nll / count : 0.0;
+  if (preference_) return {pairs.pairs > 0 ? loss / pairs.pairs : 0.0, pairs.pairs > 0 ? pairs.correct / pairs.pairs : 0.0};
+  return {count > 0 ? loss / count : 0.0, 0.0};
 }
 
 TrainResult Trainer::run(bool quiet) {
@@ -206,6 +229,7 @@ TrainResult Trainer::run(bool quiet) {
     std::printf("%s\n%lld steps of %lld x %lld x %lld tokens, %s GEMMs; MFU against %.3f TFLOP/s\n",
                 data.summary.c_str(), (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S,
                 enum_to_string(cfg_.model.precision).c_str(), peak_tflops_);
+    if (preference_) std::printf("objective: %s\n", preference_->describe().c_str());
     std::fflush(stdout);
   }
   // Checkpoints: resume (train.resume) restores parameters, optimizer and buffers here and the
@@ -252,23 +276,28 @@ TrainResult Trainer::run(bool quiet) {
 
   TrainResult result;
   result.unigram_entropy = data.unigram_entropy;
-  result.first_valid_loss = validation_loss(*data.valid, tc.eval_samples);
+  const Validation before = validate(*data.valid, tc.eval_samples);
+  result.first_valid_loss = before.loss;
   if (lead && !quiet)
-    std::printf("validation loss before training %.4f%s\n", result.first_valid_loss, baseline(result).c_str());
+    std::printf("validation loss before training %.4f%s%s\n", result.first_valid_loss, baseline(result).c_str(),
+                preference_ ? strprintf(", pairwise accuracy %.3f", before.accuracy).c_str() : "");
   SampleCursor data_cursor;  // the data source's resumable position
   data_cursor.data = tc.data_path;
   if (!tc.resume.empty()) data_cursor.load_cursor(resumed.data_cursor);
   std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(tc.grad_accum)), targets(tokens.size()),
       positions(tokens.size());
+  std::vector<std::vector<float>> rewards(tokens.size());  // ground-truth rewards of preference pairs (RPO)
   // From here on the lead's lines go through a writer thread: a step never waits on stdout.
   std::unique_ptr<ConsoleLog> console = lead ? std::make_unique<ConsoleLog>() : nullptr;
   auto t_start = Clock::now();
   for (int64_t s = resumed.step; s < tc.steps; ++s) {
-    for (size_t m = 0; m < tokens.size(); ++m)  // micro-batch m of data-parallel rank r: samples (m * dp + r) * B ..
-      data.train->fill(tokens[m], targets[m], positions[m],
-                       data_cursor.next_sample + (static_cast<int64_t>(m) * dp + grid_.dp().rank()) * B, B, S);
+    for (size_t m = 0; m < tokens.size(); ++m) {  // micro-batch m of data-parallel rank r: samples (m * dp + r) * B ..
+      const int64_t first = data_cursor.next_sample + (static_cast<int64_t>(m) * dp + grid_.dp().rank()) * B;
+      data.train->fill(tokens[m], targets[m], positions[m], first, B, S);
+      rewards[m] = data.train->sequence_rewards(first, B);
+    }
     data_cursor.next_sample += global_batch;
-    StepMetrics m = step(s, tokens, targets, &positions);
+    StepMetrics m = step(s, tokens, targets, &positions, &rewards);
     result.losses.push_back(m.loss);
     nlohmann::json rec = {{"step", m.step}, {"loss", m.loss}, {"aux_loss", m.aux_loss}, {"z_loss", m.z_loss},
                           {"lr", m.lr}, {"grad_norm", m.grad_norm}, {"tokens_per_s", m.tokens_per_s},
@@ -276,10 +305,19 @@ TrainResult Trainer::run(bool quiet) {
                           {"backward_s", m.backward_s}, {"optimizer_s", m.optimizer_s},
                           {"max_expert_load", m.max_expert_load}, {"mean_expert_load", m.mean_expert_load},
                           {"dropped_fraction", m.dropped_fraction}};
+    if (preference_) {
+      rec["accuracy"] = m.accuracy;
+      rec["reward_chosen"] = m.reward_chosen;
+      rec["reward_rejected"] = m.reward_rejected;
+      rec["margin"] = m.reward_chosen - m.reward_rejected;
+    }
     const bool last = s + 1 == tc.steps;
     if ((tc.eval_interval > 0 && m.step % tc.eval_interval == 0) || last) {
-      rec["valid_loss"] = validation_loss(*data.valid, tc.eval_samples);
-      result.final_valid_loss = rec["valid_loss"];
+      const Validation v = validate(*data.valid, tc.eval_samples);
+      rec["valid_loss"] = v.loss;
+      if (preference_) rec["valid_accuracy"] = v.accuracy;
+      result.final_valid_loss = v.loss;
+      result.final_valid_accuracy = v.accuracy;
     }
     rec["communication_s"] = m.communication_s;
     if (lead) {
@@ -294,7 +332,9 @@ TrainResult Trainer::run(bool quiet) {
                   m.loss, m.aux_loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu,
                   m.mean_expert_load > 0 ? m.max_expert_load / m.mean_expert_load : 0.0, m.dropped_fraction,
                   format_duration(eta).c_str(),
-                  rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : ""));
+                  rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : "")
+                  + (preference_ ? strprintf(" | acc %.3f | margin %.3f", m.accuracy, m.reward_chosen - m.reward_rejected)
+                                 : std::string()));
     }
     const bool stop = ckpt.stop_agreed();
     if (ckpt.due(m.step) || stop) {

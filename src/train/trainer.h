@@ -12,6 +12,7 @@
 #include "train/data.h"
 #include "train/model_role.h"
 #include "train/pipeline.h"
+#include "train/preference_step.h"
 
 namespace ff {
 
@@ -23,11 +24,21 @@ struct StepMetrics {
   double max_expert_load = 0, mean_expert_load = 0;  // rows per expert, over MoE layers
   double dropped_fraction = 0;
   double communication_s = 0;  // this rank's time inside collectives during the step
+  // Preference pairs (a pairwise objective): the fraction whose chosen response scored higher,
+  // and the mean implicit reward of the chosen and the rejected (beta Delta, or the RM's score).
+  double accuracy = 0, reward_chosen = 0, reward_rejected = 0;
+};
+
+// A validation pass: the mean loss (per target token, or per pair for a pairwise objective) and,
+// for pairs, the fraction ranked right.
+struct Validation {
+  double loss = 0, accuracy = 0;
 };
 
 struct TrainResult {
   double first_loss = 0, final_loss = 0;
   double first_valid_loss = 0, final_valid_loss = 0;
+  double final_valid_accuracy = 0;  // preference pairs ranked right (a pairwise objective)
   double unigram_entropy = 0;  // nats per token of the training split's token distribution
   std::vector<double> losses;  // per step
   bool stopped = false;        // by SIGTERM/SIGINT, after saving a checkpoint
@@ -42,12 +53,14 @@ class Trainer {
   // One optimizer step on this data-parallel replica's micro-batches (all pipeline stages and TP /
   // CP ranks of a replica get the same ones); used by run() and by the bench. Losses and tokens/s
   // are over the whole job (every replica), MFU per rank.
-  // positions: per micro-batch (packed samples), or null / empty entries for 0 .. S-1.
+  // positions: per micro-batch (packed samples), or null / empty entries for 0 .. S-1; rewards:
+  // per micro-batch the sequences' ground-truth rewards (RPO), or null.
   StepMetrics step(int64_t step_index, const std::vector<std::vector<int32_t>>& tokens,
                    const std::vector<std::vector<int32_t>>& targets,
-                   const std::vector<std::vector<int32_t>>* positions = nullptr);
-  // Mean loss per target token over the split's first eval_samples samples.
-  double validation_loss(const SampleSource& split, int64_t eval_samples);
+                   const std::vector<std::vector<int32_t>>* positions = nullptr,
+                   const std::vector<std::vector<float>>* rewards = nullptr);
+  // Over the split's first eval_samples samples.
+  Validation validate(const SampleSource& split, int64_t eval_samples);
   DecoderLM& model() { return student_.model(); }
   void set_peak_tflops(double t) { peak_tflops_ = t; }
 
@@ -58,6 +71,7 @@ class Trainer {
   std::unique_ptr<ModelRole> teacher_;  // train.teacher: frozen, loaded at construction
   std::unique_ptr<DecoderLM::MicroBatch> teacher_mb_;
   PipelineExecutor pipeline_;
+  std::unique_ptr<PreferenceTraining> preference_;  // a pairwise objective (train.objective)
   double peak_tflops_ = 0;
   void check_freeze_globs() const;
   void move_earlier_run_aside(bool quiet) const;

@@ -96,6 +96,34 @@ print("%-40s %s %s" % ("SIGUSR1 to mpirun saves a checkpoint", "ok" if ok else "
                        open(latest).read().strip() if os.path.exists(latest) else text[-600:]))
 failures += not ok
 
+# `fivefold align rm` and `align dpo` (from the model trained above, reference = that model) give
+# the same losses under DP 2, TP 2 + SP and PP 2 as in one process.
+pairs = os.path.join(tmp, "pairs.jsonl")
+with open(pairs, "w") as f:
+    for i in range(64):
+        f.write(json.dumps({"prompt": "paragraph %d:" % i, "chosen": " the quick brown fox", "rejected": " a lazy dog"}) + "\n")
+base = os.path.join(first, "model.safetensors")
+for recipe in ("rm", "dpo"):
+    def align(ranks, extra, out):
+        cmd = ([] if ranks == 1 else ["mpirun", "--oversubscribe", "-np", str(ranks)]) + [
+            fivefold, "align", recipe, "--init_from", base, "--data_path", pairs, "--tokenizer_type", "byte",
+            "--micro_batch", "2", "--steps", "3", "--eval_interval", "0", "--eval_samples", "4", "--split", "90,10,0",
+            "--peak_tflops", "1", "--out_dir", out] + extra
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            print(r.stdout[-2000:], r.stderr[-2000:])
+            raise SystemExit("failed: " + " ".join(cmd))
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            return [json.loads(line)["loss"] for line in f]
+    want = align(1, ["--grad_accum", "2"], os.path.join(tmp, recipe + "-one"))
+    for name, (ranks, extra) in {"DP 2": (2, []), "TP 2 + SP": (2, ["--tp", "2", "--sequence_parallel", "true", "--grad_accum", "2"]),
+                                 "PP 2": (2, ["--pp", "2", "--grad_accum", "2"])}.items():
+        got = align(ranks, extra, os.path.join(tmp, recipe + "-" + name.replace(" ", "_")))
+        ok = len(got) == len(want) and all(abs(a - b) <= 1e-4 * abs(b) + 1e-6 for a, b in zip(got, want))
+        print("%-40s %s %s" % ("align %s, %s" % (recipe, name), "ok" if ok else "MISMATCH", got))
+        failures += not ok
+    print("%-40s    %s" % ("align %s, 1 process" % recipe, want))
+
 # An error every rank meets alike (a missing checkpoint, a bad command line) is printed once, not
 # once per rank, and the job fails.
 for what, extra, needle in (("missing --resume folder", ["--resume", os.path.join(tmp, "nothing")], "does not exist"),
@@ -106,5 +134,5 @@ for what, extra, needle in (("missing --resume folder", ["--resume", os.path.joi
     ok = r.returncode != 0 and said == 1
     print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + 6 - failures, failures))
+print("%d passed, %d failed" % (len(layouts) + 12 - failures, failures))
 sys.exit(1 if failures else 0)

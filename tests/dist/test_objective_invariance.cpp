@@ -13,6 +13,7 @@
 #include "parallel/data_parallel.h"
 #include "train/objective.h"
 #include "train/pipeline.h"
+#include "train/preference_objective.h"
 
 namespace ff {
 namespace {
@@ -176,6 +177,63 @@ TEST(Invariance, ValueHead) {
   ParallelConfig pp;
   pp.pp = 2;
   expect_value_head_invariant(tiny_dense(), pp);
+}
+
+// Pairwise objectives (train/preference_objective.h): each micro-batch of two sequences is one
+// pair. The DPO family compares with a frozen reference (another seed) whose per-sequence
+// log-probs are computed first, micro-batch by micro-batch, through the same layout; the reward
+// model reads each sequence's last value. Under DP, TP with SP, CP (a sequence's sums and its last
+// row span the CP ranks) and PP.
+void expect_pairwise_invariant(ModelConfig cfg, const ParallelConfig& pc, Objective kind) {
+  const bool reward_model = kind == Objective::bradley_terry;
+  if (reward_model) cfg.head = HeadKind::value;
+  cfg.moe_aux_loss_coeff = 0;
+  cfg.moe_z_loss_coeff = 0;
+  PairwiseOptions o;
+  o.kind = kind;
+  o.beta = 0.5;
+  o.eta = 0.3;
+  o.sft_weight = 0.2;
+  Communicator world = Communicator::world(), self = Communicator::self();
+  ParallelGrid grid(world, pc), one(self, ParallelConfig{});
+  DecoderLM model(cfg, grid, 17), ref(cfg, one, 17);
+  DecoderLM frozen(cfg, grid, 31, {"*"}), ref_frozen(cfg, one, 31, {"*"});  // the DPO reference
+  PipelineExecutor frozen_pipe(frozen, grid, 1), ref_frozen_pipe(ref_frozen, one, 1);
+  const int64_t S = cfg.seq_len;
+  expect_one_batch_invariant(model, ref, grid, one, [&](int64_t k) { return with_a_masked_row(cfg, 3, k); },
+                             [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B,
+                                 double, bool reference) {
+                               const double pairs = reference ? static_cast<double>(count_pairs(targets[0], S))
+                                                              : static_cast<double>(step_pair_count(targets, S, grid.dp()));
+                               // Ground-truth rewards by the step's global pair k (one per micro-batch):
+                               // the one-batch reference holds all pairs side by side.
+                               auto reward = [](int64_t k, int64_t b) { return static_cast<float>((7 * b + k) % 5); };
+                               const int64_t M = static_cast<int64_t>(tokens.size());
+                               std::vector<std::vector<double>> logps(tokens.size());
+                               std::vector<std::vector<float>> rewards(tokens.size());
+                               for (int64_t m = 0; m < M; ++m) {
+                                 for (int64_t b = 0; b < B; ++b)
+                                   rewards[m].push_back(reference ? reward(b / 2, b % 2)
+                                                                  : reward(grid.dp().rank() * M + m, b));
+                                 if (!reward_model)
+                                   (reference ? ref_frozen_pipe : frozen_pipe)
+                                       .evaluate(tokens[m], targets[m], B, S, ReferenceLogps(logps[m], false));
+                               }
+                               return pipe.run(tokens, targets, B, S, PairwiseObjective(o, pairs, &logps, &rewards));
+                             });
+}
+
+TEST(Invariance, PairwiseObjectives) {
+  ParallelConfig cp, pp;
+  cp.cp = 2;
+  pp.pp = 2;
+  for (Objective kind : {Objective::dpo, Objective::bradley_terry, Objective::rpo_bwd_kl}) {
+    SCOPED_TRACE(enum_to_string(kind));
+    expect_pairwise_invariant(tiny_dense(), ParallelConfig{}, kind);  // data parallel over all ranks
+    expect_pairwise_invariant(tiny_dense(), tensor_layout(2, true), kind);
+    expect_pairwise_invariant(tiny_dense(), cp, kind);
+    expect_pairwise_invariant(tiny_dense(), pp, kind);
+  }
 }
 
 }  // namespace
