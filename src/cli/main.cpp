@@ -25,6 +25,7 @@
 #include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
+#include "recipes/spin.h"
 #include "train/convert.h"
 #include "train/evaluate.h"
 #include "train/flops.h"
@@ -164,6 +165,23 @@ RunConfigFlags align_recipe(RunConfigFlags flags, const std::string& recipe) {
     g.emplace("init_new", "score.weight");
   }
   return flags;
+}
+
+// `fivefold align spin` (recipes/spin.h): SFT data in, a DPO run per iteration.
+int cmd_spin(RunConfigFlags flags, bool print_config) {
+  flags.given.emplace("data_format", "sft");
+  RunConfig c = flags.resolve();
+  Communicator world = Communicator::world();
+  check_run_config(c, world.size());
+  check_same_config_on_every_rank(c, world);
+  if (print_config) {
+    std::printf("%s\n", run_config_to_json(c).c_str());
+    return 0;
+  }
+  set_threads(c);
+  ParallelGrid grid(world, c.parallel);
+  run_spin(c, grid);
+  return 0;
 }
 
 int cmd_train(const RunConfigFlags& flags, bool print_config) {
@@ -493,6 +511,12 @@ int main(int argc, char** argv) {
                                                    "(--objective dpo, ipo, rpo_sq, rpo_fwd_kl or rpo_bwd_kl)");
     dpo_flags.add_to(*align_dpo, defaults);
     align_dpo->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+    RunConfigFlags spin_flags;
+    auto* align_spin = align->add_subcommand("spin", "self-play fine-tuning: per iteration, pair each SFT response "
+                                                     "with the current model's own answer, train with DPO against "
+                                                     "the current model, promote (--spin_iterations)");
+    spin_flags.add_to(*align_spin, defaults);
+    align_spin->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
 
     ConvertOptions conv;
     auto* convert = app.add_subcommand("convert", "Hugging Face export (--to hf) or import (--from hf)");
@@ -611,6 +635,7 @@ int main(int argc, char** argv) {
     if (train->parsed()) return cmd_train(train_flags, print_config);
     if (align_rm->parsed()) return cmd_train(align_recipe(rm_flags, "rm"), print_config);
     if (align_dpo->parsed()) return cmd_train(align_recipe(dpo_flags, "dpo"), print_config);
+    if (align_spin->parsed()) return cmd_spin(spin_flags, print_config);
     if (generate->parsed()) return cmd_generate(gen);
     if (eval->parsed()) {
       ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);

@@ -38,6 +38,10 @@ std::vector<std::string> TrainConfig::validate() const {
                           "the micro-batch must be even", (long long)micro_batch));
   if (pairwise && !teacher.empty()) e.push_back("train.teacher: distillation does not combine with a pairwise objective");
   if (!(dpo_beta > 0)) e.push_back(strprintf("train.dpo_beta = %g: must be > 0", dpo_beta));
+  if (spin_iterations < 1) e.push_back(strprintf("train.spin_iterations = %lld: must be >= 1", (long long)spin_iterations));
+  if (spin_max_new_tokens < 1)
+    e.push_back(strprintf("train.spin_max_new_tokens = %lld: must be >= 1", (long long)spin_max_new_tokens));
+  if (spin_temperature < 0) e.push_back(strprintf("train.spin_temperature = %g: must be >= 0", spin_temperature));
   if (dpo_sft_weight < 0) e.push_back(strprintf("train.dpo_sft_weight = %g: must be >= 0", dpo_sft_weight));
   if (keep_checkpoints < 0)
     e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));

@@ -65,6 +65,12 @@ struct TrainConfig {
   double dpo_sft_weight = 0;          // weight of the chosen responses' cross-entropy added to the loss
   double rpo_eta = 1.0;               // RPO: scale of the ground-truth reward difference
   std::string reference;              // DPO family: the frozen reference model (empty: see the help text)
+  // SPIN (recipes/spin.h): iterations, and how the current model answers the SFT prompts.
+  int64_t spin_iterations = 3;
+  int64_t spin_max_new_tokens = 64;
+  double spin_temperature = 1.0;
+  int64_t spin_top_k = 0;
+  double spin_top_p = 1.0;
 
   template <class V>
   void visit_fields(V& v) {
@@ -127,6 +133,11 @@ struct TrainConfig {
     v(reference, "reference", "DPO family: the frozen reference model (a model file, checkpoint or Hugging Face "
                               "folder); empty: the init_from model, which under LoRA is the policy itself with its "
                               "adapters off (no second copy of the weights)");
+    v(spin_iterations, "spin_iterations", "SPIN: iterations (generate, pair, train with DPO, promote)");
+    v(spin_max_new_tokens, "spin_max_new_tokens", "SPIN: longest generated response, in tokens");
+    v(spin_temperature, "spin_temperature", "SPIN: sampling temperature of the generated responses (0 = greedy)");
+    v(spin_top_k, "spin_top_k", "SPIN: sample among the top k tokens (0 = all)");
+    v(spin_top_p, "spin_top_p", "SPIN: nucleus sampling threshold (1 = off)");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }
