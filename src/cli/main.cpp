@@ -22,6 +22,7 @@
 
 #include "cli/bench_peer.h"
 #include "cli/cli_config.h"
+#include "io/atomic_file.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
@@ -34,6 +35,7 @@
 #include "train/run_checkpoint.h"
 #include "train/plan.h"
 #include "train/sft_data.h"
+#include "train/steerlm.h"
 #include "train/trainer.h"
 
 extern char** environ;
@@ -184,6 +186,27 @@ int cmd_spin(RunConfigFlags flags, bool print_config) {
   return 0;
 }
 
+// SteerLM's training steps: the attribute model (attribute data, attribute_regression, a value
+// head per attribute, freshly initialised when it starts from a language model) and the
+// attribute-conditioned SFT (SFT data, the nemo template). Both need --steerlm_attributes.
+RunConfigFlags steerlm_recipe(RunConfigFlags flags, bool attribute_model) {
+  auto& g = flags.given;
+  if (!g.count("steerlm_attributes"))
+    throw UserError("fivefold align steerlm: give --steerlm_attributes, the attribute names (e.g. "
+                    "quality,toxicity,humor,creativity)");
+  if (attribute_model) {
+    g.emplace("data_format", "attributes");
+    g.emplace("objective", "attribute_regression");
+    g.emplace("head", "value");
+    g.emplace("value_outputs", std::to_string(attribute_names(g.at("steerlm_attributes")).size()));
+    g.emplace("init_new", "score.weight");
+  } else {
+    g.emplace("data_format", "sft");
+    g.emplace("chat_template", "nemo");
+  }
+  return flags;
+}
+
 int cmd_train(const RunConfigFlags& flags, bool print_config) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
@@ -207,6 +230,7 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::string output = "text";  // text | jsonl
   std::string chat_template = "none";  // wrap each prompt as a user turn of this template
+  std::string attributes;              // SteerLM: the requested attribute string (nemo template)
   int64_t threads = 0;
   std::string tokenizer_type, tokenizer_path;  // empty: the model's own tokenizer
   std::map<std::string, std::string> layout;   // --tp, --ep, --pp, ... flags
@@ -265,6 +289,67 @@ std::vector<std::string> read_prompts(const GenerateOptions& g) {
   return out;
 }
 
+// `fivefold align steerlm annotate`: a SteerLM attribute model's predictions (clipped to [0, 4],
+// rounded) added to every record of a JSONL file as "attributes": {name: value}.
+struct AnnotateOptions {
+  std::string model_path, data_path, output_path, chat_template;
+  int64_t micro_batch = 8, threads = 0;
+  std::map<std::string, std::string> layout;
+};
+
+int cmd_steerlm_annotate(const AnnotateOptions& a) {
+  const ModelSource src = open_model_source(a.model_path);
+  RunConfig c = src.config;
+  FF_CHECK(c.model.head == HeadKind::value && !c.train.steerlm_attributes.empty(), "--model %s is not a SteerLM "
+           "attribute model (made by fivefold align steerlm attribute-model: a value head and "
+           "train.steerlm_attributes)", a.model_path.c_str());
+  const auto names = attribute_names(c.train.steerlm_attributes);
+  std::vector<std::string> errors;
+  c.parallel = ParallelConfig{};
+  CliApplier ap{a.layout, "parallel", errors};
+  c.parallel.visit_fields(ap);
+  Communicator world = Communicator::world();
+  auto layout = c.parallel.validate(world.size());
+  errors.insert(errors.end(), layout.begin(), layout.end());
+  FF_CHECK(errors.empty(), "bad command line:%s", join_problems(errors).c_str());
+  c.train.threads = a.threads;
+  set_threads(c);
+  ParallelGrid grid(world, c.parallel);
+  DecoderLM model(c.model, grid, c.train.seed);
+  load_model_source(src, model);
+  auto tok = make_tokenizer(model_tokenizer(src, std::nullopt));
+  ChatTemplate t = c.train.chat_template;
+  if (!a.chat_template.empty())
+    FF_CHECK(enum_from_string(a.chat_template, t), "--chat_template %s: must be one of %s", a.chat_template.c_str(),
+             enum_choices(ChatTemplate{}).c_str());
+  std::ifstream in(a.data_path);
+  FF_CHECK(in.good(), "--data_path %s: cannot open it (JSONL records with prompt and response)", a.data_path.c_str());
+  std::vector<nlohmann::json> records;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      records.push_back(nlohmann::json::parse(line));
+    } catch (const std::exception& e) {
+      FF_FAIL("%s line %lld: not valid JSON (%s)", a.data_path.c_str(), (long long)n, e.what());
+    }
+  }
+  const SftKeys keys{c.train.sft_prompt_key, c.train.sft_response_key, c.train.sft_messages_key};
+  const auto values = annotate_attributes(model, grid, *tok, records, t, keys, a.micro_batch);
+  if (grid.world_rank() == 0) {
+    std::string text;
+    for (size_t i = 0; i < records.size(); ++i) {
+      nlohmann::json r = records[i];
+      for (size_t k = 0; k < names.size(); ++k) r["attributes"][names[k]] = values[i][k];
+      text += r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+    write_file_atomically(a.output_path, text);
+    std::printf("annotated %zu records with %s -> %s\n", records.size(), c.train.steerlm_attributes.c_str(),
+                a.output_path.c_str());
+  }
+  return 0;
+}
+
 int cmd_generate(const GenerateOptions& g) {
   FF_CHECK(g.output == "text" || g.output == "jsonl", "--output %s: must be text or jsonl", g.output.c_str());
   // A model file, a checkpoint (any parallel layout) or a Hugging Face folder, laid out by the flags.
@@ -289,9 +374,15 @@ int cmd_generate(const GenerateOptions& g) {
            enum_choices(ChatTemplate{}).c_str());
   std::vector<std::string> prompts = read_prompts(g);
   std::vector<std::vector<int32_t>> ids;
-  for (const auto& p : prompts) ids.push_back(tok->encode(chat == ChatTemplate::none ? p : chat_prompt(p, chat)));
+  FF_CHECK(g.attributes.empty() || chat == ChatTemplate::nemo, "--attributes: SteerLM's attribute string goes after "
+           "NeMo's assistant header: add --chat_template nemo");
+  if (!g.attributes.empty()) parse_attribute_string(g.attributes);  // name:value,... or an error saying so
+  for (const auto& p : prompts)
+    ids.push_back(tok->encode(chat == ChatTemplate::none ? p : chat_prompt(p, chat, g.attributes)));
+  SamplingOptions sampling = g.sampling;
+  if (!g.attributes.empty()) sampling.stop.push_back("<extra_id_1>");  // the end of the assistant's turn
   GenerationStats stats;
-  const std::vector<Generated> out = generate(model, grid, *tok, ids, g.sampling, &stats);
+  const std::vector<Generated> out = generate(model, grid, *tok, ids, sampling, &stats);
   if (grid.world_rank() != 0) return 0;
   for (size_t i = 0; i < out.size(); ++i) {
     if (g.output == "jsonl") {
@@ -517,6 +608,35 @@ int main(int argc, char** argv) {
                                                      "the current model, promote (--spin_iterations)");
     spin_flags.add_to(*align_spin, defaults);
     align_spin->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+    // SteerLM's steps (train/steerlm.h): attribute-model, annotate, sft; generate --attributes.
+    auto* steer = align->add_subcommand("steerlm", "SteerLM: attribute model, annotation, attribute-conditioned SFT "
+                                                   "(then fivefold generate --attributes)");
+    steer->require_subcommand(1);
+    RunConfigFlags steer_attr_flags, steer_sft_flags;
+    auto* steer_attr = steer->add_subcommand("attribute-model", "1. train a model predicting each attribute of "
+                                                                "--steerlm_attributes (a value head per attribute, "
+                                                                "squared error, labels -100 ignored)");
+    steer_attr_flags.add_to(*steer_attr, defaults);
+    steer_attr->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+    AnnotateOptions annotate;
+    auto* steer_annotate = steer->add_subcommand("annotate", "2. add an attribute model's predictions (clipped to "
+                                                             "[0, 4], rounded) to every record of a JSONL file");
+    steer_annotate->add_option("--model", annotate.model_path, "the attribute model")->required();
+    steer_annotate->add_option("--data_path", annotate.data_path, "JSONL records (prompt, response)")->required();
+    steer_annotate->add_option("--output", annotate.output_path, "the annotated JSONL file")->required();
+    steer_annotate->add_option("--chat_template", annotate.chat_template, "default: the attribute model's");
+    steer_annotate->add_option("--micro_batch", annotate.micro_batch, "records per forward")->capture_default_str();
+    steer_annotate->add_option("--threads", annotate.threads, "OpenMP threads per rank; 0 = automatic");
+    for (const char* f : {"tp", "cp", "pp", "ep", "etp", "sequence_parallel"})
+      steer_annotate->add_option_function<std::string>(std::string("--") + f,
+                                                       [&annotate, n = std::string(f)](const std::string& v) {
+                                                         annotate.layout[n] = v;
+                                                       },
+                                                       std::string("parallel layout: ") + f);
+    auto* steer_sft = steer->add_subcommand("sft", "3. SFT conditioned on each record's attributes, written after "
+                                                   "NeMo's assistant header as <extra_id_2>name:value,...");
+    steer_sft_flags.add_to(*steer_sft, defaults);
+    steer_sft->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
 
     ConvertOptions conv;
     auto* convert = app.add_subcommand("convert", "Hugging Face export (--to hf) or import (--from hf)");
@@ -566,6 +686,9 @@ int main(int argc, char** argv) {
                                                    "among the ranks")->capture_default_str();
     generate->add_option("--output", gen.output, "text | jsonl (one {prompt, text, finish, new_tokens} per prompt)")
         ->capture_default_str();
+    generate->add_option("--attributes", gen.attributes, "SteerLM: the attribute string to condition on, e.g. "
+                                                        "\"quality:4,toxicity:0\" (needs --chat_template nemo; "
+                                                        "stops at <extra_id_1>)");
     generate->add_option("--tokenizer_type", gen.tokenizer_type, "byte | sentencepiece | bpe; default: the model's own");
     generate->add_option("--tokenizer_path", gen.tokenizer_path, "tokenizer file; default: the one the model carries");
     ParallelConfig gen_layout;
@@ -636,6 +759,9 @@ int main(int argc, char** argv) {
     if (align_rm->parsed()) return cmd_train(align_recipe(rm_flags, "rm"), print_config);
     if (align_dpo->parsed()) return cmd_train(align_recipe(dpo_flags, "dpo"), print_config);
     if (align_spin->parsed()) return cmd_spin(spin_flags, print_config);
+    if (steer_attr->parsed()) return cmd_train(steerlm_recipe(steer_attr_flags, true), print_config);
+    if (steer_sft->parsed()) return cmd_train(steerlm_recipe(steer_sft_flags, false), print_config);
+    if (steer_annotate->parsed()) return cmd_steerlm_annotate(annotate);
     if (generate->parsed()) return cmd_generate(gen);
     if (eval->parsed()) {
       ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);

@@ -147,6 +147,7 @@ std::vector<std::string> ModelConfig::validate() const {
     if (moe_z_loss_coeff < 0) e.push_back(strprintf("model.moe_z_loss_coeff = %g: must be >= 0", moe_z_loss_coeff));
     if (!(moe_router_topk_scaling > 0)) e.push_back(strprintf("model.moe_router_topk_scaling = %g: must be > 0", moe_router_topk_scaling));
   }
+  if (value_outputs < 1) e.push_back(strprintf("model.value_outputs = %lld: must be >= 1", (long long)value_outputs));
   if (head == HeadKind::value && tie_embeddings)
     e.push_back("model.tie_embeddings = true needs the LM head; a value head (model.head = value) has its own weight");
   if (lora_rank < 0) e.push_back(strprintf("model.lora_rank = %lld: must be >= 0 (0 = no adapters)", (long long)lora_rank));

@@ -79,6 +79,7 @@ struct ModelConfig {
   Precision precision = Precision::fp32;
   int64_t head_chunk_rows = 0;  // LM head + cross-entropy over row chunks; 0 = all rows at once
   HeadKind head = HeadKind::lm;
+  int64_t value_outputs = 1;    // model.head = value: values per token (SteerLM: one per attribute)
   // LoRA adapters (layers/linear.h); the base weights are then frozen.
   int64_t lora_rank = 0;
   double lora_alpha = 16;
@@ -125,8 +126,10 @@ struct ModelConfig {
     v(head_chunk_rows, "head_chunk_rows", "training: the LM head and cross-entropy run over chunks of this many rows, so "
                                           "logits exist for one chunk at a time (backward recomputes each chunk's logits: "
                                           "one more head GEMM); for large vocabularies. 0 = all rows at once");
-    v(head, "head", "lm: logits over the vocabulary; value: one scalar per token (score.weight [1, D]), for reward "
-                    "models and critics");
+    v(head, "head", "lm: logits over the vocabulary; value: value_outputs scalars per token (score.weight "
+                    "[value_outputs, D]), for reward models, attribute models and critics");
+    v(value_outputs, "value_outputs", "model.head = value: values per token (1 for a reward model or critic, one per "
+                                      "attribute for a SteerLM attribute model)");
     v(lora_rank, "lora_rank", "LoRA adapter rank r on the lora_targets projections; the base weights are frozen; "
                               "0 = no adapters");
     v(lora_alpha, "lora_alpha", "LoRA scale alpha: an adapter adds (alpha / r) x A^T B^T");

@@ -51,7 +51,7 @@ int64_t expert_lora_params(const ModelConfig& c) {
 }
 
 int64_t count(const ModelConfig& c, int64_t experts_counted) {
-  const int64_t head = c.head == HeadKind::value ? c.d_model : (c.tie_embeddings ? 0 : c.vocab_size * c.d_model);
+  const int64_t head = c.head == HeadKind::value ? c.value_outputs * c.d_model : (c.tie_embeddings ? 0 : c.vocab_size * c.d_model);
   int64_t n = c.vocab_size * c.d_model + head + norm_params(c);
   for (LayerKind k : c.layers()) {
     n += norm_params(c);

@@ -130,7 +130,7 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   if (chunk_range(chunks_ - 1).last) {
     final_norm_ = std::make_unique<Norm>(params_, "model.norm", D, cfg.norm, eps);
     if (cfg.head == HeadKind::value) {
-      value_head_ = std::make_unique<ValueHead>(params_, D, std0);
+      value_head_ = std::make_unique<ValueHead>(params_, D, cfg.value_outputs, std0);
     } else if (!cfg.tie_embeddings) {
       head_ = params_.add_slice("lm_head.weight", Shape{V, D}, Shape{Vl, D}, Shape{v0, 0}, ParamInit::normal, std0);
     } else if (embedding_) {
@@ -208,7 +208,9 @@ float* DecoderLM::head_logits(MicroBatch& mb) {
 HeadRows DecoderLM::head_rows(const MicroBatch& mb) const {
   if (value_head_) {
     FF_CHECK(!mb.value.v.empty(), "head_rows: no forward of this micro-batch on this (the last) stage");
-    return {mb.value.v.f32(), mb.targets, mb.positions.data(), mb.B, mb.S, cp_};
+    HeadRows rows{mb.value.v.f32(), mb.targets, mb.positions.data(), mb.B, mb.S, cp_};
+    rows.width = value_head_->outputs();
+    return rows;
   }
   FF_CHECK(mb.targets != nullptr && !mb.head.logp.empty(),
            "target_logprobs: the last forward of this micro-batch had no targets (or was on another stage)");
@@ -446,8 +448,9 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
     float* dhead_in = A.alloc_f32(N * D);  // partial over the vocabulary shards
     if (value_head_) {
       FF_CHECK(hg.dlogp != nullptr, "a value head's backward takes d loss / d value per row");
-      float* scaled = T.alloc_f32(N);
-      for (int64_t n = 0; n < N; ++n) scaled[n] = g * hg.dlogp[n];
+      const int64_t K = value_head_->outputs();
+      float* scaled = T.alloc_f32(N * K);
+      for (int64_t i = 0; i < N * K; ++i) scaled[i] = g * hg.dlogp[i];
       value_head_->backward(dhead_in, scaled, mb.value, N);
       // Every TP rank holds the whole gradient of the head's input, which entering's backward sums
       // over TP: each rank contributes 1 / TP of it (exact: TP is a power of two here or the

@@ -50,14 +50,15 @@ struct HeadGradient {
 
 // The head's output per row for a token-level objective: this rank's rows of one micro-batch.
 struct HeadRows {
-  // [B*S] per row: the LM head's log p(target) (0 where the target is -1), or the value head's
-  // scalar (model.head = value).
+  // [B*S, width] per row: the LM head's log p(target) (0 where the target is -1; width 1), or
+  // the value head's values (model.head = value; width model.value_outputs).
   const float* value = nullptr;
   const int32_t* targets = nullptr;    // [B*S]; -1 = no target (a masked or padding position)
   const int32_t* positions = nullptr;  // [B*S] each row's position in its sequence
   int64_t B = 0, S = 0;                // S: rows of each sequence held here (S / CP under context parallelism)
   const Communicator* cp = nullptr;    // each sequence's rows are spread over this group; null: all here
   int64_t micro_batch = 0;             // its index in the step (set by the pipeline executor)
+  int64_t width = 1;                   // values per row (and gradients: dlogp is [B*S, width])
 };
 
 class DecoderLM {

@@ -9,7 +9,8 @@ namespace {
 constexpr EnumName<Objective> kObjectives[] = {
     {Objective::cross_entropy, "cross_entropy"}, {Objective::bradley_terry, "bradley_terry"},
     {Objective::dpo, "dpo"}, {Objective::ipo, "ipo"}, {Objective::rpo_sq, "rpo_sq"},
-    {Objective::rpo_fwd_kl, "rpo_fwd_kl"}, {Objective::rpo_bwd_kl, "rpo_bwd_kl"}};
+    {Objective::rpo_fwd_kl, "rpo_fwd_kl"}, {Objective::rpo_bwd_kl, "rpo_bwd_kl"},
+    {Objective::attribute_regression, "attribute_regression"}};
 }  // namespace
 
 std::span<const EnumName<Objective>> enum_names(Objective) { return kObjectives; }
@@ -28,7 +29,13 @@ std::vector<std::string> TrainConfig::validate() const {
   if (tokenizer_type != TokenizerType::byte && tokenizer_path.empty())
     e.push_back("train.tokenizer_path is empty: give the tokenizer file, or --tokenizer_type byte");
   if (save_interval < 0) e.push_back(strprintf("train.save_interval = %lld: must be >= 0 (0 = none)", (long long)save_interval));
-  const bool pairwise = objective != Objective::cross_entropy;
+  const bool pairwise = objective != Objective::cross_entropy && objective != Objective::attribute_regression;
+  if ((objective == Objective::attribute_regression) != (data_format == DataFormat::attributes))
+    e.push_back(strprintf("train.objective = %s with train.data_format = %s: a SteerLM attribute model "
+                          "(attribute_regression) trains on attribute data and only it does",
+                          enum_to_string(objective).c_str(), enum_to_string(data_format).c_str()));
+  if (data_format == DataFormat::attributes && steerlm_attributes.empty())
+    e.push_back("train.data_format = attributes needs train.steerlm_attributes: the attributes to predict");
   if (pairwise != (data_format == DataFormat::preference))
     e.push_back(strprintf("train.objective = %s with train.data_format = %s: preference pairs go with a pairwise "
                           "objective (bradley_terry, dpo, ipo, rpo_*) and those objectives with preference data",
@@ -56,7 +63,15 @@ std::vector<std::string> RunConfig::validate(int64_t world) const {
   const auto layout = parallel.validate(world);
   add(layout);
   if (layout.empty() && e.empty()) add(layout_problems(model, parallel));  // sizes vs. this layout
-  const bool reward_model = train.objective == Objective::bradley_terry;
+  if (train.objective == Objective::attribute_regression && !train.steerlm_attributes.empty()) {
+    int64_t n = 1;
+    for (char ch : train.steerlm_attributes) n += ch == ',';
+    if (model.value_outputs != n)
+      e.push_back(strprintf("model.value_outputs = %lld: a SteerLM attribute model has one output per attribute of "
+                            "train.steerlm_attributes (%lld)", (long long)model.value_outputs, (long long)n));
+  }
+  const bool reward_model = train.objective == Objective::bradley_terry ||
+                            train.objective == Objective::attribute_regression;
   if (train.objective != Objective::cross_entropy && reward_model != (model.head == HeadKind::value))
     e.push_back(strprintf("train.objective = %s with model.head = %s: the reward model (bradley_terry) needs the "
                           "value head, the DPO family the LM head", enum_to_string(train.objective).c_str(),

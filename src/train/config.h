@@ -14,7 +14,8 @@ namespace ff {
 
 // What train.data_path holds: pre-training text (windows of a token stream), SFT examples
 // (train/sft_data.h) or preference pairs (train/preference_data.h), rendered by a chat template.
-enum class DataFormat : uint8_t { pretrain, sft, preference };
+// (train/steerlm.h: SFT records with attribute values, for a SteerLM attribute model).
+enum class DataFormat : uint8_t { pretrain, sft, preference, attributes };
 std::span<const EnumName<DataFormat>> enum_names(DataFormat);
 enum class ChatTemplate : uint8_t { none, chatml, llama3, nemo };
 std::span<const EnumName<ChatTemplate>> enum_names(ChatTemplate);
@@ -22,7 +23,9 @@ std::span<const EnumName<ChatTemplate>> enum_names(ChatTemplate);
 // targets (pre-training, SFT; with train.teacher, distillation), or a pairwise objective on
 // preference pairs: the Bradley-Terry reward-model loss (model.head = value), DPO, IPO, or RPO
 // against ground-truth rewards (squared, forward or backward KL).
-enum class Objective : uint8_t { cross_entropy, bradley_terry, dpo, ipo, rpo_sq, rpo_fwd_kl, rpo_bwd_kl };
+// attribute_regression: SteerLM's attribute model (train/steerlm.h), a squared error per attribute.
+enum class Objective : uint8_t { cross_entropy, bradley_terry, dpo, ipo, rpo_sq, rpo_fwd_kl, rpo_bwd_kl,
+                                 attribute_regression };
 std::span<const EnumName<Objective>> enum_names(Objective);
 
 struct TrainConfig {
@@ -65,6 +68,8 @@ struct TrainConfig {
   double dpo_sft_weight = 0;          // weight of the chosen responses' cross-entropy added to the loss
   double rpo_eta = 1.0;               // RPO: scale of the ground-truth reward difference
   std::string reference;              // DPO family: the frozen reference model (empty: see the help text)
+  // SteerLM (train/steerlm.h): the attributes, in the order of the attribute model's outputs.
+  std::string steerlm_attributes;
   // SPIN (recipes/spin.h): iterations, and how the current model answers the SFT prompts.
   int64_t spin_iterations = 3;
   int64_t spin_max_new_tokens = 64;
@@ -133,6 +138,10 @@ struct TrainConfig {
     v(reference, "reference", "DPO family: the frozen reference model (a model file, checkpoint or Hugging Face "
                               "folder); empty: the init_from model, which under LoRA is the policy itself with its "
                               "adapters off (no second copy of the weights)");
+    v(steerlm_attributes, "steerlm_attributes", "SteerLM: comma-separated attribute names (e.g. quality,toxicity,"
+                                                "humor,creativity); an attribute model predicts them (data_format "
+                                                "attributes, objective attribute_regression, value_outputs = their "
+                                                "number), and SFT data with them is conditioned on them");
     v(spin_iterations, "spin_iterations", "SPIN: iterations (generate, pair, train with DPO, promote)");
     v(spin_max_new_tokens, "spin_max_new_tokens", "SPIN: longest generated response, in tokens");
     v(spin_temperature, "spin_temperature", "SPIN: sampling temperature of the generated responses (0 = greedy)");

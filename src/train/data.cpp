@@ -16,6 +16,7 @@
 #include "io/preprocess.h"
 #include "train/preference_data.h"
 #include "train/sft_data.h"
+#include "train/steerlm.h"
 
 namespace ff {
 
@@ -248,13 +249,16 @@ TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64
     d.summary += "; tokenizer " + d.tokenizer->describe();
     return d;
   }
-  if (tc.data_format == DataFormat::preference) {
+  if (tc.data_format == DataFormat::preference || tc.data_format == DataFormat::attributes) {
     TrainingData d;
     d.tokenizer = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
     FF_CHECK(d.tokenizer->vocab_size() <= c.model.vocab_size, "model.vocab_size = %lld is smaller than the tokenizer's "
              "%lld entries (%s)", (long long)c.model.vocab_size, (long long)d.tokenizer->vocab_size(),
              d.tokenizer->describe().c_str());
-    open_preference_data(c, d, d.summary);
+    if (tc.data_format == DataFormat::preference)
+      open_preference_data(c, d, d.summary);
+    else
+      open_attribute_data(c, d, d.summary);
     d.summary += "; tokenizer " + d.tokenizer->describe();
     return d;
   }

@@ -37,9 +37,10 @@ class SampleSource {
   virtual void fill(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, std::vector<int32_t>& positions,
                     int64_t first, int64_t B, int64_t S) const = 0;
   virtual int64_t size() const = 0;
-  // The ground-truth reward of each of the B sequences from `first` (preference pairs that carry
-  // them, for RPO); empty: none.
-  virtual std::vector<float> sequence_rewards(int64_t /*first*/, int64_t /*B*/) const { return {}; }
+  // Labels of each of the B sequences from `first`, [B, K] for K labels per sequence: the
+  // ground-truth reward of preference pairs (RPO; K = 1), a SteerLM attribute model's attribute
+  // values (-100 where a record has none); empty: none.
+  virtual std::vector<float> sequence_labels(int64_t /*first*/, int64_t /*B*/) const { return {}; }
 };
 
 struct TrainingData {

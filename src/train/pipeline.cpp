@@ -91,7 +91,7 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
         in.micro_batch = m;
         ObjectiveValue v;
         if (token_objective) {
-          dlogp_[rec].resize(static_cast<size_t>(in.B * in.S));
+          dlogp_[rec].resize(static_cast<size_t>(in.B * in.S * in.width));
           v = token_objective->evaluate(in, dlogp_[rec].data());
         } else {
           StudentLogits sl{model_.head_logits(mb), in, tokens[static_cast<size_t>(m)].data(), pos, S,
@@ -158,7 +158,7 @@ ObjectiveValue PipelineExecutor::evaluate(const std::vector<int32_t>& tokens, co
       pp.wait_sends();
     } else {
       const HeadRows in = model_.head_rows(mb);
-      dlogp_[0].resize(static_cast<size_t>(in.B * in.S));
+      dlogp_[0].resize(static_cast<size_t>(in.B * in.S * in.width));
       const ObjectiveValue v = objective.evaluate(in, dlogp_[0].data());
       value[0] = v.loss;
       value[1] = static_cast<double>(v.tokens);

@@ -57,7 +57,7 @@ void PreferenceSamples::fill(std::vector<int32_t>& tokens, std::vector<int32_t>&
   }
 }
 
-std::vector<float> PreferenceSamples::sequence_rewards(int64_t first, int64_t B) const {
+std::vector<float> PreferenceSamples::sequence_labels(int64_t first, int64_t B) const {
   if (pairs_.empty() || !pairs_.front().has_rewards) return {};
   std::vector<float> r(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {

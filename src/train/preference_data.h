@@ -33,7 +33,7 @@ class PreferenceSamples : public SampleSource {
   void fill(std::vector<int32_t>& tokens, std::vector<int32_t>& targets, std::vector<int32_t>& positions,
             int64_t first, int64_t B, int64_t S) const override;
   int64_t size() const override { return 2 * static_cast<int64_t>(order_.size()); }
-  std::vector<float> sequence_rewards(int64_t first, int64_t B) const override;
+  std::vector<float> sequence_labels(int64_t first, int64_t B) const override;
   const PreferencePair& pair(int64_t sample) const;  // the pair sample `sample` belongs to
 
  private:

@@ -6,12 +6,14 @@
 
 #include "core/rng.h"
 #include "io/gpt_dataset.h"
+#include "train/steerlm.h"
 
 namespace ff {
 
 namespace {
 constexpr EnumName<DataFormat> kFormats[] = {
-    {DataFormat::pretrain, "pretrain"}, {DataFormat::sft, "sft"}, {DataFormat::preference, "preference"}};
+    {DataFormat::pretrain, "pretrain"}, {DataFormat::sft, "sft"}, {DataFormat::preference, "preference"},
+    {DataFormat::attributes, "attributes"}};
 constexpr EnumName<ChatTemplate> kTemplates[] = {{ChatTemplate::none, "none"},
                                                  {ChatTemplate::chatml, "chatml"},
                                                  {ChatTemplate::llama3, "llama3"},
@@ -26,7 +28,9 @@ struct Piece {
   bool learn;
 };
 
-std::vector<Piece> render(const std::vector<Message>& messages, ChatTemplate t) {
+// attributes: SteerLM's conditioning (nemo only): "<extra_id_2>" + the string + "\n" after each
+// assistant header, not learned; empty: none.
+std::vector<Piece> render(const std::vector<Message>& messages, ChatTemplate t, const std::string& attributes = "") {
   std::vector<Piece> out;
   if (t == ChatTemplate::llama3) out.push_back({"<|begin_of_text|>", false});
   bool system_seen = false;
@@ -56,6 +60,7 @@ std::vector<Piece> render(const std::vector<Message>& messages, ChatTemplate t) 
           system_seen = true;
         }
         out.push_back({std::string("<extra_id_1>") + (assistant ? "Assistant" : "User") + "\n", false});
+        if (assistant && !attributes.empty()) out.push_back({"<extra_id_2>" + attributes + "\n", false});
         out.push_back({m.content, assistant});
         out.push_back({"\n", assistant});
         break;
@@ -69,7 +74,9 @@ std::span<const EnumName<ChatTemplate>> enum_names(ChatTemplate) { return kTempl
 std::span<const EnumName<DataFormat>> enum_names(DataFormat) { return kFormats; }
 
 SftExample render_sft_example(const nlohmann::json& record, ChatTemplate t, const SftKeys& keys, const Tokenizer& tok,
-                              const std::string& where) {
+                              const std::string& where, const std::string& attributes) {
+  FF_CHECK(attributes.empty() || t == ChatTemplate::nemo, "%s: SteerLM's attribute string goes after NeMo's assistant "
+           "header: use train.chat_template nemo", where.c_str());
   FF_CHECK(record.is_object(), "%s: an SFT example is a JSON object", where.c_str());
   std::vector<Message> messages;
   auto text_of = [&](const nlohmann::json& o, const std::string& k, const char* what) {
@@ -100,7 +107,7 @@ SftExample render_sft_example(const nlohmann::json& record, ChatTemplate t, cons
   for (const auto& m : messages) any = any || m.role == "assistant";
   FF_CHECK(any, "%s: the example has no assistant turn to learn", where.c_str());
   SftExample e;
-  for (const Piece& p : render(messages, t)) {
+  for (const Piece& p : render(messages, t, attributes)) {
     const auto ids = tok.encode(p.text);
     e.ids.insert(e.ids.end(), ids.begin(), ids.end());
     e.learn.insert(e.learn.end(), ids.size(), p.learn ? 1 : 0);
@@ -112,9 +119,11 @@ SftExample render_sft_example(const nlohmann::json& record, ChatTemplate t, cons
   return e;
 }
 
-std::string chat_prompt(const std::string& user, ChatTemplate t) {
+std::string chat_prompt(const std::string& user, ChatTemplate t, const std::string& attributes) {
+  FF_CHECK(attributes.empty() || t == ChatTemplate::nemo, "SteerLM's attribute string goes after NeMo's assistant "
+           "header: use --chat_template nemo");
   std::string s;
-  for (const Piece& p : render({{"user", user}, {"assistant", ""}}, t)) {
+  for (const Piece& p : render({{"user", user}, {"assistant", ""}}, t, attributes)) {
     if (p.learn) break;  // up to the assistant's content
     s += p.text;
   }
@@ -173,6 +182,8 @@ void open_sft_data(const RunConfig& c, TrainingData& d, std::string& summary) {
   FF_CHECK(f.good(), "train.data_path '%s': cannot open the SFT file (JSONL, one example per line)",
            tc.data_path.c_str());
   const SftKeys keys{tc.sft_prompt_key, tc.sft_response_key, tc.sft_messages_key};
+  const std::vector<std::string> names =
+      tc.steerlm_attributes.empty() ? std::vector<std::string>{} : attribute_names(tc.steerlm_attributes);
   std::vector<SftExample> all;
   std::string line;
   int64_t truncated = 0, learned = 0, tokens = 0;
@@ -185,7 +196,10 @@ void open_sft_data(const RunConfig& c, TrainingData& d, std::string& summary) {
     } catch (const std::exception& e) {
       FF_FAIL("%s: not valid JSON (%s)", where.c_str(), e.what());
     }
-    SftExample e = render_sft_example(j, tc.chat_template, keys, *d.tokenizer, where);
+    // SteerLM: the record's attributes, written after the assistant header (train/steerlm.h).
+    const std::string attributes =
+        names.empty() ? std::string() : attribute_string(names, record_attributes(j, names, where));
+    SftExample e = render_sft_example(j, tc.chat_template, keys, *d.tokenizer, where, attributes);
     for (int32_t id : e.ids)
       FF_CHECK(id < c.model.vocab_size, "%s: token %d is outside model.vocab_size = %lld", where.c_str(), id,
                (long long)c.model.vocab_size);

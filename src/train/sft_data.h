@@ -38,12 +38,14 @@ struct SftKeys {
   std::string prompt = "prompt", response = "response", messages = "messages";
 };
 
-// One record rendered and tokenised; `where` ("FILE line N") names it in errors.
+// One record rendered and tokenised; `where` ("FILE line N") names it in errors. attributes:
+// SteerLM's attribute string (train/steerlm.h), placed after each assistant header as
+// "<extra_id_2>STRING\n" and not learned (the nemo template only); empty: none.
 SftExample render_sft_example(const nlohmann::json& record, ChatTemplate t, const SftKeys& keys, const Tokenizer& tok,
-                              const std::string& where);
+                              const std::string& where, const std::string& attributes = "");
 // What a model is prompted with at inference: the user's text in the template, up to the
-// assistant's turn (the text the model then continues).
-std::string chat_prompt(const std::string& user, ChatTemplate t);
+// assistant's turn (the text the model then continues), with SteerLM's attribute string if given.
+std::string chat_prompt(const std::string& user, ChatTemplate t, const std::string& attributes = "");
 
 // The examples of one part of the file, as samples of S tokens.
 class SftSamples : public SampleSource {
@@ -54,6 +56,8 @@ class SftSamples : public SampleSource {
             int64_t first, int64_t B, int64_t S) const override;
   int64_t size() const override { return static_cast<int64_t>(bins_.size()); }
   const std::vector<SftExample>& examples() const { return examples_; }
+  // The examples sample `sample` holds (modulo size()), by index into examples().
+  const std::vector<int64_t>& examples_of(int64_t sample) const { return bins_[static_cast<size_t>(sample % size())]; }
 
  private:
   std::vector<SftExample> examples_;

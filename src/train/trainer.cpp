@@ -22,6 +22,7 @@
 #include "train/objective.h"
 #include "train/plan.h"
 #include "train/run_checkpoint.h"
+#include "train/steerlm.h"
 #include "train/stop_signal.h"
 
 namespace ff {
@@ -70,7 +71,8 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
     load_model_source(src, teacher_->model());
     teacher_mb_ = teacher_->model().new_micro_batch();
   }
-  if (cfg_.train.objective != Objective::cross_entropy)
+  const Objective o = cfg_.train.objective;
+  if (o != Objective::cross_entropy && o != Objective::attribute_regression)
     preference_ = std::make_unique<PreferenceTraining>(cfg_, student_, pipeline_, grid);
   peak_tflops_ = cfg_.train.peak_tflops;
 }
@@ -138,14 +140,19 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
       m.reward_chosen = pairs.chosen / pairs.pairs;
       m.reward_rejected = pairs.rejected / pairs.pairs;
     }
+  } else if (cfg_.train.objective == Objective::attribute_regression) {  // the mean over the step's labels
+    const std::vector<std::vector<float>> none(tokens.size());
+    const std::vector<std::vector<float>>& labels = rewards ? *rewards : none;
+    const AttributeRegression objective(static_cast<double>(step_label_count(labels, grid_.dp())), &labels);
+    r = pipeline_.run(tokens, targets, B, S, objective, positions);
   } else {
-  // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
-  const int64_t step_tokens = step_target_count(targets, grid_.dp());
-  r = teacher_ ? pipeline_.run(tokens, targets, B, S,
-                               Distillation(teacher_->model(), *teacher_mb_, static_cast<double>(step_tokens),
-                                            static_cast<float>(cfg_.train.kd_temperature)),
-                               positions)
-               : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(static_cast<double>(step_tokens)), positions);
+    // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
+    const double step_tokens = static_cast<double>(step_target_count(targets, grid_.dp()));
+    r = teacher_ ? pipeline_.run(tokens, targets, B, S,
+                                 Distillation(teacher_->model(), *teacher_mb_, step_tokens,
+                                              static_cast<float>(cfg_.train.kd_temperature)),
+                                 positions)
+                 : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(step_tokens), positions);
   }
   m.forward_s = r.forward_s;
   m.backward_s = r.backward_s;
@@ -195,11 +202,17 @@ Validation Trainer::validate(const SampleSource& split, int64_t eval_samples) {
       std::fill(targets.begin() + r * S, targets.begin() + (r + 1) * S, -1);
     if (preference_) {
       PairStats batch;
-      loss += preference_->evaluate(tokens, targets, B, S, &positions, split.sequence_rewards(b * B, B), batch);
+      loss += preference_->evaluate(tokens, targets, B, S, &positions, split.sequence_labels(b * B, B), batch);
       pairs.add(batch);
       continue;
     }
-    const ObjectiveValue v = pipeline_.evaluate(tokens, targets, B, S, token_sum, &positions);
+    // Summed over the batch, then divided by its count: tokens, or an attribute model's labels.
+    const std::vector<std::vector<float>> labels{split.sequence_labels(b * B, B)};
+    const AttributeRegression squares(1.0, &labels);
+    const bool attributes = cfg_.train.objective == Objective::attribute_regression;
+    const ObjectiveValue v =
+        pipeline_.evaluate(tokens, targets, B, S, attributes ? static_cast<const TokenObjective&>(squares) : token_sum,
+                           &positions);
     loss += v.loss;
     count += static_cast<double>(v.tokens);
   }
@@ -294,7 +307,7 @@ TrainResult Trainer::run(bool quiet) {
     for (size_t m = 0; m < tokens.size(); ++m) {  // micro-batch m of data-parallel rank r: samples (m * dp + r) * B ..
       const int64_t first = data_cursor.next_sample + (static_cast<int64_t>(m) * dp + grid_.dp().rank()) * B;
       data.train->fill(tokens[m], targets[m], positions[m], first, B, S);
-      rewards[m] = data.train->sequence_rewards(first, B);
+      rewards[m] = data.train->sequence_labels(first, B);
     }
     data_cursor.next_sample += global_batch;
     StepMetrics m = step(s, tokens, targets, &positions, &rewards);

@@ -166,7 +166,7 @@ TEST(PreferenceData, PairsSitSideBySideAndBadInputIsNamed) {
         learned.push_back(targets[static_cast<size_t>(b * c.model.seq_len + s)]);
     EXPECT_EQ(tok.decode(learned), b % 2 == 0 ? " yes" : " no") << b;
   }
-  EXPECT_TRUE(d.train->sequence_rewards(0, 4).empty());  // DPO reads no rewards
+  EXPECT_TRUE(d.train->sequence_labels(0, 4).empty());  // DPO reads no rewards
   auto fails_with = [&](const std::string& line, const std::string& needle, Objective kind = Objective::dpo) {
     RunConfig bad = c;
     bad.train.objective = kind;

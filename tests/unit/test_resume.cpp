@@ -352,9 +352,19 @@ TEST(Resume, AStdoutThatTakesNothingNeverHoldsUpTraining) {
     std::ifstream f(dir + "/metrics.jsonl");
     return static_cast<int64_t>(std::count(std::istreambuf_iterator<char>(f), {}, '\n'));
   };
-  const auto t0 = std::chrono::steady_clock::now();
-  while (lines() < c.train.steps && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+  // Until every step is in metrics.jsonl, or no step has come for 30 s (blocked: the old code
+  // stopped at step 444 for good), however slow the machine is otherwise.
+  auto last_progress = std::chrono::steady_clock::now();
+  for (int64_t seen = 0; seen < c.train.steps;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const int64_t now = lines();
+    if (now > seen) {
+      seen = now;
+      last_progress = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_progress > std::chrono::seconds(30)) {
+      break;  // (a child that died early ends here too, and its status below says so)
+    }
+  }
   const int64_t trained_unread = lines();
   std::string printed;  // now read it all: the run can finish writing and exit
   char buf[4096];

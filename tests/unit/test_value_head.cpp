@@ -1,5 +1,6 @@
-// The value head (model.head = value): one scalar per token from score.weight [1, D]; gradients
-// of an objective of those values pass finite differences, through the whole model.
+// The value head (model.head = value): value_outputs scalars per token from score.weight [K, D]
+// (K = 1: reward models, critics; K = 3: a SteerLM attribute model); gradients of an objective of
+// those values pass finite differences, through the whole model.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,31 +13,39 @@
 namespace ff {
 namespace {
 
-ModelConfig value_model() {
+ModelConfig value_model(int64_t K) {
   ModelConfig c = test::small_model("*-*E", 29);
   c.head = HeadKind::value;
+  c.value_outputs = K;
   return c;
 }
 
-// A regression objective on the values: L = 1/2 sum over rows with a target of (v - t / 10)^2.
+// A regression objective on the values: L = 1/2 sum over rows with a target and outputs k of
+// (v[k] - (t + k) / 10)^2.
 double objective(const HeadRows& r, std::vector<float>* dv) {
   double l = 0;
-  if (dv) dv->assign(static_cast<size_t>(r.B * r.S), 0.0f);
+  const int64_t K = r.width;
+  if (dv) dv->assign(static_cast<size_t>(r.B * r.S * K), 0.0f);
   for (int64_t n = 0; n < r.B * r.S; ++n) {
     if (r.targets[n] < 0) continue;
-    const double e = r.value[n] - r.targets[n] / 10.0;
-    l += 0.5 * e * e;
-    if (dv) (*dv)[static_cast<size_t>(n)] = static_cast<float>(e);
+    for (int64_t k = 0; k < K; ++k) {
+      const double e = r.value[n * K + k] - (r.targets[n] + k) / 10.0;
+      l += 0.5 * e * e;
+      if (dv) (*dv)[static_cast<size_t>(n * K + k)] = static_cast<float>(e);
+    }
   }
   return l;
 }
 
-TEST(ValueHead, CountsAndGradientsMatchFiniteDifferences) {
+class ValueHeadOutputs : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(ValueHeadOutputs, CountsAndGradientsMatchFiniteDifferences) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  const ModelConfig c = value_model();
+  const ModelConfig c = value_model(GetParam());
   DecoderLM m(c, grid, 3);
   ASSERT_NE(m.params().find("score.weight"), nullptr);
+  EXPECT_EQ(m.params().find("score.weight")->global_shape[0], GetParam());
   EXPECT_EQ(m.params().find("lm_head.weight"), nullptr);
   EXPECT_EQ(m.params().numel(), count_parameters(c));
   Rng rng(2, "value-batch");
@@ -75,6 +84,8 @@ TEST(ValueHead, CountsAndGradientsMatchFiniteDifferences) {
   EXPECT_FALSE(tied.validate().empty());
   EXPECT_THROW(m.new_decoder(1, 4), Error);
 }
+
+INSTANTIATE_TEST_SUITE_P(ValueHead, ValueHeadOutputs, ::testing::Values(1, 3));
 
 }  // namespace
 }  // namespace ff
