@@ -30,10 +30,19 @@ PreferenceTraining::PreferenceTraining(const RunConfig& cfg, ModelRole& policy, 
   reference_pipeline_ = std::make_unique<PipelineExecutor>(reference_->model(), grid, 1);
 }
 
+int64_t PreferenceTraining::reference_bytes() const {
+  if (!reference_) return 0;
+  const ParamStore& p = reference_->model().params();
+  const bool bf16 = reference_->model().config().precision == Precision::bf16;
+  return p.numel() * static_cast<int64_t>(sizeof(float) + (bf16 ? sizeof(bf16_t) : 0));
+}
+
 std::string PreferenceTraining::describe() const {
   if (!needs_reference()) return "reward model: pairwise Bradley-Terry loss on the value at each response's end";
-  return strprintf("%s against the reference %s (beta %g)", enum_to_string(options_.kind).c_str(),
-                   reference_source_.c_str(), options_.beta);
+  const std::string memory = reference_ ? strprintf("its weights: %.1f MiB per rank", reference_bytes() / 1048576.0)
+                                        : std::string("no second copy of the weights");
+  return strprintf("%s against the reference %s (beta %g; %s)", enum_to_string(options_.kind).c_str(),
+                   reference_source_.c_str(), options_.beta, memory.c_str());
 }
 
 std::vector<double> PreferenceTraining::reference_logps(const std::vector<int32_t>& tokens,

@@ -29,8 +29,10 @@ class PreferenceTraining {
   // One validation micro-batch, forward only: the summed loss of its pairs (stats.pairs of them).
   double evaluate(const std::vector<int32_t>& tokens, const std::vector<int32_t>& targets, int64_t B, int64_t S,
                   const std::vector<int32_t>* positions, const std::vector<float>& rewards, PairStats& stats);
-  // What the reference is, for the log.
+  // What the reference is, for the log, and the bytes of weights it adds to each rank (0 when it
+  // is the LoRA policy's own base).
   std::string describe() const;
+  int64_t reference_bytes() const;
 
  private:
   bool needs_reference() const { return options_.kind != Objective::bradley_terry; }

@@ -117,7 +117,8 @@ for recipe in ("rm", "dpo"):
             return [json.loads(line)["loss"] for line in f]
     want = align(1, ["--grad_accum", "2"], os.path.join(tmp, recipe + "-one"))
     for name, (ranks, extra) in {"DP 2": (2, []), "TP 2 + SP": (2, ["--tp", "2", "--sequence_parallel", "true", "--grad_accum", "2"]),
-                                 "PP 2": (2, ["--pp", "2", "--grad_accum", "2"])}.items():
+                                 "PP 2": (2, ["--pp", "2", "--grad_accum", "2"]),
+                                 "EP 2": (2, ["--ep", "2", "--etp", "1"])}.items():
         got = align(ranks, extra, os.path.join(tmp, recipe + "-" + name.replace(" ", "_")))
         ok = len(got) == len(want) and all(abs(a - b) <= 1e-4 * abs(b) + 1e-6 for a, b in zip(got, want))
         print("%-40s %s %s" % ("align %s, %s" % (recipe, name), "ok" if ok else "MISMATCH", got))
@@ -134,5 +135,5 @@ for what, extra, needle in (("missing --resume folder", ["--resume", os.path.joi
     ok = r.returncode != 0 and said == 1
     print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + 12 - failures, failures))
+print("%d passed, %d failed" % (len(layouts) + 14 - failures, failures))
 sys.exit(1 if failures else 0)

@@ -237,6 +237,20 @@ TEST(PreferenceTraining, UnderLoraTheReferenceIsTheBaseWithAdaptersOff) {
   const TrainResult r = t.run(true);
   EXPECT_NEAR(r.first_valid_loss, std::log(2.0), 1e-6);
   EXPECT_LT(r.final_valid_loss, r.first_valid_loss - 0.2);
+  // Memory: the reference adds nothing here, and a full model's worth of weights without LoRA.
+  ModelRole policy("model", c.model, c.optim, grid, 1);
+  PipelineExecutor pipe(policy.model(), grid, 1);
+  EXPECT_EQ(PreferenceTraining(c, policy, pipe, grid).reference_bytes(), 0);
+  RunConfig full = preference_run(dir, Objective::dpo);
+  {
+    DecoderLM start(full.model, grid, 9);
+    save_model(start, full, dir + "/start.safetensors");
+    full.train.init_from = dir + "/start.safetensors";
+    ModelRole p2("model", full.model, full.optim, grid, 1);
+    PipelineExecutor pipe2(p2.model(), grid, 1);
+    EXPECT_EQ(PreferenceTraining(full, p2, pipe2, grid).reference_bytes(),
+              static_cast<int64_t>(sizeof(float)) * start.params().numel());
+  }
 }
 
 // Resumed from the checkpoint after 2 of 4 steps: the same losses and weights as 4 uninterrupted

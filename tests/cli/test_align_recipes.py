@@ -1,0 +1,84 @@
+"""The alignment recipes end to end through the binary, as a user runs them, on a tiny model:
+SteerLM's steps in order (attribute model, annotation, attribute-conditioned SFT, generation with
+a requested attribute string) and SPIN (two iterations, then the same command again finds them
+done); and the errors of misuse. Checks what each step leaves behind, not the quality of the
+results (the effects are docs/results.md's).
+
+Usage: test_align_recipes.py FIVEFOLD. Exits non-zero on any failure.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+fivefold = sys.argv[1]
+failures = []
+
+
+def check(what, ok, detail=""):
+    print("%-60s %s" % (what, "ok" if ok else "FAILED " + str(detail)[-1500:]))
+    if not ok:
+        failures.append(what)
+
+
+def run(*args):
+    return subprocess.run([fivefold, *args], capture_output=True, text=True, timeout=300)
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    def path(name):
+        return os.path.join(tmp, name)
+
+    with open(path("corpus.txt"), "w") as f:
+        for i in range(200):
+            f.write("line %d: good things come to those who wait.\n\n" % i)
+    small = ["--tokenizer_type", "byte", "--vocab_size", "512", "--d_model", "32", "--num_layers", "2",
+             "--num_heads", "4", "--num_kv_heads", "2", "--num_experts", "0", "--peak_tflops", "1"]
+    r = run("train", "--data_path", path("corpus.txt"), "--seq_len", "32", "--steps", "5", "--micro_batch", "2",
+            "--eval_samples", "2", "--out_dir", path("base"), *small)
+    check("a base model", r.returncode == 0, r.stdout + r.stderr)
+    base = path("base/model.safetensors")
+    with open(path("rated.jsonl"), "w") as f, open(path("plain.jsonl"), "w") as g:
+        for i in range(40):
+            n = i % 5
+            rec = {"prompt": "Rate %d:" % i, "response": " " + " ".join(["good"] * n + ["meh"] * (4 - n))}
+            g.write(json.dumps(rec) + "\n")
+            rec.update({"quality": n, "humor": -100 if i % 2 else 4 - n})
+            f.write(json.dumps(rec) + "\n")
+    common = ["--micro_batch", "4", "--steps", "3", "--eval_samples", "4", "--split", "90,10,0", "--seq_len", "96",
+              "--peak_tflops", "1"]
+    r = run("align", "steerlm", "attribute-model", "--init_from", base, "--steerlm_attributes", "quality,humor",
+            "--data_path", path("rated.jsonl"), "--out_dir", path("attr"), *common)
+    check("steerlm 1: attribute model", r.returncode == 0 and "attribute data" in r.stdout, r.stdout + r.stderr)
+    r = run("align", "steerlm", "annotate", "--model", path("attr/model.safetensors"), "--data_path",
+            path("plain.jsonl"), "--output", path("annotated.jsonl"))
+    recs = [json.loads(line) for line in open(path("annotated.jsonl"))] if r.returncode == 0 else []
+    ok = len(recs) == 40 and all(sorted(x["attributes"]) == ["humor", "quality"] and
+                                 all(isinstance(v, int) and 0 <= v <= 4 for v in x["attributes"].values()) for x in recs)
+    check("steerlm 2: annotation, integers in [0, 4]", ok, r.stdout + r.stderr)
+    r = run("align", "steerlm", "sft", "--init_from", base, "--steerlm_attributes", "quality,humor", "--data_path",
+            path("annotated.jsonl"), "--out_dir", path("steer"), *common)
+    check("steerlm 3: attribute-conditioned SFT", r.returncode == 0 and "template nemo" in r.stdout, r.stdout + r.stderr)
+    r = run("generate", "--model", path("steer/model.safetensors"), "--prompt", "Rate 1:", "--chat_template", "nemo",
+            "--attributes", "quality:4,humor:0", "--tokens", "8", "--temperature", "0", "--output", "jsonl")
+    check("steerlm 4: generation with an attribute string", r.returncode == 0 and '"prompt":"Rate 1:"' in r.stdout,
+          r.stdout + r.stderr)
+    r = run("generate", "--model", path("steer/model.safetensors"), "--prompt", "x", "--attributes", "quality:4")
+    check("--attributes without the nemo template is refused", r.returncode != 0 and "nemo" in r.stderr, r.stderr)
+    r = run("align", "steerlm", "sft", "--init_from", base, "--data_path", path("annotated.jsonl"))
+    check("steerlm without --steerlm_attributes is refused", r.returncode != 0 and "steerlm_attributes" in r.stderr,
+          r.stderr)
+
+    spin = ["align", "spin", "--init_from", path("steer/model.safetensors"), "--data_path", path("plain.jsonl"),
+            "--spin_iterations", "2", "--spin_max_new_tokens", "8", "--out_dir", path("spin"), "--chat_template", "nemo",
+            *common]
+    r = run(*spin)
+    log = [json.loads(line) for line in open(path("spin/spin.jsonl"))] if r.returncode == 0 else []
+    check("spin: two iterations", len(log) == 2 and os.path.exists(path("spin/model.safetensors")), r.stdout + r.stderr)
+    r = run(*spin)
+    check("spin: the same command again finds them done", r.returncode == 0 and r.stdout.count("done already") == 2,
+          r.stdout + r.stderr)
+
+print("%d failed" % len(failures))
+sys.exit(1 if failures else 0)
