@@ -37,6 +37,7 @@
 #include "train/sft_data.h"
 #include "train/steerlm.h"
 #include "train/trainer.h"
+#include "train/upcycle.h"
 
 extern char** environ;
 
@@ -90,7 +91,11 @@ RunConfig RunConfigFlags::resolve() const {
     const std::string all = join_problems(errors);
     throw UserError("bad command line:" + all);
   }
-  if (!c.train.init_from.empty() && c.train.resume.empty()) adopt_init_source(c);
+  if (!c.train.init_from.empty() && c.train.resume.empty()) {
+    adopt_init_source(c);
+    // Online upcycling: the model trained is the dense source's MoE upcycle (train/upcycle.h).
+    if (c.train.upcycle_experts > 0) c.model = upcycled_config(c.model, UpcycleOptions::of(c.train));
+  }
   return c;
 }
 
@@ -205,6 +210,37 @@ RunConfigFlags steerlm_recipe(RunConfigFlags flags, bool attribute_model) {
     g.emplace("chat_template", "nemo");
   }
   return flags;
+}
+
+// `fivefold upcycle`: offline, the dense --init_from model's MoE upcycle as a model file (every
+// expert in one process), with the run config and the source's tokenizer.
+int cmd_upcycle(RunConfigFlags flags, const std::string& out_path) {
+  FF_CHECK(flags.given.count("init_from"), "fivefold upcycle: give the dense model with --init_from");
+  flags.given.emplace("upcycle_experts", "8");
+  RunConfig c = flags.resolve();
+  FF_CHECK(!out_path.empty(), "fivefold upcycle: give --out FILE (a model file)");
+  Communicator world = Communicator::world();
+  FF_CHECK(world.size() == 1, "fivefold upcycle writes one model file from one process; to upcycle under a parallel "
+           "layout, train --init_from DENSE --upcycle_experts E does it while loading");
+  set_threads(c);
+  ParallelGrid grid(world, ParallelConfig{});
+  const ModelSource src = open_model_source(c.train.init_from);
+  DecoderLM model(c.model, grid, c.train.seed);
+  const UpcycleOptions o = UpcycleOptions::of(c.train);
+  load_model_source(src, model, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
+    return upcycled_tensor(src.config.model, o, f, n, t);
+  });
+  c.train.init_from = "";
+  const TokenizerFile tok = model_tokenizer(src, std::nullopt);
+  save_model(model, c, out_path, &tok);
+  std::printf("upcycled %s -> %s: pattern %s, %lld experts of %lld (granularity %lld), top-%lld, %s, %s%s; "
+              "%.2fM parameters (%.2fM active)\n", src.path.c_str(), out_path.c_str(), c.model.pattern().c_str(),
+              (long long)o.experts, (long long)c.model.moe_ffn_hidden, (long long)o.granularity, (long long)o.top_k,
+              o.softmax_then_topk ? "softmax then top-k" : "top-k then softmax",
+              o.virtual_groups ? "virtual groups" : "random shards", o.scale ? strprintf(", experts scaled by %.4f",
+              upcycle_scale(src.config.model, o)).c_str() : "", count_parameters(c.model) / 1e6,
+              count_active_parameters(c.model) / 1e6);
+  return 0;
 }
 
 int cmd_train(const RunConfigFlags& flags, bool print_config) {
@@ -589,6 +625,13 @@ int main(int argc, char** argv) {
     train_flags.add_to(*train, defaults);
     train->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
 
+    RunConfigFlags upcycle_flags;
+    std::string upcycle_out;
+    auto* upcycle = app.add_subcommand("upcycle", "turn a dense model (--init_from) into an MoE model file "
+                                                  "(--upcycle_experts, --upcycle_top_k, --upcycle_granularity, ...)");
+    upcycle_flags.add_to(*upcycle, defaults);
+    upcycle->add_option("--out", upcycle_out, "the MoE model file to write")->required();
+
     // `fivefold align rm | dpo`: training on preference pairs (train/preference_data.h), the
     // recipe's fields preset (align_recipe); every train flag applies.
     auto* align = app.add_subcommand("align", "align a model on preference pairs (JSONL: prompt, chosen, rejected)");
@@ -759,6 +802,7 @@ int main(int argc, char** argv) {
     if (align_rm->parsed()) return cmd_train(align_recipe(rm_flags, "rm"), print_config);
     if (align_dpo->parsed()) return cmd_train(align_recipe(dpo_flags, "dpo"), print_config);
     if (align_spin->parsed()) return cmd_spin(spin_flags, print_config);
+    if (upcycle->parsed()) return cmd_upcycle(upcycle_flags, upcycle_out);
     if (steer_attr->parsed()) return cmd_train(steerlm_recipe(steer_attr_flags, true), print_config);
     if (steer_sft->parsed()) return cmd_train(steerlm_recipe(steer_sft_flags, false), print_config);
     if (steer_annotate->parsed()) return cmd_steerlm_annotate(annotate);

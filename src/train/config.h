@@ -70,6 +70,12 @@ struct TrainConfig {
   std::string reference;              // DPO family: the frozen reference model (empty: see the help text)
   // SteerLM (train/steerlm.h): the attributes, in the order of the attribute model's outputs.
   std::string steerlm_attributes;
+  // Upcycling (train/upcycle.h): with init_from a dense model and upcycle_experts > 0, the model
+  // trained is its MoE upcycle, built while loading (each rank only its own experts).
+  int64_t upcycle_experts = 0, upcycle_top_k = 2, upcycle_granularity = 1;
+  bool upcycle_softmax_then_topk = true, upcycle_virtual_groups = true, upcycle_scale = true;
+  std::string upcycle_layers = "all";
+  double upcycle_router_std = 0.02;
   // SPIN (recipes/spin.h): iterations, and how the current model answers the SFT prompts.
   int64_t spin_iterations = 3;
   int64_t spin_max_new_tokens = 64;
@@ -142,6 +148,19 @@ struct TrainConfig {
                                                 "humor,creativity); an attribute model predicts them (data_format "
                                                 "attributes, objective attribute_regression, value_outputs = their "
                                                 "number), and SFT data with them is conditioned on them");
+    v(upcycle_experts, "upcycle_experts", "upcycling: the init_from dense model becomes an MoE of this many experts "
+                                          "per chosen MLP layer (0 = no upcycling)");
+    v(upcycle_top_k, "upcycle_top_k", "upcycling: experts per token");
+    v(upcycle_granularity, "upcycle_granularity", "upcycling: G, expert width = dense ffn_hidden / G");
+    v(upcycle_softmax_then_topk, "upcycle_softmax_then_topk", "upcycling: router order; true: softmax over all experts "
+                                                              "then top-k (no renormalisation); false: top-k then "
+                                                              "softmax over the k");
+    v(upcycle_virtual_groups, "upcycle_virtual_groups", "upcycling: expert e holds shard e mod G and a group's router "
+                                                        "rows are equal (false: random shards and router)");
+    v(upcycle_scale, "upcycle_scale", "upcycling: scale the experts so the MoE starts with the dense MLP's output scale");
+    v(upcycle_layers, "upcycle_layers", "upcycling: which MLP layers become MoE: all, every_other (the 2nd, 4th, ...) "
+                                        "or MLP indices such as 0,2,5");
+    v(upcycle_router_std, "upcycle_router_std", "upcycling: std of the new router's random rows");
     v(spin_iterations, "spin_iterations", "SPIN: iterations (generate, pair, train with DPO, promote)");
     v(spin_max_new_tokens, "spin_max_new_tokens", "SPIN: longest generated response, in tokens");
     v(spin_temperature, "spin_temperature", "SPIN: sampling temperature of the generated responses (0 = greedy)");

@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 
+#include "core/hash.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/hf_convert.h"
@@ -80,7 +81,8 @@ ModelSource open_model_source(const std::string& path) {
   return s;
 }
 
-LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const std::vector<std::string>& allow_new) {
+LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const std::vector<std::string>& allow_new,
+                             const TensorTransform& transform) {
   // The source's tensors at their global shapes, by fivefold name: read one at a time from a
   // model file; a checkpoint's are assembled from its chunks, a Hugging Face folder's converted.
   std::optional<SafetensorsFile> file;
@@ -93,19 +95,23 @@ LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const 
     all = source.kind == ModelSource::Kind::checkpoint ? read_checkpoint_model(source.path) : import_hf(source.path).tensors;
     for (const auto& [name, t] : all) names.push_back(name);
   }
-  auto fetch = [&](const std::string& name, HostTensor& out) {
+  std::map<std::string, bool> used;
+  for (const auto& n : names) used[n] = false;
+  const TensorFetch source_tensor = [&](const std::string& name, HostTensor& out) {
     if (file) {
       if (!file->contains(name)) return false;
       out = file->read_any(name);
-      return true;
+    } else {
+      auto it = all.find(name);
+      if (it == all.end()) return false;
+      out = it->second;  // a copy: a transform may read one source tensor for several
     }
-    auto it = all.find(name);
-    if (it == all.end()) return false;
-    out = std::move(it->second);
+    used[name] = true;
     return true;
   };
-  std::map<std::string, bool> used;
-  for (const auto& n : names) used[n] = false;
+  auto fetch = [&](const std::string& name, HostTensor& out) {
+    return transform ? transform(source_tensor, name, out) : source_tensor(name, out);
+  };
   LoadReport report;
   HostTensor t;
   for (Param& p : model.params().params()) {
@@ -116,7 +122,6 @@ LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const 
       report.fresh.push_back(p.name);
       continue;
     }
-    used[p.name] = true;
     FF_CHECK(t.shape == p.global_shape.vec(), "'%s': tensor '%s' has shape %s; this model's config needs %s (the model "
              "fields must match the source's: check the flags or config that change its sizes)", source.path.c_str(),
              p.name.c_str(), Shape::from(t.shape).str().c_str(), p.global_shape.str().c_str());
@@ -125,7 +130,6 @@ LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const 
   }
   for (const auto& b : model.state_buffers()) {
     if (!fetch(b.name, t)) continue;
-    used[b.name] = true;
     FF_CHECK(t.data.size() == b.data->size(), "'%s': buffer '%s' has %zu values; this model needs %zu",
              source.path.c_str(), b.name.c_str(), t.data.size(), b.data->size());
     *b.data = t.data;
@@ -149,8 +153,7 @@ TokenizerFile model_tokenizer(const ModelSource& source, const std::optional<Tok
 
 std::string materialise_tokenizer(const TokenizerFile& t, const std::string& dir, const Communicator& world) {
   if (t.type == TokenizerType::byte) return "";
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the bytes
-  for (unsigned char ch : t.bytes) h = (h ^ ch) * 1099511628211ull;
+  const uint64_t h = fnv1a(t.bytes);
   const std::string path = strprintf("%s/tokenizer-%08llx%s", dir.c_str(), (unsigned long long)(h & 0xffffffffu),
                                      t.type == TokenizerType::sentencepiece ? ".model" : ".json");
   if (world.rank() == 0 && !fs::is_regular_file(path)) {

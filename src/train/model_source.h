@@ -6,10 +6,12 @@
 //                           memory, with tokenizer.model or tokenizer.json when the folder has one.
 // Its weights load into a model of any parallel layout: each rank keeps its own slices.
 #pragma once
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "io/tokenizer.h"
 #include "models/decoder_lm.h"
 #include "train/config.h"
@@ -32,10 +34,18 @@ struct LoadReport {
   std::vector<std::string> fresh;      // parameters the source lacks, left at their initialisation
   std::vector<std::string> unused;     // source tensors no parameter took
 };
+// A model's global tensor by name (false: it has none).
+using TensorFetch = std::function<bool(const std::string& name, HostTensor& out)>;
+// The tensor `name` of the model being loaded, made from the source's (transform(fetch, name,
+// out); false: none), e.g. an MoE's experts from a dense model's MLP (train/upcycle.h).
+using TensorTransform = std::function<bool(const TensorFetch& source, const std::string& name, HostTensor& out)>;
+
 // Fills every parameter this rank holds from the source (its global tensor, then this rank's
 // slice). A parameter missing from the source is an error unless it matches one of allow_new;
-// a global shape that differs is always an error; both name the tensor.
-LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const std::vector<std::string>& allow_new = {});
+// a global shape that differs is always an error; both name the tensor. With a transform, the
+// source's tensors reach the model through it.
+LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const std::vector<std::string>& allow_new = {},
+                             const TensorTransform& transform = nullptr);
 
 // The tokenizer a model is used with: the one the user named (explicit), else the one the model
 // carries, else the one its run config names if that file exists; otherwise an error that says

@@ -23,6 +23,7 @@
 #include "train/plan.h"
 #include "train/run_checkpoint.h"
 #include "train/steerlm.h"
+#include "train/upcycle.h"
 #include "train/stop_signal.h"
 
 namespace ff {
@@ -267,7 +268,14 @@ TrainResult Trainer::run(bool quiet) {
   }
   if (!tc.init_from.empty() && tc.resume.empty()) {
     auto t_load = Clock::now();
-    const LoadReport report = load_model_source(open_model_source(tc.init_from), student_.model(), parse_name_globs(tc.init_new));
+    const ModelSource src = open_model_source(tc.init_from);
+    TensorTransform upcycle;  // online upcycling: each rank builds its own experts from the dense tensors
+    if (tc.upcycle_experts > 0)
+      upcycle = [dense = src.config.model, o = UpcycleOptions::of(tc)](const TensorFetch& f, const std::string& n,
+                                                                       HostTensor& out) {
+        return upcycled_tensor(dense, o, f, n, out);
+      };
+    const LoadReport report = load_model_source(src, student_.model(), parse_name_globs(tc.init_new), upcycle);
     if (lead && !quiet) {
       std::printf("initialised from %s: %lld tensors (%.2f s)\n", tc.init_from.c_str(), (long long)report.loaded,
                   seconds_since(t_load));
@@ -346,7 +354,10 @@ TrainResult Trainer::run(bool quiet) {
                   m.mean_expert_load > 0 ? m.max_expert_load / m.mean_expert_load : 0.0, m.dropped_fraction,
                   format_duration(eta).c_str(),
                   rec.contains("valid_loss") ? strprintf(" | valid %.4f", rec["valid_loss"].get<double>()).c_str() : "")
-                  + (preference_ ? strprintf(" | acc %.3f | margin %.3f", m.accuracy, m.reward_chosen - m.reward_rejected)
+                  + (preference_ ? strprintf(" | acc %.3f | margin %.3f%s", m.accuracy, m.reward_chosen - m.reward_rejected,
+                                             rec.contains("valid_accuracy")
+                                                 ? strprintf(" | valid acc %.3f", rec["valid_accuracy"].get<double>()).c_str()
+                                                 : "")
                                  : std::string()));
     }
     const bool stop = ckpt.stop_agreed();

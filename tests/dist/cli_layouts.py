@@ -28,12 +28,12 @@ common = ["train", "--data_path", corpus, "--tokenizer_type", "byte", "--vocab_s
           "2", "--peak_tflops", "1", "--split", "90,10,0"]
 
 
-def run(ranks, extra, out):
+def run(ranks, extra, out, base=None):
     if "--steps" not in extra:
         extra = extra + ["--steps", "4"]
     if "--out_dir" not in extra:
         extra = extra + ["--out_dir", out]
-    cmd = ([] if ranks == 1 else ["mpirun", "--oversubscribe", "-np", str(ranks)]) + [fivefold] + common + extra
+    cmd = ([] if ranks == 1 else ["mpirun", "--oversubscribe", "-np", str(ranks)]) + [fivefold] + (base or common) + extra
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         print(r.stdout[-2000:], r.stderr[-2000:])
@@ -125,6 +125,30 @@ for recipe in ("rm", "dpo"):
         failures += not ok
     print("%-40s    %s" % ("align %s, 1 process" % recipe, want))
 
+# Upcycling: `fivefold upcycle` (offline, one process) and then training from the MoE file gives
+# the losses of training with --upcycle_experts from the dense file directly (online), in one
+# process and under EP 2 with each rank building only its experts.
+dense_dir = os.path.join(tmp, "dense")
+dense_common = [a for i, a in enumerate(common) if a not in ("--num_experts", "--moe_ffn_hidden") and
+                common[i - 1] not in ("--num_experts", "--moe_ffn_hidden")]
+subprocess.run([fivefold] + dense_common + ["--num_experts", "0", "--ffn_hidden", "64", "--steps", "2", "--out_dir",
+               dense_dir], env=env, check=True, capture_output=True, timeout=300)
+dense_file = os.path.join(dense_dir, "model.safetensors")
+# (the shared flags' --num_experts 4 --moe_ffn_hidden 32 are what E 4, G 2 make of ffn_hidden 64)
+moe_file = os.path.join(tmp, "moe.safetensors")
+up = ["--upcycle_experts", "4", "--upcycle_top_k", "2", "--upcycle_granularity", "2"]
+r = subprocess.run([fivefold, "upcycle", "--init_from", dense_file, "--out", moe_file] + up, env=env,
+                   capture_output=True, text=True, timeout=120)
+print(r.stdout.strip()[-300:])
+offline = run(1, ["--init_from", moe_file, "--grad_accum", "2"], os.path.join(tmp, "from-moe"))
+for name, (ranks, extra) in {"online, 1 process": (1, ["--grad_accum", "2"]), "online, EP 2": (2, ["--ep", "2"])}.items():
+    got = run(ranks, ["--init_from", dense_file] + up + extra, os.path.join(tmp, "up-" + name.replace(" ", "_")),
+              dense_common)
+    ok = r.returncode == 0 and all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(got, offline))
+    print("%-40s %s %s" % ("upcycle " + name, "ok" if ok else "MISMATCH", got))
+    failures += not ok
+print("%-40s    %s" % ("upcycle offline, then train", offline))
+
 # An error every rank meets alike (a missing checkpoint, a bad command line) is printed once, not
 # once per rank, and the job fails.
 for what, extra, needle in (("missing --resume folder", ["--resume", os.path.join(tmp, "nothing")], "does not exist"),
@@ -135,5 +159,5 @@ for what, extra, needle in (("missing --resume folder", ["--resume", os.path.joi
     ok = r.returncode != 0 and said == 1
     print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + 14 - failures, failures))
+print("%d passed, %d failed" % (len(layouts) + 16 - failures, failures))
 sys.exit(1 if failures else 0)
