@@ -99,4 +99,31 @@ void backward_mean_ce(DecoderLM& model, DecoderLM::MicroBatch& mb, float scale) 
   model.backward(mb, dlogp.data(), scale, scale);
 }
 
+std::vector<double> last_row_values(const HeadRows& in, std::vector<int64_t>& at) {
+  const int64_t B = in.B, S = in.S, K = in.width;
+  std::vector<double> last(static_cast<size_t>(B), -1.0), value(static_cast<size_t>(B * K), 0.0);
+  at.assign(static_cast<size_t>(B), -1);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t row = b * S + s;
+      const double pos = in.positions ? in.positions[row] : static_cast<double>(s);
+      if (in.targets[row] >= 0 && pos > last[static_cast<size_t>(b)]) {
+        last[static_cast<size_t>(b)] = pos;
+        at[static_cast<size_t>(b)] = row;
+      }
+    }
+  const std::vector<double> mine = last;
+  if (in.cp) in.cp->all_reduce_max(last.data(), B);
+  for (int64_t b = 0; b < B; ++b) {
+    const size_t i = static_cast<size_t>(b);
+    if (at[i] < 0 || mine[i] != last[i]) {
+      at[i] = -1;
+      continue;
+    }
+    for (int64_t k = 0; k < K; ++k) value[i * static_cast<size_t>(K) + static_cast<size_t>(k)] = in.value[at[i] * K + k];
+  }
+  if (in.cp) in.cp->all_reduce_sum(value.data(), B * K);
+  return value;
+}
+
 }  // namespace ff

@@ -76,6 +76,12 @@ class Distillation : public LogitObjective {
   float tau_;
 };
 
+// Per sequence of one micro-batch, the head's `width` values at its last row with a target (the
+// largest position: a reward model's score, an attribute model's predictions), complete over
+// the CP group (0 for a sequence without targets); `at`: that row's local index, or -1 where
+// another CP rank holds it or the sequence has none. [B, width].
+std::vector<double> last_row_values(const HeadRows& in, std::vector<int64_t>& at);
+
 // Rows with a target (>= 0) in targets.
 int64_t count_targets(const std::vector<int32_t>& targets);
 // The valid targets of one step: over its micro-batches, summed over the data-parallel group

@@ -20,32 +20,6 @@ std::vector<double> target_rows(const HeadRows& in) {
   return n;
 }
 
-// The reward model's score per sequence: the value at its last row with a target (the largest
-// position), complete over the CP group; `at` gets that row's local index, or -1 where another
-// CP rank holds it or the sequence has no target.
-std::vector<double> last_values(const HeadRows& in, std::vector<int64_t>& at) {
-  const int64_t B = in.B, S = in.S;
-  std::vector<double> last(static_cast<size_t>(B), -1.0), value(static_cast<size_t>(B), 0.0);
-  at.assign(static_cast<size_t>(B), -1);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t row = b * S + s;
-      const double pos = in.positions ? in.positions[row] : static_cast<double>(s);
-      if (in.targets[row] >= 0 && pos > last[static_cast<size_t>(b)]) {
-        last[static_cast<size_t>(b)] = pos;
-        at[static_cast<size_t>(b)] = row;
-      }
-    }
-  std::vector<double> mine = last;
-  if (in.cp) in.cp->all_reduce_max(last.data(), B);
-  for (int64_t b = 0; b < B; ++b) {
-    const size_t i = static_cast<size_t>(b);
-    if (at[i] >= 0 && mine[i] == last[i]) value[i] = in.value[at[i]];
-    else at[i] = -1;
-  }
-  if (in.cp) in.cp->all_reduce_sum(value.data(), B);
-  return value;
-}
 }  // namespace
 
 bool uses_rewards(Objective o) {
@@ -132,7 +106,9 @@ ObjectiveValue PairwiseObjective::evaluate(const HeadRows& in, float* dlogp) con
   std::vector<double> score;  // per sequence: r (reward model) or Delta (DPO family)
   std::vector<double> lp;     // the policy's log-probs per sequence (DPO family)
   if (reward_model) {
-    score = last_values(in, last_row);
+    FF_CHECK(in.width == 1, "the Bradley-Terry reward model reads one value per row (model.value_outputs = 1), "
+             "not %lld", (long long)in.width);
+    score = last_row_values(in, last_row);
   } else {
     const auto m = static_cast<size_t>(in.micro_batch);
     FF_CHECK(reference_ && m < reference_->size() && static_cast<int64_t>((*reference_)[m].size()) == B,

@@ -58,11 +58,6 @@ class AttributeSamples : public SampleSource {
 };
 void open_attribute_data(const RunConfig& c, TrainingData& d, std::string& summary);
 
-// Per sequence of one micro-batch, the value head's K values at its last row with a target,
-// complete over the CP group (0 for a sequence without targets); `at`: that row's local index or
-// -1 (held by another CP rank, or none).
-std::vector<double> last_row_values(const HeadRows& in, std::vector<int64_t>& at);
-
 // Step 1's objective: sum over labelled (sequence, attribute) of (v - y)^2 / total_labels.
 class AttributeRegression : public TokenObjective {
  public:
