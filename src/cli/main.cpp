@@ -24,6 +24,7 @@
 #include "cli/cli_config.h"
 #include "io/atomic_file.h"
 #include "io/config_json.h"
+#include "io/jsonl.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
 #include "recipes/spin.h"
@@ -358,18 +359,9 @@ int cmd_steerlm_annotate(const AnnotateOptions& a) {
   if (!a.chat_template.empty())
     FF_CHECK(enum_from_string(a.chat_template, t), "--chat_template %s: must be one of %s", a.chat_template.c_str(),
              enum_choices(ChatTemplate{}).c_str());
-  std::ifstream in(a.data_path);
-  FF_CHECK(in.good(), "--data_path %s: cannot open it (JSONL records with prompt and response)", a.data_path.c_str());
   std::vector<nlohmann::json> records;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
-      records.push_back(nlohmann::json::parse(line));
-    } catch (const std::exception& e) {
-      FF_FAIL("%s line %lld: not valid JSON (%s)", a.data_path.c_str(), (long long)n, e.what());
-    }
-  }
+  for_each_jsonl(a.data_path, "--data_path: JSONL records with prompt and response",
+                 [&](const nlohmann::json& j, const std::string&) { records.push_back(j); });
   const SftKeys keys{c.train.sft_prompt_key, c.train.sft_response_key, c.train.sft_messages_key};
   const auto values = annotate_attributes(model, grid, *tok, records, t, keys, a.micro_batch);
   if (grid.world_rank() == 0) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/atomic_file.h"
+#include "io/jsonl.h"
 #include "train/generation.h"
 #include "train/model_source.h"
 #include "train/sft_data.h"
@@ -24,28 +25,17 @@ struct SftRecord {
 // The SFT data's prompt/response records; a record without a response is an error (SPIN pairs
 // every prompt's SFT response with a generated one).
 std::vector<SftRecord> read_sft_records(const TrainConfig& tc) {
-  std::ifstream f(tc.data_path);
-  FF_CHECK(f.good(), "train.data_path '%s': cannot open the SFT file (JSONL with \"%s\" and \"%s\")",
-           tc.data_path.c_str(), tc.sft_prompt_key.c_str(), tc.sft_response_key.c_str());
   std::vector<SftRecord> out;
-  std::string line;
-  for (int64_t n = 1; std::getline(f, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      FF_FAIL("%s line %lld: not valid JSON (%s)", tc.data_path.c_str(), (long long)n, e.what());
-    }
+  for_each_jsonl(tc.data_path, "train.data_path: the SFT file, JSONL with prompt and response",
+                 [&](const nlohmann::json& j, const std::string& where) {
     auto text = [&](const std::string& key) {
       FF_CHECK(j.is_object() && j.contains(key) && j[key].is_string() && !j[key].get<std::string>().empty(),
-               "%s line %lld: SPIN pairs each prompt's SFT response with a generated one, so every record needs a "
-               "non-empty \"%s\" (train.sft_prompt_key / sft_response_key name them)", tc.data_path.c_str(),
-               (long long)n, key.c_str());
+               "%s: SPIN pairs each prompt's SFT response with a generated one, so every record needs a non-empty "
+               "\"%s\" (train.sft_prompt_key / sft_response_key name them)", where.c_str(), key.c_str());
       return j[key].get<std::string>();
     };
     out.push_back({text(tc.sft_prompt_key), text(tc.sft_response_key)});
-  }
+  });
   FF_CHECK(!out.empty(), "train.data_path '%s' holds no SFT records for SPIN", tc.data_path.c_str());
   return out;
 }

@@ -6,6 +6,7 @@
 
 #include "core/rng.h"
 #include "io/gpt_dataset.h"
+#include "io/jsonl.h"
 #include "train/preference_objective.h"
 
 namespace ff {
@@ -69,24 +70,13 @@ std::vector<float> PreferenceSamples::sequence_labels(int64_t first, int64_t B) 
 
 void open_preference_data(const RunConfig& c, TrainingData& d, std::string& summary) {
   const auto& tc = c.train;
-  std::ifstream f(tc.data_path);
-  FF_CHECK(f.good(), "train.data_path '%s': cannot open the preference file (JSONL, one pair per line)",
-           tc.data_path.c_str());
   const bool rpo = uses_rewards(tc.objective);
   const SftKeys keys{tc.sft_prompt_key, "response", "messages"};
   std::vector<PreferencePair> all;
-  std::string line;
   int64_t lines = 0, dropped = 0, cut = 0;
-  for (int64_t n = 1; std::getline(f, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+  for_each_jsonl(tc.data_path, "train.data_path: the preference file, JSONL, one pair per line",
+                 [&](const nlohmann::json& j, const std::string& where) {
     ++lines;
-    const std::string where = strprintf("%s line %lld", tc.data_path.c_str(), (long long)n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      FF_FAIL("%s: not valid JSON (%s)", where.c_str(), e.what());
-    }
     FF_CHECK(j.is_object(), "%s: a preference pair is a JSON object", where.c_str());
     auto text = [&](const std::string& key) {
       FF_CHECK(j.contains(key) && j[key].is_string(), "%s: \"%s\" is missing or not a string (a pair has \"%s\", "
@@ -114,10 +104,10 @@ void open_preference_data(const RunConfig& c, TrainingData& d, std::string& summ
     }
     if (!learns_within(p.chosen, c.model.seq_len) || !learns_within(p.rejected, c.model.seq_len)) {
       ++dropped;  // the prompt fills the sequence: nothing of a response would be seen
-      continue;
+      return;
     }
     all.push_back(std::move(p));
-  }
+  });
   FF_CHECK(!all.empty(), "train.data_path '%s' holds no usable pairs (%lld lines, %lld left out because their prompt "
            "fills model.seq_len = %lld: raise model.seq_len or shorten the prompts)", tc.data_path.c_str(),
            (long long)lines, (long long)dropped, (long long)c.model.seq_len);

@@ -6,6 +6,7 @@
 
 #include "core/rng.h"
 #include "io/gpt_dataset.h"
+#include "io/jsonl.h"
 #include "train/steerlm.h"
 
 namespace ff {
@@ -178,24 +179,13 @@ void SftSamples::fill(std::vector<int32_t>& tokens, std::vector<int32_t>& target
 
 void open_sft_data(const RunConfig& c, TrainingData& d, std::string& summary) {
   const auto& tc = c.train;
-  std::ifstream f(tc.data_path);
-  FF_CHECK(f.good(), "train.data_path '%s': cannot open the SFT file (JSONL, one example per line)",
-           tc.data_path.c_str());
   const SftKeys keys{tc.sft_prompt_key, tc.sft_response_key, tc.sft_messages_key};
   const std::vector<std::string> names =
       tc.steerlm_attributes.empty() ? std::vector<std::string>{} : attribute_names(tc.steerlm_attributes);
   std::vector<SftExample> all;
-  std::string line;
   int64_t truncated = 0, learned = 0, tokens = 0;
-  for (int64_t n = 1; std::getline(f, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = strprintf("%s line %lld", tc.data_path.c_str(), (long long)n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      FF_FAIL("%s: not valid JSON (%s)", where.c_str(), e.what());
-    }
+  for_each_jsonl(tc.data_path, "train.data_path: the SFT file, JSONL, one example per line",
+                 [&](const nlohmann::json& j, const std::string& where) {
     // SteerLM: the record's attributes, written after the assistant header (train/steerlm.h).
     const std::string attributes =
         names.empty() ? std::string() : attribute_string(names, record_attributes(j, names, where));
@@ -207,7 +197,7 @@ void open_sft_data(const RunConfig& c, TrainingData& d, std::string& summary) {
     for (size_t i = 1; i < e.ids.size() && static_cast<int64_t>(i) <= c.model.seq_len; ++i) learned += e.learn[i];
     tokens += static_cast<int64_t>(e.ids.size());
     all.push_back(std::move(e));
-  }
+  });
   FF_CHECK(!all.empty(), "train.data_path '%s' holds no examples", tc.data_path.c_str());
   const auto parts = split_documents(tc.split, static_cast<int64_t>(all.size()), "train.split");
   auto part = [&](int k) {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "io/gpt_dataset.h"
+#include "io/jsonl.h"
 #include "train/pipeline.h"
 
 namespace ff {
@@ -75,26 +76,16 @@ std::vector<float> AttributeSamples::sequence_labels(int64_t first, int64_t B) c
 void open_attribute_data(const RunConfig& c, TrainingData& d, std::string& summary) {
   const auto& tc = c.train;
   const auto names = attribute_names(tc.steerlm_attributes);
-  std::ifstream f(tc.data_path);
-  FF_CHECK(f.good(), "train.data_path '%s': cannot open the attribute data (JSONL)", tc.data_path.c_str());
   const SftKeys keys{tc.sft_prompt_key, tc.sft_response_key, tc.sft_messages_key};
   std::vector<SftExample> examples;
   std::vector<std::vector<float>> labels;
   int64_t labelled = 0;
-  std::string line;
-  for (int64_t n = 1; std::getline(f, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = strprintf("%s line %lld", tc.data_path.c_str(), (long long)n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      FF_FAIL("%s: not valid JSON (%s)", where.c_str(), e.what());
-    }
+  for_each_jsonl(tc.data_path, "train.data_path: the attribute data, JSONL records with prompt, response and "
+                 "attribute values", [&](const nlohmann::json& j, const std::string& where) {
     examples.push_back(render_sft_example(j, tc.chat_template, keys, *d.tokenizer, where));
     labels.push_back(record_attributes(j, names, where));
     for (float v : labels.back()) labelled += v != kNoLabel;
-  }
+  });
   FF_CHECK(!examples.empty(), "train.data_path '%s' holds no records", tc.data_path.c_str());
   const auto parts = split_documents(tc.split, static_cast<int64_t>(examples.size()), "train.split");
   auto part = [&](int k, auto& v) {
