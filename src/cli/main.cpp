@@ -175,9 +175,10 @@ RunConfigFlags align_recipe(RunConfigFlags flags, const std::string& recipe) {
   return flags;
 }
 
-// `fivefold align spin` (recipes/spin.h): SFT data in, a DPO run per iteration.
-int cmd_spin(RunConfigFlags flags, bool print_config) {
-  flags.given.emplace("data_format", "sft");
+// Resolves the run's config, checks it (once, the same on every rank) and prints it with
+// --print_config, or runs `job` on the layout's grid.
+int run_job(const RunConfigFlags& flags, bool print_config,
+            const std::function<void(RunConfig&, const ParallelGrid&)>& job) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
   check_run_config(c, world.size());
@@ -188,8 +189,14 @@ int cmd_spin(RunConfigFlags flags, bool print_config) {
   }
   set_threads(c);
   ParallelGrid grid(world, c.parallel);
-  run_spin(c, grid);
+  job(c, grid);
   return 0;
+}
+
+// `fivefold align spin` (recipes/spin.h): SFT data in, a DPO run per iteration.
+int cmd_spin(RunConfigFlags flags, bool print_config) {
+  flags.given.emplace("data_format", "sft");
+  return run_job(flags, print_config, [](RunConfig& c, const ParallelGrid& grid) { run_spin(c, grid); });
 }
 
 // SteerLM's training steps: the attribute model (attribute data, attribute_regression, a value
@@ -245,19 +252,7 @@ int cmd_upcycle(RunConfigFlags flags, const std::string& out_path) {
 }
 
 int cmd_train(const RunConfigFlags& flags, bool print_config) {
-  RunConfig c = flags.resolve();
-  Communicator world = Communicator::world();
-  check_run_config(c, world.size());
-  check_same_config_on_every_rank(c, world);
-  if (print_config) {
-    std::printf("%s\n", run_config_to_json(c).c_str());
-    return 0;
-  }
-  set_threads(c);
-  ParallelGrid grid(world, c.parallel);
-  Trainer trainer(c, grid);
-  trainer.run();
-  return 0;
+  return run_job(flags, print_config, [](RunConfig& c, const ParallelGrid& grid) { Trainer(c, grid).run(); });
 }
 
 struct GenerateOptions {
