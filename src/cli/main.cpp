@@ -245,8 +245,9 @@ int cmd_upcycle(RunConfigFlags flags, const std::string& out_path) {
               "%.2fM parameters (%.2fM active)\n", src.path.c_str(), out_path.c_str(), c.model.pattern().c_str(),
               (long long)o.experts, (long long)c.model.moe_ffn_hidden, (long long)o.granularity, (long long)o.top_k,
               o.softmax_then_topk ? "softmax then top-k" : "top-k then softmax",
-              o.virtual_groups ? "virtual groups" : "random shards", o.scale ? strprintf(", experts scaled by %.4f",
-              upcycle_scale(src.config.model, o)).c_str() : "", count_parameters(c.model) / 1e6,
+              o.virtual_groups ? "virtual groups" : "random shards", !o.scale ? "" : o.scale_down_only ? strprintf(", down_proj scaled by %.4f",
+              upcycle_scale(src.config.model, o)).c_str() : strprintf(", experts scaled by %.4f",
+              upcycle_scale(src.config.model, o, "up_proj")).c_str(), count_parameters(c.model) / 1e6,
               count_active_parameters(c.model) / 1e6);
   return 0;
 }

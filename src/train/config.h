@@ -74,6 +74,7 @@ struct TrainConfig {
   // trained is its MoE upcycle, built while loading (each rank only its own experts).
   int64_t upcycle_experts = 0, upcycle_top_k = 2, upcycle_granularity = 1;
   bool upcycle_softmax_then_topk = true, upcycle_virtual_groups = true, upcycle_scale = true;
+  bool upcycle_scale_down_only = false;
   std::string upcycle_layers = "all";
   double upcycle_router_std = 0.02;
   // SPIN (recipes/spin.h): iterations, and how the current model answers the SFT prompts.
@@ -159,6 +160,9 @@ struct TrainConfig {
     v(upcycle_virtual_groups, "upcycle_virtual_groups", "upcycling: expert e holds shard e mod G and a group's router "
                                                         "rows are equal (false: random shards and router)");
     v(upcycle_scale, "upcycle_scale", "upcycling: scale the experts so the MoE starts with the dense MLP's output scale");
+    v(upcycle_scale_down_only, "upcycle_scale_down_only", "upcycling: put the whole scale on down_proj (exact at step "
+                                                          "0 for any activation, SwiGLU included) instead of spreading "
+                                                          "it over the expert's projections");
     v(upcycle_layers, "upcycle_layers", "upcycling: which MLP layers become MoE: all, every_other (the 2nd, 4th, ...) "
                                         "or MLP indices such as 0,2,5");
     v(upcycle_router_std, "upcycle_router_std", "upcycling: std of the new router's random rows");

@@ -57,6 +57,7 @@ UpcycleOptions UpcycleOptions::of(const TrainConfig& tc) {
   o.softmax_then_topk = tc.upcycle_softmax_then_topk;
   o.virtual_groups = tc.upcycle_virtual_groups;
   o.scale = tc.upcycle_scale;
+  o.scale_down_only = tc.upcycle_scale_down_only;
   o.layers = tc.upcycle_layers;
   o.router_std = tc.upcycle_router_std;
   o.seed = tc.seed;
@@ -99,11 +100,12 @@ ModelConfig upcycled_config(const ModelConfig& dense, const UpcycleOptions& o) {
   return m;
 }
 
-double upcycle_scale(const ModelConfig& dense, const UpcycleOptions& o) {
+double upcycle_scale(const ModelConfig& dense, const UpcycleOptions& o, const std::string& proj) {
   if (!o.scale) return 1.0;
   const double G = static_cast<double>(o.granularity), E = static_cast<double>(o.experts),
                K = static_cast<double>(o.top_k);
   const double sigma = o.softmax_then_topk ? G * E / K : G;  // 1 / c
+  if (o.scale_down_only) return proj == "down_proj" ? sigma : 1.0;
   return dense.activation == Activation::gelu ? std::sqrt(sigma) : std::cbrt(sigma);
 }
 
@@ -134,8 +136,8 @@ bool upcycled_tensor(const ModelConfig& dense, const UpcycleOptions& o, const Te
     HostTensor d;
     if (!dense_tensor(prefix + "." + proj + ".weight", d)) return false;
     const int64_t shard = shard_of(o, prefix, e);
-    const float s = static_cast<float>(upcycle_scale(dense, o));
     const std::string p(proj);
+    const float s = static_cast<float>(upcycle_scale(dense, o, p));
     if (p == "down_proj") {  // [D, F] -> columns [shard Fe, (shard + 1) Fe)
       FF_CHECK(d.shape == std::vector<int64_t>({D, F}), "upcycling: '%s' has shape %s, expected [%lld, %lld]",
                (prefix + ".down_proj.weight").c_str(), Shape::from(d.shape).str().c_str(), (long long)D, (long long)F);

@@ -7,7 +7,10 @@
 //   alternative (virtual_groups = false): each expert a random shard, the router random.
 //   Weight scaling (§4.3): the MoE's output starts as c MLP(x) with c = 1/G (top-K then softmax)
 //   or K / (G E) (softmax then top-K); every expert's projections are multiplied by s = sigma^(1/2)
-//   (GELU, degree 2) or sigma^(1/3) (squared ReLU, exact; SwiGLU, gate and up and down), sigma = 1/c.
+//   (GELU, degree 2) or sigma^(1/3) (squared ReLU, exact; SwiGLU, gate and up and down:
+//   approximate, SiLU is not homogeneous), sigma = 1/c. With scale_down_only the whole sigma goes
+//   on down_proj instead, which is linear: exact for every activation wherever the routing is
+//   (top-K then softmax with whole groups; softmax then top-K with a zero router).
 // Everything else (embeddings, attention, norms: the MLP's pre-norm is the MoE's) is copied.
 // A tensor of the MoE model is computed on demand from the dense model's tensors, so under expert
 // parallelism each rank builds only its own experts (online upcycling: train --init_from DENSE
@@ -30,6 +33,7 @@ struct UpcycleOptions {
   bool softmax_then_topk = true;  // the router order (model.moe_router_pre_softmax)
   bool virtual_groups = true;
   bool scale = true;
+  bool scale_down_only = false;   // sigma on down_proj alone (exact for any activation)
   std::string layers = "all";     // all | every_other (the 2nd, 4th, ... MLP) | MLP indices "0,2,5"
   double router_std = 0.02;
   uint64_t seed = 1;
@@ -46,7 +50,8 @@ ModelConfig upcycled_config(const ModelConfig& dense, const UpcycleOptions& o);
 bool upcycled_tensor(const ModelConfig& dense, const UpcycleOptions& o, const TensorFetch& dense_tensor,
                      const std::string& name, HostTensor& out);
 
-// The scale s applied to every expert projection (1 when o.scale is false).
-double upcycle_scale(const ModelConfig& dense, const UpcycleOptions& o);
+// The scale applied to an expert's projection `proj` (gate_proj, up_proj, down_proj; 1 when
+// o.scale is false).
+double upcycle_scale(const ModelConfig& dense, const UpcycleOptions& o, const std::string& proj = "down_proj");
 
 }  // namespace ff

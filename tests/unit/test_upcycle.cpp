@@ -83,6 +83,13 @@ TEST(Upcycle, TopKThenSoftmaxWithWholeGroupsIsTheDenseModel) {
   expect_same_function(logits_of(dense_config(Activation::squared_relu), options(8, 2, 2, false)), 2e-5);
   // SwiGLU at granularity 1: no scaling needed (sigma = G = 1), so exact too.
   expect_same_function(logits_of(dense_config(Activation::swiglu), options(8, 2, 1, false)), 2e-5);
+  // SwiGLU at granularity 4: exact with the whole scale on the (linear) down projection.
+  UpcycleOptions down = options(8, 4, 4, false);
+  down.scale_down_only = true;
+  expect_same_function(logits_of(dense_config(Activation::swiglu), down), 2e-5);
+  down.softmax_then_topk = true;
+  down.router_std = 0;
+  expect_same_function(logits_of(dense_config(Activation::swiglu), down), 2e-5);
 }
 
 TEST(Upcycle, SoftmaxThenTopKWithAZeroRouterIsTheDenseModel) {
