@@ -2,11 +2,13 @@
 // --name VALUE (booleans also take true/false), with its help text and current default in --help.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <map>
 #include <string>
 #include <type_traits>
 
 #include "core/fields.h"
+#include "parallel/grid.h"
 #include "train/config.h"
 
 namespace ff {
@@ -83,5 +85,15 @@ struct RunConfigFlags {
  private:
   void adopt_init_source(RunConfig& c) const;
 };
+
+// Every problem of a resolved config for `world` ranks, in one UserError.
+void check_run_config(const RunConfig& c, int world);
+// OpenMP threads per rank: train.threads if set; else OMP_NUM_THREADS if the user set it; else the
+// machine's cores shared among the ranks running on it.
+void set_threads(const RunConfig& c);
+// Resolves the run's config, checks it (once, the same on every rank) and prints it with
+// --print_config, or runs `job` on the layout's grid.
+int run_job(const RunConfigFlags& flags, bool print_config,
+            const std::function<void(RunConfig&, const ParallelGrid&)>& job);
 
 }  // namespace ff

@@ -1,4 +1,5 @@
-// fivefold: one binary, subcommands train, generate, bench.
+// fivefold: one binary and its subcommands (train, generate, eval, convert, preprocess, tokenizer,
+// bench, plan; upcycle and align in cli/align_commands.h).
 #include <fcntl.h>
 #include <omp.h>
 #include <spawn.h>
@@ -21,236 +22,26 @@
 #include <string_view>
 
 #include "cli/bench_peer.h"
+#include "cli/align_commands.h"
 #include "cli/cli_config.h"
-#include "io/atomic_file.h"
 #include "io/config_json.h"
-#include "io/jsonl.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
-#include "recipes/spin.h"
 #include "train/convert.h"
 #include "train/evaluate.h"
 #include "train/flops.h"
 #include "train/generation.h"
 #include "train/model_source.h"
-#include "train/run_checkpoint.h"
 #include "train/plan.h"
 #include "train/sft_data.h"
 #include "train/steerlm.h"
 #include "train/trainer.h"
-#include "train/upcycle.h"
 
 extern char** environ;
 
 namespace ff {
 
-void RunConfigFlags::add_to(CLI::App& app, RunConfig& d) {
-  app.add_option("--config", config_path, "JSON run config {\"model\": {...}, \"optim\": {...}, \"train\": {...}, "
-                                          "\"parallel\": {...}}; flags override it");
-  CliRegistrar m{app, given, "Model"}, o{app, given, "Optimizer"}, t{app, given, "Training"}, p{app, given, "Parallel"};
-  d.model.visit_fields(m);
-  d.optim.visit_fields(o);
-  d.train.visit_fields(t);
-  d.parallel.visit_fields(p);
-}
-
-RunConfig RunConfigFlags::resolve() const {
-  RunConfig c;
-  nlohmann::json file;  // the config file's document, when there is one
-  if (!config_path.empty()) {
-    std::ifstream f(config_path);
-    FF_CHECK(f.good(), "--config %s: cannot open the file", config_path.c_str());
-    std::stringstream ss;
-    ss << f.rdbuf();
-    c = run_config_from_json(ss.str(), config_path);
-    file = nlohmann::json::parse(ss.str());  // valid: run_config_from_json parsed it
-  } else if (given.count("resume")) {
-    c = checkpoint_run_config(given.at("resume"));  // a resumed run keeps its config; flags override
-  } else {
-    c.model = model_preset(c.train.model_preset);
-  }
-  std::vector<std::string> errors;
-  if (given.count("model_preset")) {
-    // The flag's preset replaces the file's, and the file's model fields still apply on top of it
-    // (preset, then file, then flags).
-    CliApplier a{given, "train", errors};
-    TrainConfig t = c.train;
-    t.visit_fields(a);
-    try {
-      c.model = model_preset(t.model_preset);
-      if (file.contains("model")) config_from_json(c.model, file["model"], "model", errors);
-    } catch (const Error& e) {
-      errors.push_back(std::string("--model_preset: ") + e.what());
-    }
-  }
-  CliApplier m{given, "model", errors}, o{given, "optim", errors}, t{given, "train", errors}, p{given, "parallel", errors};
-  c.model.visit_fields(m);
-  c.optim.visit_fields(o);
-  c.train.visit_fields(t);
-  c.parallel.visit_fields(p);
-  if (!errors.empty()) {
-    const std::string all = join_problems(errors);
-    throw UserError("bad command line:" + all);
-  }
-  if (!c.train.init_from.empty() && c.train.resume.empty()) {
-    adopt_init_source(c);
-    // Online upcycling: the model trained is the dense source's MoE upcycle (train/upcycle.h).
-    if (c.train.upcycle_experts > 0) c.model = upcycled_config(c.model, UpcycleOptions::of(c.train));
-  }
-  return c;
-}
-
-// train.init_from: the model fields start from the source's architecture, then the config file's
-// model section and the model flags apply on top (so --seq_len or --precision still choose); the
-// tokenizer is the source's own unless the file or a flag names one.
-void RunConfigFlags::adopt_init_source(RunConfig& c) const {
-  const ModelSource src = open_model_source(c.train.init_from);
-  nlohmann::json file;
-  if (!config_path.empty()) file = nlohmann::json::parse(std::ifstream(config_path));
-  std::vector<std::string> errors;
-  c.model = src.config.model;
-  c.train.model_preset = "";  // the architecture is the source's, not a preset's
-  if (file.contains("model")) config_from_json(c.model, file["model"], "model", errors);
-  CliApplier m{given, "model", errors};
-  c.model.visit_fields(m);
-  FF_CHECK(errors.empty(), "%s", join_problems(errors).c_str());
-  const bool named = given.count("tokenizer_type") || given.count("tokenizer_path") ||
-                     (file.contains("train") && (file["train"].contains("tokenizer_type") ||
-                                                 file["train"].contains("tokenizer_path")));
-  if (named) return;
-  if (!src.tokenizer) {
-    c.train.tokenizer_type = src.config.train.tokenizer_type;
-    c.train.tokenizer_path = src.config.train.tokenizer_path;
-    return;
-  }
-  c.train.tokenizer_type = src.tokenizer->type;
-  c.train.tokenizer_path = materialise_tokenizer(*src.tokenizer, c.train.out_dir, Communicator::world());
-}
-
 namespace {
-
-void check_run_config(const RunConfig& c, int world) {
-  auto errors = c.validate(world);
-  if (errors.empty()) return;
-  const std::string all = join_problems(errors);
-  throw UserError(strprintf("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str()));
-}
-
-// OpenMP threads per rank: train.threads if set; else OMP_NUM_THREADS if the user set it; else the
-// machine's cores shared among the ranks running on it, so `mpirun -np 2` on 2 cores runs 1 thread
-// per rank instead of oversubscribing the cores.
-void set_threads(const RunConfig& c) {
-  if (c.train.threads > 0) {
-    omp_set_num_threads(static_cast<int>(c.train.threads));
-    return;
-  }
-  if (std::getenv("OMP_NUM_THREADS")) return;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int local = 1;
-  MPI_Comm_size(node, &local);
-  MPI_Comm_free(&node);
-  omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
-}
-
-// The fields an align recipe sets unless the user gave them: preference data and the recipe's
-// objective; a reward model also gets the value head, freshly initialised when it starts from a
-// language model. An objective of the other recipe is refused.
-RunConfigFlags align_recipe(RunConfigFlags flags, const std::string& recipe) {
-  auto& g = flags.given;
-  const bool rm = recipe == "rm";
-  if (g.count("objective")) {
-    const std::string o = g.at("objective");
-    const bool rm_objective = o == "bradley_terry";
-    if (rm != rm_objective || o == "cross_entropy")
-      throw UserError(strprintf("fivefold align %s: --objective %s belongs to %s", recipe.c_str(), o.c_str(),
-                                rm_objective ? "align rm" : o == "cross_entropy" ? "fivefold train" : "align dpo"));
-  }
-  g.emplace("objective", rm ? "bradley_terry" : "dpo");
-  g.emplace("data_format", "preference");
-  if (rm) {
-    g.emplace("head", "value");
-    g.emplace("init_new", "score.weight");
-  }
-  return flags;
-}
-
-// Resolves the run's config, checks it (once, the same on every rank) and prints it with
-// --print_config, or runs `job` on the layout's grid.
-int run_job(const RunConfigFlags& flags, bool print_config,
-            const std::function<void(RunConfig&, const ParallelGrid&)>& job) {
-  RunConfig c = flags.resolve();
-  Communicator world = Communicator::world();
-  check_run_config(c, world.size());
-  check_same_config_on_every_rank(c, world);
-  if (print_config) {
-    std::printf("%s\n", run_config_to_json(c).c_str());
-    return 0;
-  }
-  set_threads(c);
-  ParallelGrid grid(world, c.parallel);
-  job(c, grid);
-  return 0;
-}
-
-// `fivefold align spin` (recipes/spin.h): SFT data in, a DPO run per iteration.
-int cmd_spin(RunConfigFlags flags, bool print_config) {
-  flags.given.emplace("data_format", "sft");
-  return run_job(flags, print_config, [](RunConfig& c, const ParallelGrid& grid) { run_spin(c, grid); });
-}
-
-// SteerLM's training steps: the attribute model (attribute data, attribute_regression, a value
-// head per attribute, freshly initialised when it starts from a language model) and the
-// attribute-conditioned SFT (SFT data, the nemo template). Both need --steerlm_attributes.
-RunConfigFlags steerlm_recipe(RunConfigFlags flags, bool attribute_model) {
-  auto& g = flags.given;
-  if (!g.count("steerlm_attributes"))
-    throw UserError("fivefold align steerlm: give --steerlm_attributes, the attribute names (e.g. "
-                    "quality,toxicity,humor,creativity)");
-  if (attribute_model) {
-    g.emplace("data_format", "attributes");
-    g.emplace("objective", "attribute_regression");
-    g.emplace("head", "value");
-    g.emplace("value_outputs", std::to_string(attribute_names(g.at("steerlm_attributes")).size()));
-    g.emplace("init_new", "score.weight");
-  } else {
-    g.emplace("data_format", "sft");
-    g.emplace("chat_template", "nemo");
-  }
-  return flags;
-}
-
-// `fivefold upcycle`: offline, the dense --init_from model's MoE upcycle as a model file (every
-// expert in one process), with the run config and the source's tokenizer.
-int cmd_upcycle(RunConfigFlags flags, const std::string& out_path) {
-  FF_CHECK(flags.given.count("init_from"), "fivefold upcycle: give the dense model with --init_from");
-  flags.given.emplace("upcycle_experts", "8");
-  RunConfig c = flags.resolve();
-  FF_CHECK(!out_path.empty(), "fivefold upcycle: give --out FILE (a model file)");
-  Communicator world = Communicator::world();
-  FF_CHECK(world.size() == 1, "fivefold upcycle writes one model file from one process; to upcycle under a parallel "
-           "layout, train --init_from DENSE --upcycle_experts E does it while loading");
-  set_threads(c);
-  ParallelGrid grid(world, ParallelConfig{});
-  const ModelSource src = open_model_source(c.train.init_from);
-  DecoderLM model(c.model, grid, c.train.seed);
-  const UpcycleOptions o = UpcycleOptions::of(c.train);
-  load_model_source(src, model, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
-    return upcycled_tensor(src.config.model, o, f, n, t);
-  });
-  c.train.init_from = "";
-  const TokenizerFile tok = model_tokenizer(src, std::nullopt);
-  save_model(model, c, out_path, &tok);
-  std::printf("upcycled %s -> %s: pattern %s, %lld experts of %lld (granularity %lld), top-%lld, %s, %s%s; "
-              "%.2fM parameters (%.2fM active)\n", src.path.c_str(), out_path.c_str(), c.model.pattern().c_str(),
-              (long long)o.experts, (long long)c.model.moe_ffn_hidden, (long long)o.granularity, (long long)o.top_k,
-              o.softmax_then_topk ? "softmax then top-k" : "top-k then softmax",
-              o.virtual_groups ? "virtual groups" : "random shards", !o.scale ? "" : o.scale_down_only ? strprintf(", down_proj scaled by %.4f",
-              upcycle_scale(src.config.model, o)).c_str() : strprintf(", experts scaled by %.4f",
-              upcycle_scale(src.config.model, o, "up_proj")).c_str(), count_parameters(c.model) / 1e6,
-              count_active_parameters(c.model) / 1e6);
-  return 0;
-}
 
 int cmd_train(const RunConfigFlags& flags, bool print_config) {
   return run_job(flags, print_config, [](RunConfig& c, const ParallelGrid& grid) { Trainer(c, grid).run(); });
@@ -320,58 +111,6 @@ std::vector<std::string> read_prompts(const GenerateOptions& g) {
   }
   FF_CHECK(!out.empty(), "--prompts %s holds no prompts", g.prompts_file.c_str());
   return out;
-}
-
-// `fivefold align steerlm annotate`: a SteerLM attribute model's predictions (clipped to [0, 4],
-// rounded) added to every record of a JSONL file as "attributes": {name: value}.
-struct AnnotateOptions {
-  std::string model_path, data_path, output_path, chat_template;
-  int64_t micro_batch = 8, threads = 0;
-  std::map<std::string, std::string> layout;
-};
-
-int cmd_steerlm_annotate(const AnnotateOptions& a) {
-  const ModelSource src = open_model_source(a.model_path);
-  RunConfig c = src.config;
-  FF_CHECK(c.model.head == HeadKind::value && !c.train.steerlm_attributes.empty(), "--model %s is not a SteerLM "
-           "attribute model (made by fivefold align steerlm attribute-model: a value head and "
-           "train.steerlm_attributes)", a.model_path.c_str());
-  const auto names = attribute_names(c.train.steerlm_attributes);
-  std::vector<std::string> errors;
-  c.parallel = ParallelConfig{};
-  CliApplier ap{a.layout, "parallel", errors};
-  c.parallel.visit_fields(ap);
-  Communicator world = Communicator::world();
-  auto layout = c.parallel.validate(world.size());
-  errors.insert(errors.end(), layout.begin(), layout.end());
-  FF_CHECK(errors.empty(), "bad command line:%s", join_problems(errors).c_str());
-  c.train.threads = a.threads;
-  set_threads(c);
-  ParallelGrid grid(world, c.parallel);
-  DecoderLM model(c.model, grid, c.train.seed);
-  load_model_source(src, model);
-  auto tok = make_tokenizer(model_tokenizer(src, std::nullopt));
-  ChatTemplate t = c.train.chat_template;
-  if (!a.chat_template.empty())
-    FF_CHECK(enum_from_string(a.chat_template, t), "--chat_template %s: must be one of %s", a.chat_template.c_str(),
-             enum_choices(ChatTemplate{}).c_str());
-  std::vector<nlohmann::json> records;
-  for_each_jsonl(a.data_path, "--data_path: JSONL records with prompt and response",
-                 [&](const nlohmann::json& j, const std::string&) { records.push_back(j); });
-  const SftKeys keys{c.train.sft_prompt_key, c.train.sft_response_key, c.train.sft_messages_key};
-  const auto values = annotate_attributes(model, grid, *tok, records, t, keys, a.micro_batch);
-  if (grid.world_rank() == 0) {
-    std::string text;
-    for (size_t i = 0; i < records.size(); ++i) {
-      nlohmann::json r = records[i];
-      for (size_t k = 0; k < names.size(); ++k) r["attributes"][names[k]] = values[i][k];
-      text += r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    }
-    write_file_atomically(a.output_path, text);
-    std::printf("annotated %zu records with %s -> %s\n", records.size(), c.train.steerlm_attributes.c_str(),
-                a.output_path.c_str());
-  }
-  return 0;
 }
 
 int cmd_generate(const GenerateOptions& g) {
@@ -612,62 +351,9 @@ int main(int argc, char** argv) {
     auto* train = app.add_subcommand("train", "train a model (default: a small MoE on the KJV corpus)");
     train_flags.add_to(*train, defaults);
     train->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+    AlignCommands recipes;  // upcycle, align rm | dpo | spin | steerlm
+    add_align_commands(app, defaults, print_config, recipes);
 
-    RunConfigFlags upcycle_flags;
-    std::string upcycle_out;
-    auto* upcycle = app.add_subcommand("upcycle", "turn a dense model (--init_from) into an MoE model file "
-                                                  "(--upcycle_experts, --upcycle_top_k, --upcycle_granularity, ...)");
-    upcycle_flags.add_to(*upcycle, defaults);
-    upcycle->add_option("--out", upcycle_out, "the MoE model file to write")->required();
-
-    // `fivefold align rm | dpo`: training on preference pairs (train/preference_data.h), the
-    // recipe's fields preset (align_recipe); every train flag applies.
-    auto* align = app.add_subcommand("align", "align a model on preference pairs (JSONL: prompt, chosen, rejected)");
-    align->require_subcommand(1);
-    RunConfigFlags rm_flags, dpo_flags;
-    auto* align_rm = align->add_subcommand("rm", "train a Bradley-Terry reward model: a value head scores each "
-                                                 "response's end, loss -log sigmoid(r_chosen - r_rejected)");
-    rm_flags.add_to(*align_rm, defaults);
-    align_rm->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
-    auto* align_dpo = align->add_subcommand("dpo", "direct preference optimisation against a frozen reference "
-                                                   "(--objective dpo, ipo, rpo_sq, rpo_fwd_kl or rpo_bwd_kl)");
-    dpo_flags.add_to(*align_dpo, defaults);
-    align_dpo->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
-    RunConfigFlags spin_flags;
-    auto* align_spin = align->add_subcommand("spin", "self-play fine-tuning: per iteration, pair each SFT response "
-                                                     "with the current model's own answer, train with DPO against "
-                                                     "the current model, promote (--spin_iterations)");
-    spin_flags.add_to(*align_spin, defaults);
-    align_spin->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
-    // SteerLM's steps (train/steerlm.h): attribute-model, annotate, sft; generate --attributes.
-    auto* steer = align->add_subcommand("steerlm", "SteerLM: attribute model, annotation, attribute-conditioned SFT "
-                                                   "(then fivefold generate --attributes)");
-    steer->require_subcommand(1);
-    RunConfigFlags steer_attr_flags, steer_sft_flags;
-    auto* steer_attr = steer->add_subcommand("attribute-model", "1. train a model predicting each attribute of "
-                                                                "--steerlm_attributes (a value head per attribute, "
-                                                                "squared error, labels -100 ignored)");
-    steer_attr_flags.add_to(*steer_attr, defaults);
-    steer_attr->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
-    AnnotateOptions annotate;
-    auto* steer_annotate = steer->add_subcommand("annotate", "2. add an attribute model's predictions (clipped to "
-                                                             "[0, 4], rounded) to every record of a JSONL file");
-    steer_annotate->add_option("--model", annotate.model_path, "the attribute model")->required();
-    steer_annotate->add_option("--data_path", annotate.data_path, "JSONL records (prompt, response)")->required();
-    steer_annotate->add_option("--output", annotate.output_path, "the annotated JSONL file")->required();
-    steer_annotate->add_option("--chat_template", annotate.chat_template, "default: the attribute model's");
-    steer_annotate->add_option("--micro_batch", annotate.micro_batch, "records per forward")->capture_default_str();
-    steer_annotate->add_option("--threads", annotate.threads, "OpenMP threads per rank; 0 = automatic");
-    for (const char* f : {"tp", "cp", "pp", "ep", "etp", "sequence_parallel"})
-      steer_annotate->add_option_function<std::string>(std::string("--") + f,
-                                                       [&annotate, n = std::string(f)](const std::string& v) {
-                                                         annotate.layout[n] = v;
-                                                       },
-                                                       std::string("parallel layout: ") + f);
-    auto* steer_sft = steer->add_subcommand("sft", "3. SFT conditioned on each record's attributes, written after "
-                                                   "NeMo's assistant header as <extra_id_2>name:value,...");
-    steer_sft_flags.add_to(*steer_sft, defaults);
-    steer_sft->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
 
     ConvertOptions conv;
     auto* convert = app.add_subcommand("convert", "Hugging Face export (--to hf) or import (--from hf)");
@@ -787,13 +473,7 @@ int main(int argc, char** argv) {
       return e.get_exit_code();
     }
     if (train->parsed()) return cmd_train(train_flags, print_config);
-    if (align_rm->parsed()) return cmd_train(align_recipe(rm_flags, "rm"), print_config);
-    if (align_dpo->parsed()) return cmd_train(align_recipe(dpo_flags, "dpo"), print_config);
-    if (align_spin->parsed()) return cmd_spin(spin_flags, print_config);
-    if (upcycle->parsed()) return cmd_upcycle(upcycle_flags, upcycle_out);
-    if (steer_attr->parsed()) return cmd_train(steerlm_recipe(steer_attr_flags, true), print_config);
-    if (steer_sft->parsed()) return cmd_train(steerlm_recipe(steer_sft_flags, false), print_config);
-    if (steer_annotate->parsed()) return cmd_steerlm_annotate(annotate);
+    if (const int rc = run_align_command(recipes, print_config); rc >= 0) return rc;
     if (generate->parsed()) return cmd_generate(gen);
     if (eval->parsed()) {
       ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);
