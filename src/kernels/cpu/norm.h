@@ -23,4 +23,16 @@ void layernorm1p_backward(float* dx, float* dgamma, float* dbeta, const float* d
                           const float* gamma, const float* mean, const float* rstd, int64_t N,
                           int64_t D);
 
+// Gated RMSNorm over groups (the Mamba2 mixer's output norm, norm after the gate; specs/methods.md
+// §3.2 step 6): with v = y * silu(z), each row's Ch channels split into `groups` contiguous groups
+// of Ch / groups channels, RMS taken per group:
+//   out[n, k] = v[n, k] * rstd[n, g(k)] * w[k],  rstd = 1 / sqrt(mean_group(v^2) + eps).
+// y [N, Ch] contiguous, z [N, Ch] with row stride ldz (0 = Ch); out [N, Ch]; rstd [N, groups] saved.
+void gated_rmsnorm_forward(float* out, float* rstd, const float* y, const float* z, const float* w, float eps, int64_t N,
+                           int64_t Ch, int64_t groups, int64_t ldz = 0);
+// dy [N, Ch] and dz (row stride lddz, 0 = Ch) OVERWRITTEN; dw [Ch] ACCUMULATES (null = frozen).
+void gated_rmsnorm_backward(float* dy, float* dz, float* dw, const float* dout, const float* y, const float* z,
+                            const float* w, const float* rstd, int64_t N, int64_t Ch, int64_t groups, int64_t ldz = 0,
+                            int64_t lddz = 0);
+
 }  // namespace ff::cpu
