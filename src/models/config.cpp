@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/check.h"
+#include "models/layer_kind.h"
 
 namespace ff {
 
@@ -10,62 +11,11 @@ namespace {
 
 int64_t norm_params(const ModelConfig& c) { return c.norm == NormKind::layernorm1p ? 2 * c.d_model : c.d_model; }
 
-int64_t mlp_params(const ModelConfig& c, int64_t hidden) {
-  int64_t in = c.activation == Activation::swiglu ? 2 * hidden : hidden;
-  return c.d_model * in + hidden * c.d_model;
-}
-
-int64_t attention_params(const ModelConfig& c) {
-  int64_t q = c.num_heads * c.kv_channels(), kv = c.num_kv_heads * c.kv_channels();
-  return c.d_model * (q + 2 * kv) + q * c.d_model;
-}
-
-int64_t shared_expert_params(const ModelConfig& c) {
-  if (c.moe_shared_expert_hidden == 0) return 0;
-  return mlp_params(c, c.moe_shared_expert_hidden) + (c.moe_shared_expert_gate ? c.d_model : 0);
-}
-
-// Parameters of the LoRA adapters of one linear part in -> out: r (in + out) if it is a target.
-int64_t lora_params(const ModelConfig& c, const char* target, int64_t in, int64_t out) {
-  if (c.lora_rank == 0) return 0;
-  return c.lora_adapts(target) ? c.lora_rank * (in + out) : 0;
-}
-
-int64_t attention_lora_params(const ModelConfig& c) {
-  const int64_t D = c.d_model, q = c.num_heads * c.kv_channels(), kv = c.num_kv_heads * c.kv_channels();
-  return lora_params(c, "q_proj", D, q) + lora_params(c, "k_proj", D, kv) + lora_params(c, "v_proj", D, kv) +
-         lora_params(c, "o_proj", q, D);
-}
-
-int64_t mlp_lora_params(const ModelConfig& c, int64_t F) {
-  const int64_t D = c.d_model;
-  return (c.activation == Activation::swiglu ? lora_params(c, "gate_proj", D, F) : 0) + lora_params(c, "up_proj", D, F) +
-         lora_params(c, "down_proj", F, D);
-}
-
-// One routed expert's adapters (lora_targets experts.*).
-int64_t expert_lora_params(const ModelConfig& c) {
-  const int64_t D = c.d_model, F = c.moe_ffn_hidden;
-  return (c.activation == Activation::swiglu ? lora_params(c, "experts.gate_proj", D, F) : 0) +
-         lora_params(c, "experts.up_proj", D, F) + lora_params(c, "experts.down_proj", F, D);
-}
-
+// Embedding, head and final norm, then each layer's pre-norm and mixer (models/layer_kind.h).
 int64_t count(const ModelConfig& c, int64_t experts_counted) {
   const int64_t head = c.head == HeadKind::value ? c.value_outputs * c.d_model : (c.tie_embeddings ? 0 : c.vocab_size * c.d_model);
   int64_t n = c.vocab_size * c.d_model + head + norm_params(c);
-  for (LayerKind k : c.layers()) {
-    n += norm_params(c);
-    switch (k) {
-      case LayerKind::attention: n += attention_params(c) + attention_lora_params(c); break;
-      case LayerKind::mlp: n += mlp_params(c, c.ffn_hidden) + mlp_lora_params(c, c.ffn_hidden); break;
-      case LayerKind::moe:
-        n += c.num_experts * c.d_model + experts_counted * (mlp_params(c, c.moe_ffn_hidden) + expert_lora_params(c)) +
-             shared_expert_params(c);
-        if (c.moe_shared_expert_hidden > 0) n += mlp_lora_params(c, c.moe_shared_expert_hidden);
-        break;
-      case LayerKind::mamba: break;
-    }
-  }
+  for (LayerKind k : c.layers()) n += norm_params(c) + layer_kind(k).parameters(c, experts_counted);
   return n;
 }
 

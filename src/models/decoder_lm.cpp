@@ -6,6 +6,7 @@
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/softmax_ce.h"
+#include "layers/context_parallel.h"
 #include "layers/vocab_parallel.h"
 #include "models/config.h"
 
@@ -13,19 +14,12 @@ namespace ff {
 
 std::vector<std::string> layout_problems(const ModelConfig& cfg, const ParallelConfig& pc) {
   std::vector<std::string> e;
-  const int64_t T = pc.tp, E = cfg.num_experts, layers = static_cast<int64_t>(cfg.pattern().size());
-  const bool moe = cfg.pattern().find('E') != std::string::npos;
+  const int64_t T = pc.tp, layers = static_cast<int64_t>(cfg.pattern().size());
   auto need = [&](bool ok, std::string msg) {
     if (!ok) e.push_back(std::move(msg));
   };
   need(cfg.vocab_size % T == 0, strprintf("model.vocab_size = %lld is not divisible by parallel.tp = %lld; pad the "
                                           "vocabulary to a multiple of tp", (long long)cfg.vocab_size, (long long)T));
-  need(cfg.num_heads % T == 0 && cfg.num_kv_heads % T == 0,
-       strprintf("model.num_heads = %lld and num_kv_heads = %lld must be divisible by parallel.tp = %lld",
-                 (long long)cfg.num_heads, (long long)cfg.num_kv_heads, (long long)T));
-  if (cfg.pattern().find('-') != std::string::npos)
-    need(cfg.ffn_hidden % T == 0, strprintf("model.ffn_hidden = %lld is not divisible by parallel.tp = %lld",
-                                            (long long)cfg.ffn_hidden, (long long)T));
   need(pc.cp == 1 || cfg.seq_len % (2 * pc.cp) == 0, strprintf("model.seq_len = %lld is not divisible by 2 * parallel.cp = %lld "
                                                  "(context parallelism cuts each sequence into 2 cp chunks)",
                                                  (long long)cfg.seq_len, (long long)(2 * pc.cp)));
@@ -36,19 +30,12 @@ std::vector<std::string> layout_problems(const ModelConfig& cfg, const ParallelC
   need(layers >= pc.pp * pc.virtual_stages,
        strprintf("the model has %lld layers, fewer than parallel.pp x parallel.virtual_stages = %lld pipeline stages",
                  (long long)layers, (long long)(pc.pp * pc.virtual_stages)));
-  if (moe) {
-    need(T == 1 || pc.sequence_parallel, strprintf("MoE layers with parallel.tp = %lld need parallel.sequence_parallel "
-                                                   "= true (each TP rank then routes its own share of the tokens)",
-                                                   (long long)T));
-    need(E % pc.ep == 0, strprintf("model.num_experts = %lld is not divisible by parallel.ep = %lld", (long long)E,
-                                   (long long)pc.ep));
-    need(cfg.moe_ffn_hidden % pc.expert_tp() == 0,
-         strprintf("model.moe_ffn_hidden = %lld is not divisible by the expert-tensor-parallel size %lld",
-                   (long long)cfg.moe_ffn_hidden, (long long)pc.expert_tp()));
-    if (cfg.moe_shared_expert_hidden > 0)
-      need(cfg.moe_shared_expert_hidden % T == 0,
-           strprintf("model.moe_shared_expert_hidden = %lld is not divisible by parallel.tp = %lld",
-                     (long long)cfg.moe_shared_expert_hidden, (long long)T));
+  // Each kind of the pattern, once.
+  std::string seen;
+  for (char c : cfg.pattern()) {
+    if (seen.find(c) != std::string::npos) continue;
+    seen += c;
+    if (const LayerKindInfo* k = layer_kind_of(c)) k->layout_problems(cfg, pc, e);
   }
   return e;
 }
@@ -102,28 +89,10 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
   for (size_t j = 0; j < kinds.size(); ++j) {
     const std::string p = layer_prefix(pattern, j);
     Layer L;
-    L.kind = kinds[j];
-    if (!held[j]) {  // another pipeline stage's layer
-      layers_.push_back(std::move(L));
-      continue;
-    }
-    switch (L.kind) {
-      case LayerKind::attention:
-        L.norm = std::make_unique<Norm>(params_, p + ".input_layernorm", D, cfg.norm, eps);
-        L.attention = std::make_unique<Attention>(params_, compute_, p + ".self_attn", cfg, std0, out_std, tp_, cp_,
-                                                  pc.cp_comm == CpComm::ring, lora);
-        break;
-      case LayerKind::mlp:
-        L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.mlp = std::make_unique<Mlp>(params_, compute_, p + ".mlp", D, cfg.ffn_hidden, cfg.activation, std0, out_std, tp_,
-                                      lora);
-        break;
-      case LayerKind::moe:
-        L.norm = std::make_unique<Norm>(params_, p + ".post_attention_layernorm", D, cfg.norm, eps);
-        L.moe = std::make_unique<MoeLayer>(params_, compute_, p + ".mlp", cfg_, grid, std0, out_std, lora);
-        L.moe->set_profile(&profile_);
-        break;
-      case LayerKind::mamba: FF_FAIL("layer_pattern: Mamba layers are not implemented yet");
+    L.kind = &layer_kind(kinds[j]);
+    if (held[j]) {  // else another pipeline stage's layer
+      L.norm = std::make_unique<Norm>(params_, p + "." + L.kind->norm, D, cfg.norm, eps);
+      L.mixer = L.kind->build(MixerContext{params_, compute_, cfg_, grid, tp_, cp_, lora, p, std0, out_std, &profile_});
     }
     layers_.push_back(std::move(L));
   }
@@ -175,9 +144,9 @@ std::unique_ptr<DecoderLM::MicroBatch> DecoderLM::new_micro_batch() const {
   const size_t L = layers_.size();
   mb->resid.resize(L + 1);
   mb->norms.resize(L);
-  mb->attention.resize(L);
-  mb->mlp.resize(L);
-  mb->moe.resize(L);
+  mb->mixer.resize(L);
+  for (size_t j = 0; j < L; ++j)
+    if (layers_[j].mixer) mb->mixer[j] = layers_[j].mixer->new_saved();
   return mb;
 }
 
@@ -304,29 +273,9 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
       ProfileScope scope(&profile_, kProfileNorm, false);
       L.norm->forward(mb.norms[j], in, Nl, A);
     }
-    const float* xn = mb.norms[j].y.f32();
-    switch (L.kind) {
-      case LayerKind::attention: {
-        ProfileScope scope(&profile_, kProfileAttention, false);
-        L.attention->forward(mb.attention[j], out, xn, mb.positions.data(), B, S, A);
-        break;
-      }
-      case LayerKind::mlp: {
-        ProfileScope scope(&profile_, kProfileMlp, false);
-        L.mlp->forward(mb.mlp[j], out, xn, N, A);
-        break;
-      }
-      case LayerKind::moe: {
-        L.moe->forward(mb.moe[j], out, xn, N, A);
-        const MoeStats& st = mb.moe[j].stats;
-        res.aux_loss += st.aux_loss;
-        res.z_loss += st.z_loss;
-        res.routed_slots += st.routed_slots;
-        res.dropped_slots += st.dropped_slots;
-        res.expert_load.insert(res.expert_load.end(), st.tokens_per_expert.begin(), st.tokens_per_expert.end());
-        break;
-      }
-      case LayerKind::mamba: break;
+    {
+      ProfileScope scope(L.kind->profile_slot >= 0 ? &profile_ : nullptr, L.kind->profile_slot, false);
+      L.mixer->forward(*mb.mixer[j], out, mb.norms[j].y.f32(), MixerBatch{B, S, mb.positions.data()}, A, res);
     }
     ProfileScope scope(&profile_, kProfileNorm, false);
 #pragma omp parallel for schedule(static)
@@ -356,9 +305,9 @@ std::unique_ptr<DecoderLM::Decoder> DecoderLM::new_decoder(int64_t B, int64_t ca
   auto d = std::make_unique<Decoder>();
   d->B = B;
   d->capacity = capacity;
-  d->kv.resize(layers_.size());
+  d->state.resize(layers_.size());
   for (size_t j = 0; j < layers_.size(); ++j)
-    if (layers_[j].attention) d->kv[j] = layers_[j].attention->new_cache(B, capacity);
+    if (layers_[j].mixer) d->state[j] = layers_[j].mixer->new_decode_state(B, capacity);
   return d;
 }
 
@@ -388,13 +337,7 @@ const float* DecoderLM::decode_chunk(Decoder& d, int64_t chunk, const int32_t* t
   for (size_t j = static_cast<size_t>(range.begin); j < static_cast<size_t>(range.end); ++j) {
     Layer& L = layers_[j];
     L.norm->forward(d.norm, h, Nl, A);
-    const float* xn = d.norm.y.f32();
-    switch (L.kind) {
-      case LayerKind::attention: L.attention->forward_cached(out, xn, B, T, d.length, d.kv[j], A); break;
-      case LayerKind::mlp: L.mlp->forward(d.mlp, out, xn, N, A); break;
-      case LayerKind::moe: L.moe->forward(d.moe, out, xn, N, A); break;
-      case LayerKind::mamba: break;
-    }
+    L.mixer->decode(d.state[j].get(), out, d.norm.y.f32(), B, T, d.length, A);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < Nl * D; ++i) h[i] += out[i];
   }
@@ -479,21 +422,11 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
   for (size_t j = static_cast<size_t>(range.end); j-- > static_cast<size_t>(range.begin);) {
     Layer& L = layers_[j];
     T.reset();
-    const float* xn = mb.norms[j].y.f32();
     // resid[j+1] = resid[j] + f(norm(resid[j])):  d resid[j] = d resid[j+1] + norm'(f'(d resid[j+1])).
-    switch (L.kind) {
-      case LayerKind::attention: {
-        ProfileScope scope(&profile_, kProfileAttention, true);
-        L.attention->backward(dxn, dresid, mb.positions.data(), mb.attention[j], mb.B, mb.S, T);
-        break;
-      }
-      case LayerKind::mlp: {
-        ProfileScope scope(&profile_, kProfileMlp, true);
-        L.mlp->backward(dxn, dresid, mb.mlp[j], N, false, T);
-        break;
-      }
-      case LayerKind::moe: L.moe->backward(dxn, dresid, xn, mb.moe[j], N, loss_scale, T); break;
-      case LayerKind::mamba: break;
+    {
+      ProfileScope scope(L.kind->profile_slot >= 0 ? &profile_ : nullptr, L.kind->profile_slot, true);
+      L.mixer->backward(dxn, dresid, mb.norms[j].y.f32(), *mb.mixer[j], MixerBatch{mb.B, mb.S, mb.positions.data()},
+                        loss_scale, T);
     }
     ProfileScope scope(&profile_, kProfileNorm, true);
     L.norm->backward(dresid, dxn, mb.resid[j].f32(), mb.norms[j], Nl);
@@ -519,7 +452,17 @@ const float* DecoderLM::logits(const MicroBatch& mb) const {
 std::vector<MoeLayer*> DecoderLM::moe_layers() {
   std::vector<MoeLayer*> out;
   for (auto& L : layers_)
-    if (L.moe) out.push_back(L.moe.get());
+    if (L.mixer && L.mixer->moe()) out.push_back(L.mixer->moe());
+  return out;
+}
+
+std::vector<int32_t> DecoderLM::routed_experts(const MicroBatch& mb) const {
+  std::vector<int32_t> out;
+  for (size_t j = 0; j < layers_.size(); ++j)
+    if (layers_[j].mixer) {
+      const auto idx = layers_[j].mixer->routed_experts(*mb.mixer[j]);
+      out.insert(out.end(), idx.begin(), idx.end());
+    }
   return out;
 }
 
@@ -528,8 +471,8 @@ std::vector<DecoderLM::NamedBuffer> DecoderLM::state_buffers() {
   if (!cfg_.moe_expert_bias) return out;
   const std::string pattern = cfg_.pattern();
   for (size_t j = 0; j < layers_.size(); ++j)
-    if (layers_[j].moe)
-      out.push_back({layer_prefix(pattern, j) + ".mlp.gate.expert_bias", &layers_[j].moe->router().expert_bias(),
+    if (layers_[j].mixer && layers_[j].mixer->moe())
+      out.push_back({layer_prefix(pattern, j) + ".mlp.gate.expert_bias", &layers_[j].mixer->moe()->router().expert_bias(),
                      first_replica_});
   return out;
 }
@@ -550,8 +493,7 @@ void DecoderLM::synchronize_tied_embeddings() {
 }
 
 void DecoderLM::end_of_step() {
-  for (auto& L : layers_)
-    if (L.moe) L.moe->router().update_expert_bias();
+  for (MoeLayer* moe : moe_layers()) moe->router().update_expert_bias();
 }
 
 }  // namespace ff

@@ -1,6 +1,6 @@
 // DecoderLM: a decoder-only language model assembled from the layer pattern. The body: token
-// embedding -> per layer (pre-norm, then attention, dense MLP or MoE, then the residual add) ->
-// final norm. The head: the vocabulary-parallel LM head (layers/lm_head.h), which gives the logits
+// embedding -> per layer (pre-norm, then the layer kind's mixer: attention, dense MLP, MoE or
+// Mamba2, models/layer_kind.h; then the residual add) -> final norm. The head: the vocabulary-parallel LM head (layers/lm_head.h), which gives the logits
 // and, for rows with a target, log p(target). The objective is not here: a token-level objective
 // (train/objective.h) reads the per-row log-probs (target_logprobs) and hands back their gradient
 // to backward. Forward and backward are explicit; everything one micro-batch needs for backward
@@ -13,26 +13,15 @@
 
 #include "core/param.h"
 #include "core/profile.h"
-#include "layers/attention.h"
 #include "layers/compute.h"
 #include "layers/lm_head.h"
-#include "layers/value_head.h"
-#include "layers/mlp.h"
 #include "layers/moe/moe_layer.h"
 #include "layers/norm.h"
+#include "layers/value_head.h"
+#include "models/layer_kind.h"
 #include "parallel/grid.h"
 
 namespace ff {
-
-// What forward returns for one micro-batch: the MoE layers' statistics; `loss` is the objective's
-// value, filled in by whoever evaluates the objective (train/objective.h, the pipeline executor).
-struct ForwardResult {
-  double loss = 0;
-  int64_t valid_tokens = 0;          // rows with a target (over the CP ranks), set with loss
-  double aux_loss = 0, z_loss = 0;  // summed over MoE layers
-  std::vector<int64_t> expert_load;  // [moe layers * E] rows per expert
-  int64_t routed_slots = 0, dropped_slots = 0;
-};
 
 // What backward starts from on the last stage: a token-level objective's d loss / d value per row
 // (HeadRows::value: log p(target), or the value head's scalar), or a distribution objective's
@@ -79,9 +68,7 @@ class DecoderLM {
     std::vector<int32_t> local_tokens, local_targets;  // this CP rank's rows (context parallelism)
     std::vector<Tensor> resid;   // [L + 1] x [N, D]: input of layer j, and the final output
     std::vector<Norm::Saved> norms;
-    std::vector<Attention::Saved> attention;
-    std::vector<Mlp::Saved> mlp;
-    std::vector<MoeLayer::Saved> moe;
+    std::vector<std::unique_ptr<Mixer::Saved>> mixer;  // per pattern layer held here
     Norm::Saved final_norm;
     LmHead::Saved head;
     ValueHead::Saved value;  // model.head = value
@@ -135,16 +122,14 @@ class DecoderLM {
 
   // The inference path (DESIGN decision 14): B sequences decoded together; each call appends T
   // new tokens per sequence at positions length .. length + T - 1, saving nothing but the keys and
-  // values of the attention layers held here. Pipeline stages run their chunks in order (each
+  // values of the attention layers and the recurrent states of the Mamba layers held here. Pipeline stages run their chunks in order (each
   // chunk's output goes to the next virtual stage, as in training); the last one gives the logits
   // of every sequence's newest position over the whole vocabulary.
   struct Decoder {
     int64_t B = 0, capacity = 0, length = 0;  // sequences, cache positions, positions filled
-    std::vector<Attention::KvCache> kv;      // per pattern layer (attention layers held here)
+    std::vector<std::unique_ptr<Mixer::DecodeState>> state;  // per pattern layer held here (null: none)
     Arena arena;                             // one step's activations, rewound at chunk 0
     Norm::Saved norm;
-    Mlp::Saved mlp;
-    MoeLayer::Saved moe;
     std::vector<float> logits;               // [B, V] (last virtual stage)
   };
   // B must be a multiple of TP under sequence parallelism (pad the batch); capacity <= seq_len.
@@ -177,6 +162,8 @@ class DecoderLM {
   void mark_values_changed() { compute_weights_stale_ = true; }
   const ParamStore& params() const { return params_; }
   std::vector<MoeLayer*> moe_layers();
+  // The experts the last forward on mb chose for each row, MoE layer after MoE layer ([rows, K] each).
+  std::vector<int32_t> routed_experts(const MicroBatch& mb) const;
   // Training state that is not a parameter: the routers' expert-bias buffers of the layers held
   // here, by global name; `writer` marks the one replica (TP rank 0, first DP x CP replica) that
   // writes each to checkpoints.
@@ -189,11 +176,9 @@ class DecoderLM {
 
  private:
   struct Layer {
-    LayerKind kind;
-    std::unique_ptr<Norm> norm;
-    std::unique_ptr<Attention> attention;
-    std::unique_ptr<Mlp> mlp;
-    std::unique_ptr<MoeLayer> moe;
+    const LayerKindInfo* kind;
+    std::unique_ptr<Norm> norm;    // null: another pipeline stage's layer
+    std::unique_ptr<Mixer> mixer;
   };
   void prepare(MicroBatch& mb, const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                const int32_t* positions);

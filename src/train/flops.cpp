@@ -6,29 +6,15 @@
 
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/matmul.h"
+#include "models/layer_kind.h"
 
 namespace ff {
 
 double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
-  const double h = static_cast<double>(c.d_model);
-  const double f = c.activation == Activation::swiglu ? 3.0 : 2.0;
-  double n_attn = 0, n_dense = 0, n_moe = 0;
-  for (LayerKind k : c.layers()) {
-    n_attn += k == LayerKind::attention;
-    n_dense += k == LayerKind::mlp;
-    n_moe += k == LayerKind::moe;
-  }
-  const double qd = static_cast<double>(c.num_heads * c.kv_channels());
-  const double kd = static_cast<double>(c.num_kv_heads * c.kv_channels());
-  const double per_token =
-      6.0 * h *
-          (static_cast<double>(c.ffn_hidden) * f * n_dense +
-           static_cast<double>(c.moe_ffn_hidden * c.moe_top_k) * f * n_moe +
-           static_cast<double>(c.moe_shared_expert_hidden) * f * n_moe) +
-      n_attn * 6.0 * (h * (qd + 2.0 * kd) + qd * h) + 6.0 * h * static_cast<double>(c.vocab_size);
-  const double T = static_cast<double>(sequences * S);
-  const double q2 = static_cast<double>(sequences) * static_cast<double>(S) * static_cast<double>(S);
-  return T * per_token + q2 * 6.0 * qd * n_attn;
+  double flops = static_cast<double>(sequences * S) * 6.0 * static_cast<double>(c.d_model) *
+                 static_cast<double>(c.vocab_size);  // the LM head
+  for (LayerKind k : c.layers()) flops += layer_kind(k).training_flops(c, sequences, S);
+  return flops;
 }
 
 double measure_gemm_tflops(Precision precision, int64_t n) {

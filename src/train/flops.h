@@ -7,9 +7,11 @@
 
 namespace ff {
 
-// FLOPs of one training step (forward + backward) over `sequences` sequences of S tokens:
+// FLOPs of one training step (forward + backward) over `sequences` sequences of S tokens: the LM
+// head's 6 T h V (T = B S) plus each layer's own count (models/layer_kind.h), which for the
+// transformer kinds sums to Megatron's formula
 // F = T * [6h(F_dense f N_dense + F_moe K f N_moe + F_shared f N_moe) + N_attn * 6(h(Qd+Kd+Vd) + Qd h)
-//          + 6 h V] + B S^2 * 6 Qd N_attn,   f = 3 for SwiGLU else 2, T = B S.
+//          + 6 h V] + B S^2 * 6 Qd N_attn,   f = 3 for SwiGLU else 2.
 double training_flops(const ModelConfig& c, int64_t sequences, int64_t S);
 
 // Measured GEMM rate (TFLOP/s) of the given precision on the current OpenMP thread count: the

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "models/decoder_lm.h"
+#include "models/layer_kind.h"
 #include "train/flops.h"
 #include "train/pipeline.h"
 
@@ -15,91 +16,18 @@ namespace {
 
 constexpr double kFloat = 4.0;  // bytes
 
-int64_t fc1(const ModelConfig& c, int64_t F) { return c.activation == Activation::swiglu ? 2 * F : F; }
-
-// Parameters of pattern layer `kind` held by one rank: {dense, expert}.
-std::pair<double, double> layer_params(const ModelConfig& c, LayerKind kind, const ParallelConfig& p) {
-  const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
-  const double norm = c.norm == NormKind::layernorm1p ? 2 * D : D;
-  const double dh = static_cast<double>(c.kv_channels());
-  switch (kind) {
-    case LayerKind::attention:
-      return {norm + (D * dh * static_cast<double>(c.num_heads + 2 * c.num_kv_heads) + dh * c.num_heads * D) / T, 0};
-    case LayerKind::mlp:
-      return {norm + (D * fc1(c, c.ffn_hidden) + c.ffn_hidden * D) / T, 0};
-    case LayerKind::moe: {
-      double shared = c.moe_shared_expert_hidden > 0
-                          ? (D * fc1(c, c.moe_shared_expert_hidden) + c.moe_shared_expert_hidden * D) / T +
-                                (c.moe_shared_expert_gate ? D : 0)
-                          : 0;
-      double experts = static_cast<double>(c.num_experts / p.ep) *
-                       (D * fc1(c, c.moe_ffn_hidden) + c.moe_ffn_hidden * D) / static_cast<double>(p.expert_tp());
-      return {norm + c.num_experts * D + shared, experts};
-    }
-    case LayerKind::mamba: return {0, 0};
-  }
-  return {0, 0};
+double norm_params(const ModelConfig& c) {
+  return static_cast<double>(c.norm == NormKind::layernorm1p ? 2 * c.d_model : c.d_model);
 }
 
-// The routed experts' LoRA adapters one rank holds in one MoE layer: per local expert and adapted
-// projection the factor held whole (r D) and the one sliced over ETP (r F / ETP).
-double expert_adapter_params(const ModelConfig& c, const ParallelConfig& p) {
-  if (c.lora_rank == 0) return 0;
-  const bool swiglu = c.activation == Activation::swiglu;
-  const double projections = (swiglu && c.lora_adapts("experts.gate_proj") ? 1.0 : 0.0) +
-                             (c.lora_adapts("experts.up_proj") ? 1.0 : 0.0) + (c.lora_adapts("experts.down_proj") ? 1.0 : 0.0);
-  return static_cast<double>(c.num_experts / p.ep) * projections * static_cast<double>(c.lora_rank) *
-         (static_cast<double>(c.d_model) + static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()));
-}
-
-// Bytes saved for backward by one micro-batch in pattern layer `kind` on one rank. fp32 buffers
-// count 4 bytes a value; GEMM operands kept for the weight gradients count `copy` bytes more (2
-// under bf16, where they are bf16 copies beside the fp32 values; 0 under fp32, where they are
-// views).
-double layer_activations(const ModelConfig& c, LayerKind kind, const ParallelConfig& p, int64_t B) {
-  const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
-  const double N = static_cast<double>(B * c.seq_len / p.cp);          // rows of attention / MLP regions
-  const double Ns = p.sequence_parallel ? N / T : N;                   // rows of the residual stream
-  const double gathered = p.sequence_parallel && p.tp > 1 ? N * D : 0;  // a region's gathered input
-  const double partial = p.tp > 1 ? N * D : 0;                          // a row-parallel GEMM's partial sums
-  const double dh = static_cast<double>(c.kv_channels());
-  const bool bf16 = c.precision == Precision::bf16;
-  const double copy = bf16 ? 2.0 : 0.0;  // bytes per value of an operand copy (none under fp32)
-  // A dense MLP region of hidden width F (an MLP layer, the shared expert): fc1's fp32 output, the
-  // fp32 activation (none under bf16 SwiGLU, which writes its bf16 operand directly) and the
-  // operand copies of the input and the activation.
-  auto mlp_region = [&](int64_t F) {
-    const bool fused = bf16 && c.activation == Activation::swiglu;
-    return (gathered + partial + N * static_cast<double>(fc1(c, F) + (fused ? 0 : F)) / T) * kFloat +
-           (N * D + N * static_cast<double>(F) / T) * copy;
-  };
-  double a = (2 * Ns * D + 2 * Ns) * kFloat;  // the layer's output stream, its norm output and statistics
-  switch (kind) {
-    case LayerKind::attention: {
-      a += (gathered + partial + N * dh * (c.num_heads + 2 * c.num_kv_heads) / T + N * dh * c.num_heads / T +
-            N * c.num_heads / T) * kFloat;
-      a += (N * D + N * dh * c.num_heads / T) * copy;  // the input and o as operands
-      if (p.cp > 1)  // gathered K/V of whole sequences, the query chunks and their outputs
-        a += (static_cast<double>(B * c.seq_len) * 2 * dh * c.num_kv_heads / T + 2 * N * dh * c.num_heads / T) * kFloat;
-      break;
-    }
-    case LayerKind::mlp: a += mlp_region(c.ffn_hidden); break;
-    case LayerKind::moe: {
-      const double E = static_cast<double>(c.num_experts), K = static_cast<double>(c.moe_top_k);
-      const double F = static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp());
-      const double R = Ns * K * static_cast<double>(p.expert_tp());  // rows this rank's experts compute, on average
-      const bool swiglu = c.activation == Activation::swiglu;      // fused: the activation is recomputed
-      a += (Ns * E * 3 + Ns * K * 2) * kFloat;                     // logits, scores, aux scores, routing
-      const double W = fc1(c, c.moe_ffn_hidden) / static_cast<double>(p.expert_tp());
-      a += (2 * Ns * K * D + R * (2 * D + (swiglu ? 0 : F))) * kFloat;
-      a += R * W * (swiglu && bf16 ? 2.0 : kFloat);  // the pre-activation (bf16 under bf16 SwiGLU)
-      a += R * F * (bf16 ? 2.0 : kFloat) + R * D * copy;  // the scaled activation and the rows as operands
-      if (c.moe_shared_expert_hidden > 0) a += mlp_region(c.moe_shared_expert_hidden) + Ns * D * kFloat;
-      break;
-    }
-    case LayerKind::mamba: break;
-  }
-  return a;
+// Bytes one micro-batch saves for backward in pattern layer j on one rank: the layer's output
+// stream, its norm's output and statistics, and the mixer's own (models/layer_kind.h). fp32
+// buffers count 4 bytes a value; GEMM operands kept for the weight gradients count 2 more under
+// bf16 (bf16 copies beside the fp32 values) and none under fp32 (views).
+double layer_activations(const ModelConfig& c, const LayerKindInfo& kind, const ParallelConfig& p, int64_t B) {
+  const double D = static_cast<double>(c.d_model), N = static_cast<double>(B * c.seq_len / p.cp);
+  const double Ns = p.sequence_parallel ? N / static_cast<double>(p.tp) : N;
+  return (2 * Ns * D + 2 * Ns) * kFloat + kind.activation_bytes(c, p, B);
 }
 
 }  // namespace
@@ -125,22 +53,26 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
   ModelConfig no_adapters = c;
   no_adapters.lora_rank = 0;
   // The routed experts' adapters (lora_targets experts.*) are expert parameters: split over EP
-  // and ETP, sharded over expert-DP, counted per MoE layer.
-  int64_t moe_layers = 0;
-  for (LayerKind k : kinds) moe_layers += k == LayerKind::moe;
+  // and ETP, sharded over expert-DP, counted per layer.
+  std::vector<const LayerKindInfo*> layer_kinds;
+  double all_expert_adapters = 0;
   const ParallelConfig one_rank;
-  const double all_expert_adapters = static_cast<double>(moe_layers) * expert_adapter_params(c, one_rank);
+  for (LayerKind k : kinds) {
+    layer_kinds.push_back(&layer_kind(k));
+    all_expert_adapters += layer_kinds.back()->rank_parameters(c, one_rank).expert_adapters;
+  }
   const double adapters = static_cast<double>(count_parameters(c) - count_parameters(no_adapters)) - all_expert_adapters;
   for (int64_t stage = 0; stage < p.pp; ++stage) {
     double dense = 0, expert = 0, act = 0, stage_layers = 0, expert_adapters = 0;
     for (int64_t chunk = 0; chunk < p.virtual_stages; ++chunk) {
       const int64_t vs = chunk * p.pp + stage;
       for (int64_t j = vs * L / VS; j < (vs + 1) * L / VS; ++j) {
-        auto [d, e] = layer_params(c, kinds[static_cast<size_t>(j)], p);
-        dense += d;
-        expert += e;
-        act += layer_activations(c, kinds[static_cast<size_t>(j)], p, B);
-        if (kinds[static_cast<size_t>(j)] == LayerKind::moe) expert_adapters += expert_adapter_params(c, p);
+        const LayerKindInfo& kind = *layer_kinds[static_cast<size_t>(j)];
+        const RankParameters rp = kind.rank_parameters(c, p);
+        dense += norm_params(c) + rp.dense;
+        expert += rp.expert;
+        expert_adapters += rp.expert_adapters;
+        act += layer_activations(c, kind, p, B);
         ++stage_layers;
       }
       if (vs == 0) {
@@ -179,27 +111,15 @@ Plan plan_layout(const PlanInput& in, const DeviceSpec& dev) {
   plan.compute_s = flops / (dev.gemm_tflops * 1e12 * dev.efficiency);
   if (p.pp > 1)
     plan.bubble_s = plan.compute_s * static_cast<double>(p.pp - 1) / static_cast<double>(M * p.virtual_stages);
-  auto ring = [](double bytes, double n) { return n > 1 ? 2 * (n - 1) / n * bytes : 0.0; };
-  double bytes = ring(plan.grads, dp_cp);  // DP gradient reduction (dense; experts over EDP, approximated alike)
+  double bytes = ring_bytes(plan.grads, dp_cp);  // DP gradient reduction (dense; experts over EDP, approximated alike)
   double steps = dp_cp > 1 ? 2 * (dp_cp - 1) : 0;  // latency-bound ring steps
-  int64_t attn = 0, mlp = 0, moe = 0;
-  for (LayerKind k : kinds) {
-    attn += k == LayerKind::attention;
-    mlp += k == LayerKind::mlp;
-    moe += k == LayerKind::moe;
+  // Each layer's collectives (TP regions, CP's K/V exchange, EP's dispatch), M micro-batches over
+  // the pipeline stages.
+  for (const LayerKindInfo* k : layer_kinds) {
+    const LayerTraffic t = k->traffic(c, p, B);
+    bytes += static_cast<double>(M) * t.bytes / static_cast<double>(p.pp);
+    steps += static_cast<double>(M) * t.steps / static_cast<double>(p.pp);
   }
-  const double per_mb_layers = static_cast<double>(attn + mlp + (c.moe_shared_expert_hidden > 0 ? moe : 0)) /
-                               static_cast<double>(p.pp);
-  bytes += static_cast<double>(M) * per_mb_layers * 2 * ring(N * D * kFloat, T);  // TP: forward and backward
-  if (p.tp > 1) steps += static_cast<double>(M) * per_mb_layers * 2 * 2 * (T - 1);
-  if (p.cp > 1)  // K/V all-gather forward, reduce-scatter backward
-    bytes += static_cast<double>(M * attn / p.pp) * 2 * static_cast<double>(p.cp - 1) / static_cast<double>(p.cp) *
-             static_cast<double>(B * c.seq_len) * 2 * static_cast<double>(c.kv_channels() * c.num_kv_heads) / T * kFloat;
-  if (p.cp > 1) steps += static_cast<double>(M * attn / p.pp) * 2 * static_cast<double>(p.cp - 1);
-  if (p.ep > 1)  // dispatch and combine, forward and backward, of K copies of each token
-    bytes += static_cast<double>(M * moe / p.pp) * 4 * static_cast<double>(p.ep - 1) / static_cast<double>(p.ep) * Ns *
-             static_cast<double>(c.moe_top_k) * D * kFloat;
-  if (p.ep > 1) steps += static_cast<double>(M * moe / p.pp) * 5 * static_cast<double>(p.ep - 1);  // + counts
   if (p.pp > 1) {
     bytes += static_cast<double>(M * p.virtual_stages) * 2 * Ns * D * kFloat;
     steps += static_cast<double>(M * p.virtual_stages) * 2;

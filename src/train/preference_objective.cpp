@@ -71,11 +71,12 @@ PairLoss pair_loss(const PairwiseOptions& o, double d, double dr) {
       return {kl, beta * (p - a)};
     }
     case Objective::rpo_bwd_kl: {
-      const double a = sigmoid(target), p = sigmoid(z);
+      const double p = sigmoid(z);
       const double kl = p * (log_sigmoid(z) - log_sigmoid(target)) + (1 - p) * (log_sigmoid(-z) - log_sigmoid(-target));
       return {kl, beta * p * (1 - p) * (z - target)};  // dKL/dz = p (1 - p) (logit p - logit a)
     }
-    case Objective::cross_entropy: break;
+    case Objective::cross_entropy:
+    case Objective::attribute_regression: break;
   }
   FF_FAIL("pair_loss: %s is not a pairwise objective", enum_to_string(o.kind).c_str());
 }

@@ -106,8 +106,9 @@ TEST(Lora, AdaptersSwitchedOffGiveTheBaseModel) {
     forward_mean_ce(adapted, *mb, b.tokens.data(), b.targets.data(), 2, base_config().seq_len);
     backward_mean_ce(adapted, *mb, 1.0f);
     for (const Param& p : adapted.params().params())
-      if (p.trainable)
+      if (p.trainable) {
         for (int64_t i = 0; i < p.numel(); ++i) ASSERT_EQ(p.grad[i], 0.0f) << p.name;
+      }
     adapted.set_adapters(true);
     const auto again = logits(adapted, b, 2);
     EXPECT_EQ(0, std::memcmp(with.data(), again.data(), sizeof(float) * with.size()));

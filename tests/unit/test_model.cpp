@@ -55,16 +55,9 @@ double total_loss(DecoderLM& m, DecoderLM::MicroBatch& mb, const Batch& b, int64
 }
 
 // The experts chosen for every token of every MoE layer in the last forward.
-std::vector<int32_t> routing_of(const DecoderLM::MicroBatch& mb) {
-  std::vector<int32_t> r;
-  for (const auto& m : mb.moe)
-    if (!m.router.topk_idx.empty()) r.insert(r.end(), m.router.idx(), m.router.idx() + m.router.topk_idx.numel());
-  return r;
-}
-
 std::vector<int32_t> routing(DecoderLM& m, DecoderLM::MicroBatch& mb, const Batch& b, int64_t B, int64_t S) {
   total_loss(m, mb, b, B, S);
-  return routing_of(mb);
+  return m.routed_experts(mb);
 }
 
 void check_model_gradients(const ModelConfig& cfg) {
@@ -92,7 +85,7 @@ void check_model_gradients(const ModelConfig& cfg) {
       auto shifted = [&](float sign, std::vector<int32_t>& r) {
         for (int64_t i = 0; i < p.numel(); ++i) p.value[i] = saved[static_cast<size_t>(i)] + sign * h * u[static_cast<size_t>(i)];
         double l = total_loss(model, *mb, batch, B, S);
-        r = routing_of(*mb);
+        r = model.routed_experts(*mb);
         return l;
       };
       std::vector<int32_t> r_up, r_down;

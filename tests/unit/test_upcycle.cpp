@@ -144,7 +144,9 @@ TEST(Upcycle, RouterRowsTieWithinGroupsAndExpertsHoldTheirShards) {
   for (int64_t e = 0; e < 8; ++e)
     for (int64_t k = 0; k < D; ++k) {
       EXPECT_EQ(router.data[static_cast<size_t>(e * D + k)], router.data[static_cast<size_t>((e / G * G) * D + k)]);
-      if (e % G == 0 && e > 0) EXPECT_NE(router.data[static_cast<size_t>(e * D)], router.data[0]);
+      if (e % G == 0 && e > 0) {
+        EXPECT_NE(router.data[static_cast<size_t>(e * D)], router.data[0]);
+      }
     }
   const float s = static_cast<float>(upcycle_scale(d, o));
   EXPECT_NEAR(s, std::cbrt(4.0 * 8 / 4), 1e-6);  // sigma = G E / K, SwiGLU: cube root

@@ -1,0 +1,106 @@
+// '*': self-attention (GQA, RoPE, CP; layers/attention.h) after its input_layernorm.
+#include "layers/attention.h"
+#include "models/kinds/kind_sizes.h"
+
+namespace ff {
+namespace {
+
+using kinds::kFloat;
+
+class AttentionMixer final : public Mixer {
+ public:
+  explicit AttentionMixer(const MixerContext& x)
+      : attention_(x.params, x.compute, x.prefix + ".self_attn", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp,
+                   x.grid.config().cp_comm == CpComm::ring, x.lora) {}
+
+  struct Saved final : Mixer::Saved {
+    Attention::Saved s;
+  };
+  struct State final : Mixer::DecodeState {
+    Attention::KvCache kv;
+  };
+  std::unique_ptr<Mixer::Saved> new_saved() const override { return std::make_unique<Saved>(); }
+  void forward(Mixer::Saved& s, float* out, const float* xn, const MixerBatch& b, Arena& arena,
+               ForwardResult&) override {
+    attention_.forward(static_cast<Saved&>(s).s, out, xn, b.positions, b.B, b.S, arena);
+  }
+  void backward(float* dxn, const float* dout, const float*, Mixer::Saved& s, const MixerBatch& b, float,
+                Arena& scratch) override {
+    attention_.backward(dxn, dout, b.positions, static_cast<Saved&>(s).s, b.B, b.S, scratch);
+  }
+  std::unique_ptr<DecodeState> new_decode_state(int64_t B, int64_t capacity) const override {
+    auto st = std::make_unique<State>();
+    st->kv = attention_.new_cache(B, capacity);
+    return st;
+  }
+  void decode(DecodeState* st, float* out, const float* xn, int64_t B, int64_t T, int64_t start,
+              Arena& scratch) override {
+    attention_.forward_cached(out, xn, B, T, start, static_cast<State*>(st)->kv, scratch);
+  }
+
+ private:
+  Attention attention_;
+};
+
+int64_t q_width(const ModelConfig& c) { return c.num_heads * c.kv_channels(); }
+int64_t kv_width(const ModelConfig& c) { return c.num_kv_heads * c.kv_channels(); }
+
+int64_t parameters(const ModelConfig& c, int64_t) {
+  const int64_t D = c.d_model, q = q_width(c), kv = kv_width(c);
+  return D * (q + 2 * kv) + q * D + kinds::lora_params(c, "q_proj", D, q) + kinds::lora_params(c, "k_proj", D, kv) +
+         kinds::lora_params(c, "v_proj", D, kv) + kinds::lora_params(c, "o_proj", q, D);
+}
+
+RankParameters rank_parameters(const ModelConfig& c, const ParallelConfig& p) {
+  const double D = static_cast<double>(c.d_model), q = static_cast<double>(q_width(c));
+  return {(D * static_cast<double>(q_width(c) + 2 * kv_width(c)) + q * D) / static_cast<double>(p.tp), 0, 0};
+}
+
+// The fused q|k|v output, o, its operand and the log-sum-exps; under CP the gathered K/V of whole
+// sequences, the query chunks and their outputs.
+double activation_bytes(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  const kinds::Rows r(c, p, B);
+  const double dh = static_cast<double>(c.kv_channels()), Hq = static_cast<double>(c.num_heads);
+  const double Hkv = static_cast<double>(c.num_kv_heads);
+  double a = (r.gathered + r.partial + r.N * dh * (Hq + 2 * Hkv) / r.T + r.N * dh * Hq / r.T + r.N * Hq / r.T) * kFloat;
+  a += (r.N * r.D + r.N * dh * Hq / r.T) * r.copy;  // the input and o as operands
+  if (p.cp > 1)
+    a += (static_cast<double>(B * c.seq_len) * 2 * dh * Hkv / r.T + 2 * r.N * dh * Hq / r.T) * kFloat;
+  return a;
+}
+
+// Megatron (specs/parallelism-and-moe.md §11): 6 T (h (Qd + 2 Kd) + Qd h) for the projections and
+// 6 B S^2 Qd for the scores and their weighted sum (forward 2, backward 4).
+double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
+  const double h = static_cast<double>(c.d_model), qd = static_cast<double>(q_width(c));
+  const double kd = static_cast<double>(kv_width(c));
+  const double T = static_cast<double>(sequences * S);
+  return T * 6.0 * (h * (qd + 2.0 * kd) + qd * h) + static_cast<double>(sequences) * S * S * 6.0 * qd;
+}
+
+LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  LayerTraffic t = kinds::tp_region_traffic(c, p, B);
+  if (p.cp > 1) {  // K/V all-gathered forward, reduce-scattered backward
+    const double cp = static_cast<double>(p.cp);
+    t.bytes += 2 * (cp - 1) / cp * static_cast<double>(B * c.seq_len) * 2 * static_cast<double>(kv_width(c)) /
+               static_cast<double>(p.tp) * kFloat;
+    t.steps += 2 * (cp - 1);
+  }
+  return t;
+}
+
+void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e) {
+  if (c.num_heads % p.tp != 0 || c.num_kv_heads % p.tp != 0)
+    e.push_back(strprintf("model.num_heads = %lld and num_kv_heads = %lld must be divisible by parallel.tp = %lld",
+                          (long long)c.num_heads, (long long)c.num_kv_heads, (long long)p.tp));
+}
+
+std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<AttentionMixer>(x); }
+
+}  // namespace
+
+extern const LayerKindInfo kAttentionKind = {'*', LayerKind::attention, "attention", "input_layernorm", kProfileAttention,
+                                             parameters, rank_parameters, activation_bytes, training_flops, traffic,
+                                             layout_problems, build};
+
+}  // namespace ff

@@ -1,0 +1,69 @@
+// '-': the dense MLP (layers/mlp.h) after its post_attention_layernorm.
+#include "layers/mlp.h"
+#include "models/kinds/kind_sizes.h"
+
+namespace ff {
+namespace {
+
+class MlpMixer final : public Mixer {
+ public:
+  explicit MlpMixer(const MixerContext& x)
+      : mlp_(x.params, x.compute, x.prefix + ".mlp", x.cfg.d_model, x.cfg.ffn_hidden, x.cfg.activation, x.init_std,
+             x.out_init_std, x.tp, x.lora) {}
+
+  struct Saved final : Mixer::Saved, DecodeState {
+    Mlp::Saved s;
+  };
+  std::unique_ptr<Mixer::Saved> new_saved() const override { return std::make_unique<Saved>(); }
+  void forward(Mixer::Saved& s, float* out, const float* xn, const MixerBatch& b, Arena& arena,
+               ForwardResult&) override {
+    mlp_.forward(static_cast<Saved&>(s).s, out, xn, b.rows(), arena);
+  }
+  void backward(float* dxn, const float* dout, const float*, Mixer::Saved& s, const MixerBatch& b, float,
+                Arena& scratch) override {
+    mlp_.backward(dxn, dout, static_cast<Saved&>(s).s, b.rows(), false, scratch);
+  }
+  // Decoding keeps one record of the forward's temporaries (in the step's arena) for reuse.
+  std::unique_ptr<DecodeState> new_decode_state(int64_t, int64_t) const override { return std::make_unique<Saved>(); }
+  void decode(DecodeState* st, float* out, const float* xn, int64_t B, int64_t T, int64_t, Arena& scratch) override {
+    mlp_.forward(static_cast<Saved*>(st)->s, out, xn, B * T, scratch);
+  }
+
+ private:
+  Mlp mlp_;
+};
+
+int64_t parameters(const ModelConfig& c, int64_t) {
+  return kinds::mlp_params(c, c.ffn_hidden) + kinds::mlp_lora_params(c, c.ffn_hidden);
+}
+
+RankParameters rank_parameters(const ModelConfig& c, const ParallelConfig& p) {
+  return {static_cast<double>(kinds::mlp_params(c, c.ffn_hidden)) / static_cast<double>(p.tp), 0, 0};
+}
+
+double activation_bytes(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  return kinds::mlp_region_bytes(c, kinds::Rows(c, p, B), c.ffn_hidden);
+}
+
+// 6 T h F f (f = 3 for SwiGLU's gate, up and down, else 2).
+double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
+  const double f = c.activation == Activation::swiglu ? 3.0 : 2.0;
+  return static_cast<double>(sequences * S) * 6.0 * static_cast<double>(c.d_model) * static_cast<double>(c.ffn_hidden) * f;
+}
+
+LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) { return kinds::tp_region_traffic(c, p, B); }
+
+void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e) {
+  if (c.ffn_hidden % p.tp != 0)
+    e.push_back(strprintf("model.ffn_hidden = %lld is not divisible by parallel.tp = %lld", (long long)c.ffn_hidden,
+                          (long long)p.tp));
+}
+
+std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MlpMixer>(x); }
+
+}  // namespace
+
+extern const LayerKindInfo kMlpKind = {'-', LayerKind::mlp, "MLP", "post_attention_layernorm", kProfileMlp, parameters,
+                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build};
+
+}  // namespace ff

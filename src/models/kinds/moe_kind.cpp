@@ -1,0 +1,155 @@
+// 'E': the MoE layer (router, dispatcher, experts, optional shared expert; layers/moe/moe_layer.h)
+// after its post_attention_layernorm.
+#include "layers/moe/moe_layer.h"
+#include "models/kinds/kind_sizes.h"
+
+namespace ff {
+namespace {
+
+using kinds::kFloat;
+
+class MoeMixer final : public Mixer {
+ public:
+  explicit MoeMixer(const MixerContext& x)
+      : moe_(x.params, x.compute, x.prefix + ".mlp", x.cfg, x.grid, x.init_std, x.out_init_std, x.lora) {
+    moe_.set_profile(x.profile);
+  }
+
+  struct Saved final : Mixer::Saved, DecodeState {
+    MoeLayer::Saved s;
+  };
+  std::unique_ptr<Mixer::Saved> new_saved() const override { return std::make_unique<Saved>(); }
+  void forward(Mixer::Saved& s, float* out, const float* xn, const MixerBatch& b, Arena& arena,
+               ForwardResult& res) override {
+    MoeLayer::Saved& m = static_cast<Saved&>(s).s;
+    moe_.forward(m, out, xn, b.rows(), arena);
+    const MoeStats& st = m.stats;
+    res.aux_loss += st.aux_loss;
+    res.z_loss += st.z_loss;
+    res.routed_slots += st.routed_slots;
+    res.dropped_slots += st.dropped_slots;
+    res.expert_load.insert(res.expert_load.end(), st.tokens_per_expert.begin(), st.tokens_per_expert.end());
+  }
+  void backward(float* dxn, const float* dout, const float* xn, Mixer::Saved& s, const MixerBatch& b, float loss_scale,
+                Arena& scratch) override {
+    moe_.backward(dxn, dout, xn, static_cast<Saved&>(s).s, b.rows(), loss_scale, scratch);
+  }
+  // Decoding keeps one record of the forward's temporaries for reuse.
+  std::unique_ptr<DecodeState> new_decode_state(int64_t, int64_t) const override { return std::make_unique<Saved>(); }
+  void decode(DecodeState* st, float* out, const float* xn, int64_t B, int64_t T, int64_t, Arena& scratch) override {
+    moe_.forward(static_cast<Saved*>(st)->s, out, xn, B * T, scratch);
+  }
+  MoeLayer* moe() override { return &moe_; }
+  std::span<const int32_t> routed_experts(const Mixer::Saved& s) const override {
+    const Router::Saved& r = static_cast<const Saved&>(s).s.router;
+    if (r.topk_idx.empty()) return {};
+    return {r.idx(), static_cast<size_t>(r.topk_idx.numel())};
+  }
+
+ private:
+  MoeLayer moe_;
+};
+
+int64_t shared_params(const ModelConfig& c) {
+  if (c.moe_shared_expert_hidden == 0) return 0;
+  return kinds::mlp_params(c, c.moe_shared_expert_hidden) + (c.moe_shared_expert_gate ? c.d_model : 0);
+}
+
+// One routed expert's adapters (lora_targets experts.*).
+int64_t expert_lora_params(const ModelConfig& c) {
+  const int64_t D = c.d_model, F = c.moe_ffn_hidden;
+  return (c.activation == Activation::swiglu ? kinds::lora_params(c, "experts.gate_proj", D, F) : 0) +
+         kinds::lora_params(c, "experts.up_proj", D, F) + kinds::lora_params(c, "experts.down_proj", F, D);
+}
+
+int64_t parameters(const ModelConfig& c, int64_t experts_counted) {
+  int64_t n = c.num_experts * c.d_model + experts_counted * (kinds::mlp_params(c, c.moe_ffn_hidden) + expert_lora_params(c)) +
+              shared_params(c);
+  if (c.moe_shared_expert_hidden > 0) n += kinds::mlp_lora_params(c, c.moe_shared_expert_hidden);
+  return n;
+}
+
+// The routed experts' LoRA adapters one rank holds: per local expert and adapted projection the
+// factor held whole (r D) and the one sliced over ETP (r F / ETP).
+double expert_adapter_params(const ModelConfig& c, const ParallelConfig& p) {
+  if (c.lora_rank == 0) return 0;
+  const bool swiglu = c.activation == Activation::swiglu;
+  const double projections = (swiglu && c.lora_adapts("experts.gate_proj") ? 1.0 : 0.0) +
+                             (c.lora_adapts("experts.up_proj") ? 1.0 : 0.0) + (c.lora_adapts("experts.down_proj") ? 1.0 : 0.0);
+  return static_cast<double>(c.num_experts / p.ep) * projections * static_cast<double>(c.lora_rank) *
+         (static_cast<double>(c.d_model) + static_cast<double>(c.moe_ffn_hidden) / static_cast<double>(p.expert_tp()));
+}
+
+RankParameters rank_parameters(const ModelConfig& c, const ParallelConfig& p) {
+  const double D = static_cast<double>(c.d_model), T = static_cast<double>(p.tp);
+  const double shared = c.moe_shared_expert_hidden > 0
+                            ? static_cast<double>(kinds::mlp_params(c, c.moe_shared_expert_hidden)) / T +
+                                  (c.moe_shared_expert_gate ? D : 0)
+                            : 0;
+  const double experts = static_cast<double>(c.num_experts / p.ep) *
+                         static_cast<double>(kinds::mlp_params(c, c.moe_ffn_hidden)) / static_cast<double>(p.expert_tp());
+  return {static_cast<double>(c.num_experts) * D + shared, experts, expert_adapter_params(c, p)};
+}
+
+// Router logits, scores and routing; the dispatched rows, the experts' pre-activations and scaled
+// activations (SwiGLU recomputes its activation), the shared expert's region.
+double activation_bytes(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  const kinds::Rows r(c, p, B);
+  const bool bf16 = c.precision == Precision::bf16, swiglu = c.activation == Activation::swiglu;
+  const double E = static_cast<double>(c.num_experts), K = static_cast<double>(c.moe_top_k);
+  const double etp = static_cast<double>(p.expert_tp());
+  const double F = static_cast<double>(c.moe_ffn_hidden) / etp;
+  const double R = r.Ns * K * etp;  // rows this rank's experts compute, on average
+  double a = (r.Ns * E * 3 + r.Ns * K * 2) * kFloat;
+  const double W = static_cast<double>(kinds::fc1(c, c.moe_ffn_hidden)) / etp;
+  a += (2 * r.Ns * K * r.D + R * (2 * r.D + (swiglu ? 0 : F))) * kFloat;
+  a += R * W * (swiglu && bf16 ? 2.0 : kFloat);      // the pre-activation (bf16 under bf16 SwiGLU)
+  a += R * F * (bf16 ? 2.0 : kFloat) + R * r.D * r.copy;  // the scaled activation and the rows as operands
+  if (c.moe_shared_expert_hidden > 0) a += kinds::mlp_region_bytes(c, r, c.moe_shared_expert_hidden) + r.Ns * r.D * kFloat;
+  return a;
+}
+
+// 6 T h f (K F_expert + F_shared); the router's GEMM is not counted (Megatron's formula).
+double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
+  const double f = c.activation == Activation::swiglu ? 3.0 : 2.0;
+  return static_cast<double>(sequences * S) * 6.0 * static_cast<double>(c.d_model) * f *
+         static_cast<double>(c.moe_ffn_hidden * c.moe_top_k + c.moe_shared_expert_hidden);
+}
+
+// The shared expert's TP region; dispatch and combine, forward and backward, of K copies of each
+// token over EP (and the counts' exchange).
+LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  LayerTraffic t = c.moe_shared_expert_hidden > 0 ? kinds::tp_region_traffic(c, p, B) : LayerTraffic{};
+  if (p.ep > 1) {
+    const kinds::Rows r(c, p, B);
+    const double ep = static_cast<double>(p.ep);
+    t.bytes += 4 * (ep - 1) / ep * r.Ns * static_cast<double>(c.moe_top_k) * r.D * kFloat;
+    t.steps += 5 * (ep - 1);
+  }
+  return t;
+}
+
+void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e) {
+  const int64_t T = p.tp;
+  if (T > 1 && !p.sequence_parallel)
+    e.push_back(strprintf("MoE layers with parallel.tp = %lld need parallel.sequence_parallel = true (each TP rank then "
+                          "routes its own share of the tokens)", (long long)T));
+  if (c.num_experts % p.ep != 0)
+    e.push_back(strprintf("model.num_experts = %lld is not divisible by parallel.ep = %lld", (long long)c.num_experts,
+                          (long long)p.ep));
+  if (c.moe_ffn_hidden % p.expert_tp() != 0)
+    e.push_back(strprintf("model.moe_ffn_hidden = %lld is not divisible by the expert-tensor-parallel size %lld",
+                          (long long)c.moe_ffn_hidden, (long long)p.expert_tp()));
+  if (c.moe_shared_expert_hidden > 0 && c.moe_shared_expert_hidden % T != 0)
+    e.push_back(strprintf("model.moe_shared_expert_hidden = %lld is not divisible by parallel.tp = %lld",
+                          (long long)c.moe_shared_expert_hidden, (long long)T));
+}
+
+std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MoeMixer>(x); }
+
+}  // namespace
+
+extern const LayerKindInfo kMoeKind = {'E', LayerKind::moe, "MoE", "post_attention_layernorm", -1, parameters,
+                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build};
+
+}  // namespace ff
