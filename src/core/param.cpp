@@ -85,9 +85,16 @@ void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert
     switch (p.init) {
       case ParamInit::zeros: std::fill(p.value, p.value + p.numel(), 0.0f); break;
       case ParamInit::ones: std::fill(p.value, p.value + p.numel(), 1.0f); break;
-      case ParamInit::normal: {
+      case ParamInit::normal:
+      case ParamInit::uniform:
+      case ParamInit::draw: {
         // Draw the global tensor in order and keep this rank's slice (rows x cols of a matrix).
         Rng rng(seed, "init:" + p.name);
+        auto element = [&]() -> float {
+          if (p.init == ParamInit::normal) return rng.normal() * p.init_std;
+          if (p.init == ParamInit::uniform) return (2.0f * rng.uniform() - 1.0f) * p.init_std;
+          return p.draw(rng);
+        };
         const int64_t rows = p.global_shape.rank == 2 ? p.global_shape[0] : 1;
         const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
         const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
@@ -96,7 +103,7 @@ void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert
         const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t c = 0; c < cols; ++c) {
-            const float v = rng.normal() * p.init_std;
+            const float v = element();
             if (r >= r0 && r < r0 + lr && c >= c0 && c < c0 + lc) p.value[(r - r0) * lc + (c - c0)] = v;
           }
         break;

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,8 @@
 
 namespace ff {
 
-enum class ParamInit : uint8_t { normal, zeros, ones };
+// normal: N(0, init_std^2); uniform: U[-init_std, init_std]; draw: each value from Param::draw.
+enum class ParamInit : uint8_t { normal, zeros, ones, uniform, draw };
 
 struct Param {
   std::string name;        // global name, e.g. "model.layers.0.self_attn.q_proj.weight"
@@ -47,6 +49,7 @@ struct Param {
   bool trainable = true;
   ParamInit init = ParamInit::normal;
   float init_std = 0.0f;
+  std::function<float(Rng&)> draw;  // ParamInit::draw: one value of the global tensor, in order
   int64_t offset = 0;      // first element in the store's flat buffers
   float* value = nullptr;  // [local_shape], valid after ParamStore::allocate()
   float* grad = nullptr;   // [local_shape]; null when frozen

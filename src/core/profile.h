@@ -12,6 +12,7 @@ enum ProfileSlot : int {
   kProfileNorm,        // pre-norms and residual adds
   kProfileAttention,
   kProfileMlp,
+  kProfileMamba,
   kProfileRouter,
   kProfileDispatch,    // permute, token exchange, combine
   kProfileExperts,
@@ -21,7 +22,7 @@ enum ProfileSlot : int {
 };
 
 inline const char* profile_slot_name(int slot) {
-  static constexpr const char* kNames[kProfileSlots] = {"embedding", "norms + residual", "attention", "dense MLP",
+  static constexpr const char* kNames[kProfileSlots] = {"embedding", "norms + residual", "attention", "dense MLP", "Mamba2",
                                                         "MoE router", "MoE dispatch + combine", "MoE experts",
                                                         "MoE shared expert", "final norm + head + loss"};
   return kNames[slot];

@@ -102,12 +102,29 @@ std::vector<std::string> ModelConfig::validate() const {
   if (head_dim < 0) e.push_back(strprintf("model.head_dim = %lld: must be >= 0 (0 = d_model / num_heads)", (long long)head_dim));
   if (layer_pattern.empty() && num_layers <= 0)
     e.push_back(strprintf("model.num_layers = %lld: must be positive (or give layer_pattern)", (long long)num_layers));
-  bool has_mlp = false, has_moe = false;
+  bool has_mlp = false, has_moe = false, has_mamba = false;
   for (char c : pattern()) {
     if (c == '-') has_mlp = true;
     else if (c == 'E') has_moe = true;
-    else if (c == 'M') e.push_back("model.layer_pattern: 'M' (Mamba) layers are reserved and not implemented yet; use '*', '-' or 'E'");
-    else if (c != '*') e.push_back(strprintf("model.layer_pattern: unknown character '%c'; use '*' attention, '-' MLP, 'E' MoE", c));
+    else if (c == 'M') has_mamba = true;
+    else if (c != '*') e.push_back(strprintf("model.layer_pattern: unknown character '%c'; use '*' attention, '-' MLP, 'E' MoE, 'M' Mamba2", c));
+  }
+  if (has_mamba) {
+    positive(mamba_num_heads, "mamba_num_heads");
+    positive(mamba_head_dim, "mamba_head_dim");
+    positive(mamba_groups, "mamba_groups");
+    positive(mamba_state, "mamba_state");
+    positive(mamba_conv_kernel, "mamba_conv_kernel");
+    positive(mamba_chunk, "mamba_chunk");
+    if (mamba_num_heads > 0 && mamba_groups > 0 && mamba_num_heads % mamba_groups != 0)
+      e.push_back(strprintf("model.mamba_num_heads = %lld is not divisible by mamba_groups = %lld (each group's B and C serve "
+                            "a contiguous block of heads)", (long long)mamba_num_heads, (long long)mamba_groups));
+    if (!(mamba_dt_min > 0 && mamba_dt_max >= mamba_dt_min))
+      e.push_back(strprintf("model.mamba_dt_min = %g, mamba_dt_max = %g: need 0 < min <= max", mamba_dt_min, mamba_dt_max));
+    if (!(mamba_dt_init_floor > 0)) e.push_back(strprintf("model.mamba_dt_init_floor = %g: must be > 0", mamba_dt_init_floor));
+    if (!(mamba_dt_limit_max == 0 || (mamba_dt_limit_min >= 0 && mamba_dt_limit_max > mamba_dt_limit_min)))
+      e.push_back(strprintf("model.mamba_dt_limit_min = %g, mamba_dt_limit_max = %g: need 0 <= min < max, or max = 0 for no "
+                            "clamp", mamba_dt_limit_min, mamba_dt_limit_max));
   }
   if (num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads != 0)
     e.push_back(strprintf("model.num_kv_heads = %lld: must divide num_heads = %lld", (long long)num_kv_heads, (long long)num_heads));
@@ -160,22 +177,23 @@ std::vector<std::string> ModelConfig::validate() const {
     const std::string p = pattern();
     const bool attention = p.find('*') != std::string::npos, moe = p.find('E') != std::string::npos;
     const bool mlp = p.find('-') != std::string::npos || (moe && moe_shared_expert_hidden > 0);
-    const bool swiglu = activation == Activation::swiglu;
+    const bool swiglu = activation == Activation::swiglu, mamba = p.find('M') != std::string::npos;
     bool expert_targets = false;
     for (const auto& t : targets) {
       const bool attn_t = t == "q_proj" || t == "k_proj" || t == "v_proj" || t == "o_proj";
       const bool mlp_t = t == "up_proj" || t == "down_proj" || (t == "gate_proj" && swiglu);
       const bool expert_t = t == "experts" || t == "experts.up_proj" || t == "experts.down_proj" ||
                             (t == "experts.gate_proj" && swiglu);
+      const bool mamba_t = t == "in_proj" || t == "out_proj";
       expert_targets = expert_targets || expert_t;
-      if (!attn_t && !mlp_t && !expert_t)
+      if (!attn_t && !mlp_t && !expert_t && !mamba_t)
         e.push_back(strprintf("model.lora_targets: '%s' is not a linear of this model (choose from q_proj, k_proj, "
                               "v_proj, o_proj, %sup_proj, down_proj, %sexperts.up_proj, experts.down_proj or experts "
-                              "for all the routed experts' projections)", t.c_str(), swiglu ? "gate_proj, " : "",
-                              swiglu ? "experts.gate_proj, " : ""));
-      else if ((attn_t && !attention) || (mlp_t && !mlp) || (expert_t && !moe))
+                              "for all the routed experts' projections, in_proj, out_proj of Mamba2 layers)", t.c_str(),
+                              swiglu ? "gate_proj, " : "", swiglu ? "experts.gate_proj, " : ""));
+      else if ((attn_t && !attention) || (mlp_t && !mlp) || (expert_t && !moe) || (mamba_t && !mamba))
         e.push_back(strprintf("model.lora_targets: '%s': the model has no %s layer", t.c_str(),
-                              attn_t ? "attention" : mlp_t ? "dense MLP or shared expert" : "MoE"));
+                              attn_t ? "attention" : mlp_t ? "dense MLP or shared expert" : expert_t ? "MoE" : "Mamba2"));
     }
     // The routed experts' rows are dispatched tokens in an order that depends on the parallel
     // layout (EP, ETP, capacity), so a dropout mask per row would too: refused rather than drawn.

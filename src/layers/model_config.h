@@ -38,7 +38,7 @@ namespace ff {
 enum class HeadKind : uint8_t { lm, value };
 std::span<const EnumName<HeadKind>> enum_names(HeadKind);
 
-// One character per layer: '*' attention, '-' dense MLP, 'E' MoE, 'M' Mamba (reserved).
+// One character per layer: '*' attention, '-' dense MLP, 'E' MoE, 'M' Mamba2 (models/layer_kind.h).
 enum class LayerKind : uint8_t { attention, mlp, moe, mamba };
 
 struct ModelConfig {
@@ -76,6 +76,16 @@ struct ModelConfig {
   double moe_capacity_factor = 0.0;  // 0 = dropless
   cpu::DropPolicy moe_drop_policy = cpu::DropPolicy::probs;
   bool moe_pad_to_capacity = false;
+  // Mamba2 ('M' layers; specs/methods.md §3.2): H heads of P channels (d_inner = H P), G groups
+  // of state size N sharing B and C.
+  int64_t mamba_num_heads = 8;
+  int64_t mamba_head_dim = 64;
+  int64_t mamba_groups = 1;
+  int64_t mamba_state = 128;
+  int64_t mamba_conv_kernel = 4;
+  int64_t mamba_chunk = 128;
+  double mamba_dt_min = 1e-3, mamba_dt_max = 0.1, mamba_dt_init_floor = 1e-4;
+  double mamba_dt_limit_min = 0, mamba_dt_limit_max = 0;  // clamp of Δ; max 0 = none
   Precision precision = Precision::fp32;
   int64_t head_chunk_rows = 0;  // LM head + cross-entropy over row chunks; 0 = all rows at once
   HeadKind head = HeadKind::lm;
@@ -91,7 +101,8 @@ struct ModelConfig {
     v(vocab_size, "vocab_size", "vocabulary size V");
     v(d_model, "d_model", "model width D");
     v(num_layers, "num_layers", "transformer blocks (attention + MLP/MoE) when layer_pattern is empty");
-    v(layer_pattern, "layer_pattern", "one char per layer: '*' attention, '-' MLP, 'E' MoE; empty = derived from num_layers");
+    v(layer_pattern, "layer_pattern", "one char per layer: '*' attention, '-' MLP, 'E' MoE, 'M' Mamba2; empty = derived "
+                                      "from num_layers");
     v(num_heads, "num_heads", "query heads");
     v(num_kv_heads, "num_kv_heads", "key/value heads (GQA groups); must divide num_heads");
     v(head_dim, "head_dim", "per-head width (kv_channels); 0 = d_model / num_heads");
@@ -121,6 +132,19 @@ struct ModelConfig {
     v(moe_capacity_factor, "moe_capacity_factor", "expert capacity factor; 0 = dropless");
     v(moe_drop_policy, "moe_drop_policy", "which routed tokens an over-full expert keeps");
     v(moe_pad_to_capacity, "moe_pad_to_capacity", "pad every expert to exactly its capacity (static shapes)");
+    v(mamba_num_heads, "mamba_num_heads", "Mamba2 heads H ('M' layers); d_inner = H x mamba_head_dim");
+    v(mamba_head_dim, "mamba_head_dim", "channels per Mamba2 head P");
+    v(mamba_groups, "mamba_groups", "Mamba2 groups G sharing B and C (contiguous blocks of H / G heads); must divide "
+                                    "mamba_num_heads");
+    v(mamba_state, "mamba_state", "Mamba2 state size N per group");
+    v(mamba_conv_kernel, "mamba_conv_kernel", "width of the Mamba2 causal depthwise convolution");
+    v(mamba_chunk, "mamba_chunk", "chunk length Q of the SSD scan (speed only; any sequence length works)");
+    v(mamba_dt_min, "mamba_dt_min", "init: Δ drawn log-uniformly in [mamba_dt_min, mamba_dt_max], dt_bias its "
+                                    "inverse softplus");
+    v(mamba_dt_max, "mamba_dt_max", "init: upper end of Δ's log-uniform range");
+    v(mamba_dt_init_floor, "mamba_dt_init_floor", "init: Δ is at least this before the inverse softplus");
+    v(mamba_dt_limit_min, "mamba_dt_limit_min", "clamp Δ = softplus(dt + dt_bias) to [min, max] (time_step_limit)");
+    v(mamba_dt_limit_max, "mamba_dt_limit_max", "upper end of Δ's clamp; 0 = no clamp (the default, as in HF)");
     v(precision, "precision", "GEMM precision: fp32, or bf16 (bf16 operands, fp32 accumulation; fp32 master weights, "
                               "optimizer, norms, softmaxes, router and losses)");
     v(head_chunk_rows, "head_chunk_rows", "training: the LM head and cross-entropy run over chunks of this many rows, so "
@@ -142,6 +166,8 @@ struct ModelConfig {
 
   // Derived values (pure functions of the fields; nothing is rewritten).
   int64_t kv_channels() const { return head_dim > 0 ? head_dim : (num_heads > 0 ? d_model / num_heads : 0); }
+  int64_t mamba_inner() const { return mamba_num_heads * mamba_head_dim; }               // d_inner = H P
+  int64_t mamba_conv_channels() const { return mamba_inner() + 2 * mamba_groups * mamba_state; }  // x | B | C
   std::string pattern() const;
   std::vector<LayerKind> layers() const;  // parsed pattern; call after validate()
   cpu::RouterOptions router_options() const;

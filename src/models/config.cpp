@@ -25,7 +25,8 @@ int64_t count_parameters(const ModelConfig& c) { return count(c, c.num_experts);
 int64_t count_active_parameters(const ModelConfig& c) { return count(c, c.moe_top_k); }
 
 std::vector<std::string> model_preset_names() {
-  return {"moe-tiny", "moe-small", "llama-small", "mixtral-small", "qwen2-moe-small", "nemotron4-small", "nemotron4-15b"};
+  return {"moe-tiny",        "moe-small",      "llama-small",   "mixtral-small",       "qwen2-moe-small", "nemotron4-small",
+          "nemotron4-15b",   "nemotron-h-small", "nemotron-h-moe-small", "nemotron-h-8b", "nemotron-h-4b"};
 }
 
 ModelConfig model_preset(const std::string& name) {
@@ -57,6 +58,29 @@ ModelConfig model_preset(const std::string& name) {
     c.num_kv_heads = 8; c.head_dim = 128; c.ffn_hidden = 24576; c.activation = Activation::squared_relu;
     c.norm = NormKind::layernorm1p; c.rotary_percent = 0.5; c.seq_len = 4096; c.init_std = 0.0134;
     return c;
+  }
+  if (name.rfind("nemotron-h", 0) == 0) {  // methods.md §3.1: Mamba2 + a few attention layers (no RoPE) + squared-ReLU MLPs
+    c.num_experts = 0; c.activation = Activation::squared_relu; c.norm = NormKind::rmsnorm;
+    c.position_embedding = PositionEmbedding::none; c.tie_embeddings = false; c.mamba_conv_kernel = 4;
+    if (name == "nemotron-h-small" || name == "nemotron-h-moe-small") {  // trains on KJV in minutes on 2 cores
+      c.vocab_size = 4096; c.d_model = 256; c.num_heads = 4; c.num_kv_heads = 2; c.seq_len = 256; c.ffn_hidden = 1024;
+      c.mamba_num_heads = 8; c.mamba_head_dim = 64; c.mamba_groups = 2; c.mamba_state = 32; c.mamba_chunk = 64;
+      c.layer_pattern = "M-M-M*-M-";
+      if (name == "nemotron-h-moe-small") {  // the MLPs as MoEs of squared-ReLU experts
+        c.layer_pattern = "MEM*EMEME";
+        c.num_experts = 8; c.moe_top_k = 2; c.moe_ffn_hidden = 256;
+      }
+      return c;
+    }
+    if (name == "nemotron-h-8b" || name == "nemotron-h-4b") {
+      const bool pruned = name == "nemotron-h-4b";  // Minitron-SSM's 4B: D, FFN and Mamba heads pruned
+      c.vocab_size = 131072; c.d_model = pruned ? 3072 : 4096; c.num_heads = 32; c.num_kv_heads = 8; c.head_dim = 128;
+      c.ffn_hidden = pruned ? 12288 : 21504; c.seq_len = 8192;
+      c.mamba_num_heads = pruned ? 112 : 128; c.mamba_head_dim = 64; c.mamba_groups = 8; c.mamba_state = 128;
+      c.mamba_chunk = 128;
+      c.layer_pattern = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-";
+      return c;
+    }
   }
   std::string names;
   for (const auto& n : model_preset_names()) names += " " + n;

@@ -5,10 +5,10 @@
 namespace ff {
 
 // Each kind's descriptor, defined in its home in models/kinds/.
-extern const LayerKindInfo kAttentionKind, kMlpKind, kMoeKind;
+extern const LayerKindInfo kAttentionKind, kMlpKind, kMoeKind, kMambaKind;
 
 namespace {
-const LayerKindInfo* const kKinds[] = {&kAttentionKind, &kMlpKind, &kMoeKind};
+const LayerKindInfo* const kKinds[] = {&kAttentionKind, &kMlpKind, &kMoeKind, &kMambaKind};
 }  // namespace
 
 const LayerKindInfo* layer_kind_of(char symbol) {

@@ -1,0 +1,108 @@
+// 'M': the Mamba2 mixer (layers/mamba/mamba_mixer.h) after its input_layernorm (Nemotron-H).
+#include <cmath>
+
+#include "layers/mamba/mamba_mixer.h"
+#include "models/kinds/kind_sizes.h"
+
+namespace ff {
+namespace {
+
+using kinds::kFloat;
+
+class MambaLayerMixer final : public Mixer {
+ public:
+  explicit MambaLayerMixer(const MixerContext& x)
+      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.lora) {}
+
+  struct Saved final : Mixer::Saved {
+    MambaMixer::Saved s;
+  };
+  struct State final : Mixer::DecodeState {
+    MambaMixer::State s;
+  };
+  std::unique_ptr<Mixer::Saved> new_saved() const override { return std::make_unique<Saved>(); }
+  void forward(Mixer::Saved& s, float* out, const float* xn, const MixerBatch& b, Arena& arena,
+               ForwardResult&) override {
+    mamba_.forward(static_cast<Saved&>(s).s, out, xn, b.positions, b.B, b.S, arena);
+  }
+  void backward(float* dxn, const float* dout, const float*, Mixer::Saved& s, const MixerBatch& b, float,
+                Arena& scratch) override {
+    mamba_.backward(dxn, dout, static_cast<Saved&>(s).s, b.rows(), scratch);
+  }
+  std::unique_ptr<DecodeState> new_decode_state(int64_t B, int64_t) const override {
+    auto st = std::make_unique<State>();
+    st->s = mamba_.new_state(B);
+    return st;
+  }
+  void decode(DecodeState* st, float* out, const float* xn, int64_t B, int64_t T, int64_t start,
+              Arena& scratch) override {
+    mamba_.decode(static_cast<State*>(st)->s, out, xn, B, T, start, scratch);
+  }
+
+ private:
+  MambaMixer mamba_;
+};
+
+int64_t in_proj_width(const ModelConfig& c) {
+  return 2 * c.mamba_inner() + 2 * c.mamba_groups * c.mamba_state + c.mamba_num_heads;
+}
+
+// in_proj, the conv's weights and biases, dt_bias, A_log, D, the gated norm, out_proj.
+int64_t base_parameters(const ModelConfig& c) {
+  const int64_t D = c.d_model, di = c.mamba_inner(), Ch = c.mamba_conv_channels();
+  return D * in_proj_width(c) + Ch * c.mamba_conv_kernel + Ch + 3 * c.mamba_num_heads + di + di * D;
+}
+
+// LoRA: one adapter per in_proj segment (z, x, B, C, dt) and one on out_proj.
+int64_t parameters(const ModelConfig& c, int64_t) {
+  const int64_t D = c.d_model, di = c.mamba_inner();
+  const int64_t in_adapters = c.lora_rank > 0 && c.lora_adapts("in_proj") ? c.lora_rank * (5 * D + in_proj_width(c)) : 0;
+  return base_parameters(c) + in_adapters + kinds::lora_params(c, "out_proj", di, D);
+}
+
+RankParameters rank_parameters(const ModelConfig& c, const ParallelConfig& p) {
+  return {static_cast<double>(base_parameters(c)) / static_cast<double>(p.tp), 0, 0};
+}
+
+// in_proj's output, the conv's pre-activation and output, Δ, the chunk-entry states, the scan's
+// output, the norm's statistics and output, and the operand copies of the input and that output.
+double activation_bytes(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  const kinds::Rows r(c, p, B);
+  const double T = r.T, di = static_cast<double>(c.mamba_inner()) / T, H = static_cast<double>(c.mamba_num_heads) / T;
+  const double Ch = static_cast<double>(c.mamba_conv_channels()) / T, W = static_cast<double>(in_proj_width(c)) / T;
+  const double S = static_cast<double>(c.seq_len / p.cp);
+  const double chunks = static_cast<double>(B) * std::ceil(S / static_cast<double>(c.mamba_chunk));
+  const double states = chunks * H * static_cast<double>(c.mamba_head_dim * c.mamba_state);
+  const double G = static_cast<double>(c.mamba_groups) / T;
+  return (r.gathered + r.partial + r.N * (W + 2 * Ch + H + 2 * di + G) + states) * kFloat + (r.N * r.D + r.N * di) * r.copy;
+}
+
+// Megatron-LM's mamba_layer_flops (megatron/training/training.py), per token forward:
+// 2 D (2 di + 2 G N + H) for in_proj, 7 di N for the scan, 2 di D for out_proj; times 3 for
+// forward and backward. Megatron takes di = 2 D; here di = H P, the model's own.
+double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
+  const double D = static_cast<double>(c.d_model), di = static_cast<double>(c.mamba_inner());
+  const double forward = 2 * D * static_cast<double>(in_proj_width(c)) + 7 * di * static_cast<double>(c.mamba_state) +
+                         2 * di * D;
+  return 3.0 * static_cast<double>(sequences * S) * forward;
+}
+
+LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) { return kinds::tp_region_traffic(c, p, B); }
+
+void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e) {
+  if (c.mamba_groups % p.tp != 0)
+    e.push_back(strprintf("model.mamba_groups = %lld is not divisible by parallel.tp = %lld (tensor parallelism splits "
+                          "the Mamba2 groups, each with its heads)", (long long)c.mamba_groups, (long long)p.tp));
+  if (p.cp > 1)
+    e.push_back(strprintf("Mamba2 layers ('M' in model.layer_pattern) do not run under context parallelism yet: use "
+                          "parallel.cp = 1 (got %lld)", (long long)p.cp));
+}
+
+std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MambaLayerMixer>(x); }
+
+}  // namespace
+
+extern const LayerKindInfo kMambaKind = {'M', LayerKind::mamba, "Mamba2", "input_layernorm", kProfileMamba, parameters,
+                                         rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build};
+
+}  // namespace ff
