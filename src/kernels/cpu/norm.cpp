@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/check.h"
+
 namespace ff::cpu {
 namespace {
 
@@ -9,6 +11,8 @@ namespace {
 // thread owns a block of feature columns and walks every row in order: race-free, deterministic.
 constexpr int64_t kColBlock = 64;
 inline int64_t col_blocks(int64_t D) { return (D + kColBlock - 1) / kColBlock; }
+
+inline float sigmoid(float u) { return 1.0f / (1.0f + std::exp(-u)); }
 
 }  // namespace
 
@@ -138,6 +142,88 @@ void layernorm1p_backward(float* dx, float* dgamma, float* dbeta, const float* d
       if (dgamma) dgamma[d] += static_cast<float>(ag[d - d0]);
       if (dbeta) dbeta[d] += static_cast<float>(ab[d - d0]);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gated RMSNorm over groups (norm after the gate)
+
+namespace {
+
+void check_gated(int64_t Ch, int64_t groups, int64_t ldz, const char* what) {
+  FF_CHECK(groups > 0 && Ch > 0 && Ch % groups == 0, "%s: %lld channels do not split into %lld groups", what,
+           (long long)Ch, (long long)groups);
+  FF_CHECK(ldz >= Ch, "%s: z row stride %lld < channels %lld", what, (long long)ldz, (long long)Ch);
+}
+
+}  // namespace
+
+void gated_rmsnorm_forward(float* out, float* rstd, const float* y, const float* z, const float* w, float eps, int64_t N,
+                           int64_t Ch, int64_t groups, int64_t ldz) {
+  // v = y silu(z);  per group of Cg = Ch / groups channels r = 1 / sqrt(mean(v^2) + eps);  out = v r w.
+  ldz = ldz ? ldz : Ch;
+  check_gated(Ch, groups, ldz, "gated_rmsnorm_forward");
+  const int64_t Cg = Ch / groups;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t k0 = g * Cg;
+      const float *yr = y + n * Ch + k0, *zr = z + n * ldz + k0, *wr = w + k0;
+      float* o = out + n * Ch + k0;
+      double ss = 0.0;
+      for (int64_t k = 0; k < Cg; ++k) {
+        o[k] = yr[k] * zr[k] * sigmoid(zr[k]);  // v, scaled in place below
+        ss += double(o[k]) * double(o[k]);
+      }
+      const float r = static_cast<float>(1.0 / std::sqrt(ss / double(Cg) + double(eps)));
+      rstd[n * groups + g] = r;
+      for (int64_t k = 0; k < Cg; ++k) o[k] = o[k] * r * wr[k];
+    }
+}
+
+void gated_rmsnorm_backward(float* dy, float* dz, float* dw, const float* dout, const float* y, const float* z,
+                            const float* w, const float* rstd, int64_t N, int64_t Ch, int64_t groups, int64_t ldz,
+                            int64_t lddz) {
+  // forward: out_k = v_k r w_k, v_k = y_k silu(z_k), r = (mean_group v^2 + eps)^(-1/2).
+  //   dv_k = r w_k dout_k - (r^3 / Cg) v_k sum_{j in group} dout_j w_j v_j
+  //   dy_k = dv_k silu(z_k),  dz_k = dv_k y_k silu'(z_k),  silu'(z) = σ(z) (1 + z (1 - σ(z)))
+  //   dw_k += sum_rows dout_k v_k r
+  ldz = ldz ? ldz : Ch;
+  lddz = lddz ? lddz : Ch;
+  check_gated(Ch, groups, ldz, "gated_rmsnorm_backward");
+  FF_CHECK(lddz >= Ch, "gated_rmsnorm_backward: dz row stride %lld < channels %lld", (long long)lddz, (long long)Ch);
+  const int64_t Cg = Ch / groups;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t k0 = g * Cg;
+      const float *yr = y + n * Ch + k0, *zr = z + n * ldz + k0, *wr = w + k0, *gr = dout + n * Ch + k0;
+      float *dyr = dy + n * Ch + k0, *dzr = dz + n * lddz + k0;
+      const float r = rstd[n * groups + g];
+      double dot = 0.0;
+      for (int64_t k = 0; k < Cg; ++k) dot += double(gr[k]) * double(wr[k]) * double(yr[k] * zr[k] * sigmoid(zr[k]));
+      const float c = static_cast<float>(dot * double(r) * double(r) * double(r) / double(Cg));
+      for (int64_t k = 0; k < Cg; ++k) {
+        const float sg = sigmoid(zr[k]), silu = zr[k] * sg;
+        const float dv = r * wr[k] * gr[k] - c * yr[k] * silu;
+        dyr[k] = dv * silu;
+        dzr[k] = dv * yr[k] * sg * (1.0f + zr[k] * (1.0f - sg));
+      }
+    }
+  if (!dw) return;  // a frozen gain
+  const int64_t nb = col_blocks(Ch);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t d0 = b * kColBlock, d1 = d0 + kColBlock < Ch ? d0 + kColBlock : Ch;
+    double acc[kColBlock] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const float *yr = y + n * Ch, *zr = z + n * ldz, *gr = dout + n * Ch;
+      for (int64_t d = d0; d < d1; ++d) {
+        const float v = yr[d] * zr[d] * sigmoid(zr[d]);
+        acc[d - d0] += double(gr[d] * v * rstd[n * groups + d / Cg]);
+      }
+    }
+    for (int64_t d = d0; d < d1; ++d) dw[d] += static_cast<float>(acc[d - d0]);
   }
 }
 
