@@ -81,6 +81,25 @@ inline ModelConfig tiny_dense() {
   return c;
 }
 
+// A Nemotron-H-style hybrid: Mamba2 (4 heads of 3 channels in 2 groups, state 5, chunk 3 that
+// divides no sequence), attention without RoPE, a squared-ReLU MLP; with moe, the MLP is an MoE.
+inline ModelConfig tiny_hybrid(bool moe = false) {
+  ModelConfig c = tiny_moe();
+  c.num_experts = moe ? 4 : 0;
+  c.ffn_hidden = 20;
+  c.layer_pattern = moe ? "M*ME" : "M*M-";
+  c.position_embedding = PositionEmbedding::none;
+  c.activation = Activation::squared_relu;
+  c.mamba_num_heads = 4;
+  c.mamba_head_dim = 3;
+  c.mamba_groups = 2;
+  c.mamba_state = 5;
+  c.mamba_chunk = 3;
+  c.mamba_dt_min = 0.05;
+  c.mamba_dt_max = 0.5;
+  return c;
+}
+
 inline int world_size() { return Communicator::world().size(); }
 // The largest EP over all ranks that the tiny model's 4 experts allow.
 inline int64_t max_ep() { return std::min(world_size(), 4); }

@@ -542,6 +542,22 @@ TEST(Invariance, PipelineInterleavedTwoVirtualStages) {
   expect_pipeline_invariant(tiny_moe(), pc, 4);
 }
 
+// Hybrid Mamba2 models (Nemotron-H): TP splits the Mamba heads and groups (with and without SP),
+// DP with both optimizers, EP over the MoE layers of a hybrid, and pipeline stages holding any mix
+// of kinds.
+TEST(Invariance, HybridMamba) {
+  expect_invariant(tiny_hybrid(), layout(1));
+  expect_invariant(tiny_hybrid(), layout(1), {}, true);
+  expect_invariant(tiny_hybrid(), tensor_layout(2, false));
+  expect_invariant(tiny_hybrid(), tensor_layout(2, true));
+  expect_invariant(tiny_hybrid(true), layout(max_ep()));
+  expect_invariant(tiny_hybrid(true), tensor_layout(2, true, 2));  // folded: EP over the TP ranks
+  ParallelConfig pc;
+  pc.pp = 2;
+  expect_pipeline_invariant(tiny_hybrid(), pc, 3);
+  expect_pipeline_invariant(tiny_hybrid(true), pc, 2);
+}
+
 // All five dimensions at once: TP 2 x CP 2 x PP 2 with EP 4 folded over TP x CP (8 ranks).
 TEST(Invariance, AllFiveDimensions) {
   if (world_size() != 8) GTEST_SKIP() << "needs 8 ranks";

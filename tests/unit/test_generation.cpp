@@ -31,10 +31,25 @@ std::vector<std::vector<int32_t>> prompts(const Tokenizer& tok) {
   return {tok.encode("And God said"), tok.encode("In"), tok.encode("the beginning of the story")};
 }
 
-void expect_cache_equals_recompute(bool moe) {
+// A Nemotron-H-style hybrid: Mamba2 layers (their conv and SSM states on the inference path),
+// attention without RoPE, squared-ReLU MLPs; the scan's chunk (3) divides no prompt length.
+ModelConfig hybrid_config() {
+  ModelConfig c = model_config(false);
+  c.layer_pattern = "M-M*-";
+  c.position_embedding = PositionEmbedding::none;
+  c.activation = Activation::squared_relu;
+  c.mamba_num_heads = 4;
+  c.mamba_head_dim = 8;
+  c.mamba_groups = 2;
+  c.mamba_state = 6;
+  c.mamba_chunk = 3;
+  return c;
+}
+
+void expect_cache_equals_recompute(const ModelConfig& cfg) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  DecoderLM model(model_config(moe), grid, 21);
+  DecoderLM model(cfg, grid, 21);
   ByteTokenizer tok;
   SamplingOptions o;
   o.temperature = 0;
@@ -52,14 +67,16 @@ void expect_cache_equals_recompute(bool moe) {
   EXPECT_GT(cached_stats.new_tokens, 0);
 }
 
-TEST(Generation, CacheEqualsRecomputeDense) { expect_cache_equals_recompute(false); }
-TEST(Generation, CacheEqualsRecomputeMoe) { expect_cache_equals_recompute(true); }
+TEST(Generation, CacheEqualsRecomputeDense) { expect_cache_equals_recompute(model_config(false)); }
+TEST(Generation, CacheEqualsRecomputeMoe) { expect_cache_equals_recompute(model_config(true)); }
+TEST(Generation, CacheEqualsRecomputeHybridMamba) { expect_cache_equals_recompute(hybrid_config()); }
 
-// Logits of a cached decode step equal those of a full forward over the same context.
-TEST(Generation, CachedLogitsEqualTheFullForward) {
+// Logits of a cached decode step equal those of a full forward over the same context (a prefill
+// of 6 positions, then one at a time: for Mamba2 layers the chunked scan from zero states, then
+// the conv step and the recurrence from the states it left).
+void expect_cached_logits_equal_the_full_forward(const ModelConfig& c) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  const ModelConfig c = model_config(true);
   DecoderLM model(c, grid, 5);
   const std::vector<int32_t> ctx = {3, 70, 101, 9, 44, 250, 17, 8, 99, 1};
   auto d = model.new_decoder(1, c.seq_len);
@@ -78,9 +95,14 @@ TEST(Generation, CachedLogitsEqualTheFullForward) {
     worst = std::max(worst, std::fabs(double(d->logits[static_cast<size_t>(v)]) - want[v]));
     scale = std::max(scale, std::fabs(double(want[v])));
   }
-  // The same fp32 products in other groupings (row counts of the GEMMs, one query vs a block):
-  // a few ulps of logits of size ~scale.
+  // The same fp32 products in other groupings (row counts of the GEMMs, one query vs a block; the
+  // scan's chunked sums vs its recurrence, ~10 terms): a few ulps of logits of size ~scale.
   EXPECT_LE(worst, 1e-5 * scale) << "scale " << scale;
+}
+
+TEST(Generation, CachedLogitsEqualTheFullForward) { expect_cached_logits_equal_the_full_forward(model_config(true)); }
+TEST(Generation, CachedLogitsEqualTheFullForwardHybridMamba) {
+  expect_cached_logits_equal_the_full_forward(hybrid_config());
 }
 
 TEST(Generation, SamplingHonoursTopKAndTopP) {

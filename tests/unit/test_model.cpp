@@ -103,6 +103,48 @@ TEST(Model, DenseGradientsMatchFiniteDifferences) { check_model_gradients(tiny_c
 
 TEST(Model, MoeGradientsMatchFiniteDifferences) { check_model_gradients(tiny_config(true)); }
 
+// A Nemotron-H-style hybrid (Mamba2, attention without RoPE, squared-ReLU MLP, MoE): every
+// parameter of the mixer (in_proj's segments, the conv, dt_bias, A_log, D, the gated norm,
+// out_proj) against finite differences; the chunk (3) does not divide the sequence (7).
+ModelConfig tiny_hybrid(bool moe) {
+  ModelConfig c = tiny_config(moe);
+  c.layer_pattern = moe ? "M*ME" : "M*M-";
+  c.position_embedding = PositionEmbedding::none;
+  c.activation = Activation::squared_relu;
+  c.mamba_num_heads = 4;
+  c.mamba_head_dim = 3;
+  c.mamba_groups = 2;
+  c.mamba_state = 5;
+  c.mamba_chunk = 3;
+  c.mamba_dt_min = 0.05;  // Δ large enough that the decay (and A_log's gradient) matter
+  c.mamba_dt_max = 0.5;
+  return c;
+}
+
+TEST(Model, HybridMambaGradientsMatchFiniteDifferences) { check_model_gradients(tiny_hybrid(false)); }
+TEST(Model, HybridMambaMoeGradientsMatchFiniteDifferences) { check_model_gradients(tiny_hybrid(true)); }
+
+// Packed examples (positions restarting at 0) restart the conv and the scan: each example's
+// logits equal those of the example alone.
+TEST(Model, HybridMambaPackedExamplesAreIndependent) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  ModelConfig c = tiny_hybrid(false);
+  DecoderLM model(c, grid, 3);
+  const int64_t S = c.seq_len;  // 7 = an example of 4 and one of 3
+  Batch b = random_batch(1, S, c.vocab_size, 9);
+  std::vector<int32_t> positions = {0, 1, 2, 3, 0, 1, 2};
+  auto mb = model.new_micro_batch();
+  model.forward(*mb, b.tokens.data(), nullptr, 1, S, positions.data());
+  std::vector<float> packed(model.logits(*mb), model.logits(*mb) + S * c.vocab_size);
+  for (const auto& [start, len] : {std::pair<int64_t, int64_t>{0, 4}, {4, 3}}) {
+    model.forward(*mb, b.tokens.data() + start, nullptr, 1, len);
+    const float* alone = model.logits(*mb);
+    for (int64_t i = 0; i < len * c.vocab_size; ++i)
+      EXPECT_FLOAT_EQ(packed[static_cast<size_t>(start * c.vocab_size + i)], alone[i]) << "example at " << start;
+  }
+}
+
 TEST(Model, MoeWithSharedExpertGateSigmoidAndBiasGradients) {
   ModelConfig c = tiny_config(true);
   c.moe_shared_expert_hidden = 10;
