@@ -7,11 +7,12 @@
 #include "core/check.h"
 #include "kernels/cpu/vector_math.h"
 
-// Every product below is written as "row += scalar * row" over a contiguous last dimension (P or N
-// or the chunk index j), so the loop vectoriser handles it and each output element sums its terms
-// in program order. The few scalar reductions (dot) are plain loops, never reassociated. Both
-// together make the results independent of alignment, vector width and thread count: tasks are
-// (b, h) in forward and (b, g) in backward, and a task always runs the same code on the same data.
+// Every product below is written as a combination of rows, y += Σ_k a_k x_k, over a contiguous
+// last dimension (P or N or the chunk index j), so the loop vectoriser handles it and each output
+// element sums its terms in program order. The few scalar reductions (dot) are plain loops, never
+// reassociated. Both together make the results independent of alignment, vector width and thread
+// count: tasks are (b, h) in forward and (b, g) in backward, and a task always runs the same code
+// on the same data. Scratch is allocated once per thread and call, never inside the loops.
 //
 // Per chunk c of n <= Q positions [t0, t0 + n) and head h (local index l, j in [0, n)):
 //   a_l = Δ_l A,  s_l = Σ_{i<=l} a_i,  x̃_l = Δ_l x_l,  w_j = exp(s_{n-1} - s_j)
