@@ -7,11 +7,12 @@
 #include "core/check.h"
 #include "kernels/cpu/vector_math.h"
 
-// Every product below is written as "row += scalar * row" over a contiguous last dimension (P or N
-// or the chunk index j), so the loop vectoriser handles it and each output element sums its terms
-// in program order. The few scalar reductions (dot) are plain loops, never reassociated. Both
-// together make the results independent of alignment, vector width and thread count: tasks are
-// (b, h) in forward and (b, g) in backward, and a task always runs the same code on the same data.
+// Every product below is written as a combination of rows, y += Σ_k a_k x_k, over a contiguous
+// last dimension (P or N or the chunk index j), so the loop vectoriser handles it and each output
+// element sums its terms in program order. The few scalar reductions (dot) are plain loops, never
+// reassociated. Both together make the results independent of alignment, vector width and thread
+// count: tasks are (b, h) in forward and (b, g) in backward, and a task always runs the same code
+// on the same data. Scratch is allocated once per thread and call, never inside the loops.
 //
 // Per chunk c of n <= Q positions [t0, t0 + n) and head h (local index l, j in [0, n)):
 //   a_l = Δ_l A,  s_l = Σ_{i<=l} a_i,  x̃_l = Δ_l x_l,  w_j = exp(s_{n-1} - s_j)
@@ -67,10 +68,25 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
-// y[i] += a x[i]
+// y[i] += a x[i] (y and x never overlap)
 template <class T>
-inline void axpy(T* y, T a, const T* x, int64_t n) {
+inline void axpy(T* __restrict y, T a, const T* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// y[i] += Σ_{k<K} a[k] x[k ld + i], i < n: a combination of K rows of x. Four rows per pass, so
+// y goes through memory once per four terms rather than once per term (one pass per term is
+// bound by the store-to-load latency of y, which is short: a row of P or N values).
+template <class T>
+inline void add_rows(T* __restrict y, const T* __restrict a, const T* __restrict x, int64_t ld, int64_t K,
+                     int64_t n) {
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const T a0 = a[k], a1 = a[k + 1], a2 = a[k + 2], a3 = a[k + 3];
+    const T *x0 = x + k * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+    for (int64_t i = 0; i < n; ++i) y[i] += (a0 * x0[i] + a1 * x1[i]) + (a2 * x2[i] + a3 * x3[i]);
+  }
+  for (; k < K; ++k) axpy(y, a[k], x + k * ld, n);
 }
 
 // out [cols, rows] = in [rows, cols]ᵀ (in with row stride ld_in, out contiguous).
@@ -128,14 +144,19 @@ void cb_lower(T* Gm, const Inputs<T>& in, const T* BT, int64_t b, int64_t g, int
     T* row = Gm + l * Q;
     const T* cl = in.cr(b, t0 + l, g);
     std::fill(row, row + l + 1, T(0));
-    for (int64_t k = 0; k < N; ++k) axpy(row, cl[k], BT + k * n, l + 1);
+    add_rows(row, cl, BT, n, N, l + 1);
   }
 }
 
-// Forward of one (b, h) over all chunks; scratch: ChunkDecay, BT [N, Q], M [Q, Q], Lrow [Q], HT [N, P].
+// The longest coefficient row a task gathers: max(Q, N, P).
+inline int64_t coef_floats(const ScanSizes& s) { return std::max({s.chunk, s.state, s.head_dim}); }
+
+// Forward of one (b, h) over all chunks; scratch: ChunkDecay, BT [N, Q], M [Q, Q], Lrow [Q], HT [N, P],
+// coef [max(Q, N, P)].
 template <class T>
 int64_t forward_floats(const ScanSizes& s) {
-  return ChunkDecay<T>::floats(s) + s.state * s.chunk + s.chunk * s.chunk + s.chunk + s.state * s.head_dim;
+  return ChunkDecay<T>::floats(s) + s.state * s.chunk + s.chunk * s.chunk + s.chunk + s.state * s.head_dim +
+         coef_floats(s);
 }
 
 template <class T>
@@ -145,7 +166,7 @@ void forward_head(T* y, T* chunk_states, T* final_state, const T* init, const In
   const int64_t L = sz.len, H = sz.heads, P = sz.head_dim, N = sz.state, Q = sz.chunk, g = h / in.ly.hpg;
   ChunkDecay<T> cd;
   T* BT = cd.carve(scratch, sz);
-  T *M = BT + N * Q, *Lrow = M + Q * Q, *HT = Lrow + Q;
+  T *M = BT + N * Q, *Lrow = M + Q * Q, *HT = Lrow + Q, *coef = HT + N * P;
   if (init) transpose(HT, init + (b * H + h) * P * N, P, N, N);
   else std::fill(HT, HT + N * P, T(0));
 
@@ -169,15 +190,17 @@ void forward_head(T* y, T* chunk_states, T* final_state, const T* init, const In
       const T* xl = in.xr(b, t0 + l, h);
       const T* cl = in.cr(b, t0 + l, g);
       for (int64_t p = 0; p < P; ++p) yl[p] = D * xl[p];
-      for (int64_t j = 0; j <= l; ++j) axpy(yl, M[l * Q + j], cd.xt + j * P, P);
-      for (int64_t k = 0; k < N; ++k) axpy(yl, cd.es[l] * cl[k], HT + k * P, P);
+      add_rows(yl, M + l * Q, cd.xt, P, l + 1, P);
+      for (int64_t k = 0; k < N; ++k) coef[k] = cd.es[l] * cl[k];
+      add_rows(yl, coef, HT, P, N, P);
     }
     // H_c = exp(s_{n-1}) H_{c-1} + Σ_j w_j x̃_j B_jᵀ, row k of HT: e HT[k] + Σ_j (w_j B_j[k]) x̃_j
     const T e = cd.es[n - 1];
     for (int64_t k = 0; k < N; ++k) {
       T* hk = HT + k * P;
       for (int64_t p = 0; p < P; ++p) hk[p] *= e;
-      for (int64_t j = 0; j < n; ++j) axpy(hk, cd.w[j] * BT[k * n + j], cd.xt + j * P, P);
+      for (int64_t j = 0; j < n; ++j) coef[j] = cd.w[j] * BT[k * n + j];
+      add_rows(hk, coef, cd.xt, P, n, P);
     }
   }
   if (final_state) transpose(final_state + (b * H + h) * P * N, HT, N, P, P);
@@ -229,18 +252,18 @@ struct Grads {
 template <class T>
 struct BackScratch {
   ChunkDecay<T> cd;
-  T *BT, *Gm, *dG, *Lm, *M, *dM, *xtT, *dxt, *ds, *ecol, *tmp, *u, *HT, *dHT, *dH;
+  T *BT, *Gm, *dG, *Lm, *M, *dM, *xtT, *dxt, *ds, *ecol, *tmp, *u, *coef, *HT, *dHT, *dH;
   static int64_t floats(const ScanSizes& s) {
     const int64_t Q = s.chunk, P = s.head_dim, N = s.state;
-    return ChunkDecay<T>::floats(s) + N * Q + 5 * Q * Q + 2 * P * Q + 2 * Q + N + P + 2 * N * P +
-           (s.heads / s.groups) * P * N;
+    return ChunkDecay<T>::floats(s) + N * Q + 5 * Q * Q + 2 * P * Q + 2 * Q + N + P + coef_floats(s) +
+           2 * N * P + (s.heads / s.groups) * P * N;
   }
   explicit BackScratch(T* p, const ScanSizes& s) {
     const int64_t Q = s.chunk, P = s.head_dim, N = s.state;
     BT = cd.carve(p, s);
     Gm = BT + N * Q, dG = Gm + Q * Q, Lm = dG + Q * Q, M = Lm + Q * Q, dM = M + Q * Q;
     xtT = dM + Q * Q, dxt = xtT + P * Q, ds = dxt + Q * P, ecol = ds + Q, tmp = ecol + Q, u = tmp + N;
-    HT = u + P, dHT = HT + N * P, dH = dHT + N * P;  // dH: [H/G, P, N], one per head of the group
+    coef = u + P, HT = coef + coef_floats(s), dHT = HT + N * P, dH = dHT + N * P;  // dH: [H/G, P, N], one per head of the group
   }
 };
 
@@ -266,7 +289,8 @@ void backward_chunk_head(const Grads<T>& gr, const Inputs<T>& in, BackScratch<T>
   for (int64_t l = 0; l < n; ++l) {
     const T* dyl = dyr(l);
     std::fill(w.tmp, w.tmp + N, T(0));
-    for (int64_t p = 0; p < P; ++p) axpy(w.tmp, cd.es[l] * dyl[p], Hs + p * N, N);
+    for (int64_t p = 0; p < P; ++p) w.coef[p] = cd.es[l] * dyl[p];
+    add_rows(w.tmp, w.coef, Hs, N, P, N);
     axpy(dcr(l), T(1), w.tmp, N);
     w.ds[l] += dot(in.cr(b, t0 + l, g), w.tmp, N);
   }
@@ -278,19 +302,20 @@ void backward_chunk_head(const Grads<T>& gr, const Inputs<T>& in, BackScratch<T>
     const T* bj = in.br(b, t0 + j, g);
     const T* xtj = cd.xt + j * P;
     std::fill(w.u, w.u + P, T(0));
-    for (int64_t k = 0; k < N; ++k) axpy(w.u, bj[k], w.dHT + k * P, P);
+    add_rows(w.u, bj, w.dHT, P, N, P);
     const T gj = cd.w[j] * dot(xtj, w.u, P);
     w.ds[n - 1] += gj;
     w.ds[j] -= gj;
     axpy(w.dxt + j * P, cd.w[j], w.u, P);
     T* dbj = dbr(j);
-    for (int64_t p = 0; p < P; ++p) axpy(dbj, cd.w[j] * xtj[p], dH + p * N, N);
+    for (int64_t p = 0; p < P; ++p) w.coef[p] = cd.w[j] * xtj[p];
+    add_rows(dbj, w.coef, dH, N, P, N);
   }
   // dH_{c-1} = e dH_c + Σ_l exp(s_l) dY_l C_lᵀ (row p: Σ_l (exp(s_l) dY_l[p]) C_l).
   for (int64_t i = 0; i < P * N; ++i) dH[i] *= e;
-  for (int64_t l = 0; l < n; ++l) {
-    const T *dyl = dyr(l), *cl = in.cr(b, t0 + l, g);
-    for (int64_t p = 0; p < P; ++p) axpy(dH + p * N, cd.es[l] * dyl[p], cl, N);
+  for (int64_t p = 0; p < P; ++p) {
+    for (int64_t l = 0; l < n; ++l) w.coef[l] = cd.es[l] * dyr(l)[p];
+    add_rows(dH + p * N, w.coef, in.cr(b, t0, g), in.ly.ldc, n, N);
   }
 
   // Diagonal: L[l, j] = exp(s_l - s_j), M = Gm ⊙ L, dM[l, j] = <dY_l, x̃_j> (rows of x̃ᵀ).
@@ -302,12 +327,12 @@ void backward_chunk_head(const Grads<T>& gr, const Inputs<T>& in, BackScratch<T>
     for (int64_t j = 0; j <= l; ++j) Ml[j] = Gl[j] * Ll[j];
     std::fill(dMl, dMl + l + 1, T(0));
     const T* dyl = dyr(l);
-    for (int64_t p = 0; p < P; ++p) axpy(dMl, dyl[p], w.xtT + p * n, l + 1);
+    add_rows(dMl, dyl, w.xtT, n, P, l + 1);
   }
   // dx̃_j += Σ_{l>=j} M[l, j] dY_l.
-  for (int64_t l = 0; l < n; ++l) {
-    const T* dyl = dyr(l);
-    for (int64_t j = 0; j <= l; ++j) axpy(w.dxt + j * P, w.M[l * Q + j], dyl, P);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t l = j; l < n; ++l) w.coef[l - j] = w.M[l * Q + j];
+    add_rows(w.dxt + j * P, w.coef, dyr(j), H * P, n - j, P);
   }
   // dG += dM ⊙ L; E = dM ⊙ M (in place of dM); ds_l += Σ_j E[l, j]; ds_j -= Σ_l E[l, j].
   std::fill(w.ecol, w.ecol + n, T(0));
@@ -368,15 +393,12 @@ void backward_group(const Grads<T>& gr, T* dinitial, const T* dfinal, const Inpu
     cb_lower(w.Gm, in, w.BT, b, g, t0, n);
     for (int64_t l = 0; l < n; ++l) std::fill(w.dG + l * Q, w.dG + l * Q + l + 1, T(0));
     for (int64_t hh = 0; hh < hpg; ++hh) backward_chunk_head(gr, in, w, w.dH + hh * P * N, b, g * hpg + hh, c, t0, n);
-    // The group's dG: dC_l += Σ_j dG[l, j] B_j, dB_j += Σ_l dG[l, j] C_l.
-    for (int64_t l = 0; l < n; ++l) {
-      T* dcl = gr.dC + ((b * L + t0 + l) * G + g) * N;
-      const T* cl = in.cr(b, t0 + l, g);
-      for (int64_t j = 0; j <= l; ++j) {
-        const T d = w.dG[l * Q + j];
-        axpy(dcl, d, in.br(b, t0 + j, g), N);
-        axpy(gr.dB + ((b * L + t0 + j) * G + g) * N, d, cl, N);
-      }
+    // The group's dG: dC_l += Σ_{j<=l} dG[l, j] B_j, dB_j += Σ_{l>=j} dG[l, j] C_l.
+    for (int64_t l = 0; l < n; ++l)
+      add_rows(gr.dC + ((b * L + t0 + l) * G + g) * N, w.dG + l * Q, in.br(b, t0, g), in.ly.ldb, l + 1, N);
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t l = j; l < n; ++l) w.coef[l - j] = w.dG[l * Q + j];
+      add_rows(gr.dB + ((b * L + t0 + j) * G + g) * N, w.coef, in.cr(b, t0 + j, g), in.ly.ldc, n - j, N);
     }
   }
   if (dinitial)
