@@ -558,6 +558,24 @@ TEST(Invariance, HybridMamba) {
   expect_pipeline_invariant(tiny_hybrid(true), pc, 2);
 }
 
+// Context parallelism for Mamba2: the all-to-all to whole sequences of a share of the heads and
+// back (attention beside it keeps ring attention); with TP, CP splits each TP rank's groups.
+TEST(Invariance, HybridMambaContextParallel) {
+  ParallelConfig pc;
+  pc.cp = 2;
+  expect_invariant(tiny_hybrid(), pc);
+  expect_invariant(tiny_hybrid(true), pc, {}, true);  // hybrid MoE, distributed optimizer over DP x CP
+  if (world_size() >= 4) {
+    ModelConfig c = tiny_hybrid();
+    c.mamba_groups = 4;  // one head per group: TP 2 x CP 2 gives each rank one group
+    ParallelConfig mixed = tensor_layout(2, true);
+    mixed.cp = 2;
+    expect_invariant(c, mixed);
+    pc.cp = 4;
+    expect_invariant(c, pc);
+  }
+}
+
 // All five dimensions at once: TP 2 x CP 2 x PP 2 with EP 4 folded over TP x CP (8 ranks).
 TEST(Invariance, AllFiveDimensions) {
   if (world_size() != 8) GTEST_SKIP() << "needs 8 ranks";

@@ -12,7 +12,7 @@ using kinds::kFloat;
 class MambaLayerMixer final : public Mixer {
  public:
   explicit MambaLayerMixer(const MixerContext& x)
-      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.lora) {}
+      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp, x.lora) {}
 
   struct Saved final : Mixer::Saved {
     MambaMixer::Saved s;
@@ -87,15 +87,27 @@ double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
   return 3.0 * static_cast<double>(sequences * S) * forward;
 }
 
-LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) { return kinds::tp_region_traffic(c, p, B); }
+// The TP region's; under CP the all-to-alls of in_proj's output and the normed output to the
+// share and back, forward and backward.
+LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
+  LayerTraffic t = kinds::tp_region_traffic(c, p, B);
+  if (p.cp > 1) {
+    const kinds::Rows r(c, p, B);
+    const double cp = static_cast<double>(p.cp);
+    t.bytes += 2 * (cp - 1) / cp * r.N * static_cast<double>(in_proj_width(c) + c.mamba_inner()) / r.T * kFloat;
+    t.steps += 4 * (cp - 1);
+  }
+  return t;
+}
 
 void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e) {
   if (c.mamba_groups % p.tp != 0)
     e.push_back(strprintf("model.mamba_groups = %lld is not divisible by parallel.tp = %lld (tensor parallelism splits "
                           "the Mamba2 groups, each with its heads)", (long long)c.mamba_groups, (long long)p.tp));
-  if (p.cp > 1)
-    e.push_back(strprintf("Mamba2 layers ('M' in model.layer_pattern) do not run under context parallelism yet: use "
-                          "parallel.cp = 1 (got %lld)", (long long)p.cp));
+  else if (c.mamba_groups % (p.tp * p.cp) != 0)
+    e.push_back(strprintf("model.mamba_groups = %lld is not divisible by parallel.tp x parallel.cp = %lld: context "
+                          "parallelism gives each CP rank whole Mamba2 groups (with their heads) of whole sequences",
+                          (long long)c.mamba_groups, (long long)(p.tp * p.cp)));
 }
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MambaLayerMixer>(x); }
