@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <sstream>
 
+#include "core/check.h"
+
 namespace ff {
 
 std::vector<std::string> parse_name_globs(const std::string& comma_separated) {
@@ -57,6 +59,10 @@ Param* ParamStore::add_slice(const std::string& name, const Shape& global_shape,
 }
 
 void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert_alignment) {
+  for (size_t i = 1; i < params_.size(); ++i)
+    if (params_[i].fused_with_previous && params_[i].trainable != params_[i - 1].trainable)
+      throw UserError(strprintf("'%s' and '%s' are parts of one fused matrix: freeze both or neither (train.freeze)",
+                                params_[i - 1].name.c_str(), params_[i].name.c_str()));
   // Lay out the dense region, then the expert region, each in registration order and padded; the
   // frozen parameters after them.
   int64_t off = 0;

@@ -47,6 +47,9 @@ struct Param {
   // False: frozen (fine-tuning a part of a model, the base under LoRA, a reference or teacher
   // model). grad is then null and every backward skips this parameter's gradient.
   bool trainable = true;
+  // One matrix with the parameter registered before it (q|k|v, gate|up, Mamba's in_proj
+  // segments): both must be trainable or both frozen, so that they stay adjacent.
+  bool fused_with_previous = false;
   ParamInit init = ParamInit::normal;
   float init_std = 0.0f;
   std::function<float(Rng&)> draw;  // ParamInit::draw: one value of the global tensor, in order

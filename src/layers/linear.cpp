@@ -25,6 +25,7 @@ Linear::Linear(ParamStore& store, Compute& compute, Placement placement, TensorP
     Param* w = store.add_slice(p.name + ".weight", Shape{p.out, in}, Shape{lo, in_}, Shape{column ? t * lo : 0, in_offset_},
                                ParamInit::normal, init_std);
     if (!weight_) weight_ = w;
+    else w->fused_with_previous = true;
     if (p.adapted && lora.rank > 0) adapters_.push_back({nullptr, nullptr, out_, lo, p.name});
     out_ += lo;
   }

@@ -3,6 +3,7 @@
 
 #include "io/config_json.h"
 #include "models/config.h"
+#include "models/decoder_lm.h"
 #include "parallel/grid.h"
 #include "train/config.h"
 #include "train/flops.h"
@@ -22,6 +23,63 @@ TEST(Config, Nemotron4_15bCountsItsPublishedParameters) {
   // methods.md §2.1: 12.48B non-embedding + 3.15B embedding = 15.63B.
   EXPECT_EQ(count_parameters(c), 15628775424);
   EXPECT_NEAR(count_parameters(c) / 1e9, 15.63, 0.005);
+}
+
+// methods.md §3.1: Nemotron-H 8B counts 8.10B (Mamba 2.63B, MLP 4.23B, attention 0.17B,
+// embeddings 1.07B); the pruned 4B 4.49B (3.68B without the embeddings).
+TEST(Config, NemotronHCountsTheSpecsParameters) {
+  ModelConfig c = model_preset("nemotron-h-8b");
+  ASSERT_TRUE(c.validate().empty());
+  const int64_t D = 4096, di = 128 * 64, gn = 8 * 128, H = 128;
+  const int64_t mamba = D * (2 * di + 2 * gn + H) + (di + 2 * gn) * 4 + (di + 2 * gn) + 3 * H + di + di * D;
+  const int64_t mlp = 2 * D * 21504, attention = D * (32 * 128 + 2 * 8 * 128) + 32 * 128 * D;
+  const int64_t embeddings = 2 * int64_t(131072) * D;
+  EXPECT_NEAR(24 * mamba / 1e9, 2.63, 0.005);
+  EXPECT_NEAR(24 * mlp / 1e9, 4.23, 0.005);
+  EXPECT_NEAR(4 * attention / 1e9, 0.17, 0.005);
+  EXPECT_EQ(count_parameters(c), 24 * mamba + 24 * mlp + 4 * attention + embeddings + 53 * D);  // + 52 pre-norms, final norm
+  EXPECT_EQ(count_parameters(c), 8100852736);
+  ModelConfig small = model_preset("nemotron-h-4b");
+  EXPECT_NEAR(count_parameters(small) / 1e9, 4.49, 0.005);
+  EXPECT_NEAR((count_parameters(small) - 2 * 131072 * 3072) / 1e9, 3.68, 0.005);
+}
+
+// Megatron-LM's mamba_layer_flops times 3: per token 2 D (2 di + 2 G N + H) + 7 di N + 2 di D.
+TEST(Flops, MambaLayersCountMegatronsFormula) {
+  ModelConfig c = model_preset("nemotron-h-8b");
+  ModelConfig no_mamba = c;
+  no_mamba.layer_pattern = "M";
+  const double D = 4096, di = 8192, N = 128;
+  const double per_token = 3 * (2 * D * (2 * di + 2 * 8 * N + 128) + 7 * di * N + 2 * di * D);
+  const double head = 6 * D * 131072;
+  EXPECT_NEAR(training_flops(no_mamba, 2, 512) / (2 * 512), per_token + head, 1e-6 * per_token);
+}
+
+TEST(Config, MambaErrorsNameTheField) {
+  ModelConfig c = model_preset("nemotron-h-small");
+  c.mamba_num_heads = 6;  // not divisible by 4 groups
+  c.mamba_groups = 4;
+  c.mamba_state = 0;
+  c.mamba_chunk = 0;
+  c.mamba_dt_limit_min = 0.5;
+  c.mamba_dt_limit_max = 0.1;
+  auto e = c.validate();
+  EXPECT_TRUE(mentions(e, "model.mamba_num_heads = 6 is not divisible by mamba_groups = 4"));
+  EXPECT_TRUE(mentions(e, "model.mamba_state = 0"));
+  EXPECT_TRUE(mentions(e, "model.mamba_chunk = 0"));
+  EXPECT_TRUE(mentions(e, "model.mamba_dt_limit_min = 0.5"));
+  EXPECT_EQ(e.size(), 4u);
+  ModelConfig ok = model_preset("nemotron-h-small");  // 2 groups
+  ParallelConfig tp4;
+  tp4.tp = 4;
+  tp4.sequence_parallel = true;
+  EXPECT_TRUE(mentions(layout_problems(ok, tp4), "model.mamba_groups = 2 is not divisible by parallel.tp = 4"));
+  ParallelConfig tp2cp2;
+  tp2cp2.tp = 2;
+  tp2cp2.cp = 2;
+  EXPECT_TRUE(mentions(layout_problems(ok, tp2cp2), "not divisible by parallel.tp x parallel.cp = 4"));
+  tp2cp2.cp = 1;
+  EXPECT_TRUE(layout_problems(ok, tp2cp2).empty());
 }
 
 TEST(Config, EveryPresetIsValidAndBuildsItsPattern) {

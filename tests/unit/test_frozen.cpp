@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "models/config.h"
 #include "models/decoder_lm.h"
 #include "optim/optimizer.h"
 #include "train/objective.h"
@@ -72,6 +73,35 @@ TEST(Frozen, NoGradientNoMomentsAndTheRestUnchanged) {
     const bool moved = std::memcmp(was, p.value, sizeof(float) * static_cast<size_t>(p.numel())) != 0;
     EXPECT_EQ(moved, p.trainable) << p.name;
   }
+}
+
+}  // namespace
+}  // namespace ff
+
+namespace ff {
+namespace {
+
+// A fused matrix (q | k | v, Mamba2's in_proj segments and conv rows) is one GEMM operand: its
+// parts must be frozen together, or the model refuses to build (one clear error).
+TEST(Frozen, PartsOfAFusedMatrixFreezeTogether) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  ModelConfig c = model_preset("nemotron-h-small");
+  try {
+    DecoderLM m(c, grid, 1, {"*.self_attn.k_proj.weight"});
+    FAIL() << "freezing k_proj alone was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("'model.layers.5.self_attn.q_proj.weight' and "
+                                         "'model.layers.5.self_attn.k_proj.weight' are parts of one fused matrix"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(DecoderLM(c, grid, 1, {"*.mixer.conv1d_B.*"}), UserError);
+  EXPECT_THROW(DecoderLM(c, grid, 1, {"*.mixer.in_proj_dt.weight"}), UserError);
+  DecoderLM whole(c, grid, 1, {"*.self_attn.*", "*.mixer.in_proj_*", "*.mixer.conv1d_*"});  // whole matrices: fine
+  int64_t frozen = 0;
+  for (const Param& p : whole.params().params()) frozen += !p.trainable;
+  EXPECT_EQ(frozen, 4 + 4 * (5 + 6));
 }
 
 }  // namespace

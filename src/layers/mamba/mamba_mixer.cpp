@@ -12,15 +12,6 @@ namespace ff {
 
 namespace {
 
-// Adjacent parameters form one matrix only if they sit one after the other in the store (which
-// freezing one but not the other breaks).
-void check_adjacent(const std::vector<const Param*>& parts) {
-  for (size_t k = 1; k < parts.size(); ++k)
-    FF_CHECK(parts[k - 1]->value + parts[k - 1]->numel() == parts[k]->value,
-             "'%s' and '%s' are one fused tensor: freeze both or neither (train.freeze)", parts[k - 1]->name.c_str(),
-             parts[k]->name.c_str());
-}
-
 // Rows where a sequence starts: every S rows, and wherever a packed example restarts at 0.
 std::vector<int64_t> sequence_starts(const int32_t* positions, int64_t B, int64_t S) {
   std::vector<int64_t> starts;
@@ -84,6 +75,10 @@ MambaMixer::MambaMixer(ParamStore& store, Compute& compute, const std::string& p
     conv_w_.push_back(mat(prefix + ".conv1d_" + seg + ".weight", rows, K_, ParamInit::uniform, conv_bound, true));
   for (const auto& [seg, rows] : {std::pair<const char*, int64_t>{"x", di}, {"B", gn}, {"C", gn}})
     conv_b_.push_back(vec(prefix + ".conv1d_" + seg + ".bias", rows, ParamInit::uniform, conv_bound));
+  for (size_t k = 1; k < 3; ++k) {  // each one matrix of x | B | C
+    conv_w_[k]->fused_with_previous = true;
+    conv_b_[k]->fused_with_previous = true;
+  }
   // dt ~ log-uniform in [dt_min, dt_max], at least the floor; dt_bias = softplus^-1(dt) =
   // dt + log(-expm1(-dt)), so that softplus(0 + dt_bias) = dt at init.
   dt_bias_ = vec(prefix + ".dt_bias", H, ParamInit::draw, 0);
@@ -174,8 +169,6 @@ const float* MambaMixer::negative_a(const float* a_log, Arena& arena) const {
 
 void MambaMixer::forward(Saved& s, float* out, const float* x, const int32_t* positions, int64_t B, int64_t S,
                          Arena& arena) const {
-  check_adjacent(conv_w_);
-  check_adjacent(conv_b_);
   const int64_t N = B * S;                 // this rank's rows
   const int64_t St = S * sh_.parts, R = B * St;  // the share's whole sequences
   const Share& q = sh_;

@@ -104,8 +104,8 @@ class MambaMixer {
   TensorParallel tp_;
   Compute* compute_;
   Linear in_proj_;   // column-parallel z | x | B | C | dt: [W, D] as one matrix
-  std::vector<const Param*> conv_w_;  // x, B, C segments, adjacent: [Ch, K]
-  std::vector<const Param*> conv_b_;  // x, B, C segments, adjacent: [Ch]
+  std::vector<Param*> conv_w_;  // x, B, C segments, adjacent: [Ch, K]
+  std::vector<Param*> conv_b_;  // x, B, C segments, adjacent: [Ch]
   Param* dt_bias_;   // [H]
   Param* a_log_;     // [H]
   Param* d_;         // [H]
