@@ -1,5 +1,6 @@
 """An independent PyTorch implementation of fivefold's decoder LM, built from a fivefold run
-config (the JSON that `fivefold train --print_config` prints or that a model file carries).
+config (the JSON that `fivefold train --print_config` prints or that a model file carries):
+'*' attention, '-' MLP, 'E' MoE and 'M' Mamba2 layers (Nemotron-H, specs/methods.md §3).
 
 Two uses: the oracle of the parity tests (tests/parity/), which load fivefold's weights into this
 model and compare losses and gradients computed by autograd; and the peer of the benchmarks
@@ -7,6 +8,8 @@ model and compare losses and gradients computed by autograd; and the peer of the
 
 The MoE auxiliary losses are added to the loss here; fivefold injects their gradients at the
 router instead (specs/parallelism-and-moe.md §6.6). Both give the same parameter gradients.
+The Mamba2 scan is the chunked SSD form (ssd_chunked) in plain tensor ops, its backward by
+autograd; sequences are not packed here (each row is one example from position 0).
 """
 import json
 import math
@@ -191,6 +194,130 @@ class Moe(torch.nn.Module):
         return out, aux
 
 
+def segment_sums(a):
+    """seg[..., l, j] = a[j+1] + ... + a[l] for j <= l, -inf above the diagonal (a [..., Q]).
+    Built from masked cumulative sums, not as differences of one cumsum, so a long chunk loses
+    no precision to cancellation and exp(seg) never overflows."""
+    Q = a.shape[-1]
+    rows = a[..., :, None].expand(*a.shape, Q)  # rows[..., i, j] = a[i]
+    strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)  # i > j
+    seg = rows.masked_fill(~strict, 0).cumsum(dim=-2)  # sum over j < i <= l
+    lower = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(0)
+    return seg.masked_fill(~lower, float("-inf"))
+
+
+def ssd_chunked(x, delta, A, Bh, Ch, chunk):
+    """The SSD scan S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t B_t^T, y_t = S_t C_t (no D term), computed in
+    chunks of `chunk` positions (specs/methods.md §3.3). x [b, S, H, P], delta [b, S, H], A [H],
+    Bh, Ch [b, S, H, N] (already expanded from groups to heads). Returns y [b, S, H, P]. S need not
+    be a multiple of the chunk: the tail is padded with Δ = 0, x = B = C = 0, which adds nothing
+    to any state, and the padded outputs are dropped."""
+    b, S, H, P = x.shape
+    N = Bh.shape[-1]
+    Q = chunk
+    pad = (-S) % Q
+    if pad:
+        x, delta, Bh, Ch = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, delta, Bh, Ch))
+    c = (S + pad) // Q
+    x, Bh, Ch = (t.reshape(b, c, Q, H, -1) for t in (x, Bh, Ch))
+    delta = delta.reshape(b, c, Q, H)
+    xt = x * delta[..., None]                       # x̃ = Δ x
+    a = (delta * A).permute(0, 3, 1, 2)             # [b, H, c, Q], a = Δ A <= 0
+    s = a.cumsum(dim=-1)                            # inclusive cumsum inside each chunk
+    # Intra-chunk (quadratic): Y_diag[l] = sum_{j<=l} (C_l . B_j) exp(s_l - s_j) x̃_j.
+    L = segment_sums(a).exp()                       # [b, H, c, l, j]
+    G = torch.einsum("bclhn,bcjhn->bhclj", Ch, Bh)
+    y_diag = torch.einsum("bhclj,bcjhp->bclhp", G * L, xt)
+    # Each chunk's own state: S_c = sum_j exp(s_last - s_j) x̃_j B_j^T.
+    w = (s[..., -1:] - s).exp()                     # [b, H, c, Q]
+    own = torch.einsum("bhcj,bcjhp,bcjhn->bchpn", w, xt, Bh)
+    # Inter-chunk recurrence: H_c = exp(s_last(c)) H_{c-1} + S_c from H_{-1} = 0; chunk c reads H_{c-1}.
+    decay = s[..., -1].exp()                        # [b, H, c]
+    state = x.new_zeros(b, H, P, N)
+    entering = []
+    for k in range(c):
+        entering.append(state)
+        state = decay[:, :, k, None, None] * state + own[:, k]
+    prev = torch.stack(entering, dim=1)             # [b, c, H, P, N]
+    # Off-diagonal: Y_off[l] = exp(s_l) H_{c-1} C_l.
+    y_off = torch.einsum("bchpn,bclhn,bhcl->bclhp", prev, Ch, s.exp())
+    return (y_diag + y_off).reshape(b, c * Q, H, P)[:, :S]
+
+
+class DepthwiseCausalConv(torch.nn.Module):
+    """c[t, k] = bias[k] + sum_j weight[k, j] u[t - (K-1) + j, k], zero left padding."""
+
+    def __init__(self, channels, K):
+        super().__init__()
+        bound = 1.0 / math.sqrt(K)  # PyTorch's Conv1d default for a depthwise conv (fan_in K)
+        self.weight = torch.nn.Parameter(torch.empty(channels, K).uniform_(-bound, bound))
+        self.bias = torch.nn.Parameter(torch.empty(channels).uniform_(-bound, bound))
+
+    def forward(self, u):  # u [b, S, C]
+        K = self.weight.shape[1]
+        y = F.conv1d(u.transpose(1, 2), self.weight[:, None, :], self.bias, padding=K - 1, groups=u.shape[-1])
+        return y[..., :u.shape[1]].transpose(1, 2)
+
+
+class Mamba2(torch.nn.Module):
+    """The Mamba2 mixer (specs/methods.md §3.2): z | x | B | C | dt projections, causal depthwise
+    conv + SiLU over x, B, C, Δ = softplus(dt + dt_bias) (clamped when mamba_dt_limit_max > 0),
+    the chunked SSD scan with A = -exp(A_log) and the D skip, the gated RMSNorm (norm after the
+    gate, per group of d_inner / G channels), out_proj. Head h reads the B, C of group h // (H / G)."""
+
+    def __init__(self, m):
+        super().__init__()
+        d = m["d_model"]
+        self.H, self.P, self.G, self.N = m["mamba_num_heads"], m["mamba_head_dim"], m["mamba_groups"], m["mamba_state"]
+        self.chunk, self.eps = m["mamba_chunk"], m["norm_eps"]
+        self.dt_lo, self.dt_hi = m["mamba_dt_limit_min"], m["mamba_dt_limit_max"]
+        di, gn, K = self.H * self.P, self.G * self.N, m["mamba_conv_kernel"]
+        self.in_proj_z = torch.nn.Linear(d, di, bias=False)
+        self.in_proj_x = torch.nn.Linear(d, di, bias=False)
+        self.in_proj_B = torch.nn.Linear(d, gn, bias=False)
+        self.in_proj_C = torch.nn.Linear(d, gn, bias=False)
+        self.in_proj_dt = torch.nn.Linear(d, self.H, bias=False)
+        self.conv1d_x = DepthwiseCausalConv(di, K)
+        self.conv1d_B = DepthwiseCausalConv(gn, K)
+        self.conv1d_C = DepthwiseCausalConv(gn, K)
+        # Init (only the benchmark peer uses it; the parity tests load fivefold's weights):
+        # dt log-uniform in [dt_min, dt_max] above the floor, dt_bias its inverse softplus; A ~ U[1, 16].
+        lo, hi = math.log(m["mamba_dt_min"]), math.log(m["mamba_dt_max"])
+        dt = (lo + (hi - lo) * torch.rand(self.H)).exp().clamp(min=m["mamba_dt_init_floor"])
+        self.dt_bias = torch.nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = torch.nn.Parameter(torch.empty(self.H).uniform_(1, 16).log())
+        self.D = torch.nn.Parameter(torch.ones(self.H))
+        self.norm = torch.nn.Module()
+        self.norm.weight = torch.nn.Parameter(torch.ones(di))
+        self.out_proj = torch.nn.Linear(di, d, bias=False)
+
+    def delta(self, dt_raw):
+        dlt = F.softplus(dt_raw + self.dt_bias)
+        return dlt.clamp(self.dt_lo, self.dt_hi) if self.dt_hi > 0 else dlt
+
+    def forward(self, u):  # u [b, S, D]
+        b, S, _ = u.shape
+        H, P, G, N = self.H, self.P, self.G, self.N
+        z = self.in_proj_z(u)
+        x = F.silu(self.conv1d_x(self.in_proj_x(u)))
+        Bg = F.silu(self.conv1d_B(self.in_proj_B(u))).view(b, S, G, N)
+        Cg = F.silu(self.conv1d_C(self.in_proj_C(u))).view(b, S, G, N)
+        dt_raw = self.in_proj_dt(u)
+        group = torch.arange(H, device=u.device) // (H // G)  # contiguous blocks of H / G heads share B, C
+        # Δ, the scan and the norm in fp32 at least (float64 in the parity tests), also under bf16 autocast.
+        ft = torch.promote_types(u.dtype, torch.float32)
+        with torch.autocast(u.device.type, enabled=False):
+            dlt = self.delta(dt_raw.to(ft))
+            xs = x.to(ft).view(b, S, H, P)
+            y = ssd_chunked(xs, dlt.to(ft), -self.A_log.to(ft).exp(), Bg.to(ft)[:, :, group], Cg.to(ft)[:, :, group],
+                            self.chunk)
+            y = y + self.D.to(ft)[:, None] * xs
+            v = (y.reshape(b, S, H * P) * F.silu(z.to(ft))).view(b, S, G, -1)
+            v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.eps)
+            v = v.reshape(b, S, H * P) * self.norm.weight.to(ft)
+        return self.out_proj(v.to(u.dtype))
+
+
 class DecoderLM(torch.nn.Module):
     def __init__(self, m):
         super().__init__()
@@ -202,7 +329,8 @@ class DecoderLM(torch.nn.Module):
         self.blocks = torch.nn.ModuleList()
         for c in self.pattern:
             self.norms.append(Norm(d, m["norm"], m["norm_eps"]))
-            self.blocks.append(Attention(m) if c == "*" else Mlp(d, m["ffn_hidden"], m["activation"]) if c == "-" else Moe(m))
+            self.blocks.append(Attention(m) if c == "*" else Mlp(d, m["ffn_hidden"], m["activation"]) if c == "-"
+                               else Mamba2(m) if c == "M" else Moe(m))
         self.norm = Norm(d, m["norm"], m["norm_eps"])
         # model.head = value: one scalar per position from score.weight [1, d] in place of the LM head
         self.score = torch.nn.Linear(d, 1, bias=False) if m.get("head", "lm") == "value" else None
@@ -214,10 +342,10 @@ class DecoderLM(torch.nn.Module):
         out = [("model.embed_tokens.weight", self.embed_tokens.weight)]
         for j, c in enumerate(self.pattern):
             p = layer_prefix(self.pattern, j)
-            norm = p + (".input_layernorm" if c == "*" else ".post_attention_layernorm")
+            norm = p + (".input_layernorm" if c in "*M" else ".post_attention_layernorm")
             for n, t in self.norms[j].named_parameters():
                 out.append((norm + "." + n, t))
-            sub = ".self_attn." if c == "*" else ".mlp."
+            sub = {"*": ".self_attn.", "M": ".mixer."}.get(c, ".mlp.")
             for n, t in self.blocks[j].named_parameters():
                 out.append((p + sub + n, t))
         for n, t in self.norm.named_parameters():

@@ -4,8 +4,9 @@ same model (bench/torch_model.py) on random tokens, at its best settings on this
 Usage: torch_peer.py CONFIG.json [--steps N] [--warmup N] [--threads T] [--bf16]
 CONFIG.json is a resolved fivefold run config (`fivefold train --print_config ... > cfg.json`).
 The config decides the model (layer pattern: dense `*-` when num_experts is 0, MoE `*E`, or an
-explicit model.layer_pattern; widths, heads, seq_len, ...), the micro-batch, the micro-batches
-per step (train.grad_accum) and the AdamW settings.
+explicit model.layer_pattern, Mamba2 'M' layers included as in the nemotron-h presets; widths,
+heads, seq_len, ...), the micro-batch, the micro-batches per step (train.grad_accum) and the AdamW
+settings.
 `fivefold bench --peer` runs it for you, in the same session as its own measurement, with
 GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 so glibc keeps
 large blocks (worth 10-45% to PyTorch here) and OMP_NUM_THREADS=T.
@@ -56,16 +57,16 @@ torch.set_num_interop_threads(1)
 cfg = json.load(open(args.config))
 m, t, o = cfg["model"], cfg["train"], cfg.get("optim", {})
 pattern = torch_model.pattern_of(m)
-bad = sorted(set(pattern) - set("*-E"))
+bad = sorted(set(pattern) - set("*-EM"))
 if bad:
     sys.exit("torch_peer: model.layer_pattern %r has layers the peer does not implement: %s (it has '*' attention, "
-             "'-' MLP and 'E' MoE)" % (pattern, ", ".join(repr(c) for c in bad)))
+             "'-' MLP, 'E' MoE and 'M' Mamba2)" % (pattern, ", ".join(repr(c) for c in bad)))
 if "E" in pattern and m["num_experts"] < 1:
     sys.exit("torch_peer: model.layer_pattern %r has MoE layers but model.num_experts is %d" % (pattern, m["num_experts"]))
 torch.manual_seed(t["seed"])
 model = torch_model.DecoderLM(m)
 for name, p in model.named_fivefold_parameters():
-    if p.dim() == 2:
+    if p.dim() == 2 and ".conv1d_" not in name:  # the Mamba2 convs keep their own (Conv1d-like) init
         torch.nn.init.normal_(p, std=m["init_std"])
 opt = torch.optim.AdamW(model.parameters(), lr=o.get("lr", 1e-4), betas=(o.get("beta1", 0.9), o.get("beta2", 0.95)),
                         eps=o.get("adam_eps", 1e-8), weight_decay=o.get("weight_decay", 0.1))

@@ -1,6 +1,7 @@
 """`fivefold bench --peer` end to end on a tiny model: fivefold's measurement, then the PyTorch peer
 (bench/torch_peer.py) on the same config, and the `compare:` line with both tokens/s and their
-ratio; fp32 on the MoE model and bf16 (autocast in the peer) on a dense one. Then the errors:
+ratio; fp32 on the MoE model and on a hybrid Mamba2 one (nemotron-h-small's pattern), bf16
+(autocast in the peer) on a dense one. Then the errors:
 a Python that does not exist, a Python without PyTorch, and --peer under mpirun with 2 ranks,
 each a clear message and a non-zero exit, never a crash.
 
@@ -15,8 +16,8 @@ import tempfile
 
 fivefold = sys.argv[1]
 env = dict(os.environ, OMP_NUM_THREADS="2", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-tiny = ["bench", "--model_preset", "moe-tiny", "--micro_batch", "1", "--seq_len", "32", "--bench_steps", "1",
-        "--warmup", "0", "--peak_tflops", "1"]
+short = ["--micro_batch", "1", "--seq_len", "32", "--bench_steps", "1", "--warmup", "0", "--peak_tflops", "1"]
+tiny = ["bench", "--model_preset", "moe-tiny"] + short
 failures = []
 
 
@@ -36,11 +37,13 @@ compare = re.compile(r"^compare: fivefold ([0-9.]+) tokens/s \((fp32|bf16), peak
                      r"PyTorch [0-9.]+ ([0-9.]+) tokens/s \((fp32|bf16 autocast), peak ([0-9.]+) GiB\), "
                      r"ratio ([0-9.]+)x$", re.M)
 
-for name, extra, ff_precision, peer_precision, pattern in [
-        ("moe-tiny fp32", [], "fp32", "fp32", "*E*E*E*E"),
-        ("dense bf16", ["--num_experts", "0", "--ffn_hidden", "256", "--precision", "bf16"], "bf16", "bf16 autocast",
-         "*-*-*-*-")]:
-    code, out, err = run([fivefold] + tiny + extra + ["--peer"])
+for name, cmd, ff_precision, peer_precision, pattern in [
+        ("moe-tiny fp32", tiny, "fp32", "fp32", "*E*E*E*E"),
+        ("dense bf16", tiny + ["--num_experts", "0", "--ffn_hidden", "256", "--precision", "bf16"], "bf16",
+         "bf16 autocast", "*-*-*-*-"),
+        ("nemotron-h-small (Mamba2 hybrid) fp32", ["bench", "--model_preset", "nemotron-h-small"] + short, "fp32", "fp32",
+         "M-M-M*-M-")]:
+    code, out, err = run([fivefold] + cmd + ["--peer"])
     m = compare.search(out)
     ok = code == 0 and m is not None
     if ok:
