@@ -228,12 +228,26 @@ ModelConfig small_moe(Precision p) {
   return c;
 }
 
+// A hybrid of the same width: Mamba2 (its in_proj and out_proj GEMMs in bf16; conv, scan and
+// norm in fp32), attention and MoE.
+ModelConfig small_hybrid(Precision p) {
+  ModelConfig c = small_moe(p);
+  c.layer_pattern = "M*ME";
+  c.position_embedding = PositionEmbedding::none;
+  c.mamba_num_heads = 4;
+  c.mamba_head_dim = 8;
+  c.mamba_groups = 2;
+  c.mamba_state = 8;
+  c.mamba_chunk = 5;
+  return c;
+}
+
 // The same model and batch in bf16 and fp32: the loss within bf16's rounding, every gradient
 // tensor pointing the same way (cosine) with a similar norm.
-TEST(Bf16Model, LossAndGradientsTrackFp32) {
+void expect_bf16_tracks_fp32(ModelConfig (*config)(Precision)) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
-  DecoderLM m16(small_moe(Precision::bf16), grid, 3), m32(small_moe(Precision::fp32), grid, 3);
+  DecoderLM m16(config(Precision::bf16), grid, 3), m32(config(Precision::fp32), grid, 3);
   const int64_t B = 3, S = 16;
   Rng rng(9, "batch");
   std::vector<int32_t> tokens(B * S), targets(B * S);
@@ -255,10 +269,18 @@ TEST(Bf16Model, LossAndGradientsTrackFp32) {
     const double na = std::sqrt(test::dot(a.grad, a.grad, static_cast<size_t>(a.numel())));
     const double nb = std::sqrt(test::dot(b.grad, b.grad, static_cast<size_t>(b.numel())));
     if (nb == 0) continue;  // an expert no token chose
-    EXPECT_GT(dot / (na * nb), 0.99) << a.name;
-    EXPECT_NEAR(na / nb, 1.0, 0.05) << a.name;
+    // A Mamba2 per-head parameter's gradient (D, A_log, dt_bias) is one sum over every row of a
+    // head, which cancels: a small difference of large sums amplifies bf16's 2^-8 relative error
+    // per term by the cancellation (about 10x here), so those few-element tensors are held to a
+    // cosine of 0.95 and a norm within 15%.
+    const bool per_head = a.numel() <= 8;
+    EXPECT_GT(dot / (na * nb), per_head ? 0.95 : 0.99) << a.name;
+    EXPECT_NEAR(na / nb, 1.0, per_head ? 0.15 : 0.05) << a.name;
   }
 }
+
+TEST(Bf16Model, LossAndGradientsTrackFp32) { expect_bf16_tracks_fp32(small_moe); }
+TEST(Bf16Model, HybridMambaLossAndGradientsTrackFp32) { expect_bf16_tracks_fp32(small_hybrid); }
 
 // The GEMMs read the weights' bf16 copy, which follows the fp32 master values once the model is
 // told they changed.
