@@ -127,23 +127,50 @@ class Moe(torch.nn.Module):
             self.shared_expert_gate = torch.nn.Linear(d, 1, bias=False)
         self.register_buffer("expert_bias", torch.zeros(E))
 
+    def select(self, v):
+        """Top-K of the selection values v [N, E]; with groups (moe_router_groups G, M per token)
+        only among the experts of each row's M groups of largest sum of their top K / M values."""
+        m, K = self.m, self.m["moe_top_k"]
+        G, M = m.get("moe_router_groups", 0), m.get("moe_router_group_topk", 0)
+        if G == 0:
+            return torch.topk(v, K, dim=-1).indices
+        per = v.shape[-1] // G
+        group_score = v.view(-1, G, per).topk(K // M, dim=-1).values.sum(-1)
+        keep = torch.zeros_like(group_score).scatter(1, group_score.topk(M, dim=-1).indices, 1.0).bool()
+        return v.masked_fill(~keep.repeat_interleave(per, 1), float("-inf")).topk(K, dim=-1).indices
+
     def route(self, logits):
         m, K = self.m, self.m["moe_top_k"]
         if m["moe_router_score"] == "sigmoid":
             scores = torch.sigmoid(logits)
-            idx = torch.topk(scores + self.expert_bias, K, dim=-1).indices
+            idx = self.select((scores + self.expert_bias).detach())
             probs = scores.gather(1, idx)
             if m["moe_router_norm_topk_prob"]:
                 probs = probs / (probs.sum(-1, keepdim=True) + 1e-20)
         elif m["moe_router_pre_softmax"]:
             scores = torch.softmax(logits, dim=-1)
-            probs, idx = torch.topk(scores, K, dim=-1)
+            idx = self.select(scores.detach())
+            probs = scores.gather(1, idx)
             if m["moe_router_norm_topk_prob"]:
                 probs = probs / (probs.sum(-1, keepdim=True) + 1e-20)
         else:
-            top, idx = torch.topk(logits, K, dim=-1)
-            probs = torch.softmax(top, dim=-1)
+            idx = self.select(logits.detach())
+            probs = torch.softmax(logits.gather(1, idx), dim=-1)
         return idx, probs * m["moe_router_topk_scaling"]
+
+    def balancing_loss(self, s, B):
+        """The moe_load_balancing loss of one micro-batch of B sequences (specs §6.3-6.4); with one
+        micro-batch the global-batch loss is the micro-batch loss."""
+        m = self.m
+        N, E, K, alpha = s.shape[0], m["num_experts"], m["moe_top_k"], m["moe_aux_loss_coeff"]
+        kind = m.get("moe_load_balancing", "aux_loss")
+        c = torch.zeros(N, E, dtype=s.dtype).scatter(1, torch.topk(s.detach(), K, -1).indices, 1.0)
+        if kind in ("aux_loss", "global_aux_loss"):
+            return alpha * E / (K * N * N) * (c.sum(0) * s.sum(0)).sum()
+        if kind == "seq_aux_loss":
+            S = N // B
+            return alpha / B * E / (K * S * S) * (c.view(B, S, E).sum(1) * s.view(B, S, E).sum(1)).sum()
+        return s.new_zeros(())
 
     def keep_mask(self, idx, probs):
         """Capacity dropping (specs §7.6) as a [N, K] 0/1 mask."""
@@ -163,7 +190,7 @@ class Moe(torch.nn.Module):
                 keep[rows[i], slots[i]] = 1
         return keep
 
-    def forward(self, x):
+    def forward(self, x, B=1):
         m = self.m
         N, E, K = x.shape[0], m["num_experts"], m["moe_top_k"]
         logits = self.gate(x)
@@ -179,8 +206,7 @@ class Moe(torch.nn.Module):
                 s = s / (s.sum(-1, keepdim=True) + 1e-20)
             else:
                 s = torch.softmax(logits, -1)
-            counts = torch.zeros(E).scatter_add_(0, torch.topk(s, K, -1).indices.reshape(-1), torch.ones(N * K))
-            aux = aux + m["moe_aux_loss_coeff"] * E / (K * N * N) * (counts.detach() * s.sum(0)).sum()
+            aux = aux + self.balancing_loss(s, B)
         out = torch.zeros_like(x)
         for e in range(E):
             rows, slots = (idx == e).nonzero(as_tuple=True)
@@ -363,7 +389,7 @@ class DecoderLM(torch.nn.Module):
         for c, norm, block in zip(self.pattern, self.norms, self.blocks):
             h = norm(x)
             if c == "E":
-                y, a = block(h.reshape(B * S, -1))
+                y, a = block(h.reshape(B * S, -1), B)
                 x = x + y.view(B, S, -1)
                 aux = aux + a
             else:

@@ -14,6 +14,10 @@ constexpr EnumName<Precision> kPrecisions[] = {{Precision::fp32, "fp32"}, {Preci
 constexpr EnumName<HeadKind> kHeads[] = {{HeadKind::lm, "lm"}, {HeadKind::value, "value"}};
 constexpr EnumName<cpu::RouterScore> kScores[] = {{cpu::RouterScore::softmax, "softmax"},
                                                   {cpu::RouterScore::sigmoid, "sigmoid"}};
+constexpr EnumName<LoadBalancing> kBalancing[] = {{LoadBalancing::aux_loss, "aux_loss"},
+                                                  {LoadBalancing::seq_aux_loss, "seq_aux_loss"},
+                                                  {LoadBalancing::global_aux_loss, "global_aux_loss"},
+                                                  {LoadBalancing::none, "none"}};
 constexpr EnumName<cpu::DropPolicy> kPolicies[] = {{cpu::DropPolicy::probs, "probs"},
                                                    {cpu::DropPolicy::position, "position"}};
 }  // namespace
@@ -23,6 +27,7 @@ std::span<const EnumName<NormKind>> enum_names(NormKind) { return kNorms; }
 std::span<const EnumName<PositionEmbedding>> enum_names(PositionEmbedding) { return kPositions; }
 std::span<const EnumName<Precision>> enum_names(Precision) { return kPrecisions; }
 std::span<const EnumName<HeadKind>> enum_names(HeadKind) { return kHeads; }
+std::span<const EnumName<LoadBalancing>> enum_names(LoadBalancing) { return kBalancing; }
 }  // namespace ff
 namespace ff::cpu {
 std::span<const EnumName<RouterScore>> enum_names(RouterScore) { return kScores; }
@@ -84,8 +89,41 @@ cpu::RouterOptions ModelConfig::router_options() const {
   o.pre_softmax = moe_router_pre_softmax;
   o.norm_topk_prob = moe_router_norm_topk_prob;
   o.topk_scaling_factor = static_cast<float>(moe_router_topk_scaling);
+  o.num_groups = moe_router_groups;
+  o.group_topk = moe_router_group_topk;
   return o;
 }
+
+// Group-limited routing: G groups of E / G experts, M chosen per token, K experts among theirs.
+// One problem, one message: a later rule is only checked when the earlier ones hold.
+namespace {
+void router_group_problems(const ModelConfig& c, std::vector<std::string>& e) {
+  const long long E = c.num_experts, K = c.moe_top_k, G = c.moe_router_groups, M = c.moe_router_group_topk;
+  if (G < 0 || M < 0) {
+    e.push_back(strprintf("model.moe_router_groups = %lld, moe_router_group_topk = %lld: must be >= 0 (0 = no groups)", G, M));
+  } else if (G == 0) {
+    if (M > 0)
+      e.push_back(strprintf("model.moe_router_group_topk = %lld needs moe_router_groups > 0 (the number of expert groups)", M));
+  } else if (E <= 0 || K < 1 || K > E) {
+    return;  // reported above
+  } else if (E % G != 0) {
+    e.push_back(strprintf("model.moe_router_groups = %lld does not divide num_experts = %lld: the experts are split into "
+                          "equal contiguous groups", G, E));
+  } else if (M == 0) {
+    e.push_back(strprintf("model.moe_router_group_topk = 0 with moe_router_groups = %lld: set how many groups each token "
+                          "chooses (1 .. %lld)", G, G));
+  } else if (M > G) {
+    e.push_back(strprintf("model.moe_router_group_topk = %lld exceeds moe_router_groups = %lld: a token cannot choose more "
+                          "groups than there are", M, G));
+  } else if (K > M * (E / G)) {
+    e.push_back(strprintf("model.moe_top_k = %lld exceeds the experts of the chosen groups, moe_router_group_topk x "
+                          "num_experts / moe_router_groups = %lld x %lld = %lld", K, M, E / G, M * (E / G)));
+  } else if (M > K) {
+    e.push_back(strprintf("model.moe_router_group_topk = %lld exceeds moe_top_k = %lld: each chosen group is scored by the "
+                          "sum of its top moe_top_k / moe_router_group_topk scores, which would be none", M, K));
+  }
+}
+}  // namespace
 
 std::vector<std::string> ModelConfig::validate() const {
   std::vector<std::string> e;
@@ -163,6 +201,7 @@ std::vector<std::string> ModelConfig::validate() const {
     if (moe_aux_loss_coeff < 0) e.push_back(strprintf("model.moe_aux_loss_coeff = %g: must be >= 0", moe_aux_loss_coeff));
     if (moe_z_loss_coeff < 0) e.push_back(strprintf("model.moe_z_loss_coeff = %g: must be >= 0", moe_z_loss_coeff));
     if (!(moe_router_topk_scaling > 0)) e.push_back(strprintf("model.moe_router_topk_scaling = %g: must be > 0", moe_router_topk_scaling));
+    router_group_problems(*this, e);
   }
   if (value_outputs < 1) e.push_back(strprintf("model.value_outputs = %lld: must be >= 1", (long long)value_outputs));
   if (head == HeadKind::value && tie_embeddings)

@@ -38,6 +38,13 @@ namespace ff {
 enum class HeadKind : uint8_t { lm, value };
 std::span<const EnumName<HeadKind>> enum_names(HeadKind);
 
+// The router's load-balancing loss (specs/parallelism-and-moe.md §6.3-6.4; layers/moe/router.h),
+// weighted by moe_aux_loss_coeff: over each micro-batch (Switch/GShard), each sequence
+// (DeepSeek-V2/V3), the step's global batch (token counts summed over the micro-batches so far and
+// every data-parallel replica), or none.
+enum class LoadBalancing : uint8_t { aux_loss, seq_aux_loss, global_aux_loss, none };
+std::span<const EnumName<LoadBalancing>> enum_names(LoadBalancing);
+
 // One character per layer: '*' attention, '-' dense MLP, 'E' MoE, 'M' Mamba2 (models/layer_kind.h).
 enum class LayerKind : uint8_t { attention, mlp, moe, mamba };
 
@@ -69,10 +76,13 @@ struct ModelConfig {
   bool moe_router_pre_softmax = false;
   bool moe_router_norm_topk_prob = false;
   double moe_router_topk_scaling = 1.0;
+  LoadBalancing moe_load_balancing = LoadBalancing::aux_loss;
   double moe_aux_loss_coeff = 0.01;
   double moe_z_loss_coeff = 0.0;
   bool moe_expert_bias = false;
   double moe_expert_bias_update_rate = 1e-3;
+  int64_t moe_router_groups = 0;      // group-limited routing: G expert groups; 0 = none
+  int64_t moe_router_group_topk = 0;  // groups each token may use (M)
   double moe_capacity_factor = 0.0;  // 0 = dropless
   cpu::DropPolicy moe_drop_policy = cpu::DropPolicy::probs;
   bool moe_pad_to_capacity = false;
@@ -125,10 +135,18 @@ struct ModelConfig {
     v(moe_router_pre_softmax, "moe_router_pre_softmax", "softmax over all experts before top-k (else top-k then softmax)");
     v(moe_router_norm_topk_prob, "moe_router_norm_topk_prob", "renormalise the K selected probs to sum 1 (pre-softmax / sigmoid)");
     v(moe_router_topk_scaling, "moe_router_topk_scaling", "multiply the gating probs by this factor");
-    v(moe_aux_loss_coeff, "moe_aux_loss_coeff", "load-balancing aux loss coefficient (0 = off)");
+    v(moe_load_balancing, "moe_load_balancing", "load-balancing loss: aux_loss (per micro-batch, Switch/GShard), "
+                                                "seq_aux_loss (per sequence, DeepSeek-V2/V3), global_aux_loss (over the "
+                                                "step's micro-batches so far and every data-parallel replica), none");
+    v(moe_aux_loss_coeff, "moe_aux_loss_coeff", "coefficient of the moe_load_balancing loss (0 = off)");
     v(moe_z_loss_coeff, "moe_z_loss_coeff", "router z-loss coefficient (0 = off)");
     v(moe_expert_bias, "moe_expert_bias", "aux-loss-free balancing bias on the selection (sigmoid scores)");
     v(moe_expert_bias_update_rate, "moe_expert_bias_update_rate", "expert bias step per optimizer step");
+    v(moe_router_groups, "moe_router_groups", "group-limited routing: the experts form this many contiguous groups "
+                                              "(set it to parallel.ep to bound the EP ranks a token reaches); 0 = none");
+    v(moe_router_group_topk, "moe_router_group_topk", "group-limited routing: groups each token chooses, by the sum "
+                                                      "of its top moe_top_k / moe_router_group_topk scores in each; "
+                                                      "its experts come from those groups only");
     v(moe_capacity_factor, "moe_capacity_factor", "expert capacity factor; 0 = dropless");
     v(moe_drop_policy, "moe_drop_policy", "which routed tokens an over-full expert keeps");
     v(moe_pad_to_capacity, "moe_pad_to_capacity", "pad every expert to exactly its capacity (static shapes)");

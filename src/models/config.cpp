@@ -26,7 +26,7 @@ int64_t count_active_parameters(const ModelConfig& c) { return count(c, c.moe_to
 
 std::vector<std::string> model_preset_names() {
   return {"moe-tiny",        "moe-small",      "llama-small",   "mixtral-small",       "qwen2-moe-small", "nemotron4-small",
-          "nemotron4-15b",   "nemotron-h-small", "nemotron-h-moe-small", "nemotron-h-8b", "nemotron-h-4b"};
+          "nemotron4-15b",   "nemotron-h-small", "nemotron-h-moe-small", "nemotron-h-8b", "nemotron-h-4b", "deepseek-v3-small"};
 }
 
 ModelConfig model_preset(const std::string& name) {
@@ -35,6 +35,18 @@ ModelConfig model_preset(const std::string& name) {
   if (name == "moe-tiny") {  // the default training job: learns visibly in minutes on 2 cores
     c.vocab_size = 4096; c.d_model = 256; c.num_layers = 4; c.num_heads = 4; c.num_kv_heads = 2; c.seq_len = 256;
     c.num_experts = 8; c.moe_top_k = 2; c.moe_ffn_hidden = 512; c.ffn_hidden = 704;
+    return c;
+  }
+  if (name == "deepseek-v3-small") {  // DeepSeek-V3's routing at the size of moe-tiny (trains on KJV in minutes)
+    c.vocab_size = 4096; c.d_model = 256; c.num_heads = 4; c.num_kv_heads = 2; c.seq_len = 256; c.ffn_hidden = 704;
+    c.layer_pattern = "*-*E*E*E";  // the first block dense, as V3's first_k_dense_replace
+    c.num_experts = 16; c.moe_top_k = 4; c.moe_ffn_hidden = 128;  // fine-grained experts
+    c.moe_shared_expert_hidden = 128;                              // one shared expert of the same width
+    c.moe_router_score = cpu::RouterScore::sigmoid; c.moe_router_norm_topk_prob = true;
+    c.moe_router_topk_scaling = 2.5;                               // V3's routed_scaling_factor
+    c.moe_expert_bias = true; c.moe_expert_bias_update_rate = 1e-3;  // aux-loss-free balancing
+    c.moe_load_balancing = LoadBalancing::seq_aux_loss; c.moe_aux_loss_coeff = 1e-4;  // V3's alpha
+    c.moe_router_groups = 4; c.moe_router_group_topk = 2;          // V3: 8 groups, 4 per token; K / M = 2 as there
     return c;
   }
   if (name == "llama-small") {

@@ -493,7 +493,10 @@ void DecoderLM::synchronize_tied_embeddings() {
 }
 
 void DecoderLM::end_of_step() {
-  for (MoeLayer* moe : moe_layers()) moe->router().update_expert_bias();
+  for (MoeLayer* moe : moe_layers()) {
+    moe->router().update_expert_bias();
+    moe->router().end_of_step();
+  }
 }
 
 }  // namespace ff

@@ -143,7 +143,8 @@ class DecoderLM {
   // With tied embeddings over several pipeline stages: sum the embedding's gradient of the first
   // stage and its copy's on the last (all pipeline ranks call it, after the last backward).
   void synchronize_tied_embeddings();
-  // Apply the aux-loss-free expert-bias update (once per optimizer step).
+  // Once per optimizer step, after its last backward: apply the aux-loss-free expert-bias update
+  // and restart the global-batch balancing loss's running counts (layers/moe/router.h).
   void end_of_step();
 
   const ModelConfig& config() const { return cfg_; }

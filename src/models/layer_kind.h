@@ -36,6 +36,7 @@ struct ForwardResult {
   double aux_loss = 0, z_loss = 0;  // summed over MoE layers
   std::vector<int64_t> expert_load;  // [moe layers * E] rows per expert
   int64_t routed_slots = 0, dropped_slots = 0;
+  int64_t sent_rows = 0;             // rows the MoE dispatches sent to other EP ranks (this rank)
 };
 
 // The rows a mixer sees in training: B sequences of S positions held here (S / CP under context

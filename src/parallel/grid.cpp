@@ -8,7 +8,8 @@ namespace ff {
 
 namespace {
 constexpr EnumName<MoeDispatcher> kDispatchers[] = {{MoeDispatcher::alltoall, "alltoall"},
-                                                    {MoeDispatcher::allgather, "allgather"}};
+                                                    {MoeDispatcher::allgather, "allgather"},
+                                                    {MoeDispatcher::alltoall_dedup, "alltoall_dedup"}};
 }
 std::span<const EnumName<MoeDispatcher>> enum_names(MoeDispatcher) { return kDispatchers; }
 namespace {

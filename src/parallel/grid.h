@@ -13,7 +13,9 @@
 
 namespace ff {
 
-enum class MoeDispatcher : uint8_t { alltoall, allgather };
+// alltoall: one row per (token, expert) (§7.4); allgather (§7.3); alltoall_dedup: one row per
+// (token, destination EP rank), expanded there (layers/moe/dedup_dispatcher.h).
+enum class MoeDispatcher : uint8_t { alltoall, allgather, alltoall_dedup };
 std::span<const EnumName<MoeDispatcher>> enum_names(MoeDispatcher);
 enum class CpComm : uint8_t { ring, all_gather };
 std::span<const EnumName<CpComm>> enum_names(CpComm);
@@ -35,7 +37,9 @@ struct ParallelConfig {
     v(ep, "ep", "expert-parallel size");
     v(etp, "etp", "expert-tensor-parallel size; 0 = same as tp");
     v(sequence_parallel, "sequence_parallel", "split norms/dropout activations along the sequence over TP");
-    v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group (specs §7.3, §7.4)");
+    v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group: alltoall (one row per token and expert, "
+                                        "specs §7.4), allgather (§7.3), alltoall_dedup (one row per token and "
+                                        "destination rank, expanded to its experts there)");
     v(cp_comm, "cp_comm", "context-parallel attention: ring (K/V blocks passed around) or all_gather (K/V gathered)");
     v(virtual_stages, "virtual_stages", "model chunks per pipeline stage; > 1 uses the interleaved schedule");
     v(trace_collectives, "trace_collectives", "debug: write every collective of rank r to PREFIX.rank<r>.log, "

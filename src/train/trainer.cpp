@@ -181,6 +181,15 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
     }
     m.max_expert_load = mx;
     m.mean_expert_load = sum / static_cast<double>(r.expert_load.size());
+    const size_t E = static_cast<size_t>(cfg_.model.num_experts);
+    for (size_t first = 0; first + E <= r.expert_load.size(); first += E) {
+      double layer_max = 0, layer_sum = 0;
+      for (size_t e = first; e < first + E; ++e) {
+        layer_max = std::max(layer_max, static_cast<double>(r.expert_load[e]));
+        layer_sum += static_cast<double>(r.expert_load[e]);
+      }
+      m.layer_load_imbalance.push_back(layer_sum > 0 ? layer_max * static_cast<double>(E) / layer_sum : 0.0);
+    }
   }
   m.dropped_fraction = r.routed_slots > 0 ? static_cast<double>(r.dropped_slots) / static_cast<double>(r.routed_slots) : 0.0;
   return m;
@@ -326,6 +335,7 @@ TrainResult Trainer::run(bool quiet) {
                           {"backward_s", m.backward_s}, {"optimizer_s", m.optimizer_s},
                           {"max_expert_load", m.max_expert_load}, {"mean_expert_load", m.mean_expert_load},
                           {"dropped_fraction", m.dropped_fraction}};
+    if (!m.layer_load_imbalance.empty()) rec["expert_load_max_over_mean"] = m.layer_load_imbalance;
     if (preference_) {
       rec["accuracy"] = m.accuracy;
       rec["reward_chosen"] = m.reward_chosen;

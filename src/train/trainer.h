@@ -22,6 +22,7 @@ struct StepMetrics {
   double tokens_per_s = 0, mfu = 0, step_s = 0;
   double forward_s = 0, backward_s = 0, optimizer_s = 0;
   double max_expert_load = 0, mean_expert_load = 0;  // rows per expert, over MoE layers
+  std::vector<double> layer_load_imbalance;          // per MoE layer (of this stage): max / mean rows per expert
   double dropped_fraction = 0;
   double communication_s = 0;  // this rank's time inside collectives during the step
   // Preference pairs (a pairwise objective): the fraction whose chosen response scored higher,

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "layers/moe/alltoall_dispatcher.h"
+#include "layers/moe/dedup_dispatcher.h"
 #include "parallel/grid.h"
 
 namespace ff {
@@ -52,6 +53,55 @@ TEST(AllToAllDispatcher, SpecWorkedExample) {
   std::vector<float> y(4);
   d.combine(y.data(), st.rows.f32(), st, 4);
   for (int t = 0; t < 4; ++t) EXPECT_EQ(y[t], 2 * x[t]);
+}
+
+// The same routing through the token all-to-all: each token goes once to each rank that owns one
+// of its experts (rank 0's t3 -> {2, 3} is one row to rank 1, not two), and the rank expands it
+// into the same expert rows, in the same order, as the per-expert dispatcher.
+TEST(DedupAllToAllDispatcher, SpecWorkedExample) {
+  Communicator world = Communicator::world();
+  if (world.size() != 2) GTEST_SKIP() << "the example has two EP ranks";
+  ParallelConfig pc;
+  pc.ep = 2;
+  ParallelGrid grid(world, pc);
+  const int r = world.rank();
+  const std::vector<int32_t> idx = r == 0 ? std::vector<int32_t>{0, 2, 1, 2, 0, 3, 2, 3}
+                                          : std::vector<int32_t>{1, 3, 0, 1, 2, 3, 0, 2};
+  std::vector<float> probs(8);
+  for (int i = 0; i < 8; ++i) probs[i] = 0.1f * static_cast<float>(i + 1);
+  std::vector<float> x(4);
+  for (int t = 0; t < 4; ++t) x[t] = static_cast<float>(10 * r + t);
+  Routing routing;
+  routing.topk_idx = idx.data();
+  routing.topk_probs = probs.data();
+  DedupAllToAllDispatcher d(grid.ep(), grid.etp(), grid.etp_ep(), 4, 2, 1);
+  AllToAllDispatcher per_expert(grid.ep(), grid.etp(), grid.etp_ep(), 4, 2, 1);
+  DispatchState st, ref;
+  Arena arena;
+  d.dispatch(st, x.data(), routing, 4, arena);
+  per_expert.dispatch(ref, x.data(), routing, 4, arena);
+  // Tokens sent per rank: rank 0 t0, t1, t2 to itself and t0 .. t3 to rank 1 (t3 once); rank 1
+  // t0, t1, t3 to rank 0 and t0, t2, t3 to itself.
+  EXPECT_EQ(st.send_rows, r == 0 ? (std::vector<int64_t>{3, 4}) : (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(d.sent_rows(st), r == 0 ? 4 : 3);
+  EXPECT_EQ(per_expert.sent_rows(ref), r == 0 ? 5 : 4);
+  EXPECT_EQ(st.tokens_per_local_expert, ref.tokens_per_local_expert);
+  auto rows = [](const DispatchState& s) { return std::vector<float>(s.rows.f32(), s.rows.f32() + s.rows.numel()); };
+  auto row_probs = [](const DispatchState& s) {
+    return std::vector<float>(s.row_probs.f32(), s.row_probs.f32() + s.row_probs.numel());
+  };
+  EXPECT_EQ(rows(st), rows(ref));
+  EXPECT_EQ(row_probs(st), row_probs(ref));
+  // Combine of the rows unchanged: each token times its number of routed copies (K = 2).
+  std::vector<float> y(4);
+  d.combine(y.data(), st.rows.f32(), st, 4);
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(y[t], 2 * x[t]);
+  // Backward: row gradients = the rows' values, prob gradients = 1 per row: each token's dx is
+  // its copies' sum (2 x), each slot's prob gradient 1.
+  std::vector<float> dx(4, 0.0f), dprobs(8, 0.0f), ones(static_cast<size_t>(st.rows.numel()), 1.0f);
+  d.dispatch_backward(dx.data(), dprobs.data(), st.rows.f32(), ones.data(), st, 4);
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(dx[t], 2 * x[t]);
+  for (float g : dprobs) EXPECT_EQ(g, 1.0f);
 }
 
 }  // namespace

@@ -52,6 +52,17 @@ CASES = {
                         "activation": "squared_relu", "rotary_percent": 0.5, "tie_embeddings": True},
     "gelu-nope-hybrid-pattern": {"activation": "gelu", "position_embedding": "none", "layer_pattern": "*E-*E"},
     "k-equals-e": {"moe_top_k": 4},
+    # DeepSeek-V3's routing: sigmoid scores renormalised and scaled, the expert bias, the sequence
+    # aux loss, group-limited top-k (8 experts in 4 groups, 2 per token, top 4), a shared expert.
+    "deepseek-v3-seq-aux-grouped": {"moe_router_score": "sigmoid", "moe_router_norm_topk_prob": True,
+                                    "moe_router_topk_scaling": 2.5, "moe_expert_bias": True,
+                                    "moe_load_balancing": "seq_aux_loss", "num_experts": 8, "moe_top_k": 4,
+                                    "moe_router_groups": 4, "moe_router_group_topk": 2,
+                                    "moe_shared_expert_hidden": 20},
+    # One micro-batch: the global-batch loss is the micro-batch loss.
+    "global-aux-pre-softmax-grouped": {"moe_load_balancing": "global_aux_loss", "moe_router_pre_softmax": True,
+                                       "moe_router_groups": 2, "moe_router_group_topk": 1},
+    "no-balancing-loss": {"moe_load_balancing": "none"},
     # Nemotron-H hybrids: chunk 4 over 9 positions (the last chunk padded), H 4 heads in G 2 groups.
     "nemotron-h-hybrid": dict(MAMBA, num_experts=0, layer_pattern="M*M-"),
     "nemotron-h-moe-hybrid": dict(MAMBA, layer_pattern="M-M*E"),

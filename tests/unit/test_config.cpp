@@ -110,6 +110,40 @@ TEST(Config, OneClearErrorPerProblemNamingTheField) {
   EXPECT_TRUE(mentions(e, "model.d_model = -4"));
 }
 
+// Group-limited routing: each bad combination is exactly one error, naming its field.
+TEST(Config, GroupLimitedRoutingErrorsOnePerProblem) {
+  auto only = [](ModelConfig c, const std::string& what) {
+    auto e = c.validate();
+    EXPECT_EQ(e.size(), 1u) << what;
+    EXPECT_TRUE(mentions(e, what)) << (e.empty() ? "no error" : e[0]);
+  };
+  ModelConfig c = model_preset("moe-tiny");  // 8 experts, top 2
+  c.moe_router_groups = 4;
+  c.moe_router_group_topk = 2;
+  EXPECT_TRUE(c.validate().empty());
+  ModelConfig bad = c;
+  bad.moe_router_groups = 3;  // does not divide 8 experts
+  only(bad, "model.moe_router_groups = 3 does not divide num_experts = 8");
+  bad = c;
+  bad.moe_router_group_topk = 5;  // of 4 groups
+  bad.moe_top_k = 6;
+  only(bad, "model.moe_router_group_topk = 5 exceeds moe_router_groups = 4");
+  bad = c;
+  bad.moe_router_group_topk = 1;  // one group of 2 experts, top 3
+  bad.moe_top_k = 3;
+  only(bad, "model.moe_top_k = 3 exceeds the experts of the chosen groups, moe_router_group_topk x num_experts / "
+            "moe_router_groups = 1 x 2 = 2");
+  bad = c;
+  bad.moe_router_group_topk = 0;
+  only(bad, "model.moe_router_group_topk = 0 with moe_router_groups = 4");
+  bad = c;
+  bad.moe_router_groups = 0;
+  only(bad, "model.moe_router_group_topk = 2 needs moe_router_groups > 0");
+  bad = c;
+  bad.moe_router_group_topk = 3;  // more groups than the K = 2 experts it keeps
+  only(bad, "model.moe_router_group_topk = 3 exceeds moe_top_k = 2");
+}
+
 TEST(Config, JsonRejectsUnknownFieldsAndBadValuesAllAtOnce) {
   try {
     run_config_from_json(R"({"model": {"d_modle": 5, "activation": "relu", "num_heads": "8"}, "trian": {}})", "x.json");

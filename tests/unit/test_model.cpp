@@ -274,7 +274,7 @@ void check_copied_experts(bool pre_softmax) {
   std::vector<float> y_moe(static_cast<size_t>(N * D)), y_dense(y_moe.size());
   Arena arena;
   MoeLayer::Saved s;
-  moe.forward(s, y_moe.data(), x.data(), N, arena);
+  moe.forward(s, y_moe.data(), x.data(), N, 1, arena);
   Mlp::Saved ds;
   dense.forward(ds, y_dense.data(), x.data(), N, arena);
   EXPECT_TRUE(test::all_close(y_moe, y_dense, 1e-5, 1e-4));
@@ -304,7 +304,7 @@ TEST(MoeLayer, CapacityDropsAndPaddingKeepsShapesStatic) {
   std::vector<float> x = test::randn(static_cast<size_t>(N * D), 8), y(x.size());
   Arena arena;
   MoeLayer::Saved s;
-  moe.forward(s, y.data(), x.data(), N, arena);
+  moe.forward(s, y.data(), x.data(), N, 1, arena);
   EXPECT_EQ(s.dispatch.rows.shape[0], C * c.num_experts);  // every expert exactly C rows
   for (int64_t n : s.stats.tokens_per_expert) EXPECT_LE(n, C);
   EXPECT_EQ(s.stats.dropped_slots, N * c.moe_top_k - [&] { int64_t k = 0; for (auto n : s.stats.tokens_per_expert) k += n; return k; }());

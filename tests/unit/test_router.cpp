@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/rng.h"
+#include "kernels/cpu/aux_loss.h"
 #include "kernels/cpu/router.h"
 #include "test_util.h"
 
@@ -291,23 +292,23 @@ TEST(AuxLoss, PerfectlyBalancedRoutingGivesCoeff) {
     RouterOptions o = make_opt(E, 2, sc);
     std::vector<float> s(static_cast<size_t>(N * E));
     std::vector<int64_t> counts(static_cast<size_t>(E), 0);
-    aux_loss_scores(s.data(), counts.data(), logits.data(), N, o);
+    aux_loss_scores(s.data(), counts.data(), logits.data(), N, {}, o);
     EXPECT_EQ(counts, (std::vector<int64_t>{2, 2, 2, 2}));
-    EXPECT_NEAR(aux_loss_value(s.data(), counts.data(), N, N, 0.01f, o), 0.01, 1e-8);
+    EXPECT_NEAR(aux_loss_value(s.data(), counts.data(), N, {}, switch_loss_scale(0.01, E, 2, N), o), 0.01, 1e-8);
   }
   // all tokens on {0,1}: f_0 = f_1 = 1/2, P_0 + P_1 close to 1, so L is close to 2 alpha
   std::vector<float> skew = {9, 9, 0, 0, 9, 9, 0, 0, 9, 9, 0, 0, 9, 9, 0, 0};
   RouterOptions o = make_opt(E, 2, RouterScore::softmax);
   std::vector<float> s(static_cast<size_t>(N * E));
   std::vector<int64_t> counts(static_cast<size_t>(E), 0);
-  aux_loss_scores(s.data(), counts.data(), skew.data(), N, o);
+  aux_loss_scores(s.data(), counts.data(), skew.data(), N, {}, o);
   // Element by element: GCC 12.2 with -O2 -march=native (AVX-512VL) miscompiles the literal
   // std::vector<int64_t>{4, 4, 0, 0} into {4, 4, 4, 4} (one ymm broadcast).
   EXPECT_EQ(counts[0], 4);
   EXPECT_EQ(counts[1], 4);
   EXPECT_EQ(counts[2], 0);
   EXPECT_EQ(counts[3], 0);
-  EXPECT_NEAR(aux_loss_value(s.data(), counts.data(), N, N, 1.0f, o), 2.0, 1e-3);
+  EXPECT_NEAR(aux_loss_value(s.data(), counts.data(), N, {}, switch_loss_scale(1.0, E, 2, N), o), 2.0, 1e-3);
 }
 
 TEST(AuxLoss, ScoresCountsAndValueMatchFormula) {
@@ -317,7 +318,7 @@ TEST(AuxLoss, ScoresCountsAndValueMatchFormula) {
     RouterOptions o = make_opt(E, K, sc);
     std::vector<float> s(static_cast<size_t>(N * E));
     std::vector<int64_t> counts(static_cast<size_t>(E), 5);  // counts ACCUMULATE onto the prefill
-    aux_loss_scores(s.data(), counts.data(), logits.data(), N, o);
+    aux_loss_scores(s.data(), counts.data(), logits.data(), N, {}, o);
     std::vector<double> sref(static_cast<size_t>(N * E));
     std::vector<int64_t> cref(static_cast<size_t>(E), 5);
     for (int64_t n = 0; n < N; ++n) {
@@ -338,7 +339,7 @@ TEST(AuxLoss, ScoresCountsAndValueMatchFormula) {
     for (int64_t e = 0; e < E; ++e)
       for (int64_t n = 0; n < N; ++n) acc += double(counts[e]) * sref[n * E + e];
     const double want = 0.02 * E / (double(K) * T * T) * acc;
-    EXPECT_NEAR(aux_loss_value(s.data(), counts.data(), N, T, 0.02f, o), want, 1e-6 * want);
+    EXPECT_NEAR(aux_loss_value(s.data(), counts.data(), N, {}, switch_loss_scale(0.02, E, K, T), o), want, 1e-6 * want);
   }
 }
 
@@ -349,19 +350,19 @@ TEST(AuxLoss, BackwardMatchesFiniteDifferencesWithCountsFixed) {
     auto logits = randn(static_cast<size_t>(N * E), 60);
     std::vector<float> s(static_cast<size_t>(N * E));
     std::vector<int64_t> counts(static_cast<size_t>(E), 0);
-    aux_loss_scores(s.data(), counts.data(), logits.data(), N, o);
+    aux_loss_scores(s.data(), counts.data(), logits.data(), N, {}, o);
     const float coeff = 0.5f, scale = 3.0f;
     auto L = [&]() {  // counts held constant: only s moves
       std::vector<float> s2(static_cast<size_t>(N * E));
       std::vector<int64_t> dummy(static_cast<size_t>(E), 0);
-      aux_loss_scores(s2.data(), dummy.data(), logits.data(), N, o);
-      return double(scale) * aux_loss_value(s2.data(), counts.data(), N, T, coeff, o);
+      aux_loss_scores(s2.data(), dummy.data(), logits.data(), N, {}, o);
+      return double(scale) * aux_loss_value(s2.data(), counts.data(), N, {}, switch_loss_scale(coeff, E, K, T), o);
     };
     std::vector<float> fd(static_cast<size_t>(N * E));
     for (size_t i = 0; i < fd.size(); ++i) fd[i] = float(finite_difference(L, logits[i], 1e-2f));
     auto prefill = randn(static_cast<size_t>(N * E), 61);
     std::vector<float> dl = prefill;  // dlogits ACCUMULATE
-    aux_loss_backward(dl.data(), s.data(), counts.data(), logits.data(), N, T, coeff, scale, o);
+    aux_loss_backward(dl.data(), s.data(), counts.data(), logits.data(), N, {}, switch_loss_scale(coeff, E, K, T), scale, o);
     std::vector<float> delta(static_cast<size_t>(N * E));
     for (size_t i = 0; i < dl.size(); ++i) delta[i] = dl[i] - prefill[i];
     EXPECT_TRUE(all_close(delta, fd, 2e-5, 2e-2));
@@ -440,7 +441,8 @@ TEST(RouterErrors, BadOptionsAndInputsThrow) {
   bad = {0, 1, 2, 2};
   EXPECT_THROW(router_topk_backward(dl.data(), w.data(), bad.data(), probs.data(), nullptr, logits.data(), N, o), ff::Error);
   std::vector<int64_t> counts(static_cast<size_t>(E), 0);
-  EXPECT_THROW(aux_loss_value(scores.data(), counts.data(), N, 0, 0.1f, o), ff::Error);
+  EXPECT_THROW(aux_loss_value(scores.data(), counts.data(), N, {}, NAN, o), ff::Error);
+  EXPECT_THROW(aux_loss_value(scores.data(), counts.data(), N, BalanceGroups{1, 1, 0}, 1.0, o), ff::Error);  // row 1 in group 1 of 1
   EXPECT_THROW(z_loss_forward(probs.data(), logits.data(), N, 0, 0.1f), ff::Error);
 }
 

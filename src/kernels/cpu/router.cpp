@@ -3,8 +3,9 @@
 //   pre-softmax   : s = softmax(l); a = topK(s); q_j = s_{a_j}        [ / (sum_i s_{a_i} + eps) ]
 //   sigmoid       : s = sigmoid(l); a = topK(s + bias); q_j = s_{a_j} [ / (sum_i s_{a_i} + eps) ]
 //   p_j = topk_scaling_factor * q_j
-// with eps = 1e-20 and the bracket applied when norm_topk_prob is set. Rows are independent, so
-// every kernel parallelises over rows; counts merge integer partial sums (order-free, exact).
+// with eps = 1e-20 and the bracket applied when norm_topk_prob is set. With G groups and M per
+// token, topK is taken over the experts of the row's M best groups (select_grouped below). Rows
+// are independent, so every kernel parallelises over rows.
 #include "kernels/cpu/router.h"
 
 #include <algorithm>
@@ -12,22 +13,17 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/cpu/router_detail.h"
 
 namespace ff::cpu {
 namespace {
 
-constexpr float kNormEps = 1e-20f;
-
-void check_options(const RouterOptions& opt, const char* who) {
-  const long long E = opt.num_experts, K = opt.top_k;
-  FF_CHECK(E >= 1, "%s: num_experts (E) must be >= 1, got %lld", who, E);
-  FF_CHECK(K >= 1 && K <= E, "%s: top_k (K) must satisfy 1 <= K <= num_experts = %lld, got %lld",
-           who, E, K);
-  FF_CHECK(!(opt.score == RouterScore::sigmoid && opt.pre_softmax),
-           "%s: pre_softmax applies to softmax scores only; unset it for sigmoid scores", who);
-  FF_CHECK(std::isfinite(opt.topk_scaling_factor),
-           "%s: topk_scaling_factor must be finite, got %g", who, double(opt.topk_scaling_factor));
-}
+using detail::check_options;
+using detail::kNormEps;
+using detail::row_finite;
+using detail::select_topk;
+using detail::sigmoid;
+using detail::softmax_row;
 
 // Range and distinctness of every row of topk_idx[N, K] (serial: cheap, and it may throw).
 void check_topk_idx(const int32_t* topk_idx, int64_t N, int64_t K, int64_t E, const char* who) {
@@ -43,32 +39,49 @@ void check_topk_idx(const int32_t* topk_idx, int64_t N, int64_t K, int64_t E, co
     }
 }
 
-// order[0..K) = indices of the K largest v[0..E), descending, ties to the lower index.
-// v must hold no NaN (checked by the callers), so the comparator is a strict weak order.
-void select_topk(int32_t* out, std::vector<int32_t>& order, const float* v, int64_t E, int64_t K) {
-  for (int64_t e = 0; e < E; ++e) order[e] = static_cast<int32_t>(e);
-  std::partial_sort(order.begin(), order.begin() + K, order.end(),
+// Per-thread buffers of the selection.
+struct SelectScratch {
+  std::vector<int32_t> order, top, groups, candidates;
+  std::vector<double> group_score;
+};
+
+// Group-limited top-K of one row's selection values v[E] (§6.1, Megatron's group_limited_topk):
+//   score(g) = sum of the top m = K / M values of v over group g's experts [g E/G, (g+1) E/G);
+//   chosen   = the M groups of largest score (ties to the lower group);
+//   out      = the K largest v over the chosen groups' experts, descending (ties to the lower id).
+void select_grouped(int32_t* out, SelectScratch& w, const float* v, const RouterOptions& opt) {
+  const int64_t E = opt.num_experts, K = opt.top_k, G = opt.num_groups, M = opt.group_topk;
+  const int64_t per = E / G, m = K / M;
+  w.top.resize(static_cast<size_t>(m));
+  w.group_score.resize(static_cast<size_t>(G));
+  for (int64_t g = 0; g < G; ++g) {
+    select_topk(w.top.data(), w.order, v + g * per, per, m);
+    double sum = 0;  // in descending order: the same sum on every call
+    for (int64_t j = 0; j < m; ++j) sum += v[g * per + w.top[static_cast<size_t>(j)]];
+    w.group_score[static_cast<size_t>(g)] = sum;
+  }
+  w.groups.resize(static_cast<size_t>(G));
+  for (int64_t g = 0; g < G; ++g) w.groups[static_cast<size_t>(g)] = static_cast<int32_t>(g);
+  const std::vector<double>& gs = w.group_score;
+  std::partial_sort(w.groups.begin(), w.groups.begin() + M, w.groups.end(),
+                    [&gs](int32_t a, int32_t b) { return gs[a] > gs[b] || (gs[a] == gs[b] && a < b); });
+  std::sort(w.groups.begin(), w.groups.begin() + M);  // candidates in ascending expert id
+  w.candidates.clear();
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t e = 0; e < per; ++e) w.candidates.push_back(static_cast<int32_t>(w.groups[static_cast<size_t>(i)] * per + e));
+  std::partial_sort(w.candidates.begin(), w.candidates.begin() + K, w.candidates.end(),
                     [v](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
-  std::copy(order.begin(), order.begin() + K, out);
+  std::copy(w.candidates.begin(), w.candidates.begin() + K, out);
 }
 
-bool row_finite(const float* l, int64_t E) {
-  for (int64_t e = 0; e < E; ++e)
-    if (!std::isfinite(l[e])) return false;
-  return true;
+// The row's top-K experts by selection values v: group-limited when the options say so.
+void select(int32_t* out, SelectScratch& w, const float* v, const RouterOptions& opt) {
+  if (opt.grouped()) {
+    select_grouped(out, w, v, opt);
+  } else {
+    select_topk(out, w.order, v, opt.num_experts, opt.top_k);
+  }
 }
-
-// s = softmax(l) over E (max-shifted, double sum).
-void softmax_row(float* s, const float* l, int64_t E) {
-  float m = l[0];
-  for (int64_t e = 1; e < E; ++e) m = std::max(m, l[e]);
-  double z = 0;
-  for (int64_t e = 0; e < E; ++e) z += (s[e] = std::exp(l[e] - m));
-  const float inv = static_cast<float>(1.0 / z);
-  for (int64_t e = 0; e < E; ++e) s[e] *= inv;
-}
-
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 double logsumexp_row(const float* l, int64_t E) {
   float m = l[0];
@@ -97,7 +110,7 @@ void router_topk_forward(int32_t* topk_idx, float* topk_probs, float* scores, co
   int64_t bad_row = N;  // first row with a non-finite logit
 #pragma omp parallel reduction(min : bad_row)
   {
-    std::vector<int32_t> order(static_cast<size_t>(E));
+    SelectScratch w;
     std::vector<float> biased(static_cast<size_t>(expert_bias ? E : 0));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
@@ -110,7 +123,7 @@ void router_topk_forward(int32_t* topk_idx, float* topk_probs, float* scores, co
       }
       if (plain) {
         // a = topK(l); q_j = exp(l_{a_j} - l_{a_0}) / sum_i exp(l_{a_i} - l_{a_0}) (l_{a_0} = max)
-        select_topk(a, order, l, E, K);
+        select(a, w, l, opt);
         double z = 0;
         for (int64_t j = 0; j < K; ++j) z += (p[j] = std::exp(l[a[j]] - l[a[0]]));
         const float inv = static_cast<float>(1.0 / z);
@@ -127,7 +140,7 @@ void router_topk_forward(int32_t* topk_idx, float* topk_probs, float* scores, co
           for (int64_t e = 0; e < E; ++e) biased[e] = s[e] + expert_bias[e];
           sel = biased.data();
         }
-        select_topk(a, order, sel, E, K);
+        select(a, w, sel, opt);
         double sum = 0;
         for (int64_t j = 0; j < K; ++j) sum += (p[j] = s[a[j]]);
         if (opt.norm_topk_prob) {
@@ -200,103 +213,6 @@ void router_topk_backward(float* dlogits, const float* dtopk_probs, const int32_
       } else {
         // s_e = sigmoid(l_e)  =>  dL/dl_e = dL/ds_e * s_e (1 - s_e); zero off the selection.
         for (int64_t j = 0; j < K; ++j) dl[a[j]] = g[j] * s[a[j]] * (1.0f - s[a[j]]);
-      }
-    }
-  }
-}
-
-void aux_loss_scores(float* s, int64_t* counts, const float* logits, int64_t N,
-                     const RouterOptions& opt) {
-  check_options(opt, "aux_loss_scores");
-  FF_CHECK(N >= 0, "aux_loss_scores: N must be >= 0, got %lld", (long long)N);
-  const int64_t E = opt.num_experts, K = opt.top_k;
-  int64_t bad_row = N;
-#pragma omp parallel reduction(min : bad_row)
-  {
-    std::vector<int32_t> order(static_cast<size_t>(E)), a(static_cast<size_t>(K));
-    std::vector<int64_t> local(static_cast<size_t>(E), 0);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* l = logits + n * E;
-      float* sn = s + n * E;
-      if (!row_finite(l, E)) {
-        bad_row = std::min(bad_row, n);
-        continue;
-      }
-      if (opt.score == RouterScore::softmax) {
-        softmax_row(sn, l, E);  // s = softmax(l)
-      } else {
-        // s_e = sigmoid(l_e) / (sum_f sigmoid(l_f) + eps)
-        double sum = 0;
-        for (int64_t e = 0; e < E; ++e) sum += (sn[e] = sigmoid(l[e]));
-        const float inv = 1.0f / (static_cast<float>(sum) + kNormEps);
-        for (int64_t e = 0; e < E; ++e) sn[e] *= inv;
-      }
-      select_topk(a.data(), order, sn, E, K);  // own top-K: no bias, no dropping
-      for (int64_t j = 0; j < K; ++j) ++local[a[j]];
-    }
-#pragma omp critical(ff_aux_loss_counts)
-    for (int64_t e = 0; e < E; ++e) counts[e] += local[e];
-  }
-  FF_CHECK(bad_row == N, "aux_loss_scores: logits row %lld holds a non-finite value",
-           (long long)bad_row);
-}
-
-double aux_loss_value(const float* s, const int64_t* counts, int64_t N, int64_t total_tokens,
-                      float coeff, const RouterOptions& opt) {
-  check_options(opt, "aux_loss_value");
-  FF_CHECK(N >= 0, "aux_loss_value: N must be >= 0, got %lld", (long long)N);
-  FF_CHECK(total_tokens > 0, "aux_loss_value: total_tokens (T) must be > 0, got %lld",
-           (long long)total_tokens);
-  const int64_t E = opt.num_experts, K = opt.top_k;
-  // L = coeff * E / (K T^2) * sum_e counts[e] * sum_n s[n, e]   (double throughout)
-  std::vector<double> col(static_cast<size_t>(E), 0.0);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t e = 0; e < E; ++e) col[e] += s[n * E + e];
-  double acc = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    FF_CHECK(counts[e] >= 0, "aux_loss_value: counts[%lld] = %lld is negative", (long long)e,
-             (long long)counts[e]);
-    acc += double(counts[e]) * col[e];
-  }
-  const double T = double(total_tokens);
-  return double(coeff) * double(E) / (double(K) * T * T) * acc;
-}
-
-void aux_loss_backward(float* dlogits, const float* s, const int64_t* counts, const float* logits,
-                       int64_t N, int64_t total_tokens, float coeff, float grad_scale,
-                       const RouterOptions& opt) {
-  check_options(opt, "aux_loss_backward");
-  FF_CHECK(N >= 0, "aux_loss_backward: N must be >= 0, got %lld", (long long)N);
-  FF_CHECK(total_tokens > 0, "aux_loss_backward: total_tokens (T) must be > 0, got %lld",
-           (long long)total_tokens);
-  const int64_t E = opt.num_experts, K = opt.top_k;
-  // c_e = grad_scale * dL/ds[n, e] = grad_scale * coeff * E * counts[e] / (K T^2), same for all n.
-  const double T = double(total_tokens);
-  const double base = double(grad_scale) * double(coeff) * double(E) / (double(K) * T * T);
-  std::vector<float> c(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e) c[e] = static_cast<float>(base * double(counts[e]));
-
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* sn = s + n * E;
-    const float* l = logits + n * E;
-    float* dl = dlogits + n * E;
-    double cs = 0;  // sum_f c_f s_f
-    for (int64_t e = 0; e < E; ++e) cs += double(c[e]) * sn[e];
-    const float dot = static_cast<float>(cs);
-    if (opt.score == RouterScore::softmax) {
-      // s = softmax(l)  =>  dlogits_e += s_e (c_e - sum_f c_f s_f)
-      for (int64_t e = 0; e < E; ++e) dl[e] += sn[e] * (c[e] - dot);
-    } else {
-      // s_e = sig_e / (Sig + eps), Sig = sum_f sig_f, sig = sigmoid(l):
-      //   dL/dsig_f = (c_f - sum_e c_e s_e) / (Sig + eps);  dsig_f/dl_f = sig_f (1 - sig_f)
-      double Sig = 0;
-      for (int64_t e = 0; e < E; ++e) Sig += sigmoid(l[e]);
-      const float inv = 1.0f / (static_cast<float>(Sig) + kNormEps);
-      for (int64_t e = 0; e < E; ++e) {
-        const float sg = sigmoid(l[e]);
-        dl[e] += (c[e] - dot) * inv * sg * (1.0f - sg);
       }
     }
   }

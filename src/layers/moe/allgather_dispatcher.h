@@ -22,6 +22,8 @@ class AllGatherDispatcher final : public TokenDispatcher {
   void combine_backward(float* drows, const float* dy, const DispatchState& st, Arena& scratch) override;
   void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
                          const DispatchState& st, int64_t N) override;
+  // Every token goes to every other rank of the domain.
+  int64_t sent_rows(const DispatchState& st) const override { return st.local_tokens * (ep_.size() - 1); }
 
  private:
   const Communicator& ep_;  // the gather domain (ETP x EP)

@@ -141,4 +141,11 @@ void AllToAllDispatcher::dispatch_backward(float* dx, float* dtopk_probs, const 
   }
 }
 
+int64_t AllToAllDispatcher::sent_rows(const DispatchState& st) const {
+  int64_t rows = 0;
+  for (int64_t q = 0; q < ep_.size(); ++q)
+    if (q != ep_.rank()) rows += st.send_rows[static_cast<size_t>(q)];
+  return rows;
+}
+
 }  // namespace ff

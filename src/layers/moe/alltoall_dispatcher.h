@@ -26,6 +26,7 @@ class AllToAllDispatcher final : public TokenDispatcher {
   void combine_backward(float* drows, const float* dy, const DispatchState& st, Arena& scratch) override;
   void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
                          const DispatchState& st, int64_t N) override;
+  int64_t sent_rows(const DispatchState& st) const override;
 
  private:
   const Communicator& ep_;

@@ -4,6 +4,7 @@
 
 #include "layers/moe/allgather_dispatcher.h"
 #include "layers/moe/alltoall_dispatcher.h"
+#include "layers/moe/dedup_dispatcher.h"
 #include "parallel/grid.h"
 
 namespace ff {
@@ -14,6 +15,8 @@ std::unique_ptr<TokenDispatcher> make_dispatcher(const ParallelGrid& grid, int64
   if (grid.config().moe_dispatcher == MoeDispatcher::allgather)
     return std::make_unique<AllGatherDispatcher>(grid.etp_ep(), grid.ep().rank(), grid.ep().size(), num_experts,
                                                  top_k, d_model);
+  if (grid.config().moe_dispatcher == MoeDispatcher::alltoall_dedup)
+    return std::make_unique<DedupAllToAllDispatcher>(grid.ep(), grid.etp(), grid.etp_ep(), num_experts, top_k, d_model);
   return std::make_unique<AllToAllDispatcher>(grid.ep(), grid.etp(), grid.etp_ep(), num_experts, top_k, d_model);
 }
 

@@ -32,6 +32,12 @@ struct DispatchState {
   // G[s * E_loc + l] = rows that source s sends to local expert l.
   std::vector<int64_t> send_rows, recv_rows, peer_expert_rows, etp_rows;
   int64_t local_tokens = 0;  // N
+  // DedupAllToAllDispatcher: plan holds one entry per (token, destination rank), destination-major;
+  // expand turns the U received tokens into expert rows (row_slot u K + k: the k-th expert entry of
+  // received token u); entry_slot[i K + k] is the routing slot n K + j of sent entry i's k-th
+  // expert (-1: unused).
+  cpu::DispatchPlan expand;
+  std::vector<int32_t> entry_slot;
 };
 
 class TokenDispatcher {
@@ -45,6 +51,9 @@ class TokenDispatcher {
   // dx[N, D] += ; dtopk_probs[N, K] += the gradients of the rows and row probs.
   virtual void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
                                  const DispatchState& st, int64_t N) = 0;
+  // Rows of width D this rank sent to other ranks in the dispatch of st (the volume measure of
+  // group-limited routing; the combine returns as many).
+  virtual int64_t sent_rows(const DispatchState& st) const = 0;
 };
 
 // The dispatcher a layer uses, chosen from the parallel layout (EP = 1: LocalDispatcher).
@@ -60,6 +69,7 @@ class LocalDispatcher final : public TokenDispatcher {
   void combine_backward(float* drows, const float* dy, const DispatchState& st, Arena& scratch) override;
   void dispatch_backward(float* dx, float* dtopk_probs, const float* drows, const float* drow_probs,
                          const DispatchState& st, int64_t N) override;
+  int64_t sent_rows(const DispatchState&) const override { return 0; }
 
  private:
   int64_t E_, K_, D_;

@@ -19,6 +19,7 @@ int64_t local_experts(const ModelConfig& cfg, const ParallelGrid& grid) {
 MoeLayer::MoeLayer(ParamStore& store, Compute& compute, const std::string& prefix, const ModelConfig& cfg, const ParallelGrid& grid,
                    float init_std, float out_init_std, const LoraOptions& lora)
     : cfg_(cfg),
+      compute_(compute),
       tp_{&grid.tp(), grid.config().sequence_parallel},
       router_(store, prefix + ".gate", cfg, grid),
       experts_(store, compute, prefix, cfg, grid.ep().rank() * local_experts(cfg, grid), local_experts(cfg, grid), init_std,
@@ -35,11 +36,12 @@ MoeLayer::MoeLayer(ParamStore& store, Compute& compute, const std::string& prefi
   dispatcher_ = make_dispatcher(grid, cfg.num_experts, cfg.moe_top_k, cfg.d_model);
 }
 
-void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, Arena& arena) {
+void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, int64_t sequences, Arena& arena) {
   const int64_t D = cfg_.d_model, K = cfg_.moe_top_k, E = cfg_.num_experts, N = tp_.local_rows(N_full);
   {
     ProfileScope scope(profile_, kProfileRouter, false);
-    router_.forward(s.router, x, N, arena);
+    const int64_t first_row = tp_.sequence_parallel ? tp_.rank() * N : 0;
+    router_.forward(s.router, x, N, RouterBatch{sequences, N_full, first_row, compute_.training()}, arena);
   }
 
   Routing routing;
@@ -104,6 +106,7 @@ void MoeLayer::forward(Saved& s, float* out, const float* x, int64_t N_full, Are
       ++kept;
     }
   s.stats.dropped_slots = N * K - kept;
+  s.stats.sent_rows = dispatcher_->sent_rows(s.dispatch);
 }
 
 void MoeLayer::backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N_full,

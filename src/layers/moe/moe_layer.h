@@ -21,6 +21,7 @@ struct MoeStats {
   double aux_loss = 0, z_loss = 0;
   int64_t routed_slots = 0, dropped_slots = 0;  // (token, expert) pairs chosen / dropped by capacity
   std::vector<int64_t> tokens_per_expert;       // rows each expert computed (kept, without pads)
+  int64_t sent_rows = 0;  // rows of width D the dispatch sent to other EP ranks (the combine returns as many)
 };
 
 class MoeLayer {
@@ -39,9 +40,11 @@ class MoeLayer {
     Tensor shared_gate;         // [N] sigmoid gate values
     MoeStats stats;
   };
-  // N_full: rows of the whole stream; x and out hold this rank's tp.local_rows(N_full) of them
-  // (its sequence-parallel share; it routes those tokens). out overwritten.
-  void forward(Saved& s, float* out, const float* x, int64_t N_full, Arena& arena);
+  // N_full: rows of the whole stream, `sequences` sequences of N_full / sequences rows each; x and
+  // out hold this rank's tp.local_rows(N_full) of them (its sequence-parallel share; it routes
+  // those tokens). out overwritten. The load-balancing loss is computed only while the Compute is
+  // training.
+  void forward(Saved& s, float* out, const float* x, int64_t N_full, int64_t sequences, Arena& arena);
   // dx overwritten. loss_scale scales the aux/z-loss gradients (1 / micro-batches).
   void backward(float* dx, const float* dout, const float* x, const Saved& s, int64_t N_full, float loss_scale,
                 Arena& scratch);
@@ -51,6 +54,7 @@ class MoeLayer {
 
  private:
   const ModelConfig& cfg_;
+  const Compute& compute_;
   TensorParallel tp_;
   Router router_;
   Experts experts_;

@@ -1,5 +1,7 @@
 // 'E': the MoE layer (router, dispatcher, experts, optional shared expert; layers/moe/moe_layer.h)
 // after its post_attention_layernorm.
+#include <algorithm>
+
 #include "layers/moe/moe_layer.h"
 #include "models/kinds/kind_sizes.h"
 
@@ -22,12 +24,13 @@ class MoeMixer final : public Mixer {
   void forward(Mixer::Saved& s, float* out, const float* xn, const MixerBatch& b, Arena& arena,
                ForwardResult& res) override {
     MoeLayer::Saved& m = static_cast<Saved&>(s).s;
-    moe_.forward(m, out, xn, b.rows(), arena);
+    moe_.forward(m, out, xn, b.rows(), b.B, arena);
     const MoeStats& st = m.stats;
     res.aux_loss += st.aux_loss;
     res.z_loss += st.z_loss;
     res.routed_slots += st.routed_slots;
     res.dropped_slots += st.dropped_slots;
+    res.sent_rows += st.sent_rows;
     res.expert_load.insert(res.expert_load.end(), st.tokens_per_expert.begin(), st.tokens_per_expert.end());
   }
   void backward(float* dxn, const float* dout, const float* xn, Mixer::Saved& s, const MixerBatch& b, float loss_scale,
@@ -37,7 +40,7 @@ class MoeMixer final : public Mixer {
   // Decoding keeps one record of the forward's temporaries for reuse.
   std::unique_ptr<DecodeState> new_decode_state(int64_t, int64_t) const override { return std::make_unique<Saved>(); }
   void decode(DecodeState* st, float* out, const float* xn, int64_t B, int64_t T, int64_t, Arena& scratch) override {
-    moe_.forward(static_cast<Saved*>(st)->s, out, xn, B * T, scratch);
+    moe_.forward(static_cast<Saved*>(st)->s, out, xn, B * T, B, scratch);
   }
   MoeLayer* moe() override { return &moe_; }
   std::span<const int32_t> routed_experts(const Mixer::Saved& s) const override {
@@ -116,14 +119,28 @@ double training_flops(const ModelConfig& c, int64_t sequences, int64_t S) {
          static_cast<double>(c.moe_ffn_hidden * c.moe_top_k + c.moe_shared_expert_hidden);
 }
 
-// The shared expert's TP region; dispatch and combine, forward and backward, of K copies of each
-// token over EP (and the counts' exchange).
+// The EP ranks one token's rows reach at most: K (one per expert) and EP; under group-limited
+// routing whose groups each sit on one rank (G a multiple of EP) M = moe_router_group_topk, or
+// M x EP / G when a group spans EP / G ranks.
+int64_t ranks_per_token(const ModelConfig& c, int64_t ep) {
+  int64_t r = std::min(c.moe_top_k, ep);
+  const int64_t G = c.moe_router_groups, M = c.moe_router_group_topk;
+  if (G > 0 && G % ep == 0) r = std::min(r, M);
+  if (G > 0 && ep % G == 0) r = std::min(r, M * (ep / G));
+  return r;
+}
+
+// The shared expert's TP region; dispatch and combine, forward and backward, of the rows of each
+// token over EP (and the counts' exchange): K per token with alltoall, at most ranks_per_token
+// (with their K ids and probs) with alltoall_dedup.
 LayerTraffic traffic(const ModelConfig& c, const ParallelConfig& p, int64_t B) {
   LayerTraffic t = c.moe_shared_expert_hidden > 0 ? kinds::tp_region_traffic(c, p, B) : LayerTraffic{};
   if (p.ep > 1) {
     const kinds::Rows r(c, p, B);
-    const double ep = static_cast<double>(p.ep);
-    t.bytes += 4 * (ep - 1) / ep * r.Ns * static_cast<double>(c.moe_top_k) * r.D * kFloat;
+    const double ep = static_cast<double>(p.ep), K = static_cast<double>(c.moe_top_k);
+    const bool dedup = p.moe_dispatcher == MoeDispatcher::alltoall_dedup;
+    const double rows = dedup ? static_cast<double>(ranks_per_token(c, p.ep)) : K;
+    t.bytes += 4 * (ep - 1) / ep * r.Ns * rows * (r.D + (dedup ? 2 * K : 0.0)) * kFloat;
     t.steps += 5 * (ep - 1);
   }
   return t;
@@ -140,6 +157,9 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
   if (c.moe_ffn_hidden % p.expert_tp() != 0)
     e.push_back(strprintf("model.moe_ffn_hidden = %lld is not divisible by the expert-tensor-parallel size %lld",
                           (long long)c.moe_ffn_hidden, (long long)p.expert_tp()));
+  if (p.moe_dispatcher == MoeDispatcher::alltoall_dedup && c.moe_pad_to_capacity && p.ep * p.expert_tp() > 1)
+    e.push_back("model.moe_pad_to_capacity = true needs parallel.moe_dispatcher = alltoall or allgather (alltoall_dedup "
+                "sends tokens, not the fill-in rows of each expert)");
   if (c.moe_shared_expert_hidden > 0 && c.moe_shared_expert_hidden % T != 0)
     e.push_back(strprintf("model.moe_shared_expert_hidden = %lld is not divisible by parallel.tp = %lld",
                           (long long)c.moe_shared_expert_hidden, (long long)T));
