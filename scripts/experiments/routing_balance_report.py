@@ -37,7 +37,7 @@ def ms(xs, f="%.2f"):
 
 R = {t: [load(t, s) for s in seeds] for t in TYPES}
 L = len(R[TYPES[0]][0]["layers"])
-lines = ["moe-tiny, %d steps of 2,048 tokens (4 micro-batches of 2 x 256), seeds %s; max / mean rows per expert "
+lines = ["moe-tiny at d_model 128, %d steps of 2,048 tokens (4 micro-batches of 2 x 256), seeds %s; max / mean rows per expert "
          "per MoE layer, averaged over the last %d steps; each cell the mean over seeds [min, max]." %
          (R[TYPES[0]][0]["steps"], ", ".join(map(str, seeds)), LAST), "",
          "| balancing | " + " | ".join("layer %d" % (j + 1) for j in range(L)) +
@@ -48,7 +48,9 @@ for t in TYPES:
     cells = [ms([x["layers"][j] for x in r]) for j in range(L)]
     lines.append("| %s | %s | %s | %s | %s |" % (t, " | ".join(cells), ms([mean(x["layers"]) for x in r]),
                                                ms([x["loss"] for x in r], "%.3f"), ms([x["valid"] for x in r], "%.3f")))
-lines += ["", "Balanced routing is 1.00; 8 experts, so 8.00 would be every token on one expert. Median step time: " +
+lines += ["", "Rows per expert are counted over each step's 2,048 tokens. Balanced routing is 1.00; with 8 experts and "
+          "top-2 the most is E / K = 4.00, every token sending one of its two copies to the same expert. Median "
+          "step time: " +
           ", ".join("%s %.2f s" % (t, mean([x["step_s"] for x in R[t]])) for t in TYPES) + "."]
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

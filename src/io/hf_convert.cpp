@@ -228,6 +228,7 @@ HfFamily hf_family_for(const ModelConfig& c, const std::string& requested) {
     if (c.moe_router_score != cpu::RouterScore::softmax) e.push_back("model.moe_router_score must be softmax");
     if (c.moe_expert_bias) e.push_back("model.moe_expert_bias must be false (HF has no expert-bias buffer)");
     if (c.moe_router_topk_scaling != 1.0) e.push_back("model.moe_router_topk_scaling must be 1");
+    if (c.moe_router_groups != 0) e.push_back("model.moe_router_groups must be 0 (the family routes without groups)");
   }
   if (f == HfFamily::mixtral) {
     if (c.moe_router_pre_softmax && !c.moe_router_norm_topk_prob)

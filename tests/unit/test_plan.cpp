@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include "core/check.h"
+#include "models/decoder_lm.h"
+#include "models/layer_kind.h"
 #include "train/plan.h"
 
 namespace ff {
@@ -95,6 +97,28 @@ TEST(Plan, ParallelismDividesWhatItShards) {
   EXPECT_GT(pp.bubble_s, 0);
   in.layout.pp = 3;  // 16 layers but 4 ranks: not divisible
   EXPECT_FALSE(plan_layout(in, dev).problems.empty());
+}
+
+// The EP all-to-all bytes of an MoE layer: K rows of D per token with alltoall; with the token
+// all-to-all at most the ranks a token reaches (with its K ids and probs), which group-limited
+// routing with the groups on the EP ranks bounds by moe_router_group_topk.
+TEST(Plan, TokenAllToAllWithGroupsOnTheRanksMovesGroupTopkRowsPerToken) {
+  ModelConfig c = model_preset("moe-small");  // E 8, K 2, D 512
+  ParallelConfig p;
+  p.ep = 4;
+  const LayerKindInfo& moe = layer_kind(LayerKind::moe);
+  const double per_expert = moe.traffic(c, p, 4).bytes;
+  p.moe_dispatcher = MoeDispatcher::alltoall_dedup;
+  EXPECT_NEAR(moe.traffic(c, p, 4).bytes, per_expert * (c.d_model + 2.0 * c.moe_top_k) / c.d_model, 1e-9 * per_expert);
+  c.moe_router_groups = 4;  // one group per EP rank, one group per token: one row per token
+  c.moe_router_group_topk = 1;
+  EXPECT_NEAR(moe.traffic(c, p, 4).bytes, per_expert * (c.d_model + 2.0 * c.moe_top_k) / (2.0 * c.d_model),
+              1e-9 * per_expert);
+  c.moe_pad_to_capacity = true;
+  c.moe_capacity_factor = 1.0;
+  bool named = false;
+  for (const std::string& e : layout_problems(c, p)) named |= e.find("moe_pad_to_capacity") != std::string::npos;
+  EXPECT_TRUE(named);
 }
 
 TEST(Plan, AllLayoutsAreValidAndThoseThatFitComeFirstFastestFirst) {

@@ -1,5 +1,6 @@
 #include "layers/moe/dedup_dispatcher.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace ff {
@@ -49,69 +50,83 @@ void build_expand_plan(cpu::DispatchPlan& plan, const float* meta, int64_t U, in
 
 }  // namespace
 
-// Forward, with P EP ranks and T ETP ranks:
-//   entries  one per (token n, EP rank q) where n has a kept slot on one of q's experts: q-major,
-//            n ascending (st.plan.row_token[i] = n; its tokens_per_expert stays unused); meta[i] = [l_0 .. l_{K-1} | p_0 .. p_{K-1}],
-//            the local expert ids (-1: unused) and probs of n's slots on q, in slot order;
-//   counts   all-gathered over ETP x EP: c[(t + T q) P + r] entries member (t, q) sends to rank r;
-//   exchange A2A-v of the entries' rows [D] and meta [2K] over EP, all-gather-v over ETP: U
-//            tokens in source order (t, q);
-//   expand   st.expand = the expert rows of the U tokens from their meta (expert-major, token
-//            ascending, as the AllToAllDispatcher orders its rows), rows = their hidden states.
-void DedupAllToAllDispatcher::dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N,
-                                       Arena& arena) {
-  FF_CHECK(routing.pad_to_capacity < 0, "moe_dispatcher = alltoall_dedup does not pad experts to capacity: set "
-           "model.moe_pad_to_capacity = false or use moe_dispatcher = alltoall");
-  const int64_t P = ep_.size(), T = etp_.size(), K = K_, W = 2 * K;
-  st.local_tokens = N;
+// The entries of this rank's tokens: one per (token n, EP rank q) where n has a kept slot on one
+// of q's experts, q-major and n ascending (plan.row_token[i] = n; row_slot -1 and row_prob 0, its
+// tokens_per_expert unused); meta[i] = [l_0 .. l_{K-1} | p_0 .. p_{K-1}] the local expert ids
+// (-1: unused) and probs of n's slots on q in slot order, and entry_slot[i K + k] those slots;
+// send_rows[q] the entries for q.
+void DedupAllToAllDispatcher::plan_entries(DispatchState& st, std::vector<float>& meta, const Routing& routing,
+                                           int64_t N) const {
+  const int64_t P = ep_.size(), K = K_, W = 2 * K;
   st.plan.row_token.clear();
   st.plan.row_slot.clear();
   st.plan.row_prob.clear();
   st.entry_slot.clear();
   st.send_rows.assign(static_cast<size_t>(P), 0);
-  std::vector<float> meta;
+  meta.clear();
+  auto on = [&](int64_t slot, int64_t q) {
+    return routing.topk_idx[slot] / E_loc_ == q && (routing.keep == nullptr || routing.keep[slot]);
+  };
   for (int64_t q = 0; q < P; ++q)
     for (int64_t n = 0; n < N; ++n) {
-      const size_t first = st.entry_slot.size();
       bool any = false;
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t slot = n * K + j, e = routing.topk_idx[slot];
-        any = any || (e / E_loc_ == q && (routing.keep == nullptr || routing.keep[slot]));
-      }
+      for (int64_t j = 0; j < K; ++j) any = any || on(n * K + j, q);
       if (!any) continue;
       st.plan.row_token.push_back(static_cast<int32_t>(n));
-      st.plan.row_slot.push_back(-1);  // the entry's slots are in entry_slot
+      st.plan.row_slot.push_back(-1);
       st.plan.row_prob.push_back(0.0f);
+      const size_t first = st.entry_slot.size(), m0 = meta.size();
       st.entry_slot.resize(first + static_cast<size_t>(K), -1);
-      const size_t m0 = meta.size();
       meta.resize(m0 + static_cast<size_t>(W), 0.0f);
+      std::fill(meta.begin() + static_cast<std::ptrdiff_t>(m0), meta.begin() + static_cast<std::ptrdiff_t>(m0 + K), -1.0f);
       for (int64_t j = 0, k = 0; j < K; ++j) {
-        const int64_t slot = n * K + j, e = routing.topk_idx[slot];
-        if (e / E_loc_ != q || (routing.keep != nullptr && !routing.keep[slot])) continue;
+        const int64_t slot = n * K + j;
+        if (!on(slot, q)) continue;
         st.entry_slot[first + static_cast<size_t>(k)] = static_cast<int32_t>(slot);
-        meta[m0 + static_cast<size_t>(k)] = static_cast<float>(e - q * E_loc_);
+        meta[m0 + static_cast<size_t>(k)] = static_cast<float>(routing.topk_idx[slot] - q * E_loc_);
         meta[m0 + static_cast<size_t>(K + k)] = routing.topk_probs[slot];
         ++k;
       }
-      for (int64_t k = K; k-- > 0;)  // unused entries: id -1
-        if (st.entry_slot[first + static_cast<size_t>(k)] < 0) meta[m0 + static_cast<size_t>(k)] = -1.0f;
       ++st.send_rows[static_cast<size_t>(q)];
     }
+}
+
+// Entries received from each EP peer (recv_rows) and held by each ETP rank (etp_rows), from the
+// counts all-gathered over ETP x EP: c[(t + T q) P + r] entries member (t, q) sends to EP rank r.
+void DedupAllToAllDispatcher::exchange_counts(DispatchState& st) const {
+  const int64_t P = ep_.size(), T = etp_.size(), me = ep_.rank(), my_t = etp_.rank();
   std::vector<int64_t> all_counts(static_cast<size_t>(T * P * P));
   etp_ep_.all_gather(all_counts.data(), st.send_rows.data(), P);
   st.recv_rows.assign(static_cast<size_t>(P), 0);
   st.etp_rows.assign(static_cast<size_t>(T), 0);
-  const int64_t me = ep_.rank(), my_t = etp_.rank();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t q = 0; q < P; ++q) {
       const int64_t c = all_counts[static_cast<size_t>((t + T * q) * P + me)];
       if (t == my_t) st.recv_rows[static_cast<size_t>(q)] = c;
       st.etp_rows[static_cast<size_t>(t)] += c;
     }
-  const int64_t sent = st.plan.num_rows(), mine = st.etp_rows[static_cast<size_t>(my_t)];
-  int64_t U = 0;
-  for (int64_t r : st.etp_rows) U += r;
+}
 
+static int64_t sum(const std::vector<int64_t>& v) {
+  int64_t s = 0;
+  for (int64_t x : v) s += x;
+  return s;
+}
+
+// Forward: the entries (plan_entries), their counts (exchange_counts), an A2A-v of the entries'
+// rows [D] and meta [2K] over EP and an all-gather-v over ETP (U tokens in source order (t, q)),
+// then st.expand: the U tokens' expert rows (expert-major, token ascending, the order of the
+// AllToAllDispatcher's rows) and rows = their hidden states.
+void DedupAllToAllDispatcher::dispatch(DispatchState& st, const float* x, const Routing& routing, int64_t N,
+                                       Arena& arena) {
+  FF_CHECK(routing.pad_to_capacity < 0, "moe_dispatcher = alltoall_dedup does not pad experts to capacity: set "
+           "model.moe_pad_to_capacity = false or use moe_dispatcher = alltoall");
+  const int64_t W = 2 * K_;
+  st.local_tokens = N;
+  std::vector<float> meta;
+  plan_entries(st, meta, routing, N);
+  exchange_counts(st);
+  const int64_t sent = st.plan.num_rows(), mine = st.etp_rows[static_cast<size_t>(etp_.rank())], U = sum(st.etp_rows);
   float* send = arena.alloc_f32(sent * D_);
   cpu::permute_forward(send, x, st.plan, D_);
   float* recv = arena.alloc_f32(mine * D_);
@@ -120,13 +135,13 @@ void DedupAllToAllDispatcher::dispatch(DispatchState& st, const float* x, const 
   ep_.all_to_all_v(recv_meta, st.recv_rows, meta.data(), st.send_rows, W);
   float* tokens = recv;
   float* all_meta = recv_meta;
-  if (T > 1) {
+  if (etp_.size() > 1) {
     tokens = arena.alloc_f32(U * D_);
     all_meta = arena.alloc_f32(U * W);
     etp_.all_gather_v(tokens, recv, st.etp_rows, D_);
     etp_.all_gather_v(all_meta, recv_meta, st.etp_rows, W);
   }
-  build_expand_plan(st.expand, all_meta, U, K, E_loc_);
+  build_expand_plan(st.expand, all_meta, U, K_, E_loc_);
   st.tokens_per_local_expert = st.expand.tokens_per_expert;
   const int64_t R = st.expand.num_rows();
   st.rows = arena.alloc(Shape{R, D_});
@@ -142,12 +157,6 @@ static const float* etp_reduce(const Communicator& etp, const float* all, const 
   float* mine = arena.alloc_f32(etp_rows[static_cast<size_t>(etp.rank())] * width);
   etp.reduce_scatter_v(mine, all, etp_rows, width);
   return mine;
-}
-
-static int64_t sum(const std::vector<int64_t>& v) {
-  int64_t s = 0;
-  for (int64_t x : v) s += x;
-  return s;
 }
 
 // Combine: per received token the sum of its local experts' rows (already prob-weighted), the

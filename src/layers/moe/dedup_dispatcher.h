@@ -12,6 +12,8 @@
 // Legend: N local tokens, K top-k, E experts, EP = P ranks of E_loc = E / P experts, U tokens
 // received (over ETP), R expert rows, D width.
 #pragma once
+#include <vector>
+
 #include "layers/moe/dispatcher.h"
 #include "parallel/comm.h"
 
@@ -29,6 +31,9 @@ class DedupAllToAllDispatcher final : public TokenDispatcher {
   int64_t sent_rows(const DispatchState& st) const override;
 
  private:
+  void plan_entries(DispatchState& st, std::vector<float>& meta, const Routing& routing, int64_t N) const;
+  void exchange_counts(DispatchState& st) const;
+
   const Communicator& ep_;
   const Communicator& etp_;
   const Communicator& etp_ep_;  // member index t + ETP * q

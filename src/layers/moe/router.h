@@ -12,7 +12,8 @@
 //   seq_aux_loss    per sequence (DeepSeek-V2/V3; Megatron's seq_aux_loss): c_{b,e} of sequence b
 //                   summed over TP x CP (a sequence spans the CP ranks, and under SP each TP rank
 //                   holds a run of its rows), T = S;  L = (alpha / B) sum_b E / (K S^2)
-//                   sum_e c_{b,e} sum_{n of b, local} s[n, e].
+//                   sum_e c_{b,e} sum_{n of b, local} s[n, e]. A sequence is a row of the
+//                   micro-batch (a row of packed SFT examples counts as one).
 //   global_aux_loss over the step's global batch (Megatron's global_aux_loss with the DP factor of
 //                   its PR #3769): at the m-th training micro-batch of the step, c^(m)_e summed
 //                   over TP x DP x CP (every replica's m-th micro-batch) is added to a running sum
