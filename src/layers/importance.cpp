@@ -11,8 +11,8 @@ void ImportanceStats::declare(const std::string& name, int64_t width) {
   acc_[name].assign(static_cast<size_t>(width), 0.0);
 }
 
-void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t ld,
-                          const float* base, const ImportanceRows& rows, bool counted) {
+void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t col0,
+                          int64_t ld, const ImportanceRows& rows, bool counted) {
   auto it = acc_.find(name);
   FF_CHECK(it != acc_.end() && offset + cols <= static_cast<int64_t>(it->second.size()),
            "importance entry '%s' is not declared for channels [%lld, %lld)", name.c_str(), (long long)offset,
@@ -23,7 +23,8 @@ void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols,
   for (int64_t r = 0; r < rows.rows; ++r) {
     double* p = partial.data() + rows.sequence_of(r) * cols;
     for (int64_t f = 0; f < cols; ++f) {
-      const float v = bf16 ? bf16_to_float(a.bf16()[r * ld + f]) : base[r * ld + f];
+      const int64_t i = r * ld + col0 + f;
+      const float v = bf16 ? bf16_to_float(a.bf16()[i]) : a.f32()[i];
       p[f] += std::fabs(static_cast<double>(v));
     }
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "layers/tensor_parallel.h"
 #include "parallel/comm.h"
 
 namespace ff {
@@ -30,14 +31,24 @@ struct ImportanceRows {
   int64_t sequence_of(int64_t r) const { return (row0 + r) / L; }
 };
 
+// Where a layer's activations come from, for its mixer's statistics: its name prefix, B sequences
+// of S positions (L of each on this CP rank), the CP group (null: none) and the TP region.
+struct ImportanceSite {
+  std::string prefix;
+  int64_t B = 0, S = 0, L = 0;
+  const Communicator* cp = nullptr;
+  TensorParallel tp;
+};
+
 class ImportanceStats {
  public:
   // An entry of `width` channels (global).
   void declare(const std::string& name, int64_t width);
   bool has(const std::string& name) const { return acc_.count(name) != 0; }
-  // Adds the channels [offset, offset + cols) of entry `name` from a [rows.rows, ld] activation
-  // (its first cols columns; f32 or bf16). Collective over rows.row_groups even when not counted.
-  void add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t ld, const float* base,
+  // Adds the channels [offset, offset + cols) of entry `name` from columns [col0, col0 + cols) of
+  // a [rows.rows, ld] activation (f32 or bf16). Collective over rows.row_groups even when not
+  // counted.
+  void add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t col0, int64_t ld,
            const ImportanceRows& rows, bool counted);
   // A scalar entry's sum and count (mean = sum / count): the depth score's 1 - cos(h_in, h_out).
   void add_mean(const std::string& name, double sum, int64_t count);

@@ -299,6 +299,12 @@ void MambaMixer::backward(float* dx, const float* dout, const Saved& s, int64_t 
   tp_.enter_backward(dx, dfull_in, N, D_, false, scratch);
 }
 
+void MambaMixer::add_importance(const Saved& s, const std::string& name, ImportanceStats& st) const {
+  const ImportanceRows rows{s.B, s.S, s.S, 0, s.B * s.S, {}};  // whole sequences: nothing to complete
+  const int64_t head0 = tp_.rank() * H_ + sh_.part * sh_.H;
+  st.add(name, head0 * P_, sh_.di, s.zxbcdt, sh_.di, sh_.W, rows, true);
+}
+
 MambaMixer::State MambaMixer::new_state(int64_t B) const {
   FF_CHECK(cp_ == nullptr, "the inference path runs without context parallelism (parallel.cp = 1)");
   State st;

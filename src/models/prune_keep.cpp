@@ -1,4 +1,4 @@
-#include "recipes/prune/keep.h"
+#include "models/prune_keep.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,6 +7,70 @@
 #include "core/check.h"
 
 namespace ff {
+
+HostTensor take_rows(const HostTensor& t, const std::vector<int64_t>& rows) {
+  FF_CHECK(!t.shape.empty(), "take_rows of a scalar");
+  int64_t row = 1;
+  for (size_t d = 1; d < t.shape.size(); ++d) row *= t.shape[d];
+  HostTensor out;
+  out.shape = t.shape;
+  out.shape[0] = static_cast<int64_t>(rows.size());
+  out.data.reserve(rows.size() * static_cast<size_t>(row));
+  for (int64_t r : rows) {
+    FF_CHECK(r >= 0 && r < t.shape[0], "row %lld of a tensor of %lld rows", (long long)r, (long long)t.shape[0]);
+    out.data.insert(out.data.end(), t.data.begin() + r * row, t.data.begin() + (r + 1) * row);
+  }
+  return out;
+}
+
+HostTensor take_cols(const HostTensor& t, const std::vector<int64_t>& cols) {
+  FF_CHECK(!t.shape.empty(), "take_cols of a scalar");
+  const int64_t n = t.shape.back(), rows = static_cast<int64_t>(t.data.size()) / std::max<int64_t>(n, 1);
+  HostTensor out;
+  out.shape = t.shape;
+  out.shape.back() = static_cast<int64_t>(cols.size());
+  out.data.reserve(static_cast<size_t>(rows) * cols.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c : cols) {
+      FF_CHECK(c >= 0 && c < n, "column %lld of a tensor of %lld columns", (long long)c, (long long)n);
+      out.data.push_back(t.data[static_cast<size_t>(r * n + c)]);
+    }
+  return out;
+}
+
+std::vector<int64_t> blocks_of(const std::vector<int64_t>& ids, int64_t size) {
+  std::vector<int64_t> out;
+  for (int64_t id : ids)
+    for (int64_t k = 0; k < size; ++k) out.push_back(id * size + k);
+  return out;
+}
+
+std::vector<int64_t> all_of(int64_t n) {
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  std::iota(out.begin(), out.end(), 0);
+  return out;
+}
+
+HostTensor source_tensor(const TensorSource& source, const std::string& name) {
+  HostTensor t;
+  FF_CHECK(source(name, t), "pruning: the source model has no tensor '%s'", name.c_str());
+  return t;
+}
+
+bool cut(const LayerPrune& p, const std::string& suffix, const std::string& name, const TensorSource& source,
+         const std::vector<int64_t>* rows, const std::vector<int64_t>* cols, HostTensor& out) {
+  if (name != p.to_prefix + suffix) return false;
+  out = source_tensor(source, p.from_prefix + suffix);
+  if (rows) out = take_rows(out, *rows);
+  if (cols) out = take_cols(out, *cols);
+  return true;
+}
+
+bool cut_norm(const LayerPrune& p, const std::string& norm, const std::string& name, const TensorSource& source,
+              HostTensor& out) {
+  return cut(p, "." + norm + ".weight", name, source, nullptr, &p.embedding, out) ||
+         cut(p, "." + norm + ".bias", name, source, nullptr, &p.embedding, out);
+}
 
 std::vector<int64_t> top_k_indices(const std::vector<double>& scores, int64_t k) {
   const auto n = static_cast<int64_t>(scores.size());
