@@ -9,6 +9,7 @@ namespace ff {
 
 void ImportanceStats::declare(const std::string& name, int64_t width) {
   acc_[name].assign(static_cast<size_t>(width), 0.0);
+  means_[name] = {0.0, 0.0};  // every rank holds every mean too, for finish()'s sums
 }
 
 void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t col0,
@@ -28,8 +29,12 @@ void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols,
       p[f] += std::fabs(static_cast<double>(v));
     }
   }
+  // After the sums over a row group every member holds them: its first rank adds them.
   for (const Communicator* g : rows.row_groups)
-    if (g && g->size() > 1) g->all_reduce_sum(partial.data(), static_cast<int64_t>(partial.size()));
+    if (g && g->size() > 1) {
+      g->all_reduce_sum(partial.data(), static_cast<int64_t>(partial.size()));
+      counted = counted && g->rank() == 0;
+    }
   if (!counted) return;
   std::vector<double>& acc = it->second;
   const double inv_s = 1.0 / static_cast<double>(rows.S);
@@ -41,7 +46,9 @@ void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols,
 }
 
 void ImportanceStats::add_mean(const std::string& name, double sum, int64_t count) {
-  auto& m = means_[name];
+  auto it = means_.find(name);
+  FF_CHECK(it != means_.end(), "importance entry '%s' is not declared", name.c_str());
+  auto& m = it->second;
   m.first += sum;
   m.second += static_cast<double>(count);
 }
@@ -65,7 +72,7 @@ std::vector<double> ImportanceStats::scores(const std::string& name) const {
 
 double ImportanceStats::mean(const std::string& name) const {
   auto it = means_.find(name);
-  FF_CHECK(it != means_.end() && it->second.second > 0, "no importance mean '%s'", name.c_str());
+  FF_CHECK(it != means_.end() && it->second.second > 0, "no importance mean '%s' (no batch added to it)", name.c_str());
   return it->second.first / it->second.second;
 }
 

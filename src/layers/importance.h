@@ -47,10 +47,11 @@ class ImportanceStats {
   bool has(const std::string& name) const { return acc_.count(name) != 0; }
   // Adds the channels [offset, offset + cols) of entry `name` from columns [col0, col0 + cols) of
   // a [rows.rows, ld] activation (f32 or bf16). Collective over rows.row_groups even when not
-  // counted.
+  // counted; of each row group only its first rank adds the completed sums.
   void add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t col0, int64_t ld,
            const ImportanceRows& rows, bool counted);
-  // A scalar entry's sum and count (mean = sum / count): the depth score's 1 - cos(h_in, h_out).
+  // An entry's scalar sum and count (mean = sum / count) beside its channels: the depth score's
+  // 1 - cos(h_in, h_out).
   void add_mean(const std::string& name, double sum, int64_t count);
   // Sums every entry over the world (all ranks, same declarations) and counts a batch.
   void finish(const Communicator& world);
