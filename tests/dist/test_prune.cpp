@@ -59,6 +59,7 @@ TEST(PruneImportance, EqualsOneProcessUnderEveryLayout) {
   cp.cp = 2;
   expect_importance_invariant(tiny_hybrid(), cp);                       // CP: chunks, Mamba's share
   expect_importance_invariant(tiny_hybrid(true), layout(max_ep()));     // a hybrid MoE under EP
+  expect_importance_invariant(tiny_hybrid(true), tensor_layout(2, true));
 }
 
 }  // namespace
