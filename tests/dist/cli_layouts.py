@@ -167,6 +167,15 @@ for name, (ranks, extra) in hybrid_layouts.items():
     print("%-40s %s %s" % (name, "ok" if ok else "MISMATCH", got))
     failures += not ok
 print("%-40s    %s" % ("hybrid, 1 process", hybrid_want))
+# Stopped under TP 2 + SP (Mamba's per-head vectors sliced over TP), resumed under CP 2 x DP 2.
+hfirst = os.path.join(tmp, "hybrid-first")
+run(2, hybrid + ["--tp", "2", "--sequence_parallel", "true", "--etp", "1", "--grad_accum", "4", "--save_interval", "2",
+                 "--steps", "2"], hfirst)
+hresumed = run(4, hybrid + ["--resume", os.path.join(hfirst, "checkpoints"), "--out_dir", hfirst, "--cp", "2",
+                            "--grad_accum", "2", "--steps", "4"], hfirst)
+ok = all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(hresumed, hybrid_want))
+print("%-40s %s %s" % ("hybrid resume TP 2 -> CP 2 x DP 2", "ok" if ok else "MISMATCH", hresumed))
+failures += not ok
 g = subprocess.run([fivefold, "generate", "--model", os.path.join(tmp, "hybrid-one", "model.safetensors"), "--prompt",
                     "paragraph", "--tokens", "8", "--temperature", "0"], env=env, capture_output=True, encoding="utf-8",
                    errors="replace", timeout=120)
@@ -212,5 +221,5 @@ for what, extra, needle in (("missing --resume folder", ["--resume", os.path.joi
     ok = r.returncode != 0 and said == 1
     print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + len(hybrid_layouts) + 20 - failures, failures))
+print("%d passed, %d failed" % (len(layouts) + len(hybrid_layouts) + 21 - failures, failures))
 sys.exit(1 if failures else 0)

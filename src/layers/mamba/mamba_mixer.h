@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/param.h"
+#include "core/profile.h"
 #include "kernels/cpu/ssd_scan.h"
 #include "layers/compute.h"
 #include "layers/importance.h"
@@ -65,6 +66,8 @@ class MambaMixer {
     std::vector<float> conv, ssm;
   };
   State new_state(int64_t B) const;
+  // Times its projections and its conv + scan separately (core/profile.h; null: not profiled).
+  void set_profile(Profile* profile) { profile_ = profile; }
   // Pruning importance (specs/methods.md §3.5): the x segment of in_proj's output, this rank's
   // share of the heads [H P] of whole sequences, to entry `name` (all heads of the layer).
   void add_importance(const Saved& s, const std::string& name, ImportanceStats& st) const;
@@ -103,6 +106,7 @@ class MambaMixer {
   int64_t D_, H_, P_, G_, Ns_, K_, di_, Ch_, W_;  // sizes of the TP slice
   Share sh_;
   const Communicator* cp_;  // null: no context parallelism
+  Profile* profile_ = nullptr;
   float eps_, dt_lo_, dt_hi_;
   int64_t chunk_;
   TensorParallel tp_;

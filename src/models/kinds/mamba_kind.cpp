@@ -12,7 +12,9 @@ using kinds::kFloat;
 class MambaLayerMixer final : public Mixer {
  public:
   explicit MambaLayerMixer(const MixerContext& x)
-      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp, x.lora) {}
+      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp, x.lora) {
+    mamba_.set_profile(x.profile);
+  }
 
   struct Saved final : Mixer::Saved {
     MambaMixer::Saved s;
@@ -154,7 +156,7 @@ bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::strin
 
 }  // namespace
 
-extern const LayerKindInfo kMambaKind = {'M', LayerKind::mamba, "Mamba2", "input_layernorm", kProfileMamba, parameters,
+extern const LayerKindInfo kMambaKind = {'M', LayerKind::mamba, "Mamba2", "input_layernorm", -1, parameters,
                                          rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
                                          declare_importance, prune_keep, prune_tensor};
 
