@@ -24,6 +24,7 @@
 #include "cli/bench_peer.h"
 #include "cli/align_commands.h"
 #include "cli/cli_config.h"
+#include "cli/prune_command.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
@@ -434,6 +435,9 @@ int main(int argc, char** argv) {
     CliRegistrar ev_reg{*eval, ev_parallel, "Parallel"};
     ev_layout.visit_fields(ev_reg);
 
+    PruneCommand prune;
+    add_prune_command(app, prune);
+
     RunConfigFlags bench_flags;
     int64_t bench_steps = 3, warmup = 1;
     bool bench_profile = false;
@@ -479,6 +483,7 @@ int main(int argc, char** argv) {
       ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);
       return cmd_eval(ev, ev_parallel);
     }
+    if (prune.app->parsed()) return run_prune_command(prune);
     if (pre->parsed()) return cmd_preprocess(pre_flags.resolve());
     if (tok_train->parsed()) {
       const auto tc = tok_flags.resolve();

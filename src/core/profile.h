@@ -12,7 +12,8 @@ enum ProfileSlot : int {
   kProfileNorm,        // pre-norms and residual adds
   kProfileAttention,
   kProfileMlp,
-  kProfileMamba,
+  kProfileMamba,       // Mamba2's projections, dt and gated norm
+  kProfileScan,        // Mamba2's conv and SSD scan
   kProfileRouter,
   kProfileDispatch,    // permute, token exchange, combine
   kProfileExperts,
@@ -22,7 +23,7 @@ enum ProfileSlot : int {
 };
 
 inline const char* profile_slot_name(int slot) {
-  static constexpr const char* kNames[kProfileSlots] = {"embedding", "norms + residual", "attention", "dense MLP", "Mamba2",
+  static constexpr const char* kNames[kProfileSlots] = {"embedding", "norms + residual", "attention", "dense MLP", "Mamba2 proj + norm", "Mamba2 conv + scan",
                                                         "MoE router", "MoE dispatch + combine", "MoE experts",
                                                         "MoE shared expert", "final norm + head + loss"};
   return kNames[slot];

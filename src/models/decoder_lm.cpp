@@ -477,6 +477,55 @@ std::vector<DecoderLM::NamedBuffer> DecoderLM::state_buffers() {
   return out;
 }
 
+void DecoderLM::declare_importance(ImportanceStats& stats) const {
+  const std::string pattern = cfg_.pattern();
+  const auto kinds = cfg_.layers();
+  for (size_t j = 0; j < kinds.size(); ++j) {
+    const std::string p = layer_prefix(pattern, j);
+    stats.declare(p + "." + layer_kind(kinds[j]).norm, cfg_.d_model);
+    layer_kind(kinds[j]).declare_importance(cfg_, p, stats);
+  }
+}
+
+void DecoderLM::add_importance(const MicroBatch& mb, ImportanceStats& stats) const {
+  const int64_t D = cfg_.d_model, N = mb.B * mb.S, Nl = tp_.local_rows(N);
+  const int P = cp_ ? cp_->size() : 1;
+  // The stream: this TP rank's rows under SP (partial sums completed over TP), else every row
+  // (TP ranks are replicas: rank 0 counts); each CP rank holds L = S / CP rows of each sequence.
+  ImportanceSite site;
+  site.B = mb.B;
+  site.S = mb.S * P;
+  site.L = mb.S;
+  site.cp = cp_;
+  site.tp = tp_;
+  ImportanceRows rows{mb.B, mb.S * P, mb.S, tp_.sequence_parallel ? tp_.rank() * Nl : 0, Nl, {cp_}};
+  if (tp_.sequence_parallel) rows.row_groups.push_back(tp_.group);
+  const bool counted = tp_.sequence_parallel || tp_.rank() == 0;
+  const std::string pattern = cfg_.pattern();
+  for (size_t j = 0; j < layers_.size(); ++j) {
+    if (!layers_[j].mixer) continue;
+    site.prefix = layer_prefix(pattern, j);
+    const Tensor& y = mb.norms[j].y;
+    const std::string norm = site.prefix + "." + layers_[j].kind->norm;
+    stats.add(norm, 0, D, y, 0, D, rows, counted);
+    // Depth (§3.5): 1 - cos(h_in, h_out) of every row, its mean over the rows of the batch.
+    double sum = 0;
+    const float* in = mb.resid[j].f32();
+    const float* out = mb.resid[j + 1].f32();
+    for (int64_t r = 0; r < Nl; ++r) {
+      double dot = 0, a = 0, b = 0;
+      for (int64_t k = 0; k < D; ++k) {
+        dot += static_cast<double>(in[r * D + k]) * out[r * D + k];
+        a += static_cast<double>(in[r * D + k]) * in[r * D + k];
+        b += static_cast<double>(out[r * D + k]) * out[r * D + k];
+      }
+      sum += 1.0 - dot / std::max(std::sqrt(a * b), 1e-30);
+    }
+    if (counted) stats.add_mean(norm, sum, Nl);
+    layers_[j].mixer->add_importance(*mb.mixer[j], site, stats);
+  }
+}
+
 void DecoderLM::synchronize_tied_embeddings() {
   if (!tied_across_stages_) return;
   // The first stage's embedding and the last stage's copy each hold part of the gradient. Summed

@@ -14,6 +14,7 @@
 #include "core/param.h"
 #include "core/profile.h"
 #include "layers/compute.h"
+#include "layers/importance.h"
 #include "layers/lm_head.h"
 #include "layers/moe/moe_layer.h"
 #include "layers/norm.h"
@@ -174,6 +175,13 @@ class DecoderLM {
     bool writer;
   };
   std::vector<NamedBuffer> state_buffers();
+
+  // Pruning importance (layers/importance.h, specs/methods.md §3.5). declare_importance declares
+  // the entries of the whole model (every rank alike): per layer "<prefix>.<its norm>" (the
+  // pre-norm's output, for the embedding channels; its mean under the same name: 1 - cos(h_in,
+  // h_out) for depth) and its kind's own. add_importance adds what the last forward on mb saw, for the layers held here.
+  void declare_importance(ImportanceStats& stats) const;
+  void add_importance(const MicroBatch& mb, ImportanceStats& stats) const;
 
  private:
   struct Layer {

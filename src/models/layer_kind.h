@@ -19,9 +19,11 @@
 #include "core/param.h"
 #include "core/profile.h"
 #include "layers/compute.h"
+#include "layers/importance.h"
 #include "layers/linear.h"
 #include "layers/model_config.h"
 #include "layers/tensor_parallel.h"
+#include "models/prune_keep.h"
 #include "parallel/grid.h"
 
 namespace ff {
@@ -77,6 +79,10 @@ class Mixer {
   virtual void decode(DecodeState* state, float* out, const float* xn, int64_t B, int64_t T, int64_t start,
                       Arena& scratch) = 0;
 
+  // Pruning importance (layers/importance.h): adds the statistics of the last forward on s to the
+  // entries its kind's declare_importance declared (none by default).
+  virtual void add_importance(const Saved&, const ImportanceSite&, ImportanceStats&) const {}
+
   virtual MoeLayer* moe() { return nullptr; }
   // The experts the last forward on s chose for each row, [rows, K] (empty: not a routing layer).
   virtual std::span<const int32_t> routed_experts(const Saved&) const { return {}; }
@@ -127,6 +133,13 @@ struct LayerKindInfo {
   // Reasons this kind cannot run under layout p, each naming the fields (appended to e).
   void (*layout_problems)(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e);
   std::unique_ptr<Mixer> (*build)(const MixerContext& ctx);
+  // Structured pruning (specs/methods.md §3.5-3.6; models/prune_keep.h): the layer's importance
+  // entries, what it keeps of them for targets t, and the pruned layer's tensor `name` cut from
+  // the unpruned model's (false: not one of this kind's).
+  void (*declare_importance)(const ModelConfig& c, const std::string& prefix, ImportanceStats& stats);
+  LayerKeep (*prune_keep)(const ModelConfig& c, const ImportanceStats& stats, const std::string& prefix,
+                          const PruneTargets& t);
+  bool (*prune_tensor)(const LayerPrune& p, const TensorSource& source, const std::string& name, HostTensor& out);
 };
 
 // The descriptor of a kind / of a pattern character (null: no such kind).

@@ -167,11 +167,48 @@ for name, (ranks, extra) in hybrid_layouts.items():
     print("%-40s %s %s" % (name, "ok" if ok else "MISMATCH", got))
     failures += not ok
 print("%-40s    %s" % ("hybrid, 1 process", hybrid_want))
+# Stopped under TP 2 + SP (Mamba's per-head vectors sliced over TP), resumed under CP 2 x DP 2.
+hfirst = os.path.join(tmp, "hybrid-first")
+run(2, hybrid + ["--tp", "2", "--sequence_parallel", "true", "--etp", "1", "--grad_accum", "4", "--save_interval", "2",
+                 "--steps", "2"], hfirst)
+hresumed = run(4, hybrid + ["--resume", os.path.join(hfirst, "checkpoints"), "--out_dir", hfirst, "--cp", "2",
+                            "--grad_accum", "2", "--steps", "4"], hfirst)
+ok = all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(hresumed, hybrid_want))
+print("%-40s %s %s" % ("hybrid resume TP 2 -> CP 2 x DP 2", "ok" if ok else "MISMATCH", hresumed))
+failures += not ok
 g = subprocess.run([fivefold, "generate", "--model", os.path.join(tmp, "hybrid-one", "model.safetensors"), "--prompt",
                     "paragraph", "--tokens", "8", "--temperature", "0"], env=env, capture_output=True, encoding="utf-8",
                    errors="replace", timeout=120)
 ok = g.returncode == 0 and g.stdout.startswith("paragraph")
 print("%-40s %s %r" % ("generate from the hybrid", "ok" if ok else "FAILED", g.stdout[:60]))
+failures += not ok
+
+# `fivefold prune` of that hybrid: the calibration under TP 2 + SP and under CP 2 gives the scores
+# and keep sets of one process, and the pruned model generates.
+def prune(ranks, extra, out):
+    cmd = ([] if ranks == 1 else ["mpirun", "--oversubscribe", "-np", str(ranks)]) + [
+        fivefold, "prune", "--model", os.path.join(tmp, "hybrid-one", "model.safetensors"), "--data", corpus,
+        "--out", out, "--calib_samples", "8", "--micro_batch", "2", "--target_d_model", "24",
+        "--target_mamba_num_heads", "2", "--target_mamba_head_dim", "6"] + extra
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        print(r.stdout[-2000:], r.stderr[-2000:])
+        raise SystemExit("failed: " + " ".join(cmd))
+    return json.load(open(out + ".scores.json"))
+prune_want = prune(1, [], os.path.join(tmp, "pruned-one.safetensors"))
+for name, (ranks, extra) in {"prune under TP 2 + SP": (2, ["--tp", "2", "--sequence_parallel", "true"]),
+                             "prune under CP 2": (2, ["--cp", "2"])}.items():
+    got = prune(ranks, extra, os.path.join(tmp, name.replace(" ", "_") + ".safetensors"))
+    same = all(abs(a - b) <= 1e-4 * max(abs(b), 1e-6) for k in prune_want["scores"]
+               for a, b in zip(got["scores"][k], prune_want["scores"][k]))
+    ok = same and got["kept_embedding"] == prune_want["kept_embedding"] and got["to_pattern"] == prune_want["to_pattern"]
+    print("%-40s %s" % (name, "ok" if ok else "MISMATCH"))
+    failures += not ok
+g = subprocess.run([fivefold, "generate", "--model", os.path.join(tmp, "pruned-one.safetensors"), "--prompt", "paragraph",
+                    "--tokens", "4", "--temperature", "0"], env=env, capture_output=True, encoding="utf-8",
+                   errors="replace", timeout=120)
+ok = g.returncode == 0 and g.stdout.startswith("paragraph")
+print("%-40s %s %r" % ("generate from the pruned hybrid", "ok" if ok else "FAILED", g.stdout[:40]))
 failures += not ok
 
 # An error every rank meets alike (a missing checkpoint, a bad command line) is printed once, not
@@ -184,5 +221,5 @@ for what, extra, needle in (("missing --resume folder", ["--resume", os.path.joi
     ok = r.returncode != 0 and said == 1
     print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + len(hybrid_layouts) + 17 - failures, failures))
+print("%d passed, %d failed" % (len(layouts) + len(hybrid_layouts) + 21 - failures, failures))
 sys.exit(1 if failures else 0)

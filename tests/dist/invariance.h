@@ -36,7 +36,7 @@ inline ::testing::AssertionResult tensors_match(const Param& p, const Param& ref
   const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
   const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
   const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
-  const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : 0;
+  const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : (p.local_offset.rank ? p.local_offset[0] : 0);
   double scale = 0;
   for (int64_t i = 0; i < ref.numel(); ++i) scale = std::max(scale, std::fabs(double((values ? ref.value : ref.grad)[i])));
   double worst = 0;  // the largest excess over the bound

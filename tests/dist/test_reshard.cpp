@@ -130,7 +130,8 @@ void expect_reshard(const ParallelConfig& before, const ParallelConfig& after, b
       ASSERT_NE(q, nullptr) << p.name;
       const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
       const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
-      const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0, c0 = p.global_shape.rank == 2 ? p.local_offset[1] : 0;
+      const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
+      const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : (p.local_offset.rank ? p.local_offset[0] : 0);
       double worst = 0;
       for (int64_t i = 0; i < p.numel(); ++i)
         worst = std::max(worst, std::fabs(double(p.value[i]) - double(q->value[(r0 + i / lc) * cols + c0 + i % lc])));

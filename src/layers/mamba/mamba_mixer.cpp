@@ -172,6 +172,7 @@ void MambaMixer::forward(Saved& s, float* out, const float* x, const int32_t* po
   const int64_t N = B * S;                 // this rank's rows
   const int64_t St = S * sh_.parts, R = B * St;  // the share's whole sequences
   const Share& q = sh_;
+  ProfileScope proj_scope(profile_, kProfileMamba, false);  // the conv + scan below count apart
   s.x_op = compute_->operand(tp_.enter(x, N, D_, arena), N, D_, arena);
   float* zx_rows = arena.alloc_f32(N * W_);
   in_proj_.forward(zx_rows, s.x_op, N, &s.in_lora, arena);
@@ -192,7 +193,10 @@ void MambaMixer::forward(Saved& s, float* out, const float* x, const int32_t* po
   s.states = arena.alloc(Shape{chunks, q.H * P_ * Ns_});
   cpu::dt_softplus_forward(s.delta.f32(), zxbcdt + 2 * q.di + 2 * q.gn, w.dt_bias, R, q.H, q.W, dt_lo_, dt_hi_);
   const float* A = negative_a(w.a_log, arena);
+  Profile scan_time;  // subtracted from the projections' slot
+  scan_time.on = profile_ && profile_->on;
   for_each_scan(s, [&](int64_t r0, const cpu::ScanSizes& sz, int64_t chunk_at) {
+    ProfileScope scope(&scan_time, kProfileScan, false);
     float* xbc = s.xbc.f32() + r0 * q.Ch;
     cpu::causal_conv1d_silu_forward(xbc, s.conv_u.f32() + r0 * q.Ch, zxbcdt + r0 * q.W + q.di, w.conv_w, w.conv_b,
                                     sz.batch, sz.len, q.Ch, K_, q.W);
@@ -201,6 +205,10 @@ void MambaMixer::forward(Saved& s, float* out, const float* x, const int32_t* po
                                  strides());
   });
   output(out, s.y.f32(), zxbcdt, w, B, N, &s, arena);
+  if (profile_ && profile_->on) {
+    profile_->forward[kProfileScan] += scan_time.forward[kProfileScan];
+    profile_->forward[kProfileMamba] -= scan_time.forward[kProfileScan];
+  }
 }
 
 void MambaMixer::output(float* out, const float* y, const float* zxbcdt, const ShareWeights& w, int64_t B, int64_t N,
@@ -220,6 +228,9 @@ void MambaMixer::output(float* out, const float* y, const float* zxbcdt, const S
 void MambaMixer::backward(float* dx, const float* dout, const Saved& s, int64_t N, Arena& scratch) const {
   const Share& q = sh_;
   const int64_t B = s.B, R = B * s.S, c = q.part;
+  ProfileScope proj_scope(profile_, kProfileMamba, true);
+  Profile scan_time;  // the conv + scan, counted apart
+  scan_time.on = profile_ && profile_->on;
   const float* zxbcdt = s.zxbcdt.f32();
   const ShareWeights w = share_weights(scratch);
   // Gradients of the share's parameters: offsets into the TP slice's, or (the conv under CP)
@@ -249,6 +260,7 @@ void MambaMixer::backward(float* dx, const float* dout, const Saved& s, int64_t 
   float* ds = scratch.alloc_f32(R * q.di);  // the scan's contiguous outputs, before interleaving
   float* dbc = scratch.alloc_f32(2 * R * q.gn);
   for_each_scan(s, [&](int64_t r0, const cpu::ScanSizes& sz, int64_t chunk_at) {
+    ProfileScope scope(&scan_time, kProfileScan, true);
     const float* xbc = s.xbc.f32() + r0 * q.Ch;
     cpu::ssd_scan_backward<float>(ds + r0 * q.di, ddelta + r0 * q.H, dbc + r0 * q.gn, dbc + (R + r0) * q.gn, dA, dD,
                                   nullptr, dy + r0 * q.di, nullptr, xbc, s.delta.f32() + r0 * q.H, A, xbc + q.di,
@@ -276,6 +288,7 @@ void MambaMixer::backward(float* dx, const float* dout, const Saved& s, int64_t 
     std::memset(dconv_b, 0, sizeof(float) * static_cast<size_t>(q.Ch));
   }
   for_each_scan(s, [&](int64_t r0, const cpu::ScanSizes& sz, int64_t) {
+    ProfileScope scope(&scan_time, kProfileScan, true);
     cpu::causal_conv1d_silu_backward(dzxbcdt + r0 * q.W + q.di, dconv_w, dconv_b, dxbc + r0 * q.Ch,
                                      s.conv_u.f32() + r0 * q.Ch, zxbcdt + r0 * q.W + q.di, w.conv_w, sz.batch, sz.len,
                                      q.Ch, K_, q.W, q.W);
@@ -297,6 +310,16 @@ void MambaMixer::backward(float* dx, const float* dout, const Saved& s, int64_t 
   in_proj_.backward(dfull_in, dzx_rows, compute_->operand(dzx_rows, N, W_, scratch), s.x_op, s.in_lora, N, false,
                     scratch);
   tp_.enter_backward(dx, dfull_in, N, D_, false, scratch);
+  if (profile_ && profile_->on) {
+    profile_->backward[kProfileScan] += scan_time.backward[kProfileScan];
+    profile_->backward[kProfileMamba] -= scan_time.backward[kProfileScan];
+  }
+}
+
+void MambaMixer::add_importance(const Saved& s, const std::string& name, ImportanceStats& st) const {
+  const ImportanceRows rows{s.B, s.S, s.S, 0, s.B * s.S, {}};  // whole sequences: nothing to complete
+  const int64_t head0 = tp_.rank() * H_ + sh_.part * sh_.H;
+  st.add(name, head0 * P_, sh_.di, s.zxbcdt, sh_.di, sh_.W, rows, true);
 }
 
 MambaMixer::State MambaMixer::new_state(int64_t B) const {

@@ -21,8 +21,10 @@
 #include <vector>
 
 #include "core/param.h"
+#include "core/profile.h"
 #include "kernels/cpu/ssd_scan.h"
 #include "layers/compute.h"
+#include "layers/importance.h"
 #include "layers/linear.h"
 #include "layers/model_config.h"
 #include "layers/tensor_parallel.h"
@@ -64,6 +66,11 @@ class MambaMixer {
     std::vector<float> conv, ssm;
   };
   State new_state(int64_t B) const;
+  // Times its projections and its conv + scan separately (core/profile.h; null: not profiled).
+  void set_profile(Profile* profile) { profile_ = profile; }
+  // Pruning importance (specs/methods.md §3.5): the x segment of in_proj's output, this rank's
+  // share of the heads [H P] of whole sequences, to entry `name` (all heads of the layer).
+  void add_importance(const Saved& s, const std::string& name, ImportanceStats& st) const;
   // Rows b T + t of x are the new tokens of sequence b at positions start + t (start = 0: a fresh
   // sequence; the state is reset). out overwritten; saves nothing but the state.
   void decode(State& st, float* out, const float* x, int64_t B, int64_t T, int64_t start, Arena& scratch) const;
@@ -99,6 +106,7 @@ class MambaMixer {
   int64_t D_, H_, P_, G_, Ns_, K_, di_, Ch_, W_;  // sizes of the TP slice
   Share sh_;
   const Communicator* cp_;  // null: no context parallelism
+  Profile* profile_ = nullptr;
   float eps_, dt_lo_, dt_hi_;
   int64_t chunk_;
   TensorParallel tp_;

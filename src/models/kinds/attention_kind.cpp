@@ -11,7 +11,8 @@ class AttentionMixer final : public Mixer {
  public:
   explicit AttentionMixer(const MixerContext& x)
       : attention_(x.params, x.compute, x.prefix + ".self_attn", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp,
-                   x.grid.config().cp_comm == CpComm::ring, x.lora) {}
+                   x.grid.config().cp_comm == CpComm::ring, x.lora),
+        width_(x.cfg.num_heads / x.tp.size() * x.cfg.kv_channels()) {}
 
   struct Saved final : Mixer::Saved {
     Attention::Saved s;
@@ -37,9 +38,16 @@ class AttentionMixer final : public Mixer {
               Arena& scratch) override {
     attention_.forward_cached(out, xn, B, T, start, static_cast<State*>(st)->kv, scratch);
   }
+  // o_proj's input [N, Hq dh] (this TP rank's heads; the region's rows: this CP rank's).
+  void add_importance(const Mixer::Saved& s, const ImportanceSite& site, ImportanceStats& st) const override {
+    const Tensor& o = static_cast<const Saved&>(s).s.o;
+    const ImportanceRows rows{site.B, site.S, site.L, 0, site.B * site.L, {site.cp}};
+    st.add(site.prefix + ".self_attn", site.tp.rank() * width_, width_, o, 0, width_, rows, true);
+  }
 
  private:
   Attention attention_;
+  int64_t width_;  // Hq dh held here
 };
 
 int64_t q_width(const ModelConfig& c) { return c.num_heads * c.kv_channels(); }
@@ -97,10 +105,31 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<AttentionMixer>(x); }
 
+// Pruning (§3.5): query heads ranked within their query group by the L2 of o_proj's input
+// channels; K and V are kept whole.
+void declare_importance(const ModelConfig& c, const std::string& prefix, ImportanceStats& st) {
+  st.declare(prefix + ".self_attn", q_width(c));
+}
+
+LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
+  return {attention_heads_keep(st.scores(prefix + ".self_attn"), c.num_heads, c.num_kv_heads, c.kv_channels(),
+                               t.num_heads > 0 ? t.num_heads : c.num_heads), {}};
+}
+
+bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
+  const std::vector<int64_t> q = blocks_of(p.keep.hidden, p.from.kv_channels());
+  const std::string a = ".self_attn.";
+  return cut_norm(p, "input_layernorm", name, src, out) ||
+         cut(p, a + "q_proj.weight", name, src, &q, &p.embedding, out) ||
+         cut(p, a + "k_proj.weight", name, src, nullptr, &p.embedding, out) ||
+         cut(p, a + "v_proj.weight", name, src, nullptr, &p.embedding, out) ||
+         cut(p, a + "o_proj.weight", name, src, &p.embedding, &q, out);
+}
+
 }  // namespace
 
 extern const LayerKindInfo kAttentionKind = {'*', LayerKind::attention, "attention", "input_layernorm", kProfileAttention,
                                              parameters, rank_parameters, activation_bytes, training_flops, traffic,
-                                             layout_problems, build};
+                                             layout_problems, build, declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

@@ -12,7 +12,9 @@ using kinds::kFloat;
 class MambaLayerMixer final : public Mixer {
  public:
   explicit MambaLayerMixer(const MixerContext& x)
-      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp, x.lora) {}
+      : mamba_(x.params, x.compute, x.prefix + ".mixer", x.cfg, x.init_std, x.out_init_std, x.tp, x.cp, x.lora) {
+    mamba_.set_profile(x.profile);
+  }
 
   struct Saved final : Mixer::Saved {
     MambaMixer::Saved s;
@@ -37,6 +39,9 @@ class MambaLayerMixer final : public Mixer {
   void decode(DecodeState* st, float* out, const float* xn, int64_t B, int64_t T, int64_t start,
               Arena& scratch) override {
     mamba_.decode(static_cast<State*>(st)->s, out, xn, B, T, start, scratch);
+  }
+  void add_importance(const Mixer::Saved& s, const ImportanceSite& site, ImportanceStats& st) const override {
+    mamba_.add_importance(static_cast<const Saved&>(s).s, site.prefix + ".mixer", st);
   }
 
  private:
@@ -112,9 +117,47 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MambaLayerMixer>(x); }
 
+// Pruning (§3.5-3.6): heads and head channels by in_proj's x segment; group-aware by default.
+void declare_importance(const ModelConfig& c, const std::string& prefix, ImportanceStats& st) {
+  st.declare(prefix + ".mixer", c.mamba_inner());
+}
+
+LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
+  const auto s = st.scores(prefix + ".mixer");
+  const int64_t H = t.mamba_num_heads > 0 ? t.mamba_num_heads : c.mamba_num_heads;
+  const int64_t P = t.mamba_head_dim > 0 ? t.mamba_head_dim : c.mamba_head_dim;
+  const MambaKeep k = t.group_aware ? mamba_keep_group_aware(s, c.mamba_num_heads, c.mamba_head_dim, c.mamba_groups, H, P)
+                                    : mamba_keep_group_unaware(s, c.mamba_num_heads, c.mamba_head_dim, c.mamba_groups, H, P);
+  return {k.heads, k.channels};
+}
+
+// §3.6: with X = {h P + p : kept head h, kept channel p}, z and x rows X, B and C whole, dt rows
+// of the kept heads; the conv's x channels X, its B and C whole; dt_bias, A_log, D of the kept
+// heads; the norm's channels X (its groups stay G, of (H' / G) P' channels); out_proj's columns X.
+bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
+  const std::vector<int64_t>& heads = p.keep.hidden;
+  std::vector<int64_t> X;
+  for (int64_t h : heads)
+    for (int64_t c : p.keep.channels) X.push_back(h * p.from.mamba_head_dim + c);
+  const std::vector<int64_t>& d = p.embedding;
+  const std::string m = ".mixer.";
+  return cut_norm(p, "input_layernorm", name, src, out) || cut(p, m + "in_proj_z.weight", name, src, &X, &d, out) ||
+         cut(p, m + "in_proj_x.weight", name, src, &X, &d, out) || cut(p, m + "in_proj_B.weight", name, src, nullptr, &d, out) ||
+         cut(p, m + "in_proj_C.weight", name, src, nullptr, &d, out) ||
+         cut(p, m + "in_proj_dt.weight", name, src, &heads, &d, out) ||
+         cut(p, m + "conv1d_x.weight", name, src, &X, nullptr, out) || cut(p, m + "conv1d_x.bias", name, src, &X, nullptr, out) ||
+         cut(p, m + "conv1d_B.weight", name, src, nullptr, nullptr, out) ||
+         cut(p, m + "conv1d_B.bias", name, src, nullptr, nullptr, out) ||
+         cut(p, m + "conv1d_C.weight", name, src, nullptr, nullptr, out) ||
+         cut(p, m + "conv1d_C.bias", name, src, nullptr, nullptr, out) || cut(p, m + "dt_bias", name, src, &heads, nullptr, out) ||
+         cut(p, m + "A_log", name, src, &heads, nullptr, out) || cut(p, m + "D", name, src, &heads, nullptr, out) ||
+         cut(p, m + "norm.weight", name, src, &X, nullptr, out) || cut(p, m + "out_proj.weight", name, src, &d, &X, out);
+}
+
 }  // namespace
 
-extern const LayerKindInfo kMambaKind = {'M', LayerKind::mamba, "Mamba2", "input_layernorm", kProfileMamba, parameters,
-                                         rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build};
+extern const LayerKindInfo kMambaKind = {'M', LayerKind::mamba, "Mamba2", "input_layernorm", -1, parameters,
+                                         rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
+                                         declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

@@ -10,6 +10,13 @@ class MlpMixer final : public Mixer {
   explicit MlpMixer(const MixerContext& x)
       : mlp_(x.params, x.compute, x.prefix + ".mlp", x.cfg.d_model, x.cfg.ffn_hidden, x.cfg.activation, x.init_std,
              x.out_init_std, x.tp, x.lora) {}
+  // down_proj's input [N, F] (this TP rank's neurons; the region's rows: this CP rank's).
+  void add_importance(const Mixer::Saved& s, const ImportanceSite& site, ImportanceStats& st) const override {
+    const Tensor& act = static_cast<const Saved&>(s).s.act;
+    const int64_t F = mlp_.hidden();
+    const ImportanceRows rows{site.B, site.S, site.L, 0, site.B * site.L, {site.cp}};
+    st.add(site.prefix + ".mlp", site.tp.rank() * F, F, act, 0, F, rows, true);
+  }
 
   struct Saved final : Mixer::Saved, DecodeState {
     Mlp::Saved s;
@@ -61,9 +68,27 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MlpMixer>(x); }
 
+// Pruning (§3.5): FFN neurons by down_proj's input.
+void declare_importance(const ModelConfig& c, const std::string& prefix, ImportanceStats& st) {
+  st.declare(prefix + ".mlp", c.ffn_hidden);
+}
+
+LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
+  return {top_k_indices(st.scores(prefix + ".mlp"), t.ffn_hidden > 0 ? t.ffn_hidden : c.ffn_hidden), {}};
+}
+
+bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
+  const std::vector<int64_t>& f = p.keep.hidden;
+  return cut_norm(p, "post_attention_layernorm", name, src, out) ||
+         cut(p, ".mlp.gate_proj.weight", name, src, &f, &p.embedding, out) ||
+         cut(p, ".mlp.up_proj.weight", name, src, &f, &p.embedding, out) ||
+         cut(p, ".mlp.down_proj.weight", name, src, &p.embedding, &f, out);
+}
+
 }  // namespace
 
 extern const LayerKindInfo kMlpKind = {'-', LayerKind::mlp, "MLP", "post_attention_layernorm", kProfileMlp, parameters,
-                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build};
+                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
+                                       declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

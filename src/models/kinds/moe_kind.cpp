@@ -167,9 +167,29 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MoeMixer>(x); }
 
+// Pruning: the routed and shared experts keep their width; only the embedding channels go.
+void declare_importance(const ModelConfig&, const std::string&, ImportanceStats&) {}
+
+LayerKeep prune_keep(const ModelConfig&, const ImportanceStats&, const std::string&, const PruneTargets&) { return {}; }
+
+bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
+  const std::vector<int64_t>& d = p.embedding;
+  if (cut_norm(p, "post_attention_layernorm", name, src, out) || cut(p, ".mlp.gate.weight", name, src, nullptr, &d, out) ||
+      cut(p, ".mlp.shared_expert_gate.weight", name, src, nullptr, &d, out))
+    return true;
+  // Every expert's and the shared expert's projections: inputs (gate, up) or outputs (down) of width D.
+  if (name.rfind(p.to_prefix + ".mlp.", 0) != 0) return false;
+  const std::string suffix = name.substr(p.to_prefix.size());
+  const bool down = suffix.size() > 17 && suffix.compare(suffix.size() - 17, 17, ".down_proj.weight") == 0;
+  const bool in = suffix.find(".gate_proj.weight") != std::string::npos || suffix.find(".up_proj.weight") != std::string::npos;
+  if (!down && !in) return false;
+  return cut(p, suffix, name, src, down ? &d : nullptr, down ? nullptr : &d, out);
+}
+
 }  // namespace
 
 extern const LayerKindInfo kMoeKind = {'E', LayerKind::moe, "MoE", "post_attention_layernorm", -1, parameters,
-                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build};
+                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
+                                       declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

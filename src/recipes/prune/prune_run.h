@@ -1,0 +1,36 @@
+// The `fivefold prune` run: calibration forwards under the job's layout (data parallelism
+// spreads the calibration windows; TP, CP and EP each see their share), the plan, the scores as
+// JSON, and the pruned model file written by rank 0 from the source's tensors.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "io/gpt_dataset.h"
+#include "io/tokenizer.h"
+#include "models/decoder_lm.h"
+#include "parallel/grid.h"
+#include "recipes/prune/prune.h"
+
+namespace ff {
+
+struct PruneRunOptions {
+  std::string model;          // model file, checkpoint or Hugging Face folder
+  std::string data;           // calibration text / JSONL file or indexed-dataset prefix
+  std::string out;            // the pruned model file
+  std::string scores;         // where to write the importance scores (JSON); empty: beside out
+  int64_t calib_samples = 64;  // windows of model.seq_len tokens (the data's first ones)
+  int64_t micro_batch = 4;
+  PruneTargets targets;
+  std::optional<TokenizerFile> tokenizer;  // none: the model's own
+};
+
+// Collective over the grid's ranks. Returns the plan (every rank).
+PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet = false);
+
+// The calibration statistics of `model` over windows [0, samples) of the data, dealt out to the
+// data-parallel replicas as `fivefold eval` deals them. Collective.
+ImportanceStats calibrate(DecoderLM& model, const ParallelGrid& grid, const GptDataset& windows, int64_t samples,
+                          int64_t micro_batch);
+
+}  // namespace ff
