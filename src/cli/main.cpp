@@ -363,7 +363,7 @@ int main(int argc, char** argv) {
     convert->add_option("--checkpoint", conv.checkpoint, "checkpoint folder, save folder (latest) or model file");
     convert->add_option("--in", conv.in, "Hugging Face model folder (config.json + safetensors)");
     convert->add_option("--out", conv.out, "export: output folder; import: output model .safetensors");
-    convert->add_option("--family", conv.family, "llama | mixtral | qwen2_moe | auto")->capture_default_str();
+    convert->add_option("--family", conv.family, "llama | mixtral | qwen2_moe | nemotron_h | auto (any Mamba2 layer: nemotron_h)")->capture_default_str();
     convert->add_flag("--merge_lora", conv.merge_lora, "export: fold the LoRA adapters into the weights");
     convert->add_option("--dtype", conv.dtype, "export dtype: f32 (exact) or bf16")->capture_default_str();
     convert->add_option("--max_shard_mb", conv.max_shard_mb, "export: shard files past this size (MiB)")

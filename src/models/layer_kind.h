@@ -4,8 +4,9 @@
 // and decoded (the Mixer interface below), and how it is counted (parameters, one rank's share of
 // them, saved activation bytes, FLOPs, communication) and checked against a parallel layout. The
 // kinds live in models/kinds/, one file each; the registry (layer_kind.cpp) lists them. The
-// decoder LM, the parameter count, `fivefold plan` and the MFU formula read only these
-// descriptors, so a new kind is one new file and one registry line.
+// decoder LM, the parameter count, `fivefold plan`, the MFU formula and the Hugging Face
+// conversion (models/hf_convert.h) read only these descriptors, so a new kind is one new file and
+// one registry line.
 // Legend: B sequences, S positions, N = B*S rows of the full stream, Nl the rows held here
 // (N / TP under sequence parallelism), D width.
 #pragma once
@@ -23,6 +24,7 @@
 #include "layers/linear.h"
 #include "layers/model_config.h"
 #include "layers/tensor_parallel.h"
+#include "models/hf_tables.h"
 #include "models/prune_keep.h"
 #include "parallel/grid.h"
 
@@ -132,6 +134,10 @@ struct LayerKindInfo {
   LayerTraffic (*traffic)(const ModelConfig& c, const ParallelConfig& p, int64_t B);
   // Reasons this kind cannot run under layout p, each naming the fields (appended to e).
   void (*layout_problems)(const ModelConfig& c, const ParallelConfig& p, std::vector<std::string>& e);
+  // The layer's tensors in the Hugging Face family's files, pre-norm included (models/hf_tables.h:
+  // names relative to the layer's HF block and fivefold prefixes); empty: the family has no such
+  // layer, or none fivefold writes.
+  std::vector<HfRule> (*hf_rules)(HfFamily family, const ModelConfig& c);
   std::unique_ptr<Mixer> (*build)(const MixerContext& ctx);
   // Structured pruning (specs/methods.md §3.5-3.6; models/prune_keep.h): the layer's importance
   // entries, what it keeps of them for targets t, and the pruned layer's tensor `name` cut from

@@ -5,7 +5,7 @@
 
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
-#include "io/hf_convert.h"
+#include "models/hf_convert.h"
 #include "train/lora_merge.h"
 #include "train/model_source.h"
 #include "train/trainer.h"

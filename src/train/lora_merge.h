@@ -4,7 +4,7 @@
 #include <map>
 #include <string>
 
-#include "io/hf_convert.h"
+#include "models/hf_convert.h"
 #include "layers/linear.h"
 #include "train/config.h"
 

@@ -7,7 +7,7 @@
 #include "core/hash.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
-#include "io/hf_convert.h"
+#include "models/hf_convert.h"
 #include "io/safetensors.h"
 #include "layers/linear.h"
 #include "train/run_checkpoint.h"

@@ -1,6 +1,10 @@
 """A Hugging Face folder written by an independent PyTorch implementation (bench/torch_model.py):
 fivefold's eval reads it and computes the loss PyTorch
 computes on the same tokens, in one process and under mpirun with TP 2 and EP 2.
+Nemotron-H: a folder written in HF's own layout (fused in_proj z | x | B | C | dt of unequal
+parts, conv1d [C, 1, K], names under backbone. and under model., time_step_limit [0, Infinity] as
+Python's json writes it) and the loss of a reference that follows transformers'
+modeling_nemotron_h.py (the Mamba2 scan as a plain recurrence); one process and TP 2.
 
 Usage: test_init_from_hf.py BUILD_DIR SOURCE_DIR. Exits non-zero on any mismatch.
 Data: one document of random byte ids (an indexed dataset written here), so eval's windows are
@@ -9,6 +13,7 @@ the consecutive [i L, i L + L + 1) of it. Tolerance: PyTorch in float64, fivefol
 of the log-sum-exp, averaged). A loss from misplaced weights differs by far more.
 """
 import json
+import math
 import os
 import re
 import struct
@@ -18,6 +23,7 @@ import tempfile
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 build, source = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(source, "bench"))
@@ -72,6 +78,86 @@ def write_hf(folder, family, m, model):
         json.dump(cfg, f)
     write_safetensors(os.path.join(folder, "model.safetensors"),
                       {hf_name(family, n): p.detach().float().numpy() for n, p in model.named_fivefold_parameters()})
+
+
+NEMOTRON_H = {"model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "vocab_size": 260,
+              "hidden_size": 32, "hybrid_override_pattern": "M-M*-", "num_hidden_layers": 5,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "attention_head_dim": 8, "intermediate_size": 48,
+              "mamba_num_heads": 4, "mamba_head_dim": 3, "n_groups": 2, "ssm_state_size": 5, "conv_kernel": 4,
+              "chunk_size": 8, "layer_norm_epsilon": 1e-5, "mlp_hidden_act": "relu2", "mamba_hidden_act": "silu",
+              "use_conv_bias": True, "mamba_proj_bias": False, "use_bias": False, "time_step_limit": [0.0, float("inf")],
+              "max_position_embeddings": L, "tie_word_embeddings": False}
+
+
+def nemotron_h_weights(cfg, gen):
+    """Random HF-named tensors of a NemotronHForCausalLM (float64)."""
+    D, V, F_ = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
+    H, P, G, N, K = (cfg[k] for k in ("mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size", "conv_kernel"))
+    di, Hq, Hkv, dh = H * P, cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["attention_head_dim"]
+    mat = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.3
+    vec = lambda n: 1.0 + torch.randn(n, generator=gen, dtype=torch.float64) * 0.1
+    w = {"backbone.embeddings.weight": mat(V, D), "backbone.norm_f.weight": vec(D), "lm_head.weight": mat(V, D)}
+    for i, kind in enumerate(cfg["hybrid_override_pattern"]):
+        p = "backbone.layers.%d." % i
+        w[p + "norm.weight"] = vec(D)
+        if kind == "M":
+            w.update({p + "mixer.in_proj.weight": mat(2 * di + 2 * G * N + H, D),
+                      p + "mixer.conv1d.weight": mat(di + 2 * G * N, 1, K), p + "mixer.conv1d.bias": vec(di + 2 * G * N) - 1,
+                      p + "mixer.dt_bias": vec(H), p + "mixer.A_log": vec(H), p + "mixer.D": vec(H),
+                      p + "mixer.norm.weight": vec(di), p + "mixer.out_proj.weight": mat(D, di)})
+        elif kind == "*":
+            w.update({p + "mixer.q_proj.weight": mat(Hq * dh, D), p + "mixer.k_proj.weight": mat(Hkv * dh, D),
+                      p + "mixer.v_proj.weight": mat(Hkv * dh, D), p + "mixer.o_proj.weight": mat(D, Hq * dh)})
+        else:
+            w.update({p + "mixer.up_proj.weight": mat(F_, D), p + "mixer.down_proj.weight": mat(D, F_)})
+    return {n: t.float().double() for n, t in w.items()}  # the values an F32 file holds
+
+
+def nemotron_h_loss(cfg, w, tokens, targets):
+    """Mean cross-entropy of HF's NemotronH forward: per layer h += mixer(RMSNorm(h)); Mamba2 as in
+    NemotronHMamba2Mixer (in_proj split z | xBC | dt, causal depthwise conv + SiLU, softplus(dt +
+    dt_bias) unclamped as the kernels' dt_limit (0, inf), S_t = exp(dt A) S + dt x B^T, y = S C + D x,
+    B and C of group h // (H / G), gated RMSNorm per group of d_inner / G after y * silu(z)); attention
+    without position embedding; MLP down(relu(up x)^2); norm_f; lm_head."""
+    D, eps = cfg["hidden_size"], cfg["layer_norm_epsilon"]
+    H, P, G, N, K = (cfg[k] for k in ("mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size", "conv_kernel"))
+    di, Hq, Hkv, dh = H * P, cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["attention_head_dim"]
+    rms = lambda x, g: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g
+    B, S = tokens.shape
+    h = w["backbone.embeddings.weight"][tokens]
+    for i, kind in enumerate(cfg["hybrid_override_pattern"]):
+        p = "backbone.layers.%d.mixer." % i
+        x = rms(h, w["backbone.layers.%d.norm.weight" % i])
+        if kind == "M":
+            z, xbc, dt = torch.split(x @ w[p + "in_proj.weight"].T, [di, di + 2 * G * N, H], dim=-1)
+            xbc = F.conv1d(xbc.transpose(1, 2), w[p + "conv1d.weight"], w[p + "conv1d.bias"], padding=K - 1,
+                           groups=di + 2 * G * N)[..., :S]
+            xs, Bm, Cm = torch.split(F.silu(xbc.transpose(1, 2)), [di, G * N, G * N], dim=-1)
+            dt = F.softplus(dt + w[p + "dt_bias"])
+            A = -torch.exp(w[p + "A_log"])
+            xs = xs.reshape(B, S, H, P)
+            Bm = Bm.reshape(B, S, G, N).repeat_interleave(H // G, dim=2)
+            Cm = Cm.reshape(B, S, G, N).repeat_interleave(H // G, dim=2)
+            state, ys = torch.zeros(B, H, P, N, dtype=torch.float64), []
+            for t in range(S):
+                d = dt[:, t, :, None, None]
+                state = state * torch.exp(d * A[:, None, None]) + d * xs[:, t, :, :, None] * Bm[:, t, :, None, :]
+                ys.append((state * Cm[:, t, :, None, :]).sum(-1) + w[p + "D"][:, None] * xs[:, t])
+            v = (torch.stack(ys, 1).reshape(B, S, di) * F.silu(z)).reshape(B, S, G, di // G)
+            v = (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)).reshape(B, S, di) * w[p + "norm.weight"]
+            out = v @ w[p + "out_proj.weight"].T
+        elif kind == "*":
+            q = (x @ w[p + "q_proj.weight"].T).view(B, S, Hq, dh).transpose(1, 2)
+            k = (x @ w[p + "k_proj.weight"].T).view(B, S, Hkv, dh).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+            v = (x @ w[p + "v_proj.weight"].T).view(B, S, Hkv, dh).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
+            scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+            out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, Hq * dh) @ w[p + "o_proj.weight"].T
+        else:
+            out = torch.relu(x @ w[p + "up_proj.weight"].T).pow(2) @ w[p + "down_proj.weight"].T
+        h = h + out
+    logits = rms(h, w["backbone.norm_f.weight"]) @ w["lm_head.weight"].T
+    return F.cross_entropy(logits.reshape(B * S, -1), targets.reshape(-1)).item()
 
 
 def write_indexed_dataset(prefix, ids):
@@ -129,6 +215,30 @@ with tempfile.TemporaryDirectory() as tmp:
                   (family, " ".join(layout) or "1 rank", got, want, n, "ok" if ok else "MISMATCH"))
             if not ok:
                 failures.append(family + " " + " ".join(layout))
+
+    # Nemotron-H in HF's own layout, under both roots (NVIDIA's backbone., transformers' model.).
+    gen = torch.Generator().manual_seed(5)
+    w = nemotron_h_weights(NEMOTRON_H, gen)
+    seq = torch.from_numpy(ids.astype(np.int64))
+    tokens = torch.stack([seq[i * L:i * L + L] for i in range(WINDOWS)])
+    targets = torch.stack([seq[i * L + 1:i * L + L + 1] for i in range(WINDOWS)])
+    with torch.no_grad():
+        want = nemotron_h_loss(NEMOTRON_H, w, tokens, targets)
+    for root in ("backbone.", "model."):
+        folder = os.path.join(tmp, "nemotron_h-" + root.rstrip("."))
+        os.makedirs(folder)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(NEMOTRON_H, f)  # time_step_limit's inf as Infinity
+        write_safetensors(os.path.join(folder, "model.safetensors"),
+                          {(root + n[len("backbone."):] if n.startswith("backbone.") else n): t.numpy()
+                           for n, t in w.items()})
+        for ranks, layout in [(1, [])] + ([(2, ["--tp", "2"])] if root == "backbone." else []):
+            got, n = fivefold_eval(folder, prefix, ranks, layout)
+            ok = abs(got - want) <= 1e-5 * abs(want) and n == WINDOWS * L
+            print("%-8s %-10s eval loss fivefold %.6f torch %.6f over %d tokens: %s" %
+                  ("nemotron_h " + root, " ".join(layout) or "1 rank", got, want, n, "ok" if ok else "MISMATCH"))
+            if not ok:
+                failures.append("nemotron_h " + root + " " + " ".join(layout))
 
 print("%d failed" % len(failures))
 sys.exit(1 if failures else 0)

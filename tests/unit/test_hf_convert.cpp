@@ -1,14 +1,18 @@
 // Hugging Face import/export: to HF and back is bit-identical with equal logits for the Llama,
-// Mixtral and Qwen2-MoE layouts (sharded too); unknown, missing and non-zero-bias keys are errors.
+// Mixtral, Qwen2-MoE and Nemotron-H layouts (sharded too); unknown, missing and non-zero-bias keys
+// are errors; Nemotron-H's fused tensors hold their parts where HF has them, both of its name
+// roots import, and every config.json it cannot represent is one clear error.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "io/config_json.h"
-#include "io/hf_convert.h"
+#include "models/hf_convert.h"
 #include "models/decoder_lm.h"
 
 #include "test_util.h"
@@ -220,6 +224,288 @@ TEST(HfConvert, TableTemplatesMatchAndFill) {
   EXPECT_TRUE(hf_match("model.layers.{L}.self_attn.rotary_emb.inv_freq", "model.layers.17.self_attn.rotary_emb.inv_freq"));
   EXPECT_FALSE(hf_match("model.layers.{L}.self_attn.rotary_emb.inv_freq", "model.layers..self_attn.rotary_emb.inv_freq"));
   EXPECT_FALSE(hf_match("model.layers.{L}.x", "model.layers.1.xy"));
+}
+
+
+// --- Nemotron-H.
+
+// A tiny hybrid whose in_proj parts differ in size: di = H P = 12, G N = 10, H = 4 (rows 12 | 12 |
+// 10 | 10 | 4), conv channels 12 | 10 | 10.
+ModelConfig tiny_hybrid() {
+  ModelConfig c = model_preset("nemotron-h-small");
+  c.vocab_size = 64;
+  c.d_model = 32;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.seq_len = 16;
+  c.ffn_hidden = 48;
+  c.layer_pattern = "M-M*-";
+  c.mamba_num_heads = 4;
+  c.mamba_head_dim = 3;
+  c.mamba_groups = 2;
+  c.mamba_state = 5;
+  c.mamba_chunk = 8;
+  return c;
+}
+
+// Every tensor of dir's model.safetensors renamed by `rename` ("": dropped), the file rewritten.
+void rewrite_names(const std::string& dir, const std::function<std::string(const std::string&)>& rename) {
+  std::map<std::string, HostTensor> all;
+  {
+    SafetensorsFile f(dir + "/model.safetensors");
+    for (const auto& n : f.names())
+      if (!rename(n).empty()) all[rename(n)] = f.read_any(n);
+  }
+  std::vector<SafetensorsEntry> e;
+  for (auto& [n, t] : all) e.push_back({n, t.shape, t.data.data()});
+  write_safetensors(dir + "/model.safetensors", e, {{"format", "pt"}});
+}
+
+std::string replace_root(const std::string& n, const std::string& from, const std::string& to) {
+  return n.rfind(from, 0) == 0 ? to + n.substr(from.size()) : n;
+}
+
+TEST(HfConvertNemotronH, RoundTripIsBitIdenticalUnderEitherRoot) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  ModelConfig c = tiny_hybrid();
+  c.mamba_dt_limit_min = 1e-3;  // time_step_limit [0.001, 0.5] both ways
+  c.mamba_dt_limit_max = 0.5;
+  EXPECT_EQ(hf_family_for(c, "auto"), HfFamily::nemotron_h);
+  DecoderLM a(c, grid, 11);
+  const std::vector<float> want = logits(a);
+  const std::string dir = fresh_dir("nemotron_h");
+  export_hf(c, tensors_of(a), dir, {});
+  // Written under backbone.; transformers' port names the body model., and old files call the
+  // embedding backbone.embedding.
+  for (const char* root : {"backbone.", "model.", "embedding"}) {
+    SCOPED_TRACE(root);
+    if (std::string(root) == "model.")
+      rewrite_names(dir, [](const std::string& n) { return replace_root(n, "backbone.", "model."); });
+    if (std::string(root) == "embedding")
+      rewrite_names(dir, [](const std::string& n) {
+        return n == "model.embeddings.weight" ? "backbone.embedding.weight" : replace_root(n, "model.", "backbone.");
+      });
+    HfImport imp = import_hf(dir);
+    EXPECT_EQ(imp.family, HfFamily::nemotron_h);
+    EXPECT_EQ(config_to_json(imp.model), config_to_json(c)) << "config.json does not round-trip";
+    DecoderLM b(imp.model, grid, 999);
+    ASSERT_EQ(imp.tensors.size(), b.params().params().size());
+    for (Param& p : b.params().params()) {
+      const HostTensor& t = imp.tensors.at(p.name);
+      ASSERT_EQ(t.shape, p.global_shape.vec()) << p.name;
+      std::copy(t.data.begin(), t.data.end(), p.value);
+    }
+    ASSERT_EQ(a.params().numel(), b.params().numel());
+    EXPECT_EQ(0, std::memcmp(a.params().values(), b.params().values(), sizeof(float) * a.params().numel()));
+    EXPECT_EQ(logits(b), want);
+  }
+  fs::remove_all(dir);
+}
+
+// The full-size presets: their config.json describes the same model (8B's head_dim 128 is
+// d_model / num_heads, which fivefold spells 0); the MoE hybrid is refused.
+TEST(HfConvertNemotronH, PresetsRoundTripThroughConfigJson) {
+  for (const char* name : {"nemotron-h-small", "nemotron-h-8b", "nemotron-h-4b"}) {
+    SCOPED_TRACE(name);
+    ModelConfig c = model_preset(name);
+    const std::string dir = fresh_dir(std::string("preset_") + name);
+    std::ofstream(dir + "/config.json") << hf_config_text(c, hf_family_for(c, "auto"), true);
+    ModelConfig back = import_hf_config(dir);
+    if (c.head_dim * c.num_heads == c.d_model) c.head_dim = 0;
+    EXPECT_EQ(config_to_json(back), config_to_json(c));
+    EXPECT_EQ(count_parameters(back), count_parameters(model_preset(name)));
+    fs::remove_all(dir);
+  }
+  const std::string msg = error_of([] { hf_family_for(model_preset("nemotron-h-moe-small"), "auto"); });
+  EXPECT_NE(msg.find("MoE layers ('E')"), std::string::npos) << msg;
+}
+
+TEST(HfConvertNemotronH, WritesHfNamesShapesAndSegmentOrder) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  const ModelConfig c = tiny_hybrid();
+  DecoderLM m(c, grid, 1);
+  TensorMap t = tensors_of(m);
+  // Each in_proj / conv part of layer 2 (a Mamba layer) filled with its own known values.
+  const std::string p = "model.layers.2.mixer.";
+  const char* in_parts[] = {"in_proj_z", "in_proj_x", "in_proj_B", "in_proj_C", "in_proj_dt"};
+  const char* conv_parts[] = {"conv1d_x", "conv1d_B", "conv1d_C"};
+  auto fill = [&](const std::string& name, float base) {
+    std::vector<float>& v = t.at(name).data;
+    for (size_t i = 0; i < v.size(); ++i) v[i] = base + static_cast<float>(i);
+  };
+  for (int k = 0; k < 5; ++k) fill(p + in_parts[k] + ".weight", 1000.0f * (k + 1));
+  for (int k = 0; k < 3; ++k) {
+    fill(p + conv_parts[k] + ".weight", 10000.0f * (k + 1));
+    fill(p + conv_parts[k] + ".bias", -1000.0f * (k + 1));
+  }
+  const std::string dir = fresh_dir("nemotron_h_names");
+  export_hf(c, t, dir, {});
+  SafetensorsFile f(dir + "/model.safetensors");
+  EXPECT_EQ(f.names().size(), t.size() - 2 * (11 - 3));  // per Mamba layer 5 in_proj and 3 + 3 conv parts fused into 3
+  const int64_t D = 32, di = 12, gn = 10, H = 4, Ch = di + 2 * gn, K = 4;
+  for (const char* n : {"backbone.embeddings.weight", "backbone.layers.0.norm.weight", "backbone.layers.1.norm.weight",
+                        "backbone.layers.1.mixer.up_proj.weight", "backbone.layers.3.mixer.q_proj.weight",
+                        "backbone.layers.3.mixer.o_proj.weight", "backbone.layers.4.mixer.down_proj.weight",
+                        "backbone.layers.2.mixer.dt_bias", "backbone.layers.2.mixer.A_log", "backbone.layers.2.mixer.D",
+                        "backbone.layers.2.mixer.norm.weight", "backbone.layers.2.mixer.out_proj.weight",
+                        "backbone.norm_f.weight", "lm_head.weight"})
+    EXPECT_TRUE(f.contains(n)) << n;
+  EXPECT_FALSE(f.contains("backbone.layers.1.mixer.gate_proj.weight"));
+  EXPECT_EQ(f.info("backbone.layers.2.mixer.in_proj.weight").shape, (std::vector<int64_t>{2 * di + 2 * gn + H, D}));
+  EXPECT_EQ(f.info("backbone.layers.2.mixer.conv1d.weight").shape, (std::vector<int64_t>{Ch, 1, K}));
+  EXPECT_EQ(f.info("backbone.layers.2.mixer.conv1d.bias").shape, (std::vector<int64_t>{Ch}));
+  EXPECT_EQ(f.info("backbone.layers.2.mixer.out_proj.weight").shape, (std::vector<int64_t>{D, di}));
+  // in_proj rows: z [0, di), x [di, 2 di), B [2 di, 2 di + G N), C, then dt; conv channels x | B | C.
+  const HostTensor in = f.read_any("backbone.layers.2.mixer.in_proj.weight");
+  const int64_t in_rows[] = {di, di, gn, gn, H};
+  for (int k = 0, r0 = 0; k < 5; r0 += static_cast<int>(in_rows[k++]))
+    for (int64_t r = 0; r < in_rows[k]; ++r)
+      for (int64_t col = 0; col < D; ++col)
+        ASSERT_EQ(in.data[static_cast<size_t>((r0 + r) * D + col)], 1000.0f * (k + 1) + static_cast<float>(r * D + col))
+            << in_parts[k] << " row " << r;
+  const HostTensor conv = f.read_any("backbone.layers.2.mixer.conv1d.weight"), bias = f.read_any("backbone.layers.2.mixer.conv1d.bias");
+  const int64_t conv_rows[] = {di, gn, gn};
+  for (int k = 0, r0 = 0; k < 3; r0 += static_cast<int>(conv_rows[k++]))
+    for (int64_t r = 0; r < conv_rows[k]; ++r) {
+      EXPECT_EQ(bias.data[static_cast<size_t>(r0 + r)], -1000.0f * (k + 1) + static_cast<float>(r));
+      for (int64_t j = 0; j < K; ++j)
+        ASSERT_EQ(conv.data[static_cast<size_t>((r0 + r) * K + j)], 10000.0f * (k + 1) + static_cast<float>(r * K + j))
+            << conv_parts[k] << " channel " << r;
+    }
+  // config.json: the keys transformers' NemotronH reads; time_step_limit's inf as Python writes it.
+  std::ifstream cf(dir + "/config.json");
+  const std::string text((std::istreambuf_iterator<char>(cf)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("Infinity"), std::string::npos) << text;
+  const HfImport imp = import_hf(dir);
+  EXPECT_EQ(imp.model.mamba_dt_limit_max, 0.0);
+  auto cj = nlohmann::json::parse(std::string(text).replace(text.find("Infinity"), 8, "1e308"));
+  EXPECT_EQ(cj["architectures"][0], "NemotronHForCausalLM");
+  EXPECT_EQ(cj["model_type"], "nemotron_h");
+  EXPECT_EQ(cj["hybrid_override_pattern"], "M-M*-");
+  EXPECT_EQ(cj["num_hidden_layers"], 5);
+  EXPECT_EQ(cj["mamba_num_heads"], 4);
+  EXPECT_EQ(cj["mamba_head_dim"], 3);
+  EXPECT_EQ(cj["n_groups"], 2);
+  EXPECT_EQ(cj["ssm_state_size"], 5);
+  EXPECT_EQ(cj["conv_kernel"], 4);
+  EXPECT_EQ(cj["head_dim"], 8);
+  EXPECT_EQ(cj["intermediate_size"], 48);
+  EXPECT_EQ(cj["mlp_hidden_act"], "relu2");
+  EXPECT_EQ(cj["mamba_hidden_act"], "silu");
+  EXPECT_EQ(cj["use_conv_bias"], true);
+  EXPECT_EQ(cj["mamba_proj_bias"], false);
+  EXPECT_EQ(cj["use_bias"], false);
+  EXPECT_EQ(cj["time_step_limit"][0], 0.0);
+  EXPECT_EQ(cj["layer_norm_epsilon"], c.norm_eps);
+  fs::remove_all(dir);
+}
+
+TEST(HfConvertNemotronH, WhatFivefoldCannotRepresentIsOneClearError) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  ModelConfig c = tiny_hybrid();
+  DecoderLM m(c, grid, 1);
+  const std::string dir = fresh_dir("nemotron_h_errors");
+  export_hf(c, tensors_of(m), dir, {});
+  const std::string cpath = dir + "/config.json";
+  std::ifstream cf(cpath);
+  const std::string original((std::istreambuf_iterator<char>(cf)), std::istreambuf_iterator<char>());
+  auto with = [&](const std::string& key, const std::string& value) {  // config.json with one key replaced
+    std::string text = original;
+    const size_t at = text.find("\"" + key + "\":");
+    if (at == std::string::npos) {
+      text.insert(1, "\"" + key + "\": " + value + ",");
+    } else {
+      const size_t from = text.find(':', at) + 1;
+      const size_t to = text[from + 1] == '[' ? text.find(']', from) + 1 : text.find_first_of(",\n", from);
+      text.replace(from, to - from, " " + value);
+    }
+    std::ofstream(cpath) << text;
+  };
+  auto expect = [&](const std::vector<std::string>& needles) {
+    const std::string msg = error_of([&] { import_hf(dir); });
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+  };
+  const std::vector<std::pair<std::pair<std::string, std::string>, std::vector<std::string>>> cases = {
+      {{"mamba_proj_bias", "true"}, {"mamba_proj_bias = true"}},
+      {{"use_bias", "true"}, {"use_bias = true"}},
+      {{"use_conv_bias", "false"}, {"use_conv_bias = false"}},
+      {{"mlp_hidden_act", "\"gelu\""}, {"mlp_hidden_act = \"gelu\"", "relu2"}},
+      {{"mamba_hidden_act", "\"relu\""}, {"mamba_hidden_act = \"relu\""}},
+      {{"hybrid_override_pattern", "\"M-E*-\""}, {"MoE layer ('E') at layer 2"}},
+      {{"hybrid_override_pattern", "\"M-X*-\""}, {"layer 2 is 'X'"}},
+      {{"num_hidden_layers", "6"}, {"num_hidden_layers = 6", "5 layers"}},
+      {{"time_step_limit", "[0.01, Infinity]"}, {"time_step_limit = [0.01, inf]"}},
+      {{"time_step_limit", "[0.5]"}, {"time_step_limit", "pair of numbers"}},
+      {{"mamba_num_heads", "\"four\""}, {"'mamba_num_heads' is missing or not a number"}},
+      {{"mamba_head_dim", "2.5"}, {"'mamba_head_dim' = 2.5", "not a whole number"}},
+      {{"n_groups", "3"}, {"mamba_num_heads = 4 is not divisible by mamba_groups = 3"}},
+      {{"sliding_window", "4"}, {"sliding_window = 4"}},
+      {{"model_type", "\"nemotron_x\""}, {"model_type \"nemotron_x\""}},
+  };
+  for (const auto& [kv, needles] : cases) {
+    SCOPED_TRACE(kv.first + " = " + kv.second);
+    with(kv.first, kv.second);
+    std::vector<std::string> all = needles;
+    all.push_back(cpath);
+    expect(all);
+  }
+  // Other spellings HF reads: layers_block_type (transformers 5) and the older mamba_* keys.
+  std::string text = original;
+  text.replace(text.find("\"hybrid_override_pattern\""), std::string("\"hybrid_override_pattern\": \"M-M*-\"").size(),
+               "\"layers_block_type\": [\"mamba\", \"mlp\", \"linear_attention\", \"full_attention\", \"mlp\"]");
+  text.replace(text.find("\"n_groups\""), 8 + 2, "\"mamba_n_groups\"");
+  std::ofstream(cpath) << text;
+  ModelConfig spelled = import_hf(dir).model;
+  EXPECT_EQ(config_to_json(spelled), config_to_json(c));
+  std::ofstream(cpath) << original;
+  EXPECT_NO_THROW(import_hf(dir));
+
+  // Tensors: parts of the wrong size, a conv weight without HF's unit axis, two roots at once.
+  auto edit = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    std::map<std::string, HostTensor> all;
+    {
+      SafetensorsFile f(dir + "/model.safetensors");
+      for (const auto& n : f.names()) all[n] = f.read_any(n);
+    }
+    HostTensor& t = all.at(name);
+    t.data.resize(static_cast<size_t>(std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<>())));
+    t.shape = shape;
+    std::vector<SafetensorsEntry> e;
+    for (auto& [n, h] : all) e.push_back({n, h.shape, h.data.data()});
+    write_safetensors(dir + "/model.safetensors", e, {{"format", "pt"}});
+  };
+  edit("backbone.layers.0.mixer.in_proj.weight", {50, 32});
+  expect({"backbone.layers.0.mixer.in_proj.weight", "[50, 32]", "12 + 12 + 10 + 10 + 4 = 48", "in_proj_x"});
+  edit("backbone.layers.0.mixer.in_proj.weight", {48, 32});
+  edit("backbone.layers.0.mixer.conv1d.weight", {32, 4});
+  expect({"backbone.layers.0.mixer.conv1d.weight", "unit axis"});
+  edit("backbone.layers.0.mixer.conv1d.weight", {32, 1, 4});
+  EXPECT_NO_THROW(import_hf(dir));
+  rewrite_names(dir, [](const std::string& n) { return n == "backbone.norm_f.weight" ? "model.norm_f.weight" : n; });
+  expect({"'backbone.", "'model.", "one root"});
+  rewrite_names(dir, [](const std::string& n) { return replace_root(n, "backbone.", "model."); });
+  rewrite_names(dir, [](const std::string& n) { return n == "model.layers.1.mixer.up_proj.weight" ? "" : n; });
+  expect({"tensor 'model.layers.1.mixer.up_proj.weight' is missing"});
+  fs::remove_all(dir);
+
+  // Export: the fields the layout cannot express, each named.
+  ModelConfig bad = c;
+  bad.activation = Activation::swiglu;
+  bad.position_embedding = PositionEmbedding::rope;
+  bad.tie_embeddings = true;
+  bad.norm = NormKind::layernorm1p;
+  bad.layer_pattern = "M-ME*-";
+  bad.num_experts = 4;
+  std::string msg = error_of([&] { hf_family_for(bad, "auto"); });
+  for (const char* n : {"nemotron_h", "model.activation", "model.position_embedding", "model.tie_embeddings", "model.norm",
+                        "MoE layers ('E')"})
+    EXPECT_NE(msg.find(n), std::string::npos) << n << " not in: " << msg;
+  msg = error_of([&] { hf_family_for(c, "llama"); });
+  EXPECT_NE(msg.find("Mamba2 layers ('M')"), std::string::npos) << msg;
+  EXPECT_EQ(hf_family_for(model_preset("llama-small"), "auto"), HfFamily::llama);
 }
 
 }  // namespace

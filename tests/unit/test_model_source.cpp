@@ -8,7 +8,7 @@
 
 #include "core/base64.h"
 #include "io/checkpoint.h"
-#include "io/hf_convert.h"
+#include "models/hf_convert.h"
 #include "train/model_source.h"
 #include "train/trainer.h"
 #include "test_util.h"

@@ -103,6 +103,20 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
                           (long long)c.num_heads, (long long)c.num_kv_heads, (long long)p.tp));
 }
 
+// Llama-like: <block>.input_layernorm and <block>.self_attn.{q,k,v,o}_proj (Qwen2-MoE adds q/k/v
+// biases, zero here); Nemotron-H: <block>.norm and <block>.mixer.{q,k,v,o}_proj.
+std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig&) {
+  const bool nemotron = f == HfFamily::nemotron_h;
+  const std::string mixer = nemotron ? "mixer." : "self_attn.";
+  std::vector<HfRule> r = {{nemotron ? "norm.weight" : "input_layernorm.weight", {"input_layernorm.weight"}}};
+  for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
+    r.push_back({mixer + p + ".weight", {std::string("self_attn.") + p + ".weight"}});
+  if (f == HfFamily::qwen2_moe)
+    for (const char* p : {"q_proj", "k_proj", "v_proj"})
+      r.push_back({mixer + p + ".bias", {std::string("self_attn.") + p + ".weight"}, HfLayout::zero_bias});
+  return r;
+}
+
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<AttentionMixer>(x); }
 
 // Pruning (§3.5): query heads ranked within their query group by the L2 of o_proj's input
@@ -130,6 +144,6 @@ bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::strin
 
 extern const LayerKindInfo kAttentionKind = {'*', LayerKind::attention, "attention", "input_layernorm", kProfileAttention,
                                              parameters, rank_parameters, activation_bytes, training_flops, traffic,
-                                             layout_problems, build, declare_importance, prune_keep, prune_tensor};
+                                             layout_problems, hf_rules, build, declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

@@ -115,6 +115,31 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
                           (long long)c.mamba_groups, (long long)(p.tp * p.cp)));
 }
 
+// Nemotron-H (HF NemotronHMamba2Mixer): <block>.norm, then <block>.mixer.
+//   in_proj.weight  [2 di + 2 G N + H, D] = in_proj_z [di] | in_proj_x [di] | in_proj_B [G N] |
+//                   in_proj_C [G N] | in_proj_dt [H] (rows, in this order);
+//   conv1d.weight   [Ch, 1, K] = conv1d_x [di, K] | conv1d_B [G N, K] | conv1d_C [G N, K];
+//   conv1d.bias     [Ch] = conv1d_x.bias | conv1d_B.bias | conv1d_C.bias (Ch = di + 2 G N);
+//   dt_bias, A_log, D [H]; norm.weight [di] (the gated norm); out_proj.weight [D, di].
+// No other family has Mamba2 layers.
+std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig& c) {
+  if (f != HfFamily::nemotron_h) return {};
+  const int64_t di = c.mamba_inner(), gn = c.mamba_groups * c.mamba_state, H = c.mamba_num_heads;
+  std::vector<HfRule> r = {{"norm.weight", {"input_layernorm.weight"}}};
+  r.push_back({"mixer.in_proj.weight",
+               {"mixer.in_proj_z.weight", "mixer.in_proj_x.weight", "mixer.in_proj_B.weight", "mixer.in_proj_C.weight",
+                "mixer.in_proj_dt.weight"},
+               HfLayout::concat, HfWhen::always, {di, di, gn, gn, H}});
+  for (const char* t : {"weight", "bias"}) {
+    const std::string s = t;
+    r.push_back({"mixer.conv1d." + s, {"mixer.conv1d_x." + s, "mixer.conv1d_B." + s, "mixer.conv1d_C." + s},
+                 HfLayout::concat, HfWhen::always, {di, gn, gn}, s == "weight"});
+  }
+  for (const char* t : {"dt_bias", "A_log", "D", "norm.weight", "out_proj.weight"})
+    r.push_back({std::string("mixer.") + t, {std::string("mixer.") + t}});
+  return r;
+}
+
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MambaLayerMixer>(x); }
 
 // Pruning (§3.5-3.6): heads and head channels by in_proj's x segment; group-aware by default.
@@ -157,7 +182,7 @@ bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::strin
 }  // namespace
 
 extern const LayerKindInfo kMambaKind = {'M', LayerKind::mamba, "Mamba2", "input_layernorm", -1, parameters,
-                                         rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
+                                         rank_parameters, activation_bytes, training_flops, traffic, layout_problems, hf_rules, build,
                                          declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

@@ -66,6 +66,27 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
                           (long long)p.tp));
 }
 
+// Llama: <block>.post_attention_layernorm and <block>.mlp.{gate,up,down}_proj (SwiGLU); Nemotron-H:
+// <block>.norm and <block>.mixer.{up,down}_proj (squared ReLU). Mixtral and Qwen2-MoE blocks have
+// no dense MLP.
+std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig&) {
+  switch (f) {
+    case HfFamily::llama: {
+      std::vector<HfRule> r = {{"post_attention_layernorm.weight", {"post_attention_layernorm.weight"}}};
+      for (const char* p : {"gate_proj", "up_proj", "down_proj"})
+        r.push_back({std::string("mlp.") + p + ".weight", {std::string("mlp.") + p + ".weight"}});
+      return r;
+    }
+    case HfFamily::nemotron_h:
+      return {{"norm.weight", {"post_attention_layernorm.weight"}},
+              {"mixer.up_proj.weight", {"mlp.up_proj.weight"}},
+              {"mixer.down_proj.weight", {"mlp.down_proj.weight"}}};
+    case HfFamily::mixtral:
+    case HfFamily::qwen2_moe: return {};
+  }
+  return {};
+}
+
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MlpMixer>(x); }
 
 // Pruning (§3.5): FFN neurons by down_proj's input.
@@ -88,7 +109,7 @@ bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::strin
 }  // namespace
 
 extern const LayerKindInfo kMlpKind = {'-', LayerKind::mlp, "MLP", "post_attention_layernorm", kProfileMlp, parameters,
-                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
+                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, hf_rules, build,
                                        declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff

@@ -165,6 +165,35 @@ void layout_problems(const ModelConfig& c, const ParallelConfig& p, std::vector<
                           (long long)c.moe_shared_expert_hidden, (long long)T));
 }
 
+// Mixtral: <block>.block_sparse_moe.{gate, experts.{E}.{w1,w3,w2}} (gate, up, down); Qwen2-MoE:
+// <block>.mlp.{gate, experts.{E}.*_proj, shared_expert.*_proj, shared_expert_gate}; both after
+// <block>.post_attention_layernorm. None for Llama, nor for Nemotron-H: HF's NemotronH MoE routes
+// with sigmoid scores plus a score-correction bias over expert groups and always adds shared
+// experts, and stores its experts one per tensor or stacked depending on the transformers
+// version; fivefold does not claim that layout.
+std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig&) {
+  std::vector<HfRule> r = {{"post_attention_layernorm.weight", {"post_attention_layernorm.weight"}}};
+  if (f == HfFamily::mixtral) {
+    r.push_back({"block_sparse_moe.gate.weight", {"mlp.gate.weight"}});
+    r.push_back({"block_sparse_moe.experts.{E}.w1.weight", {"mlp.experts.{E}.gate_proj.weight"}});
+    r.push_back({"block_sparse_moe.experts.{E}.w3.weight", {"mlp.experts.{E}.up_proj.weight"}});
+    r.push_back({"block_sparse_moe.experts.{E}.w2.weight", {"mlp.experts.{E}.down_proj.weight"}});
+    return r;
+  }
+  if (f == HfFamily::qwen2_moe) {
+    r.push_back({"mlp.gate.weight", {"mlp.gate.weight"}});
+    for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
+      const std::string p = proj;
+      r.push_back({"mlp.experts.{E}." + p + ".weight", {"mlp.experts.{E}." + p + ".weight"}});
+      r.push_back({"mlp.shared_expert." + p + ".weight", {"mlp.shared_expert." + p + ".weight"}, HfLayout::same,
+                   HfWhen::shared_expert});
+    }
+    r.push_back({"mlp.shared_expert_gate.weight", {"mlp.shared_expert_gate.weight"}, HfLayout::same, HfWhen::shared_expert});
+    return r;
+  }
+  return {};
+}
+
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MoeMixer>(x); }
 
 // Pruning: the routed and shared experts keep their width; only the embedding channels go.
@@ -189,7 +218,7 @@ bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::strin
 }  // namespace
 
 extern const LayerKindInfo kMoeKind = {'E', LayerKind::moe, "MoE", "post_attention_layernorm", -1, parameters,
-                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, build,
+                                       rank_parameters, activation_bytes, training_flops, traffic, layout_problems, hf_rules, build,
                                        declare_importance, prune_keep, prune_tensor};
 
 }  // namespace ff
