@@ -65,15 +65,18 @@ void ParamStore::allocate(uint64_t seed, int64_t dense_alignment, int64_t expert
                                 params_[i - 1].name.c_str(), params_[i].name.c_str()));
   // Lay out the dense region, then the expert region, each in registration order and padded; the
   // frozen parameters after them.
+  // Each region's size (not its end) is a multiple of its alignment: the expert group may be
+  // larger than the dense one (ETP < TP), so the dense region's end need not divide by it.
   int64_t off = 0;
   for (bool expert : {false, true}) {
+    const int64_t begin = off;
     for (auto& p : params_)
       if (p.trainable && p.expert == expert) {
         p.offset = off;
         off += p.numel();
       }
     const int64_t align = expert ? expert_alignment : dense_alignment;
-    off = (off + align - 1) / align * align;
+    off = begin + (off - begin + align - 1) / align * align;
     if (!expert) dense_end_ = off;
   }
   trainable_end_ = off;

@@ -16,8 +16,8 @@ DistributedAdamW::DistributedAdamW(ParamStore& params, const OptimizerConfig& cf
     r.begin = params.region_begin(r.expert);
     r.end = params.region_end(r.expert);
     const int64_t P = r.group->size();
-    FF_CHECK((r.end - r.begin) % P == 0, "parameter region of %lld elements is not padded to the group size %lld",
-             (long long)(r.end - r.begin), (long long)P);
+    FF_CHECK((r.end - r.begin) % P == 0, "%s parameter region of %lld elements is not padded to the group size %lld",
+             r.expert ? "the expert" : "the dense", (long long)(r.end - r.begin), (long long)P);
     r.shard_len = (r.end - r.begin) / P;
     r.shard_begin = r.begin + r.group->rank() * r.shard_len;
     r.grad.assign(static_cast<size_t>(r.shard_len), 0.0f);

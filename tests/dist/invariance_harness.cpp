@@ -84,6 +84,9 @@ double tolerance_scale(const ModelConfig& cfg) { return cfg.precision == Precisi
 
 ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc, const ModelSetup& setup,
                                bool distributed, const std::vector<std::string>& frozen, int64_t steps, int64_t B) {
+  SCOPED_TRACE(strprintf("pattern %s, tp %lld (sp %d) cp %lld ep %lld etp %lld, distributed %d", cfg.pattern().c_str(),
+                         (long long)pc.tp, int(pc.sequence_parallel), (long long)pc.cp, (long long)pc.ep,
+                         (long long)pc.expert_tp(), int(distributed)));
   Communicator world = Communicator::world();
   auto problems = pc.validate(world.size());
   EXPECT_TRUE(problems.empty()) << problems[0];
