@@ -36,9 +36,7 @@ TEST(Importance, StatisticMatchesAHandComputedValue) {
   st.add("x", 0, F, t, 0, F, rows, true);
   for (int64_t f = 0; f < F; ++f) EXPECT_DOUBLE_EQ(st.raw().at("x")[static_cast<size_t>(f)], want[static_cast<size_t>(f)]);
   EXPECT_DOUBLE_EQ(st.scores("x")[0], std::sqrt(12.0));
-  // Rows split in two halves (as two SP ranks would hold them) add up to the same statistic only
-  // after the partial sums are combined; here one rank adds both halves' columns as a check of the
-  // row bookkeeping: channels [0, 2) from rows 0..2, as an uncounted replica adds nothing.
+  // A replica that does not count (a TP rank without SP) adds nothing.
   st.add("x", 0, 2, t, 0, F, rows, false);
   EXPECT_DOUBLE_EQ(st.raw().at("x")[0], want[0]);
 }

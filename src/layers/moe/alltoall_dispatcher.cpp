@@ -84,14 +84,6 @@ void AllToAllDispatcher::dispatch(DispatchState& st, const float* x, const Routi
   sort_chunks(st.row_probs.f32(), all_probs, st.peer_expert_rows, S, E_loc_, 1, true);
 }
 
-// Source-major rows [R] -> this ETP rank's block [R_recv], summing the slices' partial results.
-static const float* etp_reduce(const Communicator& etp, const float* all, const std::vector<int64_t>& etp_rows,
-                               int64_t width, Arena& arena) {
-  if (etp.size() == 1) return all;
-  float* mine = arena.alloc_f32(etp_rows[static_cast<size_t>(etp.rank())] * width);
-  etp.reduce_scatter_v(mine, all, etp_rows, width);
-  return mine;
-}
 
 void AllToAllDispatcher::combine(float* y, const float* expert_rows, const DispatchState& st, int64_t N) {
   const int64_t R = st.rows.shape[0], R_send = st.plan.num_rows();

@@ -150,14 +150,6 @@ void DedupAllToAllDispatcher::dispatch(DispatchState& st, const float* x, const 
   std::copy(st.expand.row_prob.begin(), st.expand.row_prob.end(), st.row_probs.f32());
 }
 
-// Received tokens [U] -> this ETP rank's block [etp_rows[t]], summing the slices' partial results.
-static const float* etp_reduce(const Communicator& etp, const float* all, const std::vector<int64_t>& etp_rows,
-                               int64_t width, Arena& arena) {
-  if (etp.size() == 1) return all;
-  float* mine = arena.alloc_f32(etp_rows[static_cast<size_t>(etp.rank())] * width);
-  etp.reduce_scatter_v(mine, all, etp_rows, width);
-  return mine;
-}
 
 // Combine: per received token the sum of its local experts' rows (already prob-weighted), the
 // ETP slices summed, one row back per entry, and per token the sum over its destinations.

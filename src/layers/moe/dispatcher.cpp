@@ -50,4 +50,12 @@ void LocalDispatcher::dispatch_backward(float* dx, float* dtopk_probs, const flo
   }
 }
 
+const float* etp_reduce(const Communicator& etp, const float* all, const std::vector<int64_t>& etp_rows, int64_t width,
+                        Arena& arena) {
+  if (etp.size() == 1) return all;
+  float* mine = arena.alloc_f32(etp_rows[static_cast<size_t>(etp.rank())] * width);
+  etp.reduce_scatter_v(mine, all, etp_rows, width);
+  return mine;
+}
+
 }  // namespace ff

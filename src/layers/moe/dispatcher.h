@@ -11,6 +11,7 @@
 
 #include "core/tensor.h"
 #include "kernels/cpu/permute.h"
+#include "parallel/comm.h"
 
 namespace ff {
 
@@ -74,5 +75,11 @@ class LocalDispatcher final : public TokenDispatcher {
  private:
   int64_t E_, K_, D_;
 };
+
+// The expert-tensor-parallel reduction after the experts: each ETP rank computed a partial result
+// of every row [sum(etp_rows), width]; returns this rank's block [etp_rows[rank], width], summed
+// over the slices (reduce-scatter; `all` itself when ETP = 1).
+const float* etp_reduce(const Communicator& etp, const float* all, const std::vector<int64_t>& etp_rows, int64_t width,
+                        Arena& arena);
 
 }  // namespace ff
