@@ -174,6 +174,12 @@ float* DecoderLM::head_logits(MicroBatch& mb) {
   return mb.head.logits.f32();
 }
 
+const float* DecoderLM::head_lse(const MicroBatch& mb) const {
+  FF_CHECK(mb.targets != nullptr && !mb.head.lse.empty(), "head_lse: the last forward of this micro-batch had no "
+           "targets or ran on another stage");
+  return mb.head.lse.f32();
+}
+
 HeadRows DecoderLM::head_rows(const MicroBatch& mb) const {
   if (value_head_) {
     FF_CHECK(!mb.value.v.empty(), "head_rows: no forward of this micro-batch on this (the last) stage");

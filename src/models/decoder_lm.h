@@ -91,8 +91,11 @@ class DecoderLM {
   // The last forward's logits [rows, V / TP] (all rows; forward with targets and head_chunk_rows
   // = 0), for distribution objectives; rows as in target_logprobs.
   float* head_logits(MicroBatch& mb);
+  // Their log-sum-exp over the whole vocabulary, per row [rows] (the same forward).
+  const float* head_lse(const MicroBatch& mb) const;
   // The vocabulary shard this rank's logits hold, and the TP group they are sharded over (null: one).
   int64_t vocab_shard() const { return head_ ? head_->local_shape[0] : 0; }
+  int64_t vocab_offset() const { return head_ ? head_->local_offset[0] : 0; }
   const Communicator* vocab_group() const { return tp_.active() ? tp_.group : nullptr; }
 
   // Pipeline parallelism: this rank holds model chunks 0 .. num_chunks() - 1; chunk c is virtual

@@ -58,6 +58,7 @@ struct TrainConfig {
   std::string init_new;         // comma-separated globs of parameters init_from may lack
   std::string teacher;          // distillation: the frozen teacher model (file, checkpoint or HF folder)
   double kd_temperature = 1.0;
+  bool kd_lm_loss = false;      // distillation: keep the cross-entropy, the KD term rescaled to its magnitude
   bool memory_check = true;     // refuse to start when the planned memory exceeds what is available
   // Preference pairs and their objectives (train/preference_data.h, train/preference_objective.h).
   Objective objective = Objective::cross_entropy;
@@ -124,9 +125,11 @@ struct TrainConfig {
                             "initialisation and are listed at start");
     v(teacher, "teacher", "knowledge distillation: train on the forward KL from this frozen teacher's distribution "
                           "(a model file, checkpoint or Hugging Face folder with the same vocabulary) instead of the "
-                          "cross-entropy; one pipeline stage");
+                          "cross-entropy; under any layout (the teacher's layers over the same pipeline stages)");
     v(kd_temperature, "kd_temperature", "distillation temperature tau: the loss is tau^2 KL(softmax(z_t / tau) || "
                                         "softmax(z_s / tau))");
+    v(kd_lm_loss, "kd_lm_loss", "distillation: keep the cross-entropy CE as well; the KD term is rescaled each "
+                                "micro-batch to CE's magnitude (by the detached ratio CE / KD) before it is added");
     v(objective, "objective", "what to minimise: cross_entropy (pre-training, SFT), or on preference pairs "
                               "(data_format = preference): bradley_terry (a reward model, model.head = value), dpo, "
                               "ipo, rpo_sq, rpo_fwd_kl, rpo_bwd_kl");

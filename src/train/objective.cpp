@@ -23,38 +23,45 @@ ObjectiveValue TokenMeanCrossEntropy::evaluate(const HeadRows& in, float* dlogp)
   return v;
 }
 
-Distillation::Distillation(DecoderLM& teacher, DecoderLM::MicroBatch& teacher_mb, double total_tokens,
-                           float temperature)
-    : teacher_(teacher), mb_(teacher_mb), total_(total_tokens), tau_(temperature) {
+Distillation::Distillation(DecoderLM& teacher, double total_tokens, float temperature, bool keep_lm_loss)
+    : teacher_(teacher), total_(total_tokens), tau_(temperature), keep_lm_(keep_lm_loss) {
   FF_CHECK(temperature > 0, "distillation temperature %g: must be > 0", temperature);
 }
 
 ObjectiveValue Distillation::evaluate(const StudentLogits& in, float* dlogits) const {
   const HeadRows& r = in.rows;
   const int64_t N = r.B * r.S;
-  // The teacher's logits of the same rows: a forward over the same tokens, no targets (all rows).
-  teacher_.set_training(false);
-  teacher_.forward(mb_, in.tokens, nullptr, r.B, in.S_full, in.positions);
-  teacher_.set_training(true);
-  FF_CHECK(teacher_.vocab_shard() == in.Vl, "the teacher's vocabulary shard (%lld) differs from the student's (%lld): "
-           "teacher and student need the same model.vocab_size", (long long)teacher_.vocab_shard(), (long long)in.Vl);
-  const float* zt = teacher_.logits(mb_);
+  FF_CHECK(in.companion_logits != nullptr, "distillation: the teacher's logits of this micro-batch are missing");
+  FF_CHECK(in.companion_Vl == in.Vl, "the teacher's vocabulary shard (%lld) differs from the student's (%lld): "
+           "teacher and student need the same model.vocab_size", (long long)in.companion_Vl, (long long)in.Vl);
+  const float* zt = in.companion_logits;
   std::vector<float> kl(static_cast<size_t>(N)), lse_s(kl.size()), lse_t(kl.size()), g(kl.size());
   vocab_parallel_kl_forward(kl.data(), lse_s.data(), lse_t.data(), in.logits, zt, N, in.Vl, tau_, in.tp);
-  // loss = tau^2 / T sum over rows with a target of kl: its gradient per row is g = tau^2 / T.
-  const float w = total_ > 0 ? static_cast<float>(tau_ * tau_ / total_) : 0.0f;
-  double sum_count[2] = {0, 0};
-  for (int64_t n = 0; n < N; ++n) {
-    const bool valid = r.targets[n] >= 0;
-    g[static_cast<size_t>(n)] = valid ? w : 0.0f;
-    if (valid) {
-      sum_count[0] += kl[static_cast<size_t>(n)];
-      sum_count[1] += 1;
+  // Over the micro-batch's rows with a target (complete over CP): sum of KL, of -log p(target),
+  // and the count.
+  double sums[3] = {0, 0, 0};
+  for (int64_t n = 0; n < N; ++n)
+    if (r.targets[n] >= 0) {
+      sums[0] += kl[static_cast<size_t>(n)];
+      sums[1] -= r.value[n];
+      sums[2] += 1;
     }
-  }
+  if (r.cp) r.cp->all_reduce_sum(sums, 3);
+  const double inv_total = total_ > 0 ? 1.0 / total_ : 0.0;
+  const double kd = tau_ * tau_ * sums[0] * inv_total, ce = sums[1] * inv_total;
+  const double ratio = keep_lm_ ? (kd > 0 ? ce / kd : 0.0) : 1.0;  // detached: a constant for the gradient
+  // d (ratio tau^2 / T sum kl) / d kl[n] = ratio tau^2 / T on the rows with a target.
+  const float w = static_cast<float>(ratio * tau_ * tau_ * inv_total);
+  for (int64_t n = 0; n < N; ++n) g[static_cast<size_t>(n)] = r.targets[n] >= 0 ? w : 0.0f;
   vocab_parallel_kl_backward(dlogits, in.logits, zt, lse_s.data(), lse_t.data(), g.data(), N, in.Vl, tau_);
-  if (r.cp) r.cp->all_reduce_sum(sum_count, 2);
-  return {total_ > 0 ? tau_ * tau_ * sum_count[0] / total_ : 0.0, static_cast<int64_t>(sum_count[1])};
+  if (keep_lm_) {
+    // + d CE / d z = (softmax(z) - onehot(target)) / T on the rows with a target, on this shard.
+    std::vector<float> dce(static_cast<size_t>(N * in.Vl)), dloss(kl.size());
+    for (int64_t n = 0; n < N; ++n) dloss[static_cast<size_t>(n)] = r.targets[n] >= 0 ? static_cast<float>(inv_total) : 0.0f;
+    vocab_parallel_cross_entropy_backward(dce.data(), in.logits, in.lse, r.targets, dloss.data(), N, in.Vl, in.v0);
+    for (size_t i = 0; i < dce.size(); ++i) dlogits[i] += dce[i];
+  }
+  return {keep_lm_ ? ce + ratio * kd : kd, static_cast<int64_t>(sums[2])};
 }
 
 int64_t count_targets(const std::vector<int32_t>& targets) {

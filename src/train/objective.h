@@ -41,39 +41,49 @@ class TokenMeanCrossEntropy : public TokenObjective {
 
 // A distribution objective reads the student's logits of one micro-batch (this rank's vocabulary
 // shard) and writes their gradient. It gets the micro-batch's tokens as the executor got them (the
-// whole [B*S], before any context-parallel split) and the positions, so that it can run other
-// models (a teacher) on the same rows.
+// whole [B*S], before any context-parallel split) and the positions, and, when it names a
+// companion model (a teacher), that model's logits of the same rows: the pipeline executor runs
+// the companion's forward beside the student's, chunk by chunk on the same stages.
 struct StudentLogits {
   const float* logits = nullptr;  // [rows, Vl]
-  HeadRows rows;            // which rows have targets (the mask), positions, B, S, CP group
+  const float* lse = nullptr;     // [rows] log-sum-exp of the logits over the whole vocabulary (rows with a target)
+  HeadRows rows;            // which rows have targets (the mask), log p(target), positions, B, S, CP group
   const int32_t* tokens = nullptr;       // [B * S_full]
   const int32_t* positions = nullptr;    // [B * S_full] or null
-  int64_t S_full = 0, Vl = 0;
+  int64_t S_full = 0, Vl = 0, v0 = 0;    // v0: the first vocabulary id of this shard
   const Communicator* tp = nullptr;      // the vocabulary shards (null: one)
+  const float* companion_logits = nullptr;  // [rows, Vl] the companion's, when the objective has one
+  int64_t companion_Vl = 0;
 };
 
 class LogitObjective {
  public:
   virtual ~LogitObjective() = default;
+  // A frozen model to run on the same rows (its logits arrive as StudentLogits::companion_logits);
+  // null: none.
+  virtual DecoderLM* companion() const { return nullptr; }
   // dlogits[rows, Vl] OVERWRITTEN with d loss / d logits. Complete over the TP and CP groups.
   virtual ObjectiveValue evaluate(const StudentLogits& in, float* dlogits) const = 0;
 };
 
-// Knowledge distillation (specs/methods.md, Minitron): the forward KL from a frozen teacher's
-// distribution to the student's at temperature tau, tau^2 KL(p_t || p_s), as a global token mean
-// over the rows with a target (1 / total_tokens). The teacher runs on the same tokens under the
-// same layout (one pipeline stage).
+// Knowledge distillation (specs/methods.md §3.7, Minitron): the forward KL from a frozen teacher's
+// distribution to the student's at temperature tau, KD = tau^2 KL(p_t || p_s), as a global token
+// mean over the rows with a target (1 / total_tokens). The teacher runs on the same tokens under
+// the same layout (its own layers over the same pipeline stages).
+// With keep_lm_loss the student's cross-entropy CE stays in and KD is rescaled to its magnitude:
+// loss = CE + r KD with r = CE / KD of the micro-batch, detached (a constant for the gradient):
+// d loss / d z = d CE / d z + r d KD / d z. The reported value is then CE + r KD = 2 CE.
 class Distillation : public LogitObjective {
  public:
-  // teacher_mb: a record of the teacher's for its forwards (kept by the caller across steps).
-  Distillation(DecoderLM& teacher, DecoderLM::MicroBatch& teacher_mb, double total_tokens, float temperature);
+  Distillation(DecoderLM& teacher, double total_tokens, float temperature, bool keep_lm_loss = false);
+  DecoderLM* companion() const override { return &teacher_; }
   ObjectiveValue evaluate(const StudentLogits& in, float* dlogits) const override;
 
  private:
   DecoderLM& teacher_;
-  DecoderLM::MicroBatch& mb_;
   double total_;
   float tau_;
+  bool keep_lm_;
 };
 
 // Per sequence of one micro-batch, the head's `width` values at its last row with a target (the

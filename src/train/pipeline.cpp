@@ -43,9 +43,20 @@ PipelineResult PipelineExecutor::run(const std::vector<std::vector<int32_t>>& to
                                      const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
                                      const LogitObjective& objective,
                                      const std::vector<std::vector<int32_t>>* positions) {
-  FF_CHECK(grid_.pp().size() == 1, "a distribution objective (distillation) runs on one pipeline stage: use "
-           "parallel.pp = 1");
   return run_step(tokens, targets, B, S, nullptr, &objective, positions);
+}
+
+void PipelineExecutor::prepare_companion(DecoderLM* companion) {
+  if (companion == companion_) return;
+  companion_ = companion;
+  companion_records_.clear();
+  companion_activations_.clear();
+  if (!companion) return;
+  FF_CHECK(companion->num_chunks() == model_.num_chunks(), "the companion model (teacher) has %lld chunks per "
+           "stage, the model %lld: both run on the same pipeline layout", (long long)companion->num_chunks(),
+           (long long)model_.num_chunks());
+  for (size_t r = 0; r < micro_batches_.size(); ++r) companion_records_.push_back(companion->new_micro_batch());
+  companion_activations_.resize(activations_.size());
 }
 
 PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>>& tokens,
@@ -58,8 +69,11 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
   const Communicator& pp = grid_.pp();
   const int64_t P = pp.size(), p = pp.rank(), V = model_.num_chunks(), VS = P * V;
   const int64_t rows = model_.stream_rows(B, S), width = rows * model_.config().d_model;
-  // Tag of a message to virtual stage vs for micro-batch m (dir 0: activation, 1: gradient).
-  auto tag = [&](int64_t m, int64_t vs, int dir) { return static_cast<int>((m * VS + vs) * 2 + dir); };
+  // Tag of a message to virtual stage vs for micro-batch m (dir 0: activation, 1: gradient, 2: the
+  // companion's activation).
+  auto tag = [&](int64_t m, int64_t vs, int dir) { return static_cast<int>((m * VS + vs) * 3 + dir); };
+  prepare_companion(logit_objective ? logit_objective->companion() : nullptr);
+  const int64_t companion_width = companion_ ? companion_->stream_rows(B, S) * companion_->config().d_model : 0;
   auto stage_of = [&](int64_t vs) { return static_cast<int>(vs % P); };
   const float objective_scale = static_cast<float>(grid_.dp_size()), moe_scale = 1.0f / static_cast<float>(M_);
 
@@ -86,6 +100,22 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
                                              targets[static_cast<size_t>(m)].data(), B, S, input, pos);
       result.forward_s += seconds_since(t0);
       if (vs < VS - 1) pp.send(model_.chunk_output(mb, c), width, stage_of(vs + 1), tag(m, vs + 1, 0), sends_[rec]);
+      if (companion_) {  // forward only, no dropout; nothing of it is kept for a backward
+        auto& cact = companion_activations_[rec * static_cast<size_t>(V) + static_cast<size_t>(c)];
+        auto& cmb = *companion_records_[rec];
+        if (vs > 0) {
+          cact.resize(static_cast<size_t>(companion_width));
+          pp.recv(cact.data(), companion_width, stage_of(vs - 1), tag(m, vs, 2));
+        }
+        auto t1 = std::chrono::steady_clock::now();
+        companion_->set_training(false);
+        companion_->forward_chunk(cmb, c, tokens[static_cast<size_t>(m)].data(), nullptr, B, S,
+                                  vs > 0 ? cact.data() : nullptr, pos);
+        companion_->set_training(true);
+        result.forward_s += seconds_since(t1);
+        if (vs < VS - 1)
+          pp.send(companion_->chunk_output(cmb, c), companion_width, stage_of(vs + 1), tag(m, vs + 1, 2), sends_[rec]);
+      }
       if (vs == VS - 1) {
         HeadRows in = model_.head_rows(mb);
         in.micro_batch = m;
@@ -94,8 +124,20 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
           dlogp_[rec].resize(static_cast<size_t>(in.B * in.S * in.width));
           v = token_objective->evaluate(in, dlogp_[rec].data());
         } else {
-          StudentLogits sl{model_.head_logits(mb), in, tokens[static_cast<size_t>(m)].data(), pos, S,
-                           model_.vocab_shard(), model_.vocab_group()};
+          StudentLogits sl;
+          sl.logits = model_.head_logits(mb);
+          sl.lse = model_.head_lse(mb);
+          sl.rows = in;
+          sl.tokens = tokens[static_cast<size_t>(m)].data();
+          sl.positions = pos;
+          sl.S_full = S;
+          sl.Vl = model_.vocab_shard();
+          sl.v0 = model_.vocab_offset();
+          sl.tp = model_.vocab_group();
+          if (companion_) {
+            sl.companion_logits = companion_->logits(*companion_records_[rec]);
+            sl.companion_Vl = companion_->vocab_shard();
+          }
           dlogits_[rec].resize(static_cast<size_t>(in.B * in.S * sl.Vl));
           v = logit_objective->evaluate(sl, dlogits_[rec].data());
         }

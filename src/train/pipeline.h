@@ -41,7 +41,11 @@ class PipelineExecutor {
   PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
                      int64_t B, int64_t S, const TokenObjective& objective,
                      const std::vector<std::vector<int32_t>>* positions = nullptr);
-  // The same with a distribution objective (distillation: one pipeline stage).
+  // The same with a distribution objective. When it names a companion model (a distillation
+  // teacher: frozen, on the same grid, its layers over the same P x V virtual stages), each stage
+  // runs the companion's forward of a chunk right after the model's, its activations passed on
+  // their own tags, and the last stage hands the companion's logits to the objective. The
+  // companion keeps one record per model record (its sends complete with the model's).
   PipelineResult run(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<int32_t>>& targets,
                      int64_t B, int64_t S, const LogitObjective& objective,
                      const std::vector<std::vector<int32_t>>* positions = nullptr);
@@ -54,6 +58,7 @@ class PipelineExecutor {
                           const std::vector<std::vector<int32_t>>& targets, int64_t B, int64_t S,
                           const TokenObjective* token_objective, const LogitObjective* logit_objective,
                           const std::vector<std::vector<int32_t>>* positions);
+  void prepare_companion(DecoderLM* companion);
   DecoderLM& model_;
   const ParallelGrid& grid_;
   int64_t M_;
@@ -62,6 +67,9 @@ class PipelineExecutor {
   std::vector<std::vector<float>> dlogp_;                     // the objective's gradient, per record
   std::vector<std::vector<float>> dlogits_;                   // a distribution objective's, per record
   std::vector<std::vector<MPI_Request>> sends_;               // per record, not yet completed
+  DecoderLM* companion_ = nullptr;                            // the last run's, with its records
+  std::vector<std::unique_ptr<DecoderLM::MicroBatch>> companion_records_;
+  std::vector<std::vector<float>> companion_activations_;     // received, per (record, chunk)
 };
 
 }  // namespace ff

@@ -68,9 +68,12 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
              "distillation compares distributions over the same vocabulary", cfg_.train.teacher.c_str(),
              (long long)tc.vocab_size, (long long)cfg_.model.vocab_size);
     FF_CHECK(cfg_.model.head_chunk_rows == 0, "distillation needs every row's logits: set model.head_chunk_rows = 0");
+    const std::vector<std::string> layout = layout_problems(tc, cfg_.parallel);
+    if (!layout.empty())
+      throw UserError(strprintf("train.teacher '%s' cannot run on this job's parallel layout (it shares the "
+                                "student's ranks and stages): %s", cfg_.train.teacher.c_str(), layout[0].c_str()));
     teacher_ = std::make_unique<ModelRole>("teacher", tc, grid, cfg_.train.seed);
     load_model_source(src, teacher_->model());
-    teacher_mb_ = teacher_->model().new_micro_batch();
   }
   const Objective o = cfg_.train.objective;
   if (o != Objective::cross_entropy && o != Objective::attribute_regression)
@@ -150,8 +153,8 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
     // The loss is the mean over the step's valid targets, on every replica and micro-batch together.
     const double step_tokens = static_cast<double>(step_target_count(targets, grid_.dp()));
     r = teacher_ ? pipeline_.run(tokens, targets, B, S,
-                                 Distillation(teacher_->model(), *teacher_mb_, step_tokens,
-                                              static_cast<float>(cfg_.train.kd_temperature)),
+                                 Distillation(teacher_->model(), step_tokens,
+                                              static_cast<float>(cfg_.train.kd_temperature), cfg_.train.kd_lm_loss),
                                  positions)
                  : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(step_tokens), positions);
   }

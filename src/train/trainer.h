@@ -70,7 +70,6 @@ class Trainer {
   const ParallelGrid& grid_;
   ModelRole student_;                   // role "model": the model this run trains
   std::unique_ptr<ModelRole> teacher_;  // train.teacher: frozen, loaded at construction
-  std::unique_ptr<DecoderLM::MicroBatch> teacher_mb_;
   PipelineExecutor pipeline_;
   std::unique_ptr<PreferenceTraining> preference_;  // a pairwise objective (train.objective)
   double peak_tflops_ = 0;

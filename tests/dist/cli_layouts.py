@@ -211,6 +211,22 @@ ok = g.returncode == 0 and g.stdout.startswith("paragraph")
 print("%-40s %s %r" % ("generate from the pruned hybrid", "ok" if ok else "FAILED", g.stdout[:40]))
 failures += not ok
 
+# Distillation of the pruned hybrid from the hybrid it was pruned from (narrower student, the
+# teacher's layers over the same stages) gives the losses of one process under TP 2 + SP x PP 2,
+# and, with the LM loss kept (KD rescaled per micro-batch), under DP 2 x PP 2.
+kd_common = ["train", "--data_path", corpus, "--init_from", os.path.join(tmp, "pruned-one.safetensors"), "--teacher",
+             os.path.join(tmp, "hybrid-one", "model.safetensors"), "--micro_batch", "2", "--eval_interval", "0",
+             "--eval_samples", "2", "--peak_tflops", "1", "--split", "90,10,0"]
+for name, keep_lm, (ranks, extra) in (
+        ("distil TP 2 + SP x PP 2", [], (4, ["--tp", "2", "--sequence_parallel", "true", "--etp", "1", "--pp", "2",
+                                            "--grad_accum", "4"])),
+        ("distil + LM loss, DP 2 x PP 2", ["--kd_lm_loss", "true"], (4, ["--pp", "2", "--grad_accum", "2"]))):
+    want = run(1, keep_lm + ["--grad_accum", "4"], os.path.join(tmp, "kd-one" + "-lm" * bool(keep_lm)), kd_common)
+    got = run(ranks, keep_lm + extra, os.path.join(tmp, name.replace(" ", "_").replace(",", "")), kd_common)
+    ok = len(got) == len(want) and all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(got, want))
+    print("%-40s %s %s" % (name, "ok" if ok else "MISMATCH", got))
+    failures += not ok
+
 # An error every rank meets alike (a missing checkpoint, a bad command line) is printed once, not
 # once per rank, and the job fails.
 for what, extra, needle in (("missing --resume folder", ["--resume", os.path.join(tmp, "nothing")], "does not exist"),
@@ -221,5 +237,5 @@ for what, extra, needle in (("missing --resume folder", ["--resume", os.path.joi
     ok = r.returncode != 0 and said == 1
     print("%-40s %s (%d times, rc %d)" % ("printed once: " + what, "ok" if ok else "FAILED", said, r.returncode))
     failures += not ok
-print("%d passed, %d failed" % (len(layouts) + len(hybrid_layouts) + 21 - failures, failures))
+print("%d passed, %d failed" % (len(layouts) + len(hybrid_layouts) + 23 - failures, failures))
 sys.exit(1 if failures else 0)

@@ -28,15 +28,20 @@ using RunObjective = std::function<PipelineResult(PipelineExecutor& pipe, const 
                                                   const std::vector<std::vector<int32_t>>& targets, int64_t B,
                                                   double total, bool reference)>;
 
+// per_micro_batch: the reference runs the DP x M micro-batches one after the other instead (for an
+// objective defined per micro-batch, as distillation with the LM loss kept).
 void expect_one_batch_invariant(DecoderLM& model, DecoderLM& ref, const ParallelGrid& grid, const ParallelGrid& one,
-                                const std::function<Batch(int64_t)>& batch, const RunObjective& run) {
+                                const std::function<Batch(int64_t)>& batch, const RunObjective& run,
+                                bool per_micro_batch = false) {
   const int64_t B = 2, M = 2, DP = grid.dp_size(), replica = grid.dp().rank();
   Batch all;
-  std::vector<std::vector<int32_t>> tokens, targets;
+  std::vector<std::vector<int32_t>> tokens, targets, each_tokens, each_targets;
   for (int64_t k = 0; k < DP * M; ++k) {
     Batch b = batch(k);
     all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
     all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
+    each_tokens.push_back(b.tokens);
+    each_targets.push_back(b.targets);
     if (k / M == replica) {
       tokens.push_back(b.tokens);
       targets.push_back(b.targets);
@@ -44,9 +49,10 @@ void expect_one_batch_invariant(DecoderLM& model, DecoderLM& ref, const Parallel
   }
   const double total = static_cast<double>(step_target_count(targets, grid.dp()));
   EXPECT_EQ(total, static_cast<double>(count_targets(all.targets)));
-  PipelineExecutor ref_pipe(ref, one, 1);
+  PipelineExecutor ref_pipe(ref, one, per_micro_batch ? DP * M : 1);
   ref.params().zero_grads();
-  const double want = run(ref_pipe, {all.tokens}, {all.targets}, DP * M * B, total, true).loss;
+  const double want = per_micro_batch ? run(ref_pipe, each_tokens, each_targets, B, total, true).loss
+                                      : run(ref_pipe, {all.tokens}, {all.targets}, DP * M * B, total, true).loss;
   PipelineExecutor pipe(model, grid, M);
   model.params().zero_grads();
   const PipelineResult r = run(pipe, tokens, targets, B, total, false);
@@ -102,31 +108,60 @@ Batch with_a_masked_row(const ModelConfig& cfg, int64_t step, int64_t k) {
   return b;
 }
 
-// Distillation under DP, TP with and without SP (vocabulary-parallel KL), CP and EP.
-void expect_distillation_invariant(const ModelConfig& cfg, const ParallelConfig& pc) {
+// Distillation under DP, TP with and without SP (vocabulary-parallel KL), CP, EP and PP (the
+// teacher's layers over the same stages, plain and interleaved); the teacher may differ from the
+// student in width and depth. keep_lm: the LM loss kept, KD rescaled per micro-batch.
+void expect_distillation_invariant(const ModelConfig& cfg, const ParallelConfig& pc, const ModelConfig& teacher_cfg,
+                                   bool keep_lm = false) {
+  SCOPED_TRACE(strprintf("pp %lld x %lld, tp %lld, cp %lld, ep %lld, keep_lm %d", (long long)pc.pp,
+                         (long long)pc.virtual_stages, (long long)pc.tp, (long long)pc.cp, (long long)pc.ep, keep_lm));
   Communicator world = Communicator::world(), self = Communicator::self();
   ParallelGrid grid(world, pc), one(self, ParallelConfig{});
-  DecoderLM student(cfg, grid, 13), teacher(cfg, grid, 29, {"*"}), ref(cfg, one, 13), ref_teacher(cfg, one, 29, {"*"});
-  auto tmb = teacher.new_micro_batch(), ref_tmb = ref_teacher.new_micro_batch();
-  expect_one_batch_invariant(student, ref, grid, one, [&](int64_t k) { return with_a_masked_row(cfg, 1, k); },
-                             [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B,
-                                 double total, bool reference) {
-                               DecoderLM& t = reference ? ref_teacher : teacher;
-                               return pipe.run(tokens, targets, B, cfg.seq_len,
-                                               Distillation(t, reference ? *ref_tmb : *tmb, total, 1.5f));
-                             });
+  DecoderLM student(cfg, grid, 13), teacher(teacher_cfg, grid, 29, {"*"}), ref(cfg, one, 13),
+      ref_teacher(teacher_cfg, one, 29, {"*"});
+  expect_one_batch_invariant(
+      student, ref, grid, one, [&](int64_t k) { return with_a_masked_row(cfg, 1, k); },
+      [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B, double total, bool reference) {
+        return pipe.run(tokens, targets, B, cfg.seq_len, Distillation(reference ? ref_teacher : teacher, total, 1.5f, keep_lm));
+      },
+      keep_lm);
+}
+
+// A deeper and wider teacher for the student tiny_dense(): 8 layers of width 24.
+ModelConfig wider_deeper_teacher() {
+  ModelConfig t = tiny_dense();
+  t.d_model = 24;
+  t.layer_pattern = "*-*-*-*-";
+  t.num_layers = 4;
+  return t;
 }
 
 TEST(Invariance, Distillation) {
   ModelConfig c = tiny_moe();
   c.moe_aux_loss_coeff = 0;  // defined per micro-batch: the one-batch reference differs by design
   c.moe_z_loss_coeff = 0;
-  expect_distillation_invariant(c, layout(max_ep()));
-  expect_distillation_invariant(tiny_dense(), tensor_layout(2, false));
-  expect_distillation_invariant(c, tensor_layout(2, true, 2));
+  expect_distillation_invariant(c, layout(max_ep()), c);
+  expect_distillation_invariant(tiny_dense(), tensor_layout(2, false), tiny_dense());
+  expect_distillation_invariant(c, tensor_layout(2, true, 2), c);
   ParallelConfig cp;
   cp.cp = 2;
-  expect_distillation_invariant(tiny_dense(), cp);
+  expect_distillation_invariant(tiny_dense(), cp, tiny_dense());
+}
+
+TEST(Invariance, DistillationUnderPipelineStages) {
+  ParallelConfig pp;
+  pp.pp = 2;  // the rest data-parallel
+  expect_distillation_invariant(tiny_dense(), pp, wider_deeper_teacher());
+  pp.virtual_stages = 2;  // interleaved: student chunks of one layer, teacher chunks of two
+  expect_distillation_invariant(tiny_dense(), pp, wider_deeper_teacher());
+}
+
+TEST(Invariance, DistillationKeepingTheLmLoss) {
+  expect_distillation_invariant(tiny_dense(), ParallelConfig{}, wider_deeper_teacher(), true);
+  expect_distillation_invariant(tiny_dense(), tensor_layout(2, true), wider_deeper_teacher(), true);
+  ParallelConfig pp;
+  pp.pp = 2;
+  expect_distillation_invariant(tiny_dense(), pp, wider_deeper_teacher(), true);
 }
 
 // A regression on the value head's outputs: 1/2 mean over rows with a target of (v - t / 10)^2,

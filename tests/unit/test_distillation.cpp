@@ -1,6 +1,7 @@
-// Distillation: the KL kernel against finite differences and a double-precision reference; a
-// student that equals its teacher has zero loss and zero gradient; the student moves towards the
-// teacher; the trainer distils from a teacher model file.
+// Distillation: the KL kernel against finite differences and a double-precision reference; the
+// objective's gradient at tau = 1 is (p_s - p_t) / T, and with the LM loss kept it adds the
+// cross-entropy's gradient and rescales KD by CE / KD; a student that equals its teacher has zero
+// loss and zero gradient; the student moves towards the teacher.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -55,11 +56,91 @@ TEST(Distillation, KlKernelMatchesReferenceAndFiniteDifferences) {
 
 ModelConfig tiny() { return test::small_model("*-*E", 31); }
 
+// The objective on hand-made logits: N = 4 rows of a vocabulary of 7, row 2 without a target.
+struct KdRows {
+  static constexpr int64_t N = 4, V = 7;
+  std::vector<float> zs = test::randn(N * V, 11, 1.5f), zt = test::randn(N * V, 12, 1.5f);
+  std::vector<int32_t> targets = {3, 0, -1, 6};
+  std::vector<float> logp, lse;
+  std::vector<double> ps, pt;  // softmax at tau = 1, in double
+  KdRows() {
+    for (int64_t n = 0; n < N; ++n) {
+      double ms = -1e30, mt = -1e30, ss = 0, st = 0;
+      for (int64_t j = 0; j < V; ++j) ms = std::max(ms, double(zs[n * V + j])), mt = std::max(mt, double(zt[n * V + j]));
+      for (int64_t j = 0; j < V; ++j) ss += std::exp(zs[n * V + j] - ms), st += std::exp(zt[n * V + j] - mt);
+      for (int64_t j = 0; j < V; ++j) {
+        ps.push_back(std::exp(zs[n * V + j] - ms) / ss);
+        pt.push_back(std::exp(zt[n * V + j] - mt) / st);
+      }
+      lse.push_back(static_cast<float>(ms + std::log(ss)));
+      logp.push_back(targets[n] >= 0 ? static_cast<float>(zs[n * V + targets[n]] - ms - std::log(ss)) : 0.0f);
+    }
+  }
+  StudentLogits logits() const {
+    StudentLogits in;
+    in.logits = zs.data();
+    in.lse = lse.data();
+    in.rows = HeadRows{logp.data(), targets.data(), nullptr, 1, N, nullptr};
+    in.S_full = N;
+    in.Vl = V;
+    in.companion_logits = zt.data();
+    in.companion_Vl = V;
+    return in;
+  }
+  double kl(int64_t n) const {
+    double k = 0;
+    for (int64_t j = 0; j < V; ++j) k += pt[n * V + j] * std::log(pt[n * V + j] / ps[n * V + j]);
+    return k;
+  }
+};
+
+// methods.md §3.10: at tau = 1 the gradient of the student's logits is (p_s - p_t) / N_tokens on
+// the rows with a target and 0 elsewhere; KL(p || p) = 0. Tolerance: fp32 softmax of O(1) logits,
+// a few ulps of the probabilities.
+TEST(Distillation, GradientAtTauOneIsStudentMinusTeacherOverTokens) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  DecoderLM teacher(tiny(), grid, 4, {"*"});  // named by the objective; its logits come in the rows
+  const KdRows k;
+  const double T = 3;
+  std::vector<float> d(KdRows::N * KdRows::V);
+  const ObjectiveValue v = Distillation(teacher, T, 1.0f).evaluate(k.logits(), d.data());
+  EXPECT_EQ(v.tokens, 3);
+  EXPECT_NEAR(v.loss, (k.kl(0) + k.kl(1) + k.kl(3)) / T, 1e-6);
+  for (int64_t i = 0; i < KdRows::N * KdRows::V; ++i)
+    EXPECT_NEAR(d[i], k.targets[i / KdRows::V] >= 0 ? (k.ps[i] - k.pt[i]) / T : 0.0, 1e-7) << i;
+  StudentLogits same = k.logits();
+  same.companion_logits = k.zs.data();
+  const ObjectiveValue zero = Distillation(teacher, T, 1.0f).evaluate(same, d.data());
+  EXPECT_NEAR(zero.loss, 0.0, 1e-7);
+  for (float x : d) EXPECT_NEAR(x, 0.0f, 1e-7);
+}
+
+// With the LM loss kept (methods.md §3.7): loss = CE + r KD, r = CE / KD detached, so the value is
+// 2 CE and d loss / d z = (p_s - onehot) / T + r (p_s - p_t) / T.
+TEST(Distillation, KeepingTheLmLossRescalesKdToItsMagnitude) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  DecoderLM teacher(tiny(), grid, 4, {"*"});
+  const KdRows k;
+  const double T = 5;  // the step's tokens: more than this micro-batch's
+  double ce = 0, kd = 0;
+  for (int64_t n : {0, 1, 3}) ce -= k.logp[n] / T, kd += k.kl(n) / T;
+  const double r = ce / kd;
+  std::vector<float> d(KdRows::N * KdRows::V);
+  const ObjectiveValue v = Distillation(teacher, T, 1.0f, true).evaluate(k.logits(), d.data());
+  EXPECT_NEAR(v.loss, 2 * ce, 1e-6);
+  for (int64_t i = 0; i < KdRows::N * KdRows::V; ++i) {
+    const int64_t n = i / KdRows::V, j = i % KdRows::V;
+    const double want = k.targets[n] < 0 ? 0.0 : (k.ps[i] - (j == k.targets[n])) / T + r * (k.ps[i] - k.pt[i]) / T;
+    EXPECT_NEAR(d[i], want, 1e-6) << i;  // r ~ O(1..10) times the fp32 error of the KL gradient
+  }
+}
+
 TEST(Distillation, StudentEqualToTeacherHasZeroLossAndGradient) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
   DecoderLM student(tiny(), grid, 4), teacher(tiny(), grid, 4, {"*"});
-  auto tmb = teacher.new_micro_batch();
   Rng rng(3, "kd");
   std::vector<std::vector<int32_t>> tokens(2), targets(2);
   for (int m = 0; m < 2; ++m)
@@ -69,7 +150,7 @@ TEST(Distillation, StudentEqualToTeacherHasZeroLossAndGradient) {
     }
   PipelineExecutor pipe(student, grid, 2);
   student.params().zero_grads();
-  const PipelineResult r = pipe.run(tokens, targets, 2, 6, Distillation(teacher, *tmb, 18.0, 2.0f));
+  const PipelineResult r = pipe.run(tokens, targets, 2, 6, Distillation(teacher, 18.0, 2.0f));
   EXPECT_NEAR(r.loss, 0.0, 1e-6);
   EXPECT_EQ(r.tokens, 18);  // 3 of each 12 rows masked
   double worst = 0;
@@ -82,7 +163,6 @@ TEST(Distillation, StepsMoveTheStudentTowardsTheTeacher) {
   Communicator world = Communicator::world();
   ParallelGrid grid(world, ParallelConfig{});
   DecoderLM student(tiny(), grid, 4), teacher(tiny(), grid, 9, {"*"});  // another init
-  auto tmb = teacher.new_micro_batch();
   OptimizerConfig oc;
   oc.warmup_steps = 0;
   oc.lr = 1e-2;
@@ -97,7 +177,7 @@ TEST(Distillation, StepsMoveTheStudentTowardsTheTeacher) {
   std::vector<double> losses;
   for (int step = 0; step < 30; ++step) {
     student.params().zero_grads();
-    losses.push_back(pipe.run(tokens, targets, 4, 6, Distillation(teacher, *tmb, 24.0, 1.0f)).loss);
+    losses.push_back(pipe.run(tokens, targets, 4, 6, Distillation(teacher, 24.0, 1.0f)).loss);
     opt.step(oc.lr, world, world);
     student.mark_values_changed();
   }
