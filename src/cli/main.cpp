@@ -25,6 +25,7 @@
 #include "cli/align_commands.h"
 #include "cli/cli_config.h"
 #include "cli/prune_command.h"
+#include "cli/search_command.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
@@ -437,6 +438,8 @@ int main(int argc, char** argv) {
 
     PruneCommand prune;
     add_prune_command(app, prune);
+    SearchCommand search;
+    add_search_command(app, defaults, search);
 
     RunConfigFlags bench_flags;
     int64_t bench_steps = 3, warmup = 1;
@@ -484,6 +487,7 @@ int main(int argc, char** argv) {
       return cmd_eval(ev, ev_parallel);
     }
     if (prune.app->parsed()) return run_prune_command(prune);
+    if (search.app->parsed()) return run_search_command(search);
     if (pre->parsed()) return cmd_preprocess(pre_flags.resolve());
     if (tok_train->parsed()) {
       const auto tc = tok_flags.resolve();

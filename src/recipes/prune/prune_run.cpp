@@ -70,46 +70,58 @@ void write_scores(const std::string& path, const ImportanceStats& st, const Prun
 
 }  // namespace
 
-PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet) {
-  FF_CHECK(!o.out.empty(), "fivefold prune: give --out FILE (the pruned model file)");
-  const ModelSource src = open_model_source(o.model);
-  RunConfig c = src.config;
+CalibratedModel calibrate_model(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet) {
+  CalibratedModel m;
+  m.source = open_model_source(o.model);
+  RunConfig& c = m.config;
+  c = m.source.config;
   c.parallel = grid.config();
   c.train.init_from = "";
   c.train.data_path = o.data;
-  const TokenizerFile tok = model_tokenizer(src, o.tokenizer);
-  c.train.tokenizer_type = tok.type;  // the data is prepared with the model's tokenizer (as fivefold eval does)
-  c.train.tokenizer_path = tok.type == TokenizerType::byte ? "" :
-      (o.tokenizer ? tok.name : materialise_tokenizer(tok, std::filesystem::path(o.data).parent_path().string() + "/.fivefold",
-                                                     grid.all()));
+  m.tokenizer = model_tokenizer(m.source, o.tokenizer);
+  c.train.tokenizer_type = m.tokenizer.type;  // the data is prepared with the model's tokenizer (as fivefold eval does)
+  c.train.tokenizer_path = m.tokenizer.type == TokenizerType::byte ? "" :
+      (o.tokenizer ? m.tokenizer.name : materialise_tokenizer(m.tokenizer, std::filesystem::path(o.data).parent_path().string() + "/.fivefold",
+                                                             grid.all()));
   const auto layout = layout_problems(c.model, c.parallel);
   FF_CHECK(layout.empty(), "this model cannot use this parallel layout:%s", join_problems(layout).c_str());
-  const auto problems = prune_target_problems(c.model, o.targets);
-  if (!problems.empty()) throw UserError("cannot prune to these sizes:" + join_problems(problems));
-  const bool lead = grid.all().rank() == 0;
-  EvalData data = open_eval_data(c, "all", grid.all(), quiet || !lead);
+  EvalData data = open_eval_data(c, "all", grid.all(), quiet || grid.all().rank() != 0);
   DecoderLM model(c.model, grid, c.train.seed);
-  load_model_source(src, model);
-  const int64_t samples = std::min(o.calib_samples, data.samples);
-  const ImportanceStats st = calibrate(model, grid, *data.windows, samples, o.micro_batch);
-  const PrunePlan plan = plan_pruning(c.model, st, o.targets);
-  if (lead) {
-    write_scores(o.scores.empty() ? o.out + ".scores.json" : o.scores, st, plan);
-    // The pruned model, built whole in this process from the source's tensors.
-    Communicator self = Communicator::self();
-    ParallelGrid one(self, ParallelConfig{});
-    RunConfig pc = c;
-    pc.model = plan.to;
-    pc.parallel = ParallelConfig{};
-    DecoderLM pruned(plan.to, one, c.train.seed);
-    load_model_source(src, pruned, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
-      return pruned_tensor(plan, f, n, t);
-    });
-    save_model(pruned, pc, o.out, &tok);
+  load_model_source(m.source, model);
+  m.samples = std::min(o.calib_samples, data.samples);
+  m.stats = calibrate(model, grid, *data.windows, m.samples, o.micro_batch);
+  return m;
+}
+
+void write_pruned_model(const CalibratedModel& m, const PrunePlan& plan, const std::string& path) {
+  Communicator self = Communicator::self();
+  ParallelGrid one(self, ParallelConfig{});
+  RunConfig pc = m.config;
+  pc.model = plan.to;
+  pc.parallel = ParallelConfig{};
+  DecoderLM pruned(plan.to, one, m.config.train.seed);
+  load_model_source(m.source, pruned, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
+    return pruned_tensor(plan, f, n, t);
+  });
+  save_model(pruned, pc, path, &m.tokenizer);
+}
+
+PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet) {
+  FF_CHECK(!o.out.empty(), "fivefold prune: give --out FILE (the pruned model file)");
+  {
+    const ModelSource src = open_model_source(o.model);  // the targets are checked before any forward
+    const auto problems = prune_target_problems(src.config.model, o.targets);
+    if (!problems.empty()) throw UserError("cannot prune to these sizes:" + join_problems(problems));
+  }
+  const CalibratedModel m = calibrate_model(o, grid, quiet);
+  const PrunePlan plan = plan_pruning(m.config.model, m.stats, o.targets);
+  if (grid.all().rank() == 0) {
+    write_scores(o.scores.empty() ? o.out + ".scores.json" : o.scores, m.stats, plan);
+    write_pruned_model(m, plan, o.out);
     if (!quiet)
       std::printf("pruned %s (%s, %.2fM parameters) -> %s (%s, %.2fM parameters) from %lld calibration windows\n",
-                  src.path.c_str(), plan.from.pattern().c_str(), count_parameters(plan.from) / 1e6, o.out.c_str(),
-                  plan.to.pattern().c_str(), count_parameters(plan.to) / 1e6, (long long)samples);
+                  m.source.path.c_str(), plan.from.pattern().c_str(), count_parameters(plan.from) / 1e6, o.out.c_str(),
+                  plan.to.pattern().c_str(), count_parameters(plan.to) / 1e6, (long long)m.samples);
   }
   grid.all().barrier();
   return plan;

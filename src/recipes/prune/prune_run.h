@@ -11,6 +11,7 @@
 #include "models/decoder_lm.h"
 #include "parallel/grid.h"
 #include "recipes/prune/prune.h"
+#include "train/model_source.h"
 
 namespace ff {
 
@@ -27,6 +28,21 @@ struct PruneRunOptions {
 
 // Collective over the grid's ranks. Returns the plan (every rank).
 PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet = false);
+
+// A model and its calibration statistics, ready to be planned and sliced any number of times.
+struct CalibratedModel {
+  ModelSource source;
+  RunConfig config;          // the source's, on the job's layout, reading the calibration data
+  TokenizerFile tokenizer;   // the model's (or the one given)
+  ImportanceStats stats;
+  int64_t samples = 0;       // calibration windows used
+};
+// Loads o.model on the grid and runs the calibration forwards over o.data (o.targets unused).
+// Collective.
+CalibratedModel calibrate_model(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet = false);
+// The pruned model file: built whole in this process from the source's tensors, with its config
+// and tokenizer (call on one rank).
+void write_pruned_model(const CalibratedModel& m, const PrunePlan& plan, const std::string& path);
 
 // The calibration statistics of `model` over windows [0, samples) of the data, dealt out to the
 // data-parallel replicas as `fivefold eval` deals them. Collective.
