@@ -66,6 +66,9 @@ struct Param {
 // "model.layers.*.mlp.*". A comma-separated list is split by parse_name_globs.
 std::vector<std::string> parse_name_globs(const std::string& comma_separated);
 bool matches_any(const std::string& name, const std::vector<std::string>& globs);
+// A parameter a recipe trains beside the model ("distill.*", models/decoder_lm.h TrainingExtras):
+// in checkpoints, never in model files or exports.
+inline bool is_training_only_name(const std::string& name) { return name.rfind("distill.", 0) == 0; }
 
 class ParamStore {
  public:

@@ -533,6 +533,7 @@ std::map<std::string, HostTensor> read_checkpoint_model(const std::string& folde
   ChunkIndex model(folder, meta, "model", role);
   std::map<std::string, HostTensor> out;
   for (const auto& [name, chunks] : model.chunks) {
+    if (is_training_only_name(name)) continue;  // the recipe's, not the model's
     HostTensor t;
     t.shape = chunks.front().global_shape;
     int64_t n = 1;

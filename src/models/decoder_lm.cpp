@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/softmax_ce.h"
 #include "layers/context_parallel.h"
 #include "layers/vocab_parallel.h"
@@ -48,7 +49,7 @@ std::string layer_prefix(const std::string& pattern, size_t j) {
 }
 
 DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed,
-                     const std::vector<std::string>& frozen)
+                     const std::vector<std::string>& frozen, const TrainingExtras& extras)
     : cfg_(cfg), compute_(cfg.precision) {
   auto errors = cfg.validate();
   if (!errors.empty()) {
@@ -112,6 +113,9 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
       head_->replica = true;
     }
     if (head_) lm_head_ = std::make_unique<LmHead>(head_, compute_, tp_, V, cfg.head_chunk_rows);
+    if (extras.hidden_projection > 0)  // unit-variance outputs for unit-variance inputs
+      projection_ = params_.add("distill.projection.weight", Shape{extras.hidden_projection, D}, ParamInit::normal,
+                                1.0f / std::sqrt(static_cast<float>(D)), false);
   }
   // Middle stages hold neither copy, so whether the tied embedding trains is read from the globs.
   tied_across_stages_ = cfg.tie_embeddings && pp_size_ > 1 && cfg.lora_rank == 0 &&
@@ -124,16 +128,18 @@ DecoderLM::DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t 
     prm.data_replica = (prm.expert ? grid.edp() : grid.dp_cp()).rank() > 0;
     // The value head's weight is whole on every TP rank, with the same gradient there (every rank
     // sees every row): written once, no reduction over TP.
-    if (value_head_ && &prm == value_head_->weight() && tp_.rank() > 0) prm.replica = true;
+    // So is the distillation projection's (its input is the head's, whole rows on every TP rank).
+    if (((value_head_ && &prm == value_head_->weight()) || &prm == projection_) && tp_.rank() > 0) prm.replica = true;
     // With LoRA only the adapters train (the base is frozen); frozen globs apply on top.
-    prm.trainable = !matches_any(prm.name, frozen) && (cfg.lora_rank == 0 || is_adapter_name(prm.name));
+    prm.trainable = !matches_any(prm.name, frozen) &&
+                    (cfg.lora_rank == 0 || is_adapter_name(prm.name) || is_training_only_name(prm.name));
   }
   first_replica_ = tp_.rank() == 0 && grid.dp_cp().rank() == 0;
   params_.allocate(seed, grid.dp_cp().size(), grid.edp().size());
   if (compute_.bf16()) params_.allocate_bf16_copy();
   if (grid.ep().size() == 1 && grid.etp().size() == 1 && T == 1 && pp_size_ == 1) {  // the whole model is here
     int64_t n = 0;
-    for (const Param& prm : params_.params()) n += prm.numel();
+    for (const Param& prm : params_.params()) n += is_training_only_name(prm.name) ? 0 : prm.numel();
     FF_CHECK(n == count_parameters(cfg), "parameter count %lld differs from the formula %lld", (long long)n,
              (long long)count_parameters(cfg));
   }
@@ -172,6 +178,31 @@ float* DecoderLM::head_logits(MicroBatch& mb) {
            "head_logits: the last forward of this micro-batch had no targets, ran on another stage, or kept one "
            "chunk of logits (model.head_chunk_rows)");
   return mb.head.logits.f32();
+}
+
+const float* DecoderLM::head_hidden(const MicroBatch& mb) const {
+  FF_CHECK(mb.head_in != nullptr, "head_hidden: no forward of this micro-batch on this (the last) stage");
+  return projection_ ? mb.hidden_projected.f32() : mb.head_in;
+}
+
+void DecoderLM::add_hidden_gradient(float* dhead_in, const float* dhidden, MicroBatch& mb, float scale) {
+  // dhidden [N, Dh] is d loss / d head_hidden, the same on every TP rank; dhead_in is a partial
+  // sum over TP (entering's backward adds the ranks' shares), so each rank adds 1 / TP of it
+  // (exact for a power-of-two TP, else one rounding).
+  const int64_t N = mb.B * mb.S, D = cfg_.d_model, Dh = head_hidden_width();
+  const float share = scale / static_cast<float>(tp_.size());
+  std::vector<float> d(static_cast<size_t>(N * Dh));
+  for (size_t i = 0; i < d.size(); ++i) d[i] = share * dhidden[i];
+  if (!projection_) {
+    for (int64_t i = 0; i < N * D; ++i) dhead_in[i] += d[static_cast<size_t>(i)];
+    return;
+  }
+  // head_hidden = h W^T:  dh += d W;  dW += (scale dhidden)^T h, whole on every TP rank.
+  cpu::linear_backward(dhead_in, nullptr, d.data(), mb.head_in, projection_->value, N, D, Dh, true);
+  if (projection_->grad) {
+    for (size_t i = 0; i < d.size(); ++i) d[i] = scale * dhidden[i];
+    cpu::linear_backward(nullptr, projection_->grad, d.data(), mb.head_in, projection_->value, N, D, Dh, true);
+  }
 }
 
 const float* DecoderLM::head_lse(const MicroBatch& mb) const {
@@ -292,6 +323,12 @@ ForwardResult DecoderLM::forward_chunk(MicroBatch& mb, int64_t chunk, const int3
   final_norm_->forward(mb.final_norm, mb.resid[layers_.size()].f32(), Nl, A);
   // LM head: column-parallel over the vocabulary; the logits stay vocabulary-sharded [N, Vl].
   const float* full = tp_.enter(mb.final_norm.y.f32(), N, D, A);
+  mb.head_in = full;
+  if (projection_) {
+    const int64_t Dt = projection_->global_shape[0];
+    mb.hidden_projected = A.alloc(Shape{N, Dt});
+    cpu::linear_forward(mb.hidden_projected.f32(), full, projection_->value, N, D, Dt);
+  }
   if (value_head_) {
     value_head_->forward(mb.value, full, N, A);
     return res;
@@ -418,6 +455,7 @@ const float* DecoderLM::backward_chunk(MicroBatch& mb, int64_t chunk, const floa
       for (int64_t i = 0; i < n_logits; ++i) scaled[i] = g * hg.dlogits[i];
       lm_head_->backward_logits(dhead_in, scaled, mb.head, N, T);
     }
+    if (hg.dhidden) add_hidden_gradient(dhead_in, hg.dhidden, mb, g);
     float* dxf = A.alloc_f32(Nl * D);
     tp_.enter_backward(dxf, dhead_in, N, D, false, T);
     std::memset(dresid, 0, sizeof(float) * static_cast<size_t>(Nl * D));

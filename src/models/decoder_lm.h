@@ -26,16 +26,28 @@ namespace ff {
 
 // What backward starts from on the last stage: a token-level objective's d loss / d value per row
 // (HeadRows::value: log p(target), or the value head's scalar), or a distribution objective's
-// gradient of the logits [rows, V / TP] themselves.
+// gradient of the logits [rows, V / TP] themselves, with optionally that of the head's hidden
+// state (DecoderLM::head_hidden, rows x head_hidden_width; the same on every TP rank).
 struct HeadGradient {
   const float* dlogp = nullptr;  // per row: d loss / d HeadRows::value
   const float* dlogits = nullptr;
+  const float* dhidden = nullptr;
   HeadGradient(const float* dlogp_rows = nullptr) : dlogp(dlogp_rows) {}  // NOLINT: a dlogp is the common case
-  static HeadGradient of_logits(const float* d) {
+  static HeadGradient of_logits(const float* d, const float* dhidden = nullptr) {
     HeadGradient g;
     g.dlogits = d;
+    g.dhidden = dhidden;
     return g;
   }
+};
+
+// Trainable parameters a recipe adds to a model for its training only: named "distill.*", kept in
+// checkpoints (a run resumes with them) and never in model files.
+struct TrainingExtras {
+  // Distillation's intermediate loss compares the head's input h [rows, D] (the final norm's
+  // output) with a teacher's of width Dt != D through a learned map distill.projection.weight
+  // [Dt, D]: head_hidden = h W^T. 0: no map (head_hidden = h).
+  int64_t hidden_projection = 0;
 };
 
 // The head's output per row for a token-level objective: this rank's rows of one micro-batch.
@@ -54,7 +66,8 @@ struct HeadRows {
 class DecoderLM {
  public:
   // frozen: globs of parameter names (core/param.h) that get no gradient and no optimizer state.
-  DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed, const std::vector<std::string>& frozen = {});
+  DecoderLM(const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed, const std::vector<std::string>& frozen = {},
+            const TrainingExtras& extras = {});
   DecoderLM(const DecoderLM&) = delete;
   DecoderLM& operator=(const DecoderLM&) = delete;
 
@@ -73,6 +86,8 @@ class DecoderLM {
     Norm::Saved final_norm;
     LmHead::Saved head;
     ValueHead::Saved value;  // model.head = value
+    const float* head_in = nullptr;  // [rows, D] the head's input, whole rows on every TP rank (last stage)
+    Tensor hidden_projected;         // [rows, Dt] head_in W^T (TrainingExtras::hidden_projection)
   };
 
   std::unique_ptr<MicroBatch> new_micro_batch() const;
@@ -93,6 +108,10 @@ class DecoderLM {
   float* head_logits(MicroBatch& mb);
   // Their log-sum-exp over the whole vocabulary, per row [rows] (the same forward).
   const float* head_lse(const MicroBatch& mb) const;
+  // The last forward's hidden state at the head [rows, head_hidden_width()]: the final norm's
+  // output, or its learned projection (TrainingExtras::hidden_projection). Last stage.
+  const float* head_hidden(const MicroBatch& mb) const;
+  int64_t head_hidden_width() const { return projection_ ? projection_->global_shape[0] : cfg_.d_model; }
   // The vocabulary shard this rank's logits hold, and the TP group they are sharded over (null: one).
   int64_t vocab_shard() const { return head_ ? head_->local_shape[0] : 0; }
   int64_t vocab_offset() const { return head_ ? head_->local_offset[0] : 0; }
@@ -212,6 +231,8 @@ class DecoderLM {
   Param* head_ = nullptr;  // last pipeline stage only; == embedding_ when tied
   std::unique_ptr<LmHead> lm_head_;        // model.head = lm (last stage)
   std::unique_ptr<ValueHead> value_head_;  // model.head = value (last stage)
+  Param* projection_ = nullptr;            // TrainingExtras::hidden_projection (last stage)
+  void add_hidden_gradient(float* dhead_in, const float* dhidden, MicroBatch& mb, float scale);
 };
 
 // Every reason this model cannot run under this parallel layout (sizes that do not divide, unsupported

@@ -44,6 +44,8 @@ std::vector<std::string> TrainConfig::validate() const {
     e.push_back(strprintf("train.micro_batch = %lld: preference pairs take two sequences each (chosen, rejected), so "
                           "the micro-batch must be even", (long long)micro_batch));
   if (pairwise && !teacher.empty()) e.push_back("train.teacher: distillation does not combine with a pairwise objective");
+  if (kd_hidden_cosine && teacher.empty())
+    e.push_back("train.kd_hidden_cosine: a cosine loss against the teacher's hidden states; it needs train.teacher");
   if (kd_lm_loss && teacher.empty()) e.push_back("train.kd_lm_loss: keeps the LM loss beside distillation; it needs train.teacher");
   if (!(kd_temperature > 0)) e.push_back(strprintf("train.kd_temperature = %g: must be > 0", kd_temperature));
   if (!(dpo_beta > 0)) e.push_back(strprintf("train.dpo_beta = %g: must be > 0", dpo_beta));

@@ -59,6 +59,7 @@ struct TrainConfig {
   std::string teacher;          // distillation: the frozen teacher model (file, checkpoint or HF folder)
   double kd_temperature = 1.0;
   bool kd_lm_loss = false;      // distillation: keep the cross-entropy, the KD term rescaled to its magnitude
+  bool kd_hidden_cosine = false;  // distillation: + the cosine loss of the final norm's outputs
   bool memory_check = true;     // refuse to start when the planned memory exceeds what is available
   // Preference pairs and their objectives (train/preference_data.h, train/preference_objective.h).
   Objective objective = Objective::cross_entropy;
@@ -128,6 +129,10 @@ struct TrainConfig {
                           "cross-entropy; under any layout (the teacher's layers over the same pipeline stages)");
     v(kd_temperature, "kd_temperature", "distillation temperature tau: the loss is tau^2 KL(softmax(z_t / tau) || "
                                         "softmax(z_s / tau))");
+    v(kd_hidden_cosine, "kd_hidden_cosine", "distillation: add 1 - cos between the student's and the teacher's final "
+                                            "norm outputs (through a learned projection, distill.projection.weight, "
+                                            "when their widths differ), rescaled each micro-batch to the KD loss's "
+                                            "magnitude");
     v(kd_lm_loss, "kd_lm_loss", "distillation: keep the cross-entropy CE as well; the KD term is rescaled each "
                                 "micro-batch to CE's magnitude (by the detached ratio CE / KD) before it is added");
     v(objective, "objective", "what to minimise: cross_entropy (pre-training, SFT), or on preference pairs "

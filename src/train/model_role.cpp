@@ -5,8 +5,8 @@
 namespace ff {
 
 ModelRole::ModelRole(std::string role, const ModelConfig& cfg, const OptimizerConfig& optim, const ParallelGrid& grid,
-                     uint64_t seed, const std::vector<std::string>& frozen)
-    : role_(std::move(role)), grid_(grid), model_(std::make_unique<DecoderLM>(cfg, grid, seed, frozen)) {
+                     uint64_t seed, const std::vector<std::string>& frozen, const TrainingExtras& extras)
+    : role_(std::move(role)), grid_(grid), model_(std::make_unique<DecoderLM>(cfg, grid, seed, frozen, extras)) {
   if (optim.distributed)
     distributed_ = std::make_unique<DistributedAdamW>(model_->params(), optim, grid);
   else

@@ -21,9 +21,10 @@ namespace ff {
 
 class ModelRole {
  public:
-  // A trainable model; parameters matching the `frozen` globs excepted (no gradient, no state).
+  // A trainable model; parameters matching the `frozen` globs excepted (no gradient, no state);
+  // with the recipe's training-only parameters (extras).
   ModelRole(std::string role, const ModelConfig& cfg, const OptimizerConfig& optim, const ParallelGrid& grid,
-            uint64_t seed, const std::vector<std::string>& frozen = {});
+            uint64_t seed, const std::vector<std::string>& frozen = {}, const TrainingExtras& extras = {});
   // A frozen model: every parameter frozen, no optimizer.
   ModelRole(std::string role, const ModelConfig& cfg, const ParallelGrid& grid, uint64_t seed);
   ModelRole(const ModelRole&) = delete;

@@ -116,8 +116,9 @@ LoadReport load_model_source(const ModelSource& source, DecoderLM& model, const 
   HostTensor t;
   for (Param& p : model.params().params()) {
     if (!fetch(p.name, t)) {
-      // New LoRA adapters (B = 0: the model starts as the source) are expected, not an error.
-      FF_CHECK(matches_any(p.name, allow_new) || is_adapter_name(p.name), "'%s' has no tensor '%s' that this model needs (if it is new, e.g. a "
+      // New LoRA adapters (B = 0: the model starts as the source) and a recipe's training-only
+      // parameters are expected, not an error.
+      FF_CHECK(matches_any(p.name, allow_new) || is_adapter_name(p.name) || is_training_only_name(p.name), "'%s' has no tensor '%s' that this model needs (if it is new, e.g. a "
                "fresh head, allow it with --init_new \"%s\")", source.path.c_str(), p.name.c_str(), p.name.c_str());
       report.fresh.push_back(p.name);
       continue;

@@ -54,6 +54,10 @@ struct StudentLogits {
   const Communicator* tp = nullptr;      // the vocabulary shards (null: one)
   const float* companion_logits = nullptr;  // [rows, Vl] the companion's, when the objective has one
   int64_t companion_Vl = 0;
+  // The hidden states at the heads (DecoderLM::head_hidden) [rows, width], when the objective uses them.
+  const float* hidden = nullptr;
+  const float* companion_hidden = nullptr;
+  int64_t hidden_width = 0, companion_hidden_width = 0;
 };
 
 class LogitObjective {
@@ -62,28 +66,40 @@ class LogitObjective {
   // A frozen model to run on the same rows (its logits arrive as StudentLogits::companion_logits);
   // null: none.
   virtual DecoderLM* companion() const { return nullptr; }
-  // dlogits[rows, Vl] OVERWRITTEN with d loss / d logits. Complete over the TP and CP groups.
-  virtual ObjectiveValue evaluate(const StudentLogits& in, float* dlogits) const = 0;
+  // Whether it reads the hidden states and writes their gradient.
+  virtual bool uses_hidden() const { return false; }
+  // dlogits[rows, Vl] OVERWRITTEN with d loss / d logits, and dhidden [rows, hidden_width] with
+  // d loss / d hidden when uses_hidden() (else null). Complete over the TP and CP groups.
+  virtual ObjectiveValue evaluate(const StudentLogits& in, float* dlogits, float* dhidden) const = 0;
+};
+
+struct DistillationOptions {
+  float temperature = 1.0f;
+  bool keep_lm_loss = false;   // + the cross-entropy, KD rescaled to its magnitude
+  bool hidden_cosine = false;  // + 1 - cos of the heads' hidden states, rescaled to KD's magnitude
 };
 
 // Knowledge distillation (specs/methods.md §3.7, Minitron): the forward KL from a frozen teacher's
 // distribution to the student's at temperature tau, KD = tau^2 KL(p_t || p_s), as a global token
 // mean over the rows with a target (1 / total_tokens). The teacher runs on the same tokens under
 // the same layout (its own layers over the same pipeline stages).
-// With keep_lm_loss the student's cross-entropy CE stays in and KD is rescaled to its magnitude:
-// loss = CE + r KD with r = CE / KD of the micro-batch, detached (a constant for the gradient):
-// d loss / d z = d CE / d z + r d KD / d z. The reported value is then CE + r KD = 2 CE.
+// hidden_cosine adds COS = 1 / T sum (1 - cos(h_s, h_t)) over the same rows, on the final norm's
+// outputs (the student's through its learned projection when the widths differ), rescaled to
+// KD's magnitude: KD' = KD + c COS with c = KD / COS of the micro-batch, detached.
+// keep_lm_loss keeps the student's cross-entropy CE and rescales KD' to its magnitude:
+// loss = CE + r KD' with r = CE / KD', detached. Detached ratios are constants for the gradient;
+// the value reported is then 2 KD, or 2 CE with the LM loss.
 class Distillation : public LogitObjective {
  public:
-  Distillation(DecoderLM& teacher, double total_tokens, float temperature, bool keep_lm_loss = false);
+  Distillation(DecoderLM& teacher, double total_tokens, const DistillationOptions& o = {});
   DecoderLM* companion() const override { return &teacher_; }
-  ObjectiveValue evaluate(const StudentLogits& in, float* dlogits) const override;
+  bool uses_hidden() const override { return o_.hidden_cosine; }
+  ObjectiveValue evaluate(const StudentLogits& in, float* dlogits, float* dhidden) const override;
 
  private:
   DecoderLM& teacher_;
   double total_;
-  float tau_;
-  bool keep_lm_;
+  DistillationOptions o_;
 };
 
 // Per sequence of one micro-batch, the head's `width` values at its last row with a target (the

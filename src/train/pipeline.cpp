@@ -29,6 +29,7 @@ PipelineExecutor::PipelineExecutor(DecoderLM& model, const ParallelGrid& grid, i
   gradients_.resize(activations_.size());
   dlogp_.resize(static_cast<size_t>(records));
   dlogits_.resize(static_cast<size_t>(records));
+  dhidden_.resize(static_cast<size_t>(records));
   sends_.resize(static_cast<size_t>(records));
 }
 
@@ -138,8 +139,19 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
             sl.companion_logits = companion_->logits(*companion_records_[rec]);
             sl.companion_Vl = companion_->vocab_shard();
           }
+          float* dhidden = nullptr;
+          if (logit_objective->uses_hidden()) {
+            sl.hidden = model_.head_hidden(mb);
+            sl.hidden_width = model_.head_hidden_width();
+            if (companion_) {
+              sl.companion_hidden = companion_->head_hidden(*companion_records_[rec]);
+              sl.companion_hidden_width = companion_->head_hidden_width();
+            }
+            dhidden_[rec].resize(static_cast<size_t>(in.B * in.S * sl.hidden_width));
+            dhidden = dhidden_[rec].data();
+          }
           dlogits_[rec].resize(static_cast<size_t>(in.B * in.S * sl.Vl));
-          v = logit_objective->evaluate(sl, dlogits_[rec].data());
+          v = logit_objective->evaluate(sl, dlogits_[rec].data(), dhidden);
         }
         result.loss += v.loss;
         result.tokens += v.tokens;
@@ -160,7 +172,10 @@ PipelineResult PipelineExecutor::run_step(const std::vector<std::vector<int32_t>
       }
       auto t0 = std::chrono::steady_clock::now();
       HeadGradient g;
-      if (vs == VS - 1) g = token_objective ? HeadGradient(dlogp_[rec].data()) : HeadGradient::of_logits(dlogits_[rec].data());
+      if (vs == VS - 1)
+        g = token_objective ? HeadGradient(dlogp_[rec].data())
+                            : HeadGradient::of_logits(dlogits_[rec].data(),
+                                                      logit_objective->uses_hidden() ? dhidden_[rec].data() : nullptr);
       const float* din = model_.backward_chunk(mb, c, dout, g, objective_scale, moe_scale);
       result.backward_s += seconds_since(t0);
       if (vs > 0) pp.send(din, width, stage_of(vs - 1), tag(m, vs - 1, 1), sends_[rec]);

@@ -66,6 +66,7 @@ class PipelineExecutor {
   std::vector<std::vector<float>> activations_, gradients_;  // received, per (record, chunk)
   std::vector<std::vector<float>> dlogp_;                     // the objective's gradient, per record
   std::vector<std::vector<float>> dlogits_;                   // a distribution objective's, per record
+  std::vector<std::vector<float>> dhidden_;                   // its gradient of the head's hidden state
   std::vector<std::vector<MPI_Request>> sends_;               // per record, not yet completed
   DecoderLM* companion_ = nullptr;                            // the last run's, with its records
   std::vector<std::unique_ptr<DecoderLM::MicroBatch>> companion_records_;

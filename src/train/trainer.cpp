@@ -43,6 +43,16 @@ std::string format_duration(double s) {
   return strprintf("%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
 }
 
+// The student's training-only parameters: the projection of its final norm's output to the
+// teacher's width, for the hidden cosine loss when the widths differ.
+TrainingExtras distillation_extras(const RunConfig& cfg) {
+  TrainingExtras e;
+  if (cfg.train.teacher.empty() || !cfg.train.kd_hidden_cosine) return e;
+  const int64_t teacher_width = open_model_source(cfg.train.teacher).config.model.d_model;
+  if (teacher_width != cfg.model.d_model) e.hidden_projection = teacher_width;
+  return e;
+}
+
 // The config, once the run's planned memory per rank is known to fit (before anything is built).
 RunConfig memory_checked(RunConfig cfg, const ParallelGrid& grid) {
   if (cfg.train.memory_check)
@@ -55,7 +65,8 @@ RunConfig memory_checked(RunConfig cfg, const ParallelGrid& grid) {
 
 Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
     : cfg_(memory_checked(std::move(cfg), grid)), grid_(grid),
-      student_("model", cfg_.model, cfg_.optim, grid, cfg_.train.seed, parse_name_globs(cfg_.train.freeze)),
+      student_("model", cfg_.model, cfg_.optim, grid, cfg_.train.seed, parse_name_globs(cfg_.train.freeze),
+               distillation_extras(cfg_)),
       pipeline_(student_.model(), grid, cfg_.train.grad_accum) {
   check_freeze_globs();
   if (!cfg_.train.teacher.empty()) {
@@ -154,7 +165,8 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
     const double step_tokens = static_cast<double>(step_target_count(targets, grid_.dp()));
     r = teacher_ ? pipeline_.run(tokens, targets, B, S,
                                  Distillation(teacher_->model(), step_tokens,
-                                              static_cast<float>(cfg_.train.kd_temperature), cfg_.train.kd_lm_loss),
+                                              {static_cast<float>(cfg_.train.kd_temperature), cfg_.train.kd_lm_loss,
+                                               cfg_.train.kd_hidden_cosine}),
                                  positions)
                  : pipeline_.run(tokens, targets, B, S, TokenMeanCrossEntropy(step_tokens), positions);
   }
@@ -420,7 +432,8 @@ std::map<std::string, std::string> model_metadata(RunConfig& cfg, const Tokenize
 
 void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer) {
   std::vector<SafetensorsEntry> entries;
-  for (const Param& p : model.params().params()) entries.push_back({p.name, p.global_shape.vec(), p.value});
+  for (const Param& p : model.params().params())
+    if (!is_training_only_name(p.name)) entries.push_back({p.name, p.global_shape.vec(), p.value});
   write_safetensors(path, entries, model_metadata(cfg, tokenizer));
 }
 

@@ -111,20 +111,26 @@ Batch with_a_masked_row(const ModelConfig& cfg, int64_t step, int64_t k) {
 // Distillation under DP, TP with and without SP (vocabulary-parallel KL), CP, EP and PP (the
 // teacher's layers over the same stages, plain and interleaved); the teacher may differ from the
 // student in width and depth. keep_lm: the LM loss kept, KD rescaled per micro-batch.
+// With the hidden cosine the student gets the learned projection to the teacher's width where
+// the widths differ.
 void expect_distillation_invariant(const ModelConfig& cfg, const ParallelConfig& pc, const ModelConfig& teacher_cfg,
-                                   bool keep_lm = false) {
-  SCOPED_TRACE(strprintf("pp %lld x %lld, tp %lld, cp %lld, ep %lld, keep_lm %d", (long long)pc.pp,
-                         (long long)pc.virtual_stages, (long long)pc.tp, (long long)pc.cp, (long long)pc.ep, keep_lm));
+                                   bool keep_lm = false, bool hidden_cosine = false) {
+  SCOPED_TRACE(strprintf("pp %lld x %lld, tp %lld, cp %lld, ep %lld, keep_lm %d, hidden_cosine %d", (long long)pc.pp,
+                         (long long)pc.virtual_stages, (long long)pc.tp, (long long)pc.cp, (long long)pc.ep, keep_lm,
+                         hidden_cosine));
   Communicator world = Communicator::world(), self = Communicator::self();
   ParallelGrid grid(world, pc), one(self, ParallelConfig{});
-  DecoderLM student(cfg, grid, 13), teacher(teacher_cfg, grid, 29, {"*"}), ref(cfg, one, 13),
+  TrainingExtras extras;
+  if (hidden_cosine && teacher_cfg.d_model != cfg.d_model) extras.hidden_projection = teacher_cfg.d_model;
+  DecoderLM student(cfg, grid, 13, {}, extras), teacher(teacher_cfg, grid, 29, {"*"}), ref(cfg, one, 13, {}, extras),
       ref_teacher(teacher_cfg, one, 29, {"*"});
+  const DistillationOptions o{1.5f, keep_lm, hidden_cosine};
   expect_one_batch_invariant(
       student, ref, grid, one, [&](int64_t k) { return with_a_masked_row(cfg, 1, k); },
       [&](PipelineExecutor& pipe, const auto& tokens, const auto& targets, int64_t B, double total, bool reference) {
-        return pipe.run(tokens, targets, B, cfg.seq_len, Distillation(reference ? ref_teacher : teacher, total, 1.5f, keep_lm));
+        return pipe.run(tokens, targets, B, cfg.seq_len, Distillation(reference ? ref_teacher : teacher, total, o));
       },
-      keep_lm);
+      keep_lm || hidden_cosine);  // per micro-batch ratios
 }
 
 // A deeper and wider teacher for the student tiny_dense(): 8 layers of width 24.
@@ -154,6 +160,18 @@ TEST(Invariance, DistillationUnderPipelineStages) {
   expect_distillation_invariant(tiny_dense(), pp, wider_deeper_teacher());
   pp.virtual_stages = 2;  // interleaved: student chunks of one layer, teacher chunks of two
   expect_distillation_invariant(tiny_dense(), pp, wider_deeper_teacher());
+}
+
+TEST(Invariance, DistillationWithTheHiddenCosine) {
+  // Through the learned projection (a wider teacher) and directly (the same width).
+  expect_distillation_invariant(tiny_dense(), ParallelConfig{}, wider_deeper_teacher(), false, true);
+  expect_distillation_invariant(tiny_dense(), tensor_layout(2, true), wider_deeper_teacher(), true, true);
+  ParallelConfig pp;
+  pp.pp = 2;
+  expect_distillation_invariant(tiny_dense(), pp, wider_deeper_teacher(), false, true);
+  ParallelConfig cp;
+  cp.cp = 2;
+  expect_distillation_invariant(tiny_dense(), cp, tiny_dense(), false, true);
 }
 
 TEST(Invariance, DistillationKeepingTheLmLoss) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "layers/vocab_parallel.h"
 #include "models/decoder_lm.h"
@@ -104,14 +105,14 @@ TEST(Distillation, GradientAtTauOneIsStudentMinusTeacherOverTokens) {
   const KdRows k;
   const double T = 3;
   std::vector<float> d(KdRows::N * KdRows::V);
-  const ObjectiveValue v = Distillation(teacher, T, 1.0f).evaluate(k.logits(), d.data());
+  const ObjectiveValue v = Distillation(teacher, T).evaluate(k.logits(), d.data(), nullptr);
   EXPECT_EQ(v.tokens, 3);
   EXPECT_NEAR(v.loss, (k.kl(0) + k.kl(1) + k.kl(3)) / T, 1e-6);
   for (int64_t i = 0; i < KdRows::N * KdRows::V; ++i)
     EXPECT_NEAR(d[i], k.targets[i / KdRows::V] >= 0 ? (k.ps[i] - k.pt[i]) / T : 0.0, 1e-7) << i;
   StudentLogits same = k.logits();
   same.companion_logits = k.zs.data();
-  const ObjectiveValue zero = Distillation(teacher, T, 1.0f).evaluate(same, d.data());
+  const ObjectiveValue zero = Distillation(teacher, T).evaluate(same, d.data(), nullptr);
   EXPECT_NEAR(zero.loss, 0.0, 1e-7);
   for (float x : d) EXPECT_NEAR(x, 0.0f, 1e-7);
 }
@@ -128,13 +129,110 @@ TEST(Distillation, KeepingTheLmLossRescalesKdToItsMagnitude) {
   for (int64_t n : {0, 1, 3}) ce -= k.logp[n] / T, kd += k.kl(n) / T;
   const double r = ce / kd;
   std::vector<float> d(KdRows::N * KdRows::V);
-  const ObjectiveValue v = Distillation(teacher, T, 1.0f, true).evaluate(k.logits(), d.data());
+  const ObjectiveValue v = Distillation(teacher, T, {1.0f, true}).evaluate(k.logits(), d.data(), nullptr);
   EXPECT_NEAR(v.loss, 2 * ce, 1e-6);
   for (int64_t i = 0; i < KdRows::N * KdRows::V; ++i) {
     const int64_t n = i / KdRows::V, j = i % KdRows::V;
     const double want = k.targets[n] < 0 ? 0.0 : (k.ps[i] - (j == k.targets[n])) / T + r * (k.ps[i] - k.pt[i]) / T;
     EXPECT_NEAR(d[i], want, 1e-6) << i;  // r ~ O(1..10) times the fp32 error of the KL gradient
   }
+}
+
+// The hidden cosine (methods.md §3.7): KD' = KD + c COS with c = KD / COS detached, so the value
+// is 2 KD and d loss / d h_s = c / T d (1 - cos(h_s, h_t)) / d h_s on the rows with a target,
+// against central differences of 1 - cos in double. Tolerance: the float gradient's rounding
+// (a few ulps of values of order 1 / (T |h|)).
+TEST(Distillation, HiddenCosineIsRescaledToTheKlAndDifferentiatedExactly) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  DecoderLM teacher(tiny(), grid, 4, {"*"});
+  const KdRows k;
+  const int64_t W = 5;
+  const auto hs = test::randn(KdRows::N * W, 21, 1.0f), ht = test::randn(KdRows::N * W, 22, 1.0f);
+  StudentLogits in = k.logits();
+  in.hidden = hs.data();
+  in.companion_hidden = ht.data();
+  in.hidden_width = in.companion_hidden_width = W;
+  const double T = 3;
+  auto one_minus_cos = [&](const std::vector<double>& p, int64_t n) {
+    double pp = 0, tt = 0, pt = 0;
+    for (int64_t i = 0; i < W; ++i) {
+      pp += p[i] * p[i];
+      tt += double(ht[n * W + i]) * ht[n * W + i];
+      pt += p[i] * ht[n * W + i];
+    }
+    return 1 - pt / std::sqrt(pp * tt);
+  };
+  double kd = 0, cos = 0;
+  for (int64_t n : {0, 1, 3}) {
+    kd += k.kl(n) / T;
+    cos += one_minus_cos(std::vector<double>(hs.begin() + n * W, hs.begin() + (n + 1) * W), n) / T;
+  }
+  std::vector<float> d(KdRows::N * KdRows::V), dh(KdRows::N * W);
+  const Distillation objective(teacher, T, {1.0f, false, true});
+  ASSERT_TRUE(objective.uses_hidden());
+  const ObjectiveValue v = objective.evaluate(in, d.data(), dh.data());
+  EXPECT_NEAR(v.loss, 2 * kd, 1e-6);
+  for (int64_t n = 0; n < KdRows::N; ++n)
+    for (int64_t i = 0; i < W; ++i) {
+      double want = 0;
+      if (k.targets[n] >= 0) {
+        std::vector<double> p(hs.begin() + n * W, hs.begin() + (n + 1) * W);
+        const double h = 1e-6;
+        p[i] += h;
+        const double up = one_minus_cos(p, n);
+        p[i] -= 2 * h;
+        want = kd / cos / T * (up - one_minus_cos(p, n)) / (2 * h);
+      }
+      EXPECT_NEAR(dh[n * W + i], want, 1e-6) << n << " " << i;
+    }
+}
+
+// The student's learned projection to the teacher's width (TrainingExtras): backward from a
+// gradient of the head's hidden state alone gives every parameter the directional derivative of
+// F = sum a * head_hidden, against central differences (fp32 forward: the tolerance of
+// test_model.cpp's whole-model checks).
+TEST(Distillation, HiddenProjectionGradientsMatchFiniteDifferences) {
+  Communicator world = Communicator::world();
+  ParallelGrid grid(world, ParallelConfig{});
+  ModelConfig c = tiny();
+  c.num_experts = 0;
+  c.layer_pattern = "*-";
+  c.init_std = 0.3;
+  TrainingExtras extras;
+  extras.hidden_projection = 24;
+  DecoderLM m(c, grid, 5, {}, extras);
+  ASSERT_EQ(m.head_hidden_width(), 24);
+  ASSERT_NE(m.params().find("distill.projection.weight"), nullptr);
+  const int64_t B = 2, S = 6, N = B * S;
+  Rng rng(6, "proj");
+  std::vector<int32_t> tokens(N), targets(N);
+  for (int64_t i = 0; i < N; ++i) tokens[i] = static_cast<int32_t>(rng.below(31)), targets[i] = static_cast<int32_t>(rng.below(31));
+  const auto a = test::randn(N * 24, 8, 1.0f);
+  auto mb = m.new_micro_batch();
+  auto F = [&] {
+    m.mark_values_changed();
+    m.forward(*mb, tokens.data(), targets.data(), B, S);
+    return test::dot(m.head_hidden(*mb), a.data(), a.size());
+  };
+  F();
+  std::vector<float> zero(static_cast<size_t>(N * m.vocab_shard()), 0.0f);
+  m.params().zero_grads();
+  m.backward(*mb, HeadGradient::of_logits(zero.data(), a.data()), 1.0f, 0.0f);
+  int checked = 0;
+  for (Param& p : m.params().params()) {
+    const std::vector<float> u = test::randn(static_cast<size_t>(p.numel()), 30 + checked++);
+    const std::vector<float> saved(p.value, p.value + p.numel());
+    const double analytic = test::dot(p.grad, u.data(), u.size());
+    const float h = 2e-3f;
+    for (int64_t i = 0; i < p.numel(); ++i) p.value[i] = saved[i] + h * u[i];
+    const double up = F();
+    for (int64_t i = 0; i < p.numel(); ++i) p.value[i] = saved[i] - h * u[i];
+    const double numeric = (up - F()) / (2.0 * h);
+    std::memcpy(p.value, saved.data(), sizeof(float) * saved.size());
+    EXPECT_NEAR(analytic, numeric, 2e-3 + 3e-2 * std::fabs(numeric)) << p.name;
+  }
+  m.mark_values_changed();
 }
 
 TEST(Distillation, StudentEqualToTeacherHasZeroLossAndGradient) {
@@ -150,7 +248,7 @@ TEST(Distillation, StudentEqualToTeacherHasZeroLossAndGradient) {
     }
   PipelineExecutor pipe(student, grid, 2);
   student.params().zero_grads();
-  const PipelineResult r = pipe.run(tokens, targets, 2, 6, Distillation(teacher, 18.0, 2.0f));
+  const PipelineResult r = pipe.run(tokens, targets, 2, 6, Distillation(teacher, 18.0, {2.0f}));
   EXPECT_NEAR(r.loss, 0.0, 1e-6);
   EXPECT_EQ(r.tokens, 18);  // 3 of each 12 rows masked
   double worst = 0;
@@ -177,7 +275,7 @@ TEST(Distillation, StepsMoveTheStudentTowardsTheTeacher) {
   std::vector<double> losses;
   for (int step = 0; step < 30; ++step) {
     student.params().zero_grads();
-    losses.push_back(pipe.run(tokens, targets, 4, 6, Distillation(teacher, 24.0, 1.0f)).loss);
+    losses.push_back(pipe.run(tokens, targets, 4, 6, Distillation(teacher, 24.0)).loss);
     opt.step(oc.lr, world, world);
     student.mark_values_changed();
   }
