@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "invariance.h"
 #include "models/decoder_lm.h"
+#include "train/pipeline.h"
 
 namespace ff::test {
 
@@ -28,5 +30,18 @@ ForwardResult expect_invariant(const ModelConfig& cfg, const ParallelConfig& pc,
 // Pipeline parallelism: the same with M micro-batches per DP replica, run by the pipeline executor
 // over the stages; the reference accumulates all DP x M micro-batches.
 void expect_pipeline_invariant(const ModelConfig& cfg, const ParallelConfig& pc, int64_t M);
+
+// Runs one step of `model` with `run` on this replica's M = 2 micro-batches of B = 2 sequences
+// (micro-batch k of the step is batch(k)), and `run` on `ref` over all of them as one micro-batch;
+// compares the loss (summed over the replicas) and every gradient. `run` gets the step's valid
+// targets (the global token count) and whether it runs the reference. per_micro_batch: the
+// reference runs the DP x M micro-batches one after the other instead (for an objective defined
+// per micro-batch, as distillation with the LM loss kept).
+using RunObjective = std::function<PipelineResult(PipelineExecutor& pipe, const std::vector<std::vector<int32_t>>& tokens,
+                                                  const std::vector<std::vector<int32_t>>& targets, int64_t B,
+                                                  double total, bool reference)>;
+void expect_one_batch_invariant(DecoderLM& model, DecoderLM& ref, const ParallelGrid& grid, const ParallelGrid& one,
+                                const std::function<Batch(int64_t)>& batch, const RunObjective& run,
+                                bool per_micro_batch = false);
 
 }  // namespace ff::test

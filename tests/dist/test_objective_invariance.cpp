@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "invariance.h"
+#include "invariance_harness.h"
 #include "models/decoder_lm.h"
 #include "parallel/data_parallel.h"
 #include "train/objective.h"
@@ -19,54 +20,6 @@ namespace ff {
 namespace {
 
 using namespace test;  // invariance.h, tiny_model.h
-
-// Runs one step of `model` with `run` on this replica's M micro-batches of B sequences (micro-batch
-// k of the step is batch(k)), and `run` on `ref` over all of them as one micro-batch; compares the
-// loss (summed over the replicas) and every gradient. `run` gets the step's valid targets (the
-// global token count) and whether it runs the reference.
-using RunObjective = std::function<PipelineResult(PipelineExecutor& pipe, const std::vector<std::vector<int32_t>>& tokens,
-                                                  const std::vector<std::vector<int32_t>>& targets, int64_t B,
-                                                  double total, bool reference)>;
-
-// per_micro_batch: the reference runs the DP x M micro-batches one after the other instead (for an
-// objective defined per micro-batch, as distillation with the LM loss kept).
-void expect_one_batch_invariant(DecoderLM& model, DecoderLM& ref, const ParallelGrid& grid, const ParallelGrid& one,
-                                const std::function<Batch(int64_t)>& batch, const RunObjective& run,
-                                bool per_micro_batch = false) {
-  const int64_t B = 2, M = 2, DP = grid.dp_size(), replica = grid.dp().rank();
-  Batch all;
-  std::vector<std::vector<int32_t>> tokens, targets, each_tokens, each_targets;
-  for (int64_t k = 0; k < DP * M; ++k) {
-    Batch b = batch(k);
-    all.tokens.insert(all.tokens.end(), b.tokens.begin(), b.tokens.end());
-    all.targets.insert(all.targets.end(), b.targets.begin(), b.targets.end());
-    each_tokens.push_back(b.tokens);
-    each_targets.push_back(b.targets);
-    if (k / M == replica) {
-      tokens.push_back(b.tokens);
-      targets.push_back(b.targets);
-    }
-  }
-  const double total = static_cast<double>(step_target_count(targets, grid.dp()));
-  EXPECT_EQ(total, static_cast<double>(count_targets(all.targets)));
-  PipelineExecutor ref_pipe(ref, one, per_micro_batch ? DP * M : 1);
-  ref.params().zero_grads();
-  const double want = per_micro_batch ? run(ref_pipe, each_tokens, each_targets, B, total, true).loss
-                                      : run(ref_pipe, {all.tokens}, {all.targets}, DP * M * B, total, true).loss;
-  PipelineExecutor pipe(model, grid, M);
-  model.params().zero_grads();
-  const PipelineResult r = run(pipe, tokens, targets, B, total, false);
-  model.synchronize_tied_embeddings();
-  reduce_gradients(model.params(), grid);
-  double loss = r.loss;  // the replicas' contributions add up to the step's loss
-  grid.dp().all_reduce_sum(&loss, 1);
-  EXPECT_NEAR(loss, want, 1e-5 * want);
-  for (const Param& p : model.params().params()) {
-    Param* q = ref.params().find(p.name);
-    ASSERT_NE(q, nullptr) << p.name;
-    EXPECT_TRUE(tensors_match(p, *q, false, 1e-4));
-  }
-}
 
 // The loss is a global token mean: sequences that keep different numbers of valid targets (the
 // rest masked), under data, context, tensor and pipeline parallelism, weigh by their tokens.

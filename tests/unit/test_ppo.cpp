@@ -1,0 +1,142 @@
+// PPO's math (specs/methods.md §6.4, the tests of §6.9): GAE against a hand-computed 3-step
+// example and, with lambda = gamma = 1, reward-to-go minus values; the KL-penalised rewards;
+// the actor loss at ratio 1 is -mean(A) with gradient -A / T; clipping stops the gradient outside
+// [1 - eps, 1 + eps] in the advantage's favourable direction only; the critic's clipped loss;
+// masked rows contribute nothing; whitening gives zero mean and unit variance over the mask.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "recipes/ppo/advantages.h"
+#include "recipes/ppo/ppo_objective.h"
+
+namespace ff {
+namespace {
+
+TEST(Ppo, GaeMatchesAHandComputedThreeStepExample) {
+  // Rows 0..4 of one sequence; the response is rows [1, 4): three steps.
+  const float rewards[5] = {9, 0.5f, -0.25f, 1.0f, 9}, values[5] = {9, 0.2f, 0.4f, 0.8f, 9};
+  float adv[5], ret[5];
+  generalized_advantages(adv, ret, rewards, values, {1, 4}, 5, 1.0, 0.95);
+  // Backwards from the end (V after the response = 0), gamma 1, lambda 0.95:
+  //   row 3: delta = 1.0 - 0.8 = 0.2;             A = 0.2
+  //   row 2: delta = -0.25 + 0.8 - 0.4 = 0.15;    A = 0.15 + 0.95 * 0.2 = 0.34
+  //   row 1: delta = 0.5 + 0.4 - 0.2 = 0.7;       A = 0.7 + 0.95 * 0.34 = 1.023
+  const float want[5] = {0, 1.023f, 0.34f, 0.2f, 0};
+  for (int t = 0; t < 5; ++t) {
+    EXPECT_NEAR(adv[t], want[t], 1e-6) << t;
+    EXPECT_NEAR(ret[t], t >= 1 && t < 4 ? want[t] + values[t] : 0.0f, 1e-6) << t;
+  }
+}
+
+TEST(Ppo, GaeWithLambdaAndGammaOneIsRewardToGoMinusValue) {
+  const int64_t S = 7;
+  const float rewards[S] = {0, 0.3f, -0.1f, 0.7f, 0.2f, -0.4f, 0}, values[S] = {0, 0.5f, 0.1f, -0.2f, 0.9f, 0.3f, 0};
+  float adv[S], ret[S];
+  generalized_advantages(adv, ret, rewards, values, {1, 6}, S, 1.0, 1.0);
+  for (int64_t t = 1; t < 6; ++t) {
+    const double to_go = std::accumulate(rewards + t, rewards + 6, 0.0);
+    EXPECT_NEAR(adv[t], to_go - values[t], 1e-6) << t;
+    EXPECT_NEAR(ret[t], to_go, 1e-6) << t;  // the returns are the reward-to-go
+  }
+}
+
+TEST(Ppo, RewardsPenaliseTheKlPerTokenAndAddTheScoreAtTheEnd) {
+  const float logp[5] = {0, -1.0f, -2.0f, -0.5f, 0}, ref[5] = {0, -1.5f, -1.0f, -0.5f, 0};
+  float r[5];
+  kl_penalized_rewards(r, logp, ref, {1, 4}, 5, 2.0, 0.1, true);
+  const float want[5] = {0, -0.05f, -0.1f, 2.0f, 0};  // |0.5|, |-1|, 0 times -0.1; score 2 at row 3
+  for (int t = 0; t < 5; ++t) EXPECT_NEAR(r[t], want[t], 1e-7) << t;
+  kl_penalized_rewards(r, logp, ref, {1, 4}, 5, 2.0, 0.1, false);
+  EXPECT_NEAR(r[2], 0.1f, 1e-7);  // the signed estimate: -0.1 (-2 - -1)
+}
+
+// One micro-batch of two sequences of S = 4 rows, all rows with a target.
+struct Rollout {
+  static constexpr int64_t B = 2, S = 4;
+  std::vector<float> value = std::vector<float>(B * S);
+  std::vector<int32_t> targets = std::vector<int32_t>(B * S, 1), positions;
+  std::vector<PpoRows> rows = std::vector<PpoRows>(1);
+  Rollout() {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < S; ++s) positions.push_back(static_cast<int32_t>(s));
+    rows[0].old.assign(B * S, -1.0f);
+    rows[0].target = {0, 1.0f, -2.0f, 0.5f, 0, 3.0f, -1.0f, 0};
+    rows[0].mask = {0, 1, 1, 1, 0, 1, 1, 0};
+  }
+  HeadRows head() const { return HeadRows{value.data(), targets.data(), positions.data(), B, S, nullptr}; }
+};
+
+TEST(Ppo, RatioOneGivesMinusTheMeanAdvantageAndMaskedRowsNothing) {
+  Rollout r;
+  r.value.assign(r.value.size(), -1.0f);  // logp = logp_old: rho = 1
+  for (size_t i = 0; i < r.value.size(); ++i)
+    if (r.rows[0].mask[i] == 0) r.value[i] = 5.0f;  // anything: masked
+  const double T = 5;
+  std::vector<float> d(r.value.size());
+  const PpoActorLoss actor(r.rows, T, 0.2);
+  const ObjectiveValue v = actor.evaluate(r.head(), d.data());
+  EXPECT_EQ(v.tokens, 5);
+  EXPECT_NEAR(v.loss, -(1.0 - 2.0 + 0.5 + 3.0 - 1.0) / T, 1e-12);
+  for (size_t i = 0; i < d.size(); ++i) EXPECT_FLOAT_EQ(d[i], static_cast<float>(-r.rows[0].target[i] / T)) << i;
+  EXPECT_EQ(actor.stats().clipped, 0);
+}
+
+TEST(Ppo, ClippingStopsTheGradientOnlyInTheFavourableDirection) {
+  Rollout r;
+  const float up = std::log(1.3f) - 1.0f, down = std::log(0.7f) - 1.0f;  // rho = 1.3 and 0.7
+  std::vector<float> d(r.value.size());
+  // rows 1 (A = 1 > 0), 2 (A = -2 < 0) at rho = 1.3; rows 5 (A = 3 > 0), 6 (A = -1 < 0) at rho = 0.7.
+  r.value = {0, up, up, -1.0f, 0, down, down, 0};
+  const PpoActorLoss actor(r.rows, 5, 0.2);
+  const ObjectiveValue v = actor.evaluate(r.head(), d.data());
+  EXPECT_EQ(d[1], 0.0f);                          // A > 0, rho > 1 + eps: no more push up
+  EXPECT_NEAR(d[2], 2.0 * 1.3 / 5, 1e-6);         // A < 0, rho > 1 + eps: pulled back down
+  EXPECT_NEAR(d[5], -3.0 * 0.7 / 5, 1e-6);        // A > 0, rho < 1 - eps: pushed back up
+  EXPECT_EQ(d[6], 0.0f);                          // A < 0, rho < 1 - eps: no more push down
+  EXPECT_NEAR(d[3], -0.5 / 5, 1e-7);              // rho = 1
+  EXPECT_EQ(actor.stats().clipped, 2);
+  // max(-A rho, -A clip(rho)) per row: -1.2, 2.6, -0.5, -2.1, 0.8 (rows 1, 2, 3, 5, 6).
+  EXPECT_NEAR(v.loss, (-1.2 + 2.6 - 0.5 - 2.1 + 0.8) / 5, 1e-6);
+}
+
+TEST(Ppo, CriticLossClipsTheValueMove) {
+  Rollout r;
+  r.rows[0].old = {0, 0.0f, 0.0f, 0.0f, 0, 0.0f, 0.0f, 0};
+  r.rows[0].target = {0, 1.0f, 1.0f, -1.0f, 0, 0.1f, 0.0f, 0};  // returns
+  r.rows[0].mask = {0, 1, 1, 1, 0, 1, 1, 0};
+  // Row 1: V = 0.5 moves away by more than 0.2 toward G = 1: clipped (0.2 - 1)^2 > (0.5 - 1)^2, stopped.
+  // Row 2: V = 0.1 within the clip: unclipped, dV = (0.1 - 1) / T.
+  // Row 3: V = 0.5, G = -1, moved the wrong way past the clip: unclipped (1.5^2) > clipped (1.2^2).
+  // Row 5: V = -0.3 past the clip toward nothing: (-0.3 - 0.1)^2 = 0.16 > (-0.2 - 0.1)^2 = 0.09: unclipped.
+  // Row 6: V = 0.3, G = 0: unclipped 0.09 > clipped 0.04.
+  r.value = {0, 0.5f, 0.1f, 0.5f, 0, -0.3f, 0.3f, 0};
+  std::vector<float> d(r.value.size());
+  const double T = 5;
+  const PpoCriticLoss critic(r.rows, T, 0.2);
+  const ObjectiveValue v = critic.evaluate(r.head(), d.data());
+  EXPECT_EQ(d[1], 0.0f);
+  EXPECT_NEAR(d[2], (0.1 - 1.0) / T, 1e-7);
+  EXPECT_NEAR(d[3], (0.5 + 1.0) / T, 1e-7);
+  EXPECT_NEAR(d[5], (-0.3 - 0.1) / T, 1e-7);
+  EXPECT_NEAR(d[6], 0.3 / T, 1e-7);
+  EXPECT_EQ(d[0], 0.0f);
+  EXPECT_NEAR(v.loss, 0.5 * (0.64 + 0.81 + 2.25 + 0.16 + 0.09) / T, 1e-6);
+  EXPECT_EQ(critic.stats().clipped, 1);
+}
+
+TEST(Ppo, WhiteningGivesZeroMeanAndUnitVarianceOverTheMask) {
+  std::vector<std::vector<float>> adv = {{1, 2, 100}, {3, 4}}, mask = {{1, 1, 0}, {1, 1}};
+  Communicator self = Communicator::self();
+  const MaskedMoments m = whiten_advantages(adv, mask, self);
+  EXPECT_DOUBLE_EQ(m.mean, 2.5);
+  EXPECT_DOUBLE_EQ(m.variance, 1.25);  // population variance of 1, 2, 3, 4
+  EXPECT_EQ(adv[0][2], 100.0f);        // unmasked: untouched
+  const double s = std::sqrt(1.25 + 1e-8);
+  EXPECT_NEAR(adv[0][0], -1.5 / s, 1e-6);
+  EXPECT_NEAR(adv[1][1], 1.5 / s, 1e-6);
+}
+
+}  // namespace
+}  // namespace ff
