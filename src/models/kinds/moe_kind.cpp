@@ -1,6 +1,7 @@
 // 'E': the MoE layer (router, dispatcher, experts, optional shared expert; layers/moe/moe_layer.h)
 // after its post_attention_layernorm.
 #include <algorithm>
+#include <cmath>
 
 #include "layers/moe/moe_layer.h"
 #include "models/kinds/kind_sizes.h"
@@ -13,8 +14,45 @@ using kinds::kFloat;
 class MoeMixer final : public Mixer {
  public:
   explicit MoeMixer(const MixerContext& x)
-      : moe_(x.params, x.compute, x.prefix + ".mlp", x.cfg, x.grid, x.init_std, x.out_init_std, x.lora) {
+      : moe_(x.params, x.compute, x.prefix + ".mlp", x.cfg, x.grid, x.init_std, x.out_init_std, x.lora),
+        etp_(x.grid.etp()),
+        E_(x.cfg.num_experts),
+        D_(x.cfg.d_model),
+        first_expert_(x.grid.ep().rank() * (x.cfg.num_experts / x.grid.ep().size())) {
     moe_.set_profile(x.profile);
+  }
+
+  // Expert importance (specs/methods.md §3.5): per routed expert e, the mean over the (token, e)
+  // slots routed to it of ||y||_2, y [D] the expert's output row as it enters the combine (its MLP
+  // output times the token's gating prob, experts.h: what the expert adds to the token). Sums from
+  // the rows this rank's experts computed, counts from the kept slots this rank routed (every slot
+  // is routed by one rank and computed by one EP rank); finish() adds the ranks. Under ETP each
+  // rank's rows are partial sums over its ETP group: completed here, counted on ETP rank 0.
+  // Padding rows (moe_pad_to_capacity) have prob 0 and output 0, so they add nothing.
+  void add_importance(const Mixer::Saved& s, const ImportanceSite& site, ImportanceStats& st) const override {
+    const MoeLayer::Saved& m = static_cast<const Saved&>(s).s;
+    std::vector<double> sums(static_cast<size_t>(E_), 0.0), counts(static_cast<size_t>(E_), 0.0);
+    for (int64_t e = 0; e < E_; ++e) counts[static_cast<size_t>(e)] = static_cast<double>(m.stats.tokens_per_expert[static_cast<size_t>(e)]);
+    const int64_t R = m.expert_out.shape[0];
+    const float* y = m.expert_out.f32();
+    std::vector<float> whole;
+    if (etp_.size() > 1) {
+      whole.assign(y, y + R * D_);
+      etp_.all_reduce_sum(whole.data(), R * D_);
+      y = whole.data();
+    }
+    if (etp_.rank() == 0) {
+      int64_t r = 0;
+      const auto& rows = m.dispatch.tokens_per_local_expert;
+      for (size_t l = 0; l < rows.size(); ++l)
+        for (int64_t i = 0; i < rows[l]; ++i, ++r) {
+          double sq = 0;
+          for (int64_t k = 0; k < D_; ++k) sq += static_cast<double>(y[r * D_ + k]) * y[r * D_ + k];
+          sums[static_cast<size_t>(first_expert_) + l] += std::sqrt(sq);
+        }
+      FF_CHECK(r == R, "MoE importance: %lld expert rows, %lld in the experts' segments", (long long)R, (long long)r);
+    }
+    st.add_means(site.prefix + ".mlp.experts", 0, E_, sums.data(), counts.data());
   }
 
   struct Saved final : Mixer::Saved, DecodeState {
@@ -51,6 +89,8 @@ class MoeMixer final : public Mixer {
 
  private:
   MoeLayer moe_;
+  const Communicator& etp_;
+  int64_t E_, D_, first_expert_;
 };
 
 int64_t shared_params(const ModelConfig& c) {
@@ -196,23 +236,65 @@ std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig&) {
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MoeMixer>(x); }
 
-// Pruning: the routed and shared experts keep their width; only the embedding channels go.
-void declare_importance(const ModelConfig&, const std::string&, ImportanceStats&) {}
+// Pruning (§3.5): routed experts by their mean output norm ("<prefix>.mlp.experts", [E]); the
+// experts keep their width, the shared expert is kept whole. Under group-limited routing each of
+// the G contiguous expert groups keeps as many (targets divisible by G, checked in
+// prune_target_problems), so the groups stay equal and contiguous.
+void declare_importance(const ModelConfig& c, const std::string& prefix, ImportanceStats& st) {
+  st.declare_means(prefix + ".mlp.experts", c.num_experts);
+}
 
-LayerKeep prune_keep(const ModelConfig&, const ImportanceStats&, const std::string&, const PruneTargets&) { return {}; }
+LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
+  const int64_t keep = t.num_experts > 0 ? t.num_experts : c.num_experts;
+  const std::vector<double> score = st.means(prefix + ".mlp.experts");
+  LayerKeep k;
+  k.experts = c.moe_router_groups > 0 ? top_k_within_groups(score, c.moe_router_groups, keep) : top_k_indices(score, keep);
+  return k;
+}
 
+// Expert k of "<prefix>.mlp.experts.<k>.<rest>" (-1: not an expert tensor); rest gets ".<rest>".
+int64_t expert_of(const std::string& suffix, std::string& rest) {
+  static const std::string head = ".mlp.experts.";
+  if (suffix.rfind(head, 0) != 0) return -1;
+  const size_t dot = suffix.find('.', head.size());
+  if (dot == std::string::npos || dot == head.size()) return -1;
+  const std::string id = suffix.substr(head.size(), dot - head.size());
+  if (id.find_first_not_of("0123456789") != std::string::npos) return -1;
+  rest = suffix.substr(dot);
+  return std::stoll(id);
+}
+
+// The pruned layer's router rows [E', D'] (and its aux-loss-free expert bias [E'], where the
+// source has one) are the kept experts' rows; pruned expert k is the source's keep.experts[k]; each
+// expert's and the shared expert's projections lose the dropped embedding channels: inputs (gate,
+// up) or outputs (down) of width D.
 bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
   const std::vector<int64_t>& d = p.embedding;
-  if (cut_norm(p, "post_attention_layernorm", name, src, out) || cut(p, ".mlp.gate.weight", name, src, nullptr, &d, out) ||
+  const std::vector<int64_t>& kept = p.keep.experts;
+  if (cut_norm(p, "post_attention_layernorm", name, src, out) || cut(p, ".mlp.gate.weight", name, src, &kept, &d, out) ||
       cut(p, ".mlp.shared_expert_gate.weight", name, src, nullptr, &d, out))
     return true;
-  // Every expert's and the shared expert's projections: inputs (gate, up) or outputs (down) of width D.
+  if (name == p.to_prefix + ".mlp.gate.expert_bias") {
+    if (!src(p.from_prefix + ".mlp.gate.expert_bias", out)) return false;
+    out = take_rows(out, kept);
+    return true;
+  }
   if (name.rfind(p.to_prefix + ".mlp.", 0) != 0) return false;
   const std::string suffix = name.substr(p.to_prefix.size());
   const bool down = suffix.size() > 17 && suffix.compare(suffix.size() - 17, 17, ".down_proj.weight") == 0;
   const bool in = suffix.find(".gate_proj.weight") != std::string::npos || suffix.find(".up_proj.weight") != std::string::npos;
   if (!down && !in) return false;
-  return cut(p, suffix, name, src, down ? &d : nullptr, down ? nullptr : &d, out);
+  std::string rest;
+  const int64_t k = expert_of(suffix, rest);
+  std::string from_suffix = suffix;
+  if (k >= 0) {
+    FF_CHECK(k < static_cast<int64_t>(kept.size()), "pruning: '%s' names expert %lld of a layer that keeps %zu",
+             name.c_str(), (long long)k, kept.size());
+    from_suffix = ".mlp.experts." + std::to_string(kept[static_cast<size_t>(k)]) + rest;
+  }
+  out = source_tensor(src, p.from_prefix + from_suffix);
+  out = down ? take_rows(out, d) : take_cols(out, d);
+  return true;
 }
 
 }  // namespace
