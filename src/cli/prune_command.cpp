@@ -26,6 +26,8 @@ void add_prune_command(CLI::App& app, PruneCommand& cmd) {
       ->capture_default_str();
   p->add_option("--target_num_experts", t.num_experts, "routed experts to keep per MoE layer (the highest mean output "
                 "norm; at least moe_top_k, a multiple of moe_router_groups and of --ep); 0 = all")->capture_default_str();
+  p->add_option("--target_moe_ffn_hidden", t.moe_ffn_hidden, "neurons to keep in each routed expert (each its own "
+                "best; a multiple of the expert-TP size); 0 = all")->capture_default_str();
   p->add_option("--target_layers", t.layers, "layers to keep (the lowest 1 - cos(in, out) go); 0 = all")
       ->capture_default_str();
   p->add_option("--group_aware", t.group_aware, "rank Mamba2 heads within their group (false: the group-unaware "

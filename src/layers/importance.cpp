@@ -45,6 +45,14 @@ void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols,
     }
 }
 
+void ImportanceStats::add_squares(const std::string& name, int64_t offset, int64_t n, const double* squares) {
+  auto it = acc_.find(name);
+  FF_CHECK(it != acc_.end() && offset >= 0 && offset + n <= static_cast<int64_t>(it->second.size()),
+           "importance entry '%s' is not declared for channels [%lld, %lld)", name.c_str(), (long long)offset,
+           (long long)(offset + n));
+  for (int64_t i = 0; i < n; ++i) it->second[static_cast<size_t>(offset + i)] += squares[i];
+}
+
 void ImportanceStats::add_mean(const std::string& name, double sum, int64_t count) {
   auto it = means_.find(name);
   FF_CHECK(it != means_.end(), "importance entry '%s' is not declared", name.c_str());

@@ -51,6 +51,9 @@ class ImportanceStats {
   // counted; of each row group only its first rank adds the completed sums.
   void add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t col0, int64_t ld,
            const ImportanceRows& rows, bool counted);
+  // Adds squares[i] (a sum of squared activations over samples of one position each) to channel
+  // offset + i of entry `name`, i < n.
+  void add_squares(const std::string& name, int64_t offset, int64_t n, const double* squares);
   // An entry's scalar sum and count (mean = sum / count) beside its channels: the depth score's
   // 1 - cos(h_in, h_out).
   void add_mean(const std::string& name, double sum, int64_t count);

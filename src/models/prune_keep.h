@@ -16,12 +16,13 @@ namespace ff {
 // Target sizes of `fivefold prune`; 0 keeps that dimension whole.
 struct PruneTargets {
   int64_t d_model = 0, ffn_hidden = 0, num_heads = 0, mamba_num_heads = 0, mamba_head_dim = 0, layers = 0;
-  int64_t num_experts = 0;  // routed experts per MoE layer
+  int64_t num_experts = 0, moe_ffn_hidden = 0;  // routed experts per MoE layer, neurons per expert
   bool group_aware = true;  // false: the group-unaware Mamba baseline of the ablation
 };
 
 // What one layer keeps: MLP neurons, attention query heads or Mamba2 heads (by group), and Mamba2
-// head channels; an MoE layer's routed experts (expert k of the pruned layer is experts[k]).
+// head channels; an MoE layer's routed experts (expert k of the pruned layer is experts[k], its
+// neurons hidden[k F', (k + 1) F')).
 struct LayerKeep {
   std::vector<int64_t> hidden, channels;
   std::vector<int64_t> experts;

@@ -183,7 +183,7 @@ ok = g.returncode == 0 and g.stdout.startswith("paragraph")
 print("%-40s %s %r" % ("generate from the hybrid", "ok" if ok else "FAILED", g.stdout[:60]))
 failures += not ok
 
-# `fivefold prune` of that hybrid (2 of its 4 experts kept): the calibration under TP 2 + SP, CP 2,
+# `fivefold prune` of that hybrid (2 of its 4 experts kept, 16 of their 32 neurons): the calibration under TP 2 + SP, CP 2,
 # EP 2, pipeline stages (PP 2, PP 2 x EP 2, PP 2 x TP 2 + SP) gives the scores and keep sets of one
 # process, so the pruned model file is byte for byte the one process's (it is slices of the
 # source). Under PP 2 alone the scores are the one process's to the bit (each stage runs its layers
@@ -193,7 +193,8 @@ def prune(ranks, extra, out):
     cmd = ([] if ranks == 1 else ["mpirun", "--oversubscribe", "-np", str(ranks)]) + [
         fivefold, "prune", "--model", os.path.join(tmp, "hybrid-one", "model.safetensors"), "--data", corpus,
         "--out", out, "--calib_samples", "8", "--micro_batch", "2", "--target_d_model", "24",
-        "--target_mamba_num_heads", "2", "--target_mamba_head_dim", "6", "--target_num_experts", "2"] + extra
+        "--target_mamba_num_heads", "2", "--target_mamba_head_dim", "6", "--target_num_experts", "2",
+        "--target_moe_ffn_hidden", "16"] + extra
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         print(r.stdout[-2000:], r.stderr[-2000:])

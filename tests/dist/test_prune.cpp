@@ -1,8 +1,8 @@
 // Pruning importance under a parallel layout (specs/methods.md §3.5): the statistics of the
 // calibration forwards (recipes/prune/prune_run.h CalibrationPass), gathered over the TP slices,
-// SP rows, CP chunks, DP replicas, EP and ETP ranks (the experts' mean output norms) and pipeline
-// stages, equal those of one process that runs every replica's batch, and so do the keep sets
-// pruning takes from them.
+// SP rows, CP chunks, DP replicas, EP and ETP ranks (the experts' mean output norms and their
+// neurons' scores) and pipeline stages, equal those of one process that runs every replica's
+// batch, and so do the keep sets pruning takes from them.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -77,6 +77,7 @@ void expect_importance_invariant(const ModelConfig& cfg, const ParallelConfig& p
   t.d_model = cfg.d_model / 2;
   t.mamba_num_heads = cfg.mamba_num_heads / 2;
   t.num_experts = cfg.num_experts / 2;
+  t.moe_ffn_hidden = cfg.num_experts > 0 ? cfg.moe_ffn_hidden / 2 : 0;
   t.layers = 3;
   const PrunePlan pg = plan_pruning(cfg, got, t), pw = plan_pruning(cfg, want, t);
   EXPECT_EQ(pg.embedding, pw.embedding);

@@ -1,8 +1,8 @@
 // Pruning the routed experts of MoE layers (specs/methods.md §3.5: an expert's importance is the
-// mean over the tokens routed to it of ||expert output||_2): the statistic against a
-// recomputation from the weights, keeping every expert is bitwise the identity, an expert whose
-// down projection is zero goes first, and the pruned layer computes what the unpruned one did
-// when its router never chose the dropped experts.
+// mean over the tokens routed to it of ||expert output||_2) and their neurons: the statistics
+// against a recomputation from the weights, keeping every expert is bitwise the identity, an
+// expert whose down projection is zero goes first (a neuron that never fires too), and the pruned
+// layer computes what the unpruned one did when its router never chose the dropped experts.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -45,7 +45,8 @@ Param& param(DecoderLM& m, const std::string& name) {
 // The statistic recomputed in fp64 from the layer's input xn (its pre-norm's output), the routing
 // the forward chose and the weights: slot (n, j) of expert e = idx[n, j] has gating prob
 // p = softmax over the K chosen logits l = xn W_gate^T, and output y = down (relu(up xn))^2 p;
-// expert e's importance is the mean of ||y||_2 over its slots.
+// expert e's importance is the mean of ||y||_2 over its slots; neuron f of expert e scores
+// sqrt(sum over its slots of a_f^2), a = (relu(up xn))^2 p the input of down.
 TEST(PruneMoe, ExpertImportanceEqualsTheMeanOutputNormOfItsTokens) {
   Communicator self = Communicator::self();
   ParallelGrid grid(self, ParallelConfig{});
@@ -66,6 +67,7 @@ TEST(PruneMoe, ExpertImportanceEqualsTheMeanOutputNormOfItsTokens) {
   ASSERT_EQ(static_cast<int64_t>(idx.size()), N * K);
   const Param& gate = param(m, "model.layers.0.mlp.gate.weight");
   std::vector<double> sum(static_cast<size_t>(E), 0.0), count(static_cast<size_t>(E), 0.0);
+  std::vector<double> squares(static_cast<size_t>(E * F), 0.0);
   for (int64_t n = 0; n < N; ++n) {
     double logit[2], z = 0;
     for (int64_t j = 0; j < K; ++j) {
@@ -84,6 +86,7 @@ TEST(PruneMoe, ExpertImportanceEqualsTheMeanOutputNormOfItsTokens) {
         double h = 0;
         for (int64_t k = 0; k < D; ++k) h += double(up.value[f * D + k]) * xn[n * D + k];
         a[static_cast<size_t>(f)] = (h > 0 ? h * h : 0.0) * p;
+        squares[static_cast<size_t>(e * F + f)] += a[static_cast<size_t>(f)] * a[static_cast<size_t>(f)];
       }
       double sq = 0;
       for (int64_t k = 0; k < D; ++k) {
@@ -104,6 +107,11 @@ TEST(PruneMoe, ExpertImportanceEqualsTheMeanOutputNormOfItsTokens) {
     // fp32 forward against fp64: GEMMs of 8 and 6 terms, an exp and a square, each rounding to a
     // relative 6e-8 of its magnitude; 1e-5 of the value bounds their sum with a wide margin.
     EXPECT_NEAR(got[static_cast<size_t>(e)], want, 1e-5 * want) << "expert " << e;
+  }
+  const std::vector<double> neurons = st.scores("model.layers.0.mlp.experts.neurons");
+  for (int64_t i = 0; i < E * F; ++i) {
+    const double want = std::sqrt(squares[static_cast<size_t>(i)]);
+    EXPECT_NEAR(neurons[static_cast<size_t>(i)], want, 1e-5 * want) << "expert " << i / F << " neuron " << i % F;
   }
 }
 
@@ -164,6 +172,46 @@ TEST(PruneMoe, AnExpertWithAZeroDownProjectionIsPrunedFirst) {
   for (int64_t i = 0; i < up.numel(); ++i) ASSERT_EQ(up.value[i], up0.value[i]);
 }
 
+// A neuron whose up_proj row is zero never fires (squared ReLU of 0): it scores 0 and is the one
+// its expert drops; every expert keeps its own best F' neurons, and the pruned expert's up rows
+// and down columns are those neurons' (with every embedding channel kept).
+TEST(PruneMoe, ANeuronThatNeverFiresIsTheOneItsExpertDrops) {
+  Communicator self = Communicator::self();
+  ParallelGrid grid(self, ParallelConfig{});
+  const ModelConfig c = tiny_moe("*E");
+  const int64_t D = c.d_model, F = c.moe_ffn_hidden;
+  DecoderLM m(c, grid, 5);
+  Param& up = param(m, "model.layers.0.mlp.experts.2.up_proj.weight");
+  std::fill(up.value + 3 * D, up.value + 4 * D, 0.0f);
+  m.mark_values_changed();
+  const auto tokens = random_tokens(2 * c.seq_len, c.vocab_size);
+  const ImportanceStats st = calibration_of(m, tokens, 2, c.seq_len);
+  const std::vector<double> neurons = st.scores("model.layers.0.mlp.experts.neurons");
+  EXPECT_EQ(neurons[static_cast<size_t>(2 * F + 3)], 0.0);
+  EXPECT_GT(st.raw_means().at("model.layers.0.mlp.experts").count[2], 0);
+  PruneTargets t;
+  t.moe_ffn_hidden = F - 1;
+  const PrunePlan plan = plan_pruning(c, st, t);
+  EXPECT_EQ(plan.to.moe_ffn_hidden, F - 1);
+  ASSERT_EQ(plan.keep[1].experts, (std::vector<int64_t>{0, 1, 2, 3}));
+  ASSERT_EQ(static_cast<int64_t>(plan.keep[1].hidden.size()), 4 * (F - 1));
+  const std::vector<int64_t> kept(plan.keep[1].hidden.begin() + 2 * (F - 1), plan.keep[1].hidden.begin() + 3 * (F - 1));
+  EXPECT_EQ(kept, (std::vector<int64_t>{0, 1, 2, 4, 5}));
+  DecoderLM pruned(plan.to, grid, 6);
+  fill_pruned(pruned, plan, source_of(m));
+  const Param& pu = param(pruned, "model.layers.0.mlp.experts.2.up_proj.weight");
+  const Param& pd = param(pruned, "model.layers.0.mlp.experts.2.down_proj.weight");
+  const Param& d0 = param(m, "model.layers.0.mlp.experts.2.down_proj.weight");
+  ASSERT_EQ(pd.global_shape.vec(), (std::vector<int64_t>{D, F - 1}));
+  for (int64_t j = 0; j < F - 1; ++j) {
+    const int64_t f = kept[static_cast<size_t>(j)];
+    for (int64_t k = 0; k < D; ++k) {
+      EXPECT_EQ(pu.value[j * D + k], up.value[f * D + k]);
+      EXPECT_EQ(pd.value[k * (F - 1) + j], d0.value[k * F + f]);
+    }
+  }
+}
+
 // When the router never chooses the dropped expert, the pruned layer computes exactly what the
 // unpruned one did: under top-K then softmax (the default) the K chosen logits and their softmax
 // are unchanged, and every kept expert sees the same rows in the same order, so the arithmetic is
@@ -201,9 +249,13 @@ TEST(PruneMoe, BadExpertTargetsGetOneClearErrorEach) {
   ModelConfig c = tiny_moe("*E");
   PruneTargets t;
   t.num_experts = 5;
+  t.moe_ffn_hidden = 7;
   auto e = prune_target_problems(c, t);
-  ASSERT_EQ(e.size(), 1u);
+  ASSERT_EQ(e.size(), 2u);
   EXPECT_NE(e[0].find("--target_num_experts 5: must be between 1 and the model's model.num_experts (4)"), std::string::npos);
+  EXPECT_NE(e[1].find("--target_moe_ffn_hidden 7: must be between 1 and the model's model.moe_ffn_hidden (6)"),
+            std::string::npos);
+  t.moe_ffn_hidden = 0;
   t.num_experts = 1;  // fewer than moe_top_k = 2
   e = prune_target_problems(c, t);
   ASSERT_EQ(e.size(), 1u);

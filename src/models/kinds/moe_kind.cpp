@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/bf16.h"
 #include "layers/moe/moe_layer.h"
 #include "models/kinds/kind_sizes.h"
 
@@ -18,6 +19,7 @@ class MoeMixer final : public Mixer {
         etp_(x.grid.etp()),
         E_(x.cfg.num_experts),
         D_(x.cfg.d_model),
+        F_(x.cfg.moe_ffn_hidden),
         first_expert_(x.grid.ep().rank() * (x.cfg.num_experts / x.grid.ep().size())) {
     moe_.set_profile(x.profile);
   }
@@ -29,8 +31,13 @@ class MoeMixer final : public Mixer {
   // is routed by one rank and computed by one EP rank); finish() adds the ranks. Under ETP each
   // rank's rows are partial sums over its ETP group: completed here, counted on ETP rank 0.
   // Padding rows (moe_pad_to_capacity) have prob 0 and output 0, so they add nothing.
+  // Expert neurons: the statistic of §3.5 on fc2's input a (the scaled activation act * prob),
+  // with each routed (token, expert) slot its own sample of one position (the rows arrive
+  // permuted, without their sequences): acc[e F + f] += sum over e's rows of a[r, f]^2. ETP rank t
+  // holds neurons [t F / ETP, (t + 1) F / ETP) of every local expert and adds those.
   void add_importance(const Mixer::Saved& s, const ImportanceSite& site, ImportanceStats& st) const override {
     const MoeLayer::Saved& m = static_cast<const Saved&>(s).s;
+    add_neuron_importance(m, site.prefix + ".mlp.experts.neurons", st);
     std::vector<double> sums(static_cast<size_t>(E_), 0.0), counts(static_cast<size_t>(E_), 0.0);
     for (int64_t e = 0; e < E_; ++e) counts[static_cast<size_t>(e)] = static_cast<double>(m.stats.tokens_per_expert[static_cast<size_t>(e)]);
     const int64_t R = m.expert_out.shape[0];
@@ -88,9 +95,27 @@ class MoeMixer final : public Mixer {
   }
 
  private:
+  void add_neuron_importance(const MoeLayer::Saved& m, const std::string& name, ImportanceStats& st) const {
+    const int64_t Fl = F_ / etp_.size(), f0 = etp_.rank() * Fl;
+    const Tensor& a = m.experts.scaled;  // [R, Fl], fp32 or bf16
+    const bool bf16 = a.dtype == DType::bf16;
+    const auto& rows = m.dispatch.tokens_per_local_expert;
+    std::vector<double> acc(static_cast<size_t>(Fl));
+    int64_t r = 0;
+    for (size_t l = 0; l < rows.size(); ++l) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t i = 0; i < rows[l]; ++i, ++r)
+        for (int64_t f = 0; f < Fl; ++f) {
+          const double v = bf16 ? bf16_to_float(a.bf16()[r * Fl + f]) : a.f32()[r * Fl + f];
+          acc[static_cast<size_t>(f)] += v * v;
+        }
+      st.add_squares(name, (first_expert_ + static_cast<int64_t>(l)) * F_ + f0, Fl, acc.data());
+    }
+  }
+
   MoeLayer moe_;
   const Communicator& etp_;
-  int64_t E_, D_, first_expert_;
+  int64_t E_, D_, F_, first_expert_;
 };
 
 int64_t shared_params(const ModelConfig& c) {
@@ -236,12 +261,15 @@ std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig&) {
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MoeMixer>(x); }
 
-// Pruning (§3.5): routed experts by their mean output norm ("<prefix>.mlp.experts", [E]); the
-// experts keep their width, the shared expert is kept whole. Under group-limited routing each of
-// the G contiguous expert groups keeps as many (targets divisible by G, checked in
-// prune_target_problems), so the groups stay equal and contiguous.
+// Pruning (§3.5): routed experts by their mean output norm ("<prefix>.mlp.experts", [E]), then
+// each kept expert's neurons by their own scores ("<prefix>.mlp.experts.neurons", [E F], expert e's
+// at e F), the same number F' in every expert, each its own set; the shared expert is kept whole.
+// Under group-limited routing each of the G contiguous expert groups keeps as many experts
+// (targets divisible by G, checked in prune_target_problems), so the groups stay equal and
+// contiguous.
 void declare_importance(const ModelConfig& c, const std::string& prefix, ImportanceStats& st) {
   st.declare_means(prefix + ".mlp.experts", c.num_experts);
+  st.declare(prefix + ".mlp.experts.neurons", c.num_experts * c.moe_ffn_hidden);
 }
 
 LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
@@ -249,6 +277,13 @@ LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std:
   const std::vector<double> score = st.means(prefix + ".mlp.experts");
   LayerKeep k;
   k.experts = c.moe_router_groups > 0 ? top_k_within_groups(score, c.moe_router_groups, keep) : top_k_indices(score, keep);
+  // hidden: kept expert k's neurons at [k F', (k + 1) F').
+  const int64_t F = c.moe_ffn_hidden, F_keep = t.moe_ffn_hidden > 0 ? t.moe_ffn_hidden : F;
+  const std::vector<double> neurons = st.scores(prefix + ".mlp.experts.neurons");
+  for (int64_t e : k.experts) {
+    const std::vector<double> of_e(neurons.begin() + e * F, neurons.begin() + (e + 1) * F);
+    for (int64_t f : top_k_indices(of_e, F_keep)) k.hidden.push_back(f);
+  }
   return k;
 }
 
@@ -265,9 +300,9 @@ int64_t expert_of(const std::string& suffix, std::string& rest) {
 }
 
 // The pruned layer's router rows [E', D'] (and its aux-loss-free expert bias [E'], where the
-// source has one) are the kept experts' rows; pruned expert k is the source's keep.experts[k]; each
-// expert's and the shared expert's projections lose the dropped embedding channels: inputs (gate,
-// up) or outputs (down) of width D.
+// source has one) are the kept experts' rows; pruned expert k is the source's keep.experts[k] with
+// its kept neurons (gate, up rows; down columns); each expert's and the shared expert's
+// projections lose the dropped embedding channels: inputs (gate, up) or outputs (down) of width D.
 bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
   const std::vector<int64_t>& d = p.embedding;
   const std::vector<int64_t>& kept = p.keep.experts;
@@ -286,14 +321,17 @@ bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::strin
   if (!down && !in) return false;
   std::string rest;
   const int64_t k = expert_of(suffix, rest);
-  std::string from_suffix = suffix;
-  if (k >= 0) {
-    FF_CHECK(k < static_cast<int64_t>(kept.size()), "pruning: '%s' names expert %lld of a layer that keeps %zu",
-             name.c_str(), (long long)k, kept.size());
-    from_suffix = ".mlp.experts." + std::to_string(kept[static_cast<size_t>(k)]) + rest;
+  if (k < 0) {  // the shared expert
+    out = source_tensor(src, p.from_prefix + suffix);
+    out = down ? take_rows(out, d) : take_cols(out, d);
+    return true;
   }
-  out = source_tensor(src, p.from_prefix + from_suffix);
-  out = down ? take_rows(out, d) : take_cols(out, d);
+  FF_CHECK(k < static_cast<int64_t>(kept.size()), "pruning: '%s' names expert %lld of a layer that keeps %zu",
+           name.c_str(), (long long)k, kept.size());
+  const int64_t F_keep = p.to.moe_ffn_hidden;
+  const std::vector<int64_t> neurons(p.keep.hidden.begin() + k * F_keep, p.keep.hidden.begin() + (k + 1) * F_keep);
+  out = source_tensor(src, p.from_prefix + ".mlp.experts." + std::to_string(kept[static_cast<size_t>(k)]) + rest);
+  out = down ? take_cols(take_rows(out, d), neurons) : take_cols(take_rows(out, neurons), d);
   return true;
 }
 

@@ -126,6 +126,10 @@ PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool qui
     problems.push_back(strprintf("--target_num_experts %lld: must be a multiple of parallel.ep = %lld (the pruned model "
                                  "runs on this layout, each EP rank holding as many experts)",
                                  (long long)o.targets.num_experts, (long long)c.parallel.ep));
+  if (o.targets.moe_ffn_hidden > 0 && o.targets.moe_ffn_hidden % c.parallel.expert_tp() != 0)
+    problems.push_back(strprintf("--target_moe_ffn_hidden %lld: must be a multiple of the expert-tensor-parallel size %lld "
+                                 "(the pruned model runs on this layout)", (long long)o.targets.moe_ffn_hidden,
+                                 (long long)c.parallel.expert_tp()));
   if (!problems.empty()) throw UserError("cannot prune to these sizes:" + join_problems(problems));
   const bool lead = grid.all().rank() == 0;
   EvalData data = open_eval_data(c, "all", grid.all(), quiet || !lead);

@@ -29,7 +29,8 @@ struct PruneRunOptions {
 };
 
 // Collective over the grid's ranks. Returns the plan (every rank). --target_num_experts must be a
-// multiple of parallel.ep: the pruned model runs on the job's layout.
+// multiple of parallel.ep and --target_moe_ffn_hidden of the expert-TP size: the pruned model runs
+// on the job's layout.
 PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet = false);
 
 // Calibration batches through the model's pipeline stages: the forward only, chunk after chunk in
