@@ -170,6 +170,17 @@ TEST(PruneMoe, AnExpertWithAZeroDownProjectionIsPrunedFirst) {
   const Param& up = param(pruned, "model.layers.0.mlp.experts.2.up_proj.weight");
   const Param& up0 = param(m, "model.layers.0.mlp.experts.3.up_proj.weight");
   for (int64_t i = 0; i < up.numel(); ++i) ASSERT_EQ(up.value[i], up0.value[i]);
+  // The aux-loss-free expert bias [E] (a state buffer, where the source has one) keeps its rows too.
+  const TensorSource with_bias = [&](const std::string& name, HostTensor& out) {
+    if (name != "model.layers.0.mlp.gate.expert_bias") return source_of(m)(name, out);
+    out.shape = {c.num_experts};
+    out.data = {10, 11, 12, 13};
+    return true;
+  };
+  HostTensor bias;
+  ASSERT_TRUE(pruned_tensor(plan, with_bias, "model.layers.0.mlp.gate.expert_bias", bias));
+  EXPECT_EQ(bias.data, (std::vector<float>{10, 12, 13}));
+  EXPECT_FALSE(pruned_tensor(plan, source_of(m), "model.layers.0.mlp.gate.expert_bias", bias));  // none: none
 }
 
 // A neuron whose up_proj row is zero never fires (squared ReLU of 0): it scores 0 and is the one

@@ -39,7 +39,7 @@ class MoeMixer final : public Mixer {
     const MoeLayer::Saved& m = static_cast<const Saved&>(s).s;
     add_neuron_importance(m, site.prefix + ".mlp.experts.neurons", st);
     std::vector<double> sums(static_cast<size_t>(E_), 0.0), counts(static_cast<size_t>(E_), 0.0);
-    for (int64_t e = 0; e < E_; ++e) counts[static_cast<size_t>(e)] = static_cast<double>(m.stats.tokens_per_expert[static_cast<size_t>(e)]);
+    for (size_t e = 0; e < counts.size(); ++e) counts[e] = static_cast<double>(m.stats.tokens_per_expert[e]);
     const int64_t R = m.expert_out.shape[0];
     const float* y = m.expert_out.f32();
     std::vector<float> whole;
@@ -289,7 +289,7 @@ LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std:
 
 // Expert k of "<prefix>.mlp.experts.<k>.<rest>" (-1: not an expert tensor); rest gets ".<rest>".
 int64_t expert_of(const std::string& suffix, std::string& rest) {
-  static const std::string head = ".mlp.experts.";
+  const std::string head = ".mlp.experts.";
   if (suffix.rfind(head, 0) != 0) return -1;
   const size_t dot = suffix.find('.', head.size());
   if (dot == std::string::npos || dot == head.size()) return -1;
