@@ -23,8 +23,9 @@ using namespace test;
 // summation orders (TP's partial sums, SP's gathers, ETP's partial expert outputs, expert GEMMs over
 // other row groupings): relative 1e-5 of each entry's largest value, squared statistics 2e-5.
 void expect_importance_invariant(const ModelConfig& cfg, const ParallelConfig& pc) {
-  SCOPED_TRACE(strprintf("tp %lld (sp %d) cp %lld ep %lld etp %lld pp %lld", (long long)pc.tp, int(pc.sequence_parallel),
-                         (long long)pc.cp, (long long)pc.ep, (long long)pc.expert_tp(), (long long)pc.pp));
+  SCOPED_TRACE(strprintf("tp %lld (sp %d) cp %lld ep %lld etp %lld pp %lld x %lld chunks", (long long)pc.tp,
+                         int(pc.sequence_parallel), (long long)pc.cp, (long long)pc.ep, (long long)pc.expert_tp(),
+                         (long long)pc.pp, (long long)pc.virtual_stages));
   Communicator world = Communicator::world(), self = Communicator::self();
   ParallelGrid grid(world, pc), one(self, ParallelConfig{});
   DecoderLM model(cfg, grid, 11), ref(cfg, one, 11);
@@ -109,6 +110,9 @@ TEST(PruneImportance, EqualsOneProcessUnderPipelineStages) {
   pp.pp = 2;
   expect_importance_invariant(tiny_hybrid(true), pp);
   expect_importance_invariant(tiny_hybrid(), pp);
+  ParallelConfig interleaved = pp;  // 2 chunks of one layer per stage, the activations around the ring
+  interleaved.virtual_stages = 2;
+  expect_importance_invariant(tiny_hybrid(true), interleaved);
   if (world_size() < 4) return;
   ParallelConfig ep = layout(2);
   ep.pp = 2;
