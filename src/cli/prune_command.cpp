@@ -9,7 +9,7 @@ void add_prune_command(CLI::App& app, PruneCommand& cmd) {
   PruneRunOptions& o = cmd.options;
   PruneTargets& t = o.targets;
   auto* p = app.add_subcommand("prune", "structured pruning (Minitron): importance from calibration forwards, then a "
-                                        "smaller model sliced to the target sizes (any layout but pipeline stages)");
+                                        "smaller model sliced to the target sizes (any parallel layout)");
   p->add_option("--model", o.model, "model file, checkpoint folder or Hugging Face folder")->required();
   p->add_option("--data", o.data, "calibration text or JSONL file, or an indexed-dataset PREFIX")->required();
   p->add_option("--out", o.out, "the pruned model file (.safetensors)")->required();
@@ -24,6 +24,10 @@ void add_prune_command(CLI::App& app, PruneCommand& cmd) {
                 "0 = all")->capture_default_str();
   p->add_option("--target_mamba_head_dim", t.mamba_head_dim, "Mamba2 head channels to keep; 0 = all")
       ->capture_default_str();
+  p->add_option("--target_num_experts", t.num_experts, "routed experts to keep per MoE layer (the highest mean output "
+                "norm; at least moe_top_k, a multiple of moe_router_groups and of --ep); 0 = all")->capture_default_str();
+  p->add_option("--target_moe_ffn_hidden", t.moe_ffn_hidden, "neurons to keep in each routed expert (each its own "
+                "best; a multiple of the expert-TP size); 0 = all")->capture_default_str();
   p->add_option("--target_layers", t.layers, "layers to keep (the lowest 1 - cos(in, out) go); 0 = all")
       ->capture_default_str();
   p->add_option("--group_aware", t.group_aware, "rank Mamba2 heads within their group (false: the group-unaware "

@@ -45,6 +45,14 @@ void ImportanceStats::add(const std::string& name, int64_t offset, int64_t cols,
     }
 }
 
+void ImportanceStats::add_squares(const std::string& name, int64_t offset, int64_t n, const double* squares) {
+  auto it = acc_.find(name);
+  FF_CHECK(it != acc_.end() && offset >= 0 && offset + n <= static_cast<int64_t>(it->second.size()),
+           "importance entry '%s' is not declared for channels [%lld, %lld)", name.c_str(), (long long)offset,
+           (long long)(offset + n));
+  for (int64_t i = 0; i < n; ++i) it->second[static_cast<size_t>(offset + i)] += squares[i];
+}
+
 void ImportanceStats::add_mean(const std::string& name, double sum, int64_t count) {
   auto it = means_.find(name);
   FF_CHECK(it != means_.end(), "importance entry '%s' is not declared", name.c_str());
@@ -53,8 +61,29 @@ void ImportanceStats::add_mean(const std::string& name, double sum, int64_t coun
   m.second += static_cast<double>(count);
 }
 
+void ImportanceStats::declare_means(const std::string& name, int64_t width) {
+  channel_means_[name] = {std::vector<double>(static_cast<size_t>(width), 0.0),
+                          std::vector<double>(static_cast<size_t>(width), 0.0)};
+}
+
+void ImportanceStats::add_means(const std::string& name, int64_t offset, int64_t n, const double* sums,
+                                const double* counts) {
+  auto it = channel_means_.find(name);
+  FF_CHECK(it != channel_means_.end() && offset >= 0 && offset + n <= static_cast<int64_t>(it->second.sum.size()),
+           "importance means '%s' are not declared for [%lld, %lld)", name.c_str(), (long long)offset,
+           (long long)(offset + n));
+  for (int64_t i = 0; i < n; ++i) {
+    it->second.sum[static_cast<size_t>(offset + i)] += sums[i];
+    it->second.count[static_cast<size_t>(offset + i)] += counts[i];
+  }
+}
+
 void ImportanceStats::finish(const Communicator& world) {
   for (auto& [name, v] : acc_) world.all_reduce_sum(v.data(), static_cast<int64_t>(v.size()));
+  for (auto& [name, m] : channel_means_) {
+    world.all_reduce_sum(m.sum.data(), static_cast<int64_t>(m.sum.size()));
+    world.all_reduce_sum(m.count.data(), static_cast<int64_t>(m.count.size()));
+  }
   for (auto& [name, m] : means_) {
     double both[2] = {m.first, m.second};
     world.all_reduce_sum(both, 2);
@@ -74,6 +103,15 @@ double ImportanceStats::mean(const std::string& name) const {
   auto it = means_.find(name);
   FF_CHECK(it != means_.end() && it->second.second > 0, "no importance mean '%s' (no batch added to it)", name.c_str());
   return it->second.first / it->second.second;
+}
+
+std::vector<double> ImportanceStats::means(const std::string& name) const {
+  auto it = channel_means_.find(name);
+  FF_CHECK(it != channel_means_.end(), "no importance means '%s'", name.c_str());
+  std::vector<double> m(it->second.sum.size(), 0.0);
+  for (size_t i = 0; i < m.size(); ++i)
+    if (it->second.count[i] > 0) m[i] = it->second.sum[i] / it->second.count[i];
+  return m;
 }
 
 std::vector<double> importance_of_batch(const std::vector<float>& a, int64_t B, int64_t S, int64_t F) {

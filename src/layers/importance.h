@@ -4,7 +4,8 @@
 //     acc[f] += sum_b (mean_s |a[s, b, f]|)^2
 // (fp64 here), and a channel's score is sqrt(acc[f]). Layers add their statistics from the
 // records of their last forward (Mixer::add_importance); the decoder adds the pre-norm outputs
-// (embedding channels) and each layer's 1 - cos(h_in, h_out) (depth).
+// (embedding channels) and each layer's 1 - cos(h_in, h_out) (depth). Entries of means (sum /
+// count per channel) hold the MoE experts' mean output norm over the tokens routed to each.
 // Every rank holds every entry of the whole model (sizes from the config), adds the channels and
 // rows it holds, and finish() sums over the world: a rank's slice of the channels lands at its
 // global offset, data-parallel replicas add their own data, and a replica of the same rows
@@ -50,9 +51,17 @@ class ImportanceStats {
   // counted; of each row group only its first rank adds the completed sums.
   void add(const std::string& name, int64_t offset, int64_t cols, const Tensor& a, int64_t col0, int64_t ld,
            const ImportanceRows& rows, bool counted);
+  // Adds squares[i] (a sum of squared activations over samples of one position each) to channel
+  // offset + i of entry `name`, i < n.
+  void add_squares(const std::string& name, int64_t offset, int64_t n, const double* squares);
   // An entry's scalar sum and count (mean = sum / count) beside its channels: the depth score's
   // 1 - cos(h_in, h_out).
   void add_mean(const std::string& name, double sum, int64_t count);
+  // An entry of `width` means, each sum / count (0 where the count is 0): the MoE experts'.
+  void declare_means(const std::string& name, int64_t width);
+  // Adds sums[i] and counts[i] to mean offset + i of entry `name`, i < n (this rank's own share;
+  // finish() sums the ranks).
+  void add_means(const std::string& name, int64_t offset, int64_t n, const double* sums, const double* counts);
   // Sums every entry over the world (all ranks, same declarations) and counts a batch.
   void finish(const Communicator& world);
   void end_batch() { ++batches_; }
@@ -60,12 +69,18 @@ class ImportanceStats {
   // sqrt(acc) per channel of an entry; the mean of a scalar entry.
   std::vector<double> scores(const std::string& name) const;
   double mean(const std::string& name) const;
+  std::vector<double> means(const std::string& name) const;
   int64_t batches() const { return batches_; }
   const std::map<std::string, std::vector<double>>& raw() const { return acc_; }
+  struct Means {
+    std::vector<double> sum, count;
+  };
+  const std::map<std::string, Means>& raw_means() const { return channel_means_; }
 
  private:
   std::map<std::string, std::vector<double>> acc_;
   std::map<std::string, std::pair<double, double>> means_;  // sum, count
+  std::map<std::string, Means> channel_means_;
   int64_t batches_ = 0;
 };
 

@@ -85,6 +85,19 @@ std::vector<int64_t> top_k_indices(const std::vector<double>& scores, int64_t k)
   return idx;
 }
 
+std::vector<int64_t> top_k_within_groups(const std::vector<double>& scores, int64_t G, int64_t k) {
+  const auto n = static_cast<int64_t>(scores.size());
+  FF_CHECK(G >= 1 && n % G == 0 && k % G == 0, "keeping %lld of %lld in %lld equal groups", (long long)k, (long long)n,
+           (long long)G);
+  const int64_t per = n / G;
+  std::vector<int64_t> keep;
+  for (int64_t g = 0; g < G; ++g) {
+    const std::vector<double> in_group(scores.begin() + g * per, scores.begin() + (g + 1) * per);
+    for (int64_t i : top_k_indices(in_group, k / G)) keep.push_back(g * per + i);
+  }
+  return keep;
+}
+
 namespace {
 
 // r[p] = ||score[:, p]||_2 over the heads, then q[h] = ||score[h, kept]||_2.
@@ -117,12 +130,7 @@ MambaKeep mamba_keep_group_aware(const std::vector<double>& scores, int64_t H, i
                                  int64_t P_keep) {
   check_heads(H, G, H_keep);
   MambaKeep k;
-  const std::vector<double> q = head_scores(scores, H, P, P_keep, k.channels);
-  const int64_t per = H / G;
-  for (int64_t g = 0; g < G; ++g) {
-    const std::vector<double> in_group(q.begin() + g * per, q.begin() + (g + 1) * per);
-    for (int64_t h : top_k_indices(in_group, H_keep / G)) k.heads.push_back(g * per + h);
-  }
+  k.heads = top_k_within_groups(head_scores(scores, H, P, P_keep, k.channels), G, H_keep);
   return k;
 }
 
@@ -144,13 +152,7 @@ std::vector<int64_t> attention_heads_keep(const std::vector<double>& scores, int
     for (int64_t c = 0; c < dh; ++c) head[static_cast<size_t>(h)] += scores[static_cast<size_t>(h * dh + c)] * scores[static_cast<size_t>(h * dh + c)];
     head[static_cast<size_t>(h)] = std::sqrt(head[static_cast<size_t>(h)]);
   }
-  const int64_t per = Hq / Hkv;
-  std::vector<int64_t> keep;
-  for (int64_t g = 0; g < Hkv; ++g) {
-    const std::vector<double> in_group(head.begin() + g * per, head.begin() + (g + 1) * per);
-    for (int64_t h : top_k_indices(in_group, Hq_keep / Hkv)) keep.push_back(g * per + h);
-  }
-  return keep;
+  return top_k_within_groups(head, Hkv, Hq_keep);
 }
 
 }  // namespace ff

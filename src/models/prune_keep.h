@@ -16,13 +16,16 @@ namespace ff {
 // Target sizes of `fivefold prune`; 0 keeps that dimension whole.
 struct PruneTargets {
   int64_t d_model = 0, ffn_hidden = 0, num_heads = 0, mamba_num_heads = 0, mamba_head_dim = 0, layers = 0;
+  int64_t num_experts = 0, moe_ffn_hidden = 0;  // routed experts per MoE layer, neurons per expert
   bool group_aware = true;  // false: the group-unaware Mamba baseline of the ablation
 };
 
 // What one layer keeps: MLP neurons, attention query heads or Mamba2 heads (by group), and Mamba2
-// head channels.
+// head channels; an MoE layer's routed experts (expert k of the pruned layer is experts[k], its
+// neurons hidden[k F', (k + 1) F')).
 struct LayerKeep {
   std::vector<int64_t> hidden, channels;
+  std::vector<int64_t> experts;
 };
 
 // One layer of the pruned model: the unpruned and pruned configs, the layer's name prefix in
@@ -55,6 +58,9 @@ bool cut_norm(const LayerPrune& p, const std::string& norm, const std::string& n
 
 // The k highest-scoring indices of `scores`, ascending; ties go to the lower index.
 std::vector<int64_t> top_k_indices(const std::vector<double>& scores, int64_t k);
+// scores split into G contiguous groups of equal size: the k / G highest of each group (k a
+// multiple of G), group after group, ascending within each.
+std::vector<int64_t> top_k_within_groups(const std::vector<double>& scores, int64_t G, int64_t k);
 
 // Mamba2 heads and head channels from the x segment's scores [H * P] (head h, channel p at h P + p).
 struct MambaKeep {

@@ -10,10 +10,13 @@
 #include "models/config.h"
 #include "models/decoder_lm.h"
 #include "models/prune_keep.h"
+#include "prune_helpers.h"
 #include "recipes/prune/prune.h"
 
 namespace ff {
 namespace {
+
+using namespace test;
 
 // §3.10 (vi): a [S=2, B=3, F=4] tensor, acc[f] = sum_b (mean_s |a[s, b, f]|)^2, worked by hand for
 // channel 0 and checked against ImportanceStats for all.
@@ -101,53 +104,6 @@ ModelConfig tiny_hybrid() {
   return c;
 }
 
-// The model's global tensors by name (one process holds them whole).
-TensorSource source_of(DecoderLM& m) {
-  return [&m](const std::string& name, HostTensor& out) {
-    const Param* p = m.params().find(name);
-    if (!p) return false;
-    out.shape = p->global_shape.vec();
-    out.data.assign(p->value, p->value + p->numel());
-    return true;
-  };
-}
-
-// Fills every parameter of `to` through pruned_tensor.
-void fill_pruned(DecoderLM& to, const PrunePlan& plan, const TensorSource& src) {
-  for (Param& p : to.params().params()) {
-    HostTensor t;
-    ASSERT_TRUE(pruned_tensor(plan, src, p.name, t)) << p.name;
-    ASSERT_EQ(t.shape, p.global_shape.vec()) << p.name;
-    std::copy(t.data.begin(), t.data.end(), p.value);
-  }
-  to.mark_values_changed();
-}
-
-std::vector<float> logits_of(DecoderLM& m, const std::vector<int32_t>& tokens, int64_t B, int64_t S) {
-  auto mb = m.new_micro_batch();
-  m.forward(*mb, tokens.data(), nullptr, B, S);
-  return {m.logits(*mb), m.logits(*mb) + B * S * m.config().vocab_size};
-}
-
-ImportanceStats calibration_of(DecoderLM& m, const std::vector<int32_t>& tokens, int64_t B, int64_t S) {
-  ImportanceStats st;
-  m.declare_importance(st);
-  auto mb = m.new_micro_batch();
-  m.forward(*mb, tokens.data(), nullptr, B, S);
-  m.add_importance(*mb, st);
-  st.end_batch();
-  Communicator self = Communicator::self();
-  st.finish(self);
-  return st;
-}
-
-std::vector<int32_t> random_tokens(int64_t n, int64_t V) {
-  Rng rng(4, "tokens");
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
-  return t;
-}
-
 // §3.10 (i): keeping everything gives the model back bit for bit.
 TEST(Prune, KeepingEverythingIsBitwiseTheIdentity) {
   Communicator self = Communicator::self();
@@ -180,7 +136,7 @@ TEST(Prune, PermutingHeadsWithinAGroupLeavesTheOutputUnchanged) {
   plan.from = plan.to = c;
   plan.embedding = all_of(c.d_model);
   plan.layers = all_of(4);
-  plan.keep = {{{1, 0, 3, 2}, all_of(4)}, {all_of(4), {}}, {{0, 1, 3, 2}, {2, 0, 1, 3}}, {all_of(c.ffn_hidden), {}}};
+  plan.keep = {{{1, 0, 3, 2}, all_of(4), {}}, {all_of(4), {}, {}}, {{0, 1, 3, 2}, {2, 0, 1, 3}, {}}, {all_of(c.ffn_hidden), {}, {}}};
   DecoderLM permuted(c, grid, 6);
   fill_pruned(permuted, plan, source_of(m));
   const auto want = logits_of(m, tokens, 2, c.seq_len), got = logits_of(permuted, tokens, 2, c.seq_len);

@@ -127,7 +127,7 @@ void declare_importance(const ModelConfig& c, const std::string& prefix, Importa
 
 LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
   return {attention_heads_keep(st.scores(prefix + ".self_attn"), c.num_heads, c.num_kv_heads, c.kv_channels(),
-                               t.num_heads > 0 ? t.num_heads : c.num_heads), {}};
+                               t.num_heads > 0 ? t.num_heads : c.num_heads), {}, {}};
 }
 
 bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {

@@ -153,7 +153,7 @@ LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std:
   const int64_t P = t.mamba_head_dim > 0 ? t.mamba_head_dim : c.mamba_head_dim;
   const MambaKeep k = t.group_aware ? mamba_keep_group_aware(s, c.mamba_num_heads, c.mamba_head_dim, c.mamba_groups, H, P)
                                     : mamba_keep_group_unaware(s, c.mamba_num_heads, c.mamba_head_dim, c.mamba_groups, H, P);
-  return {k.heads, k.channels};
+  return {k.heads, k.channels, {}};
 }
 
 // §3.6: with X = {h P + p : kept head h, kept channel p}, z and x rows X, B and C whole, dt rows

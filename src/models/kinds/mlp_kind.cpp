@@ -95,7 +95,7 @@ void declare_importance(const ModelConfig& c, const std::string& prefix, Importa
 }
 
 LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
-  return {top_k_indices(st.scores(prefix + ".mlp"), t.ffn_hidden > 0 ? t.ffn_hidden : c.ffn_hidden), {}};
+  return {top_k_indices(st.scores(prefix + ".mlp"), t.ffn_hidden > 0 ? t.ffn_hidden : c.ffn_hidden), {}, {}};
 }
 
 bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {

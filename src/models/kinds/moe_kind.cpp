@@ -1,7 +1,9 @@
 // 'E': the MoE layer (router, dispatcher, experts, optional shared expert; layers/moe/moe_layer.h)
 // after its post_attention_layernorm.
 #include <algorithm>
+#include <cmath>
 
+#include "core/bf16.h"
 #include "layers/moe/moe_layer.h"
 #include "models/kinds/kind_sizes.h"
 
@@ -13,8 +15,51 @@ using kinds::kFloat;
 class MoeMixer final : public Mixer {
  public:
   explicit MoeMixer(const MixerContext& x)
-      : moe_(x.params, x.compute, x.prefix + ".mlp", x.cfg, x.grid, x.init_std, x.out_init_std, x.lora) {
+      : moe_(x.params, x.compute, x.prefix + ".mlp", x.cfg, x.grid, x.init_std, x.out_init_std, x.lora),
+        etp_(x.grid.etp()),
+        E_(x.cfg.num_experts),
+        D_(x.cfg.d_model),
+        F_(x.cfg.moe_ffn_hidden),
+        first_expert_(x.grid.ep().rank() * (x.cfg.num_experts / x.grid.ep().size())) {
     moe_.set_profile(x.profile);
+  }
+
+  // Expert importance (specs/methods.md §3.5): per routed expert e, the mean over the (token, e)
+  // slots routed to it of ||y||_2, y [D] the expert's output row as it enters the combine (its MLP
+  // output times the token's gating prob, experts.h: what the expert adds to the token). Sums from
+  // the rows this rank's experts computed, counts from the kept slots this rank routed (every slot
+  // is routed by one rank and computed by one EP rank); finish() adds the ranks. Under ETP each
+  // rank's rows are partial sums over its ETP group: completed here, counted on ETP rank 0.
+  // Padding rows (moe_pad_to_capacity) have prob 0 and output 0, so they add nothing.
+  // Expert neurons: the statistic of §3.5 on fc2's input a (the scaled activation act * prob),
+  // with each routed (token, expert) slot its own sample of one position (the rows arrive
+  // permuted, without their sequences): acc[e F + f] += sum over e's rows of a[r, f]^2. ETP rank t
+  // holds neurons [t F / ETP, (t + 1) F / ETP) of every local expert and adds those.
+  void add_importance(const Mixer::Saved& s, const ImportanceSite& site, ImportanceStats& st) const override {
+    const MoeLayer::Saved& m = static_cast<const Saved&>(s).s;
+    add_neuron_importance(m, site.prefix + ".mlp.experts.neurons", st);
+    std::vector<double> sums(static_cast<size_t>(E_), 0.0), counts(static_cast<size_t>(E_), 0.0);
+    for (size_t e = 0; e < counts.size(); ++e) counts[e] = static_cast<double>(m.stats.tokens_per_expert[e]);
+    const int64_t R = m.expert_out.shape[0];
+    const float* y = m.expert_out.f32();
+    std::vector<float> whole;
+    if (etp_.size() > 1) {
+      whole.assign(y, y + R * D_);
+      etp_.all_reduce_sum(whole.data(), R * D_);
+      y = whole.data();
+    }
+    if (etp_.rank() == 0) {
+      int64_t r = 0;
+      const auto& rows = m.dispatch.tokens_per_local_expert;
+      for (size_t l = 0; l < rows.size(); ++l)
+        for (int64_t i = 0; i < rows[l]; ++i, ++r) {
+          double sq = 0;
+          for (int64_t k = 0; k < D_; ++k) sq += static_cast<double>(y[r * D_ + k]) * y[r * D_ + k];
+          sums[static_cast<size_t>(first_expert_) + l] += std::sqrt(sq);
+        }
+      FF_CHECK(r == R, "MoE importance: %lld expert rows, %lld in the experts' segments", (long long)R, (long long)r);
+    }
+    st.add_means(site.prefix + ".mlp.experts", 0, E_, sums.data(), counts.data());
   }
 
   struct Saved final : Mixer::Saved, DecodeState {
@@ -50,7 +95,27 @@ class MoeMixer final : public Mixer {
   }
 
  private:
+  void add_neuron_importance(const MoeLayer::Saved& m, const std::string& name, ImportanceStats& st) const {
+    const int64_t Fl = F_ / etp_.size(), f0 = etp_.rank() * Fl;
+    const Tensor& a = m.experts.scaled;  // [R, Fl], fp32 or bf16
+    const bool bf16 = a.dtype == DType::bf16;
+    const auto& rows = m.dispatch.tokens_per_local_expert;
+    std::vector<double> acc(static_cast<size_t>(Fl));
+    int64_t r = 0;
+    for (size_t l = 0; l < rows.size(); ++l) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t i = 0; i < rows[l]; ++i, ++r)
+        for (int64_t f = 0; f < Fl; ++f) {
+          const double v = bf16 ? bf16_to_float(a.bf16()[r * Fl + f]) : a.f32()[r * Fl + f];
+          acc[static_cast<size_t>(f)] += v * v;
+        }
+      st.add_squares(name, (first_expert_ + static_cast<int64_t>(l)) * F_ + f0, Fl, acc.data());
+    }
+  }
+
   MoeLayer moe_;
+  const Communicator& etp_;
+  int64_t E_, D_, F_, first_expert_;
 };
 
 int64_t shared_params(const ModelConfig& c) {
@@ -196,23 +261,78 @@ std::vector<HfRule> hf_rules(HfFamily f, const ModelConfig&) {
 
 std::unique_ptr<Mixer> build(const MixerContext& x) { return std::make_unique<MoeMixer>(x); }
 
-// Pruning: the routed and shared experts keep their width; only the embedding channels go.
-void declare_importance(const ModelConfig&, const std::string&, ImportanceStats&) {}
+// Pruning (§3.5): routed experts by their mean output norm ("<prefix>.mlp.experts", [E]), then
+// each kept expert's neurons by their own scores ("<prefix>.mlp.experts.neurons", [E F], expert e's
+// at e F), the same number F' in every expert, each its own set; the shared expert is kept whole.
+// Under group-limited routing each of the G contiguous expert groups keeps as many experts
+// (targets divisible by G, checked in prune_target_problems), so the groups stay equal and
+// contiguous.
+void declare_importance(const ModelConfig& c, const std::string& prefix, ImportanceStats& st) {
+  st.declare_means(prefix + ".mlp.experts", c.num_experts);
+  st.declare(prefix + ".mlp.experts.neurons", c.num_experts * c.moe_ffn_hidden);
+}
 
-LayerKeep prune_keep(const ModelConfig&, const ImportanceStats&, const std::string&, const PruneTargets&) { return {}; }
+LayerKeep prune_keep(const ModelConfig& c, const ImportanceStats& st, const std::string& prefix, const PruneTargets& t) {
+  const int64_t keep = t.num_experts > 0 ? t.num_experts : c.num_experts;
+  const std::vector<double> score = st.means(prefix + ".mlp.experts");
+  LayerKeep k;
+  k.experts = c.moe_router_groups > 0 ? top_k_within_groups(score, c.moe_router_groups, keep) : top_k_indices(score, keep);
+  // hidden: kept expert k's neurons at [k F', (k + 1) F').
+  const int64_t F = c.moe_ffn_hidden, F_keep = t.moe_ffn_hidden > 0 ? t.moe_ffn_hidden : F;
+  const std::vector<double> neurons = st.scores(prefix + ".mlp.experts.neurons");
+  for (int64_t e : k.experts) {
+    const std::vector<double> of_e(neurons.begin() + e * F, neurons.begin() + (e + 1) * F);
+    for (int64_t f : top_k_indices(of_e, F_keep)) k.hidden.push_back(f);
+  }
+  return k;
+}
 
+// Expert k of "<prefix>.mlp.experts.<k>.<rest>" (-1: not an expert tensor); rest gets ".<rest>".
+int64_t expert_of(const std::string& suffix, std::string& rest) {
+  const std::string head = ".mlp.experts.";
+  if (suffix.rfind(head, 0) != 0) return -1;
+  const size_t dot = suffix.find('.', head.size());
+  if (dot == std::string::npos || dot == head.size()) return -1;
+  const std::string id = suffix.substr(head.size(), dot - head.size());
+  if (id.find_first_not_of("0123456789") != std::string::npos) return -1;
+  rest = suffix.substr(dot);
+  return std::stoll(id);
+}
+
+// The pruned layer's router rows [E', D'] (and its aux-loss-free expert bias [E'], where the
+// source has one) are the kept experts' rows; pruned expert k is the source's keep.experts[k] with
+// its kept neurons (gate, up rows; down columns); each expert's and the shared expert's
+// projections lose the dropped embedding channels: inputs (gate, up) or outputs (down) of width D.
 bool prune_tensor(const LayerPrune& p, const TensorSource& src, const std::string& name, HostTensor& out) {
   const std::vector<int64_t>& d = p.embedding;
-  if (cut_norm(p, "post_attention_layernorm", name, src, out) || cut(p, ".mlp.gate.weight", name, src, nullptr, &d, out) ||
+  const std::vector<int64_t>& kept = p.keep.experts;
+  if (cut_norm(p, "post_attention_layernorm", name, src, out) || cut(p, ".mlp.gate.weight", name, src, &kept, &d, out) ||
       cut(p, ".mlp.shared_expert_gate.weight", name, src, nullptr, &d, out))
     return true;
-  // Every expert's and the shared expert's projections: inputs (gate, up) or outputs (down) of width D.
+  if (name == p.to_prefix + ".mlp.gate.expert_bias") {
+    if (!src(p.from_prefix + ".mlp.gate.expert_bias", out)) return false;
+    out = take_rows(out, kept);
+    return true;
+  }
   if (name.rfind(p.to_prefix + ".mlp.", 0) != 0) return false;
   const std::string suffix = name.substr(p.to_prefix.size());
   const bool down = suffix.size() > 17 && suffix.compare(suffix.size() - 17, 17, ".down_proj.weight") == 0;
   const bool in = suffix.find(".gate_proj.weight") != std::string::npos || suffix.find(".up_proj.weight") != std::string::npos;
   if (!down && !in) return false;
-  return cut(p, suffix, name, src, down ? &d : nullptr, down ? nullptr : &d, out);
+  std::string rest;
+  const int64_t k = expert_of(suffix, rest);
+  if (k < 0) {  // the shared expert
+    out = source_tensor(src, p.from_prefix + suffix);
+    out = down ? take_rows(out, d) : take_cols(out, d);
+    return true;
+  }
+  FF_CHECK(k < static_cast<int64_t>(kept.size()), "pruning: '%s' names expert %lld of a layer that keeps %zu",
+           name.c_str(), (long long)k, kept.size());
+  const int64_t F_keep = p.to.moe_ffn_hidden;
+  const std::vector<int64_t> neurons(p.keep.hidden.begin() + k * F_keep, p.keep.hidden.begin() + (k + 1) * F_keep);
+  out = source_tensor(src, p.from_prefix + ".mlp.experts." + std::to_string(kept[static_cast<size_t>(k)]) + rest);
+  out = down ? take_cols(take_rows(out, d), neurons) : take_cols(take_rows(out, neurons), d);
+  return true;
 }
 
 }  // namespace

@@ -41,6 +41,18 @@ std::vector<std::string> prune_target_problems(const ModelConfig& c, const Prune
   } else if (t.mamba_num_heads > 0 || t.mamba_head_dim > 0) {
     e.push_back("--target_mamba_*: the model has no Mamba2 layer ('M')");
   }
+  if (has('E')) {
+    within(t.num_experts, c.num_experts, "target_num_experts", "model.num_experts");
+    within(t.moe_ffn_hidden, c.moe_ffn_hidden, "target_moe_ffn_hidden", "model.moe_ffn_hidden");
+    if (t.num_experts > 0 && t.num_experts < c.moe_top_k)
+      e.push_back(strprintf("--target_num_experts %lld: must be at least model.moe_top_k = %lld (each token is routed "
+                            "to that many experts)", (long long)t.num_experts, (long long)c.moe_top_k));
+    if (t.num_experts > 0 && c.moe_router_groups > 0 && t.num_experts % c.moe_router_groups != 0)
+      e.push_back(strprintf("--target_num_experts %lld: must be a multiple of model.moe_router_groups = %lld (every "
+                            "expert group keeps as many)", (long long)t.num_experts, (long long)c.moe_router_groups));
+  } else if (t.num_experts > 0 || t.moe_ffn_hidden > 0) {
+    e.push_back("--target_num_experts / --target_moe_ffn_hidden: the model has no MoE layer ('E')");
+  }
   if (c.lora_rank > 0) e.push_back("the model has LoRA adapters: merge them first (fivefold export merges them)");
   return e;
 }
@@ -86,6 +98,8 @@ PrunePlan plan_pruning(const ModelConfig& c, const ImportanceStats& stats, const
   to.num_heads = Hq;
   to.mamba_num_heads = Hm;
   to.mamba_head_dim = Pm;
+  to.num_experts = or_whole(t.num_experts, c.num_experts);
+  to.moe_ffn_hidden = or_whole(t.moe_ffn_hidden, c.moe_ffn_hidden);
   const auto bad = to.validate();
   if (!bad.empty()) throw UserError("the pruned model would be invalid:" + join_problems(bad));
   return plan;

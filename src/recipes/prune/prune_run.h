@@ -1,10 +1,13 @@
 // The `fivefold prune` run: calibration forwards under the job's layout (data parallelism
-// spreads the calibration windows; TP, CP and EP each see their share), the plan, the scores as
-// JSON, and the pruned model file written by rank 0 from the source's tensors.
+// spreads the calibration windows; TP, CP and EP each see their share; each pipeline stage takes
+// the statistics of its own layers), the plan, the scores as JSON, and the pruned model file
+// written by rank 0 from the source's tensors.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "io/gpt_dataset.h"
 #include "io/tokenizer.h"
@@ -26,7 +29,9 @@ struct PruneRunOptions {
   std::optional<TokenizerFile> tokenizer;  // none: the model's own
 };
 
-// Collective over the grid's ranks. Returns the plan (every rank).
+// Collective over the grid's ranks. Returns the plan (every rank). --target_num_experts must be a
+// multiple of parallel.ep and --target_moe_ffn_hidden of the expert-TP size: the pruned model runs
+// on the job's layout.
 PrunePlan run_prune(const PruneRunOptions& o, const ParallelGrid& grid, bool quiet = false);
 
 // A model and its calibration statistics, ready to be planned and sliced any number of times.
@@ -43,6 +48,22 @@ CalibratedModel calibrate_model(const PruneRunOptions& o, const ParallelGrid& gr
 // The pruned model file: built whole in this process from the source's tensors, with its config
 // and tokenizer (call on one rank).
 void write_pruned_model(const CalibratedModel& m, const PrunePlan& plan, const std::string& path);
+
+// Calibration batches through the model's pipeline stages: the forward only, chunk after chunk in
+// virtual-stage order (the activations passed on over the PP group as in training), then the
+// statistics of the layers held here added. Collective over the grid (each rank's groups).
+class CalibrationPass {
+ public:
+  CalibrationPass(DecoderLM& model, const ParallelGrid& grid);
+  // One batch: tokens [B*S] (this data-parallel replica's), then stats.end_batch().
+  void add(const int32_t* tokens, int64_t B, int64_t S, ImportanceStats& stats);
+
+ private:
+  DecoderLM& model_;
+  const Communicator& pp_;
+  std::unique_ptr<DecoderLM::MicroBatch> mb_;
+  std::vector<std::vector<float>> inputs_;  // per chunk: the previous virtual stage's output
+};
 
 // The calibration statistics of `model` over windows [0, samples) of the data, dealt out to the
 // data-parallel replicas as `fivefold eval` deals them. Collective.
