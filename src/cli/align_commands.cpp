@@ -5,6 +5,7 @@
 
 #include "io/atomic_file.h"
 #include "io/jsonl.h"
+#include "recipes/ppo/ppo.h"
 #include "recipes/spin.h"
 #include "train/model_source.h"
 #include "train/sft_data.h"
@@ -181,6 +182,12 @@ void add_align_commands(CLI::App& app, RunConfig& defaults, bool& print_config, 
                                                    "the current model, promote (--spin_iterations)");
   spin_flags.add_to(*align_spin, defaults);
   align_spin->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
+  auto* align_ppo = cmds.align_ppo = align->add_subcommand("ppo", "RLHF with PPO: the actor (--init_from, an SFT model) "
+                                                 "rolls out prompts (JSONL --data_path), the --reward_model scores them, a "
+                                                 "critic and the actor train on the clipped losses against a frozen "
+                                                 "reference; --steps iterations");
+  cmds.ppo_flags.add_to(*align_ppo, defaults);
+  align_ppo->add_flag("--print_config", print_config, "print the resolved config as JSON and exit");
   // SteerLM's steps (train/steerlm.h): attribute-model, annotate, sft; generate --attributes.
   auto* steer = align->add_subcommand("steerlm", "SteerLM: attribute model, annotation, attribute-conditioned SFT "
                                                  "(then fivefold generate --attributes)");
@@ -214,6 +221,8 @@ int run_align_command(const AlignCommands& cmds, bool print_config) {
   if (cmds.align_rm->parsed()) return train_run(align_recipe(cmds.rm_flags, "rm"), print_config);
   if (cmds.align_dpo->parsed()) return train_run(align_recipe(cmds.dpo_flags, "dpo"), print_config);
   if (cmds.align_spin->parsed()) return cmd_spin(cmds.spin_flags, print_config);
+  if (cmds.align_ppo->parsed())
+    return run_job(cmds.ppo_flags, print_config, [](RunConfig& c, const ParallelGrid& grid) { run_ppo(c, grid); });
   if (cmds.upcycle->parsed()) return cmd_upcycle(cmds.upcycle_flags, cmds.upcycle_out);
   if (cmds.steer_attr->parsed()) return train_run(steerlm_recipe(cmds.steer_attr_flags, true), print_config);
   if (cmds.steer_sft->parsed()) return train_run(steerlm_recipe(cmds.steer_sft_flags, false), print_config);

@@ -1,5 +1,5 @@
 // The recipe commands built on training runs: `fivefold upcycle` and `fivefold align` (rm, dpo,
-// spin, steerlm attribute-model | annotate | sft). Each presets the fields of its recipe on the
+// spin, ppo, steerlm attribute-model | annotate | sft). Each presets the fields of its recipe on the
 // run flags (the user's flags win where the recipe allows) and runs it like train does.
 #pragma once
 #include <CLI/CLI.hpp>
@@ -19,10 +19,10 @@ struct AnnotateOptions {
 
 // The commands' flags and their CLI apps: registered once, read after parsing (do not move it).
 struct AlignCommands {
-  RunConfigFlags upcycle_flags, rm_flags, dpo_flags, spin_flags, steer_attr_flags, steer_sft_flags;
+  RunConfigFlags upcycle_flags, rm_flags, dpo_flags, spin_flags, ppo_flags, steer_attr_flags, steer_sft_flags;
   AnnotateOptions annotate;
   std::string upcycle_out;
-  CLI::App *upcycle = nullptr, *align_rm = nullptr, *align_dpo = nullptr, *align_spin = nullptr,
+  CLI::App *upcycle = nullptr, *align_rm = nullptr, *align_dpo = nullptr, *align_spin = nullptr, *align_ppo = nullptr,
            *steer_attr = nullptr, *steer_sft = nullptr, *steer_annotate = nullptr;
 };
 

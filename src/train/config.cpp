@@ -53,6 +53,18 @@ std::vector<std::string> TrainConfig::validate() const {
   if (spin_max_new_tokens < 1)
     e.push_back(strprintf("train.spin_max_new_tokens = %lld: must be >= 1", (long long)spin_max_new_tokens));
   if (spin_temperature < 0) e.push_back(strprintf("train.spin_temperature = %g: must be >= 0", spin_temperature));
+  if (ppo_rollout_prompts < 1 || ppo_max_new_tokens < 1)
+    e.push_back(strprintf("train.ppo_rollout_prompts = %lld and train.ppo_max_new_tokens = %lld: both must be >= 1",
+                          (long long)ppo_rollout_prompts, (long long)ppo_max_new_tokens));
+  if (!(ppo_temperature > 0) || ppo_top_k < 0 || !(ppo_top_p > 0 && ppo_top_p <= 1))
+    e.push_back("train.ppo_temperature > 0, train.ppo_top_k >= 0 and train.ppo_top_p in (0, 1] are required (PPO "
+                "learns from its own sampling distribution, so it never samples greedily)");
+  if (!(ppo_clip > 0 && ppo_clip < 1) || !(ppo_value_clip > 0))
+    e.push_back(strprintf("train.ppo_clip = %g must be in (0, 1) and train.ppo_value_clip = %g > 0", ppo_clip,
+                          ppo_value_clip));
+  if (ppo_kl_beta < 0 || ppo_gamma < 0 || ppo_gamma > 1 || ppo_lambda < 0 || ppo_lambda > 1 || ppo_critic_warmup < 0)
+    e.push_back("train.ppo_kl_beta >= 0, train.ppo_gamma and ppo_lambda in [0, 1], train.ppo_critic_warmup >= 0 are "
+                "required");
   if (dpo_sft_weight < 0) e.push_back(strprintf("train.dpo_sft_weight = %g: must be >= 0", dpo_sft_weight));
   if (keep_checkpoints < 0)
     e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));

@@ -85,6 +85,20 @@ struct TrainConfig {
   double spin_temperature = 1.0;
   int64_t spin_top_k = 0;
   double spin_top_p = 1.0;
+  // PPO (recipes/ppo/ppo.h): the other models, the rollouts, the reward shaping and the clips.
+  std::string reward_model, critic_init;
+  int64_t ppo_rollout_prompts = 64;
+  int64_t ppo_max_new_tokens = 32;
+  double ppo_temperature = 1.0;
+  int64_t ppo_top_k = 0;
+  double ppo_top_p = 1.0;
+  double ppo_kl_beta = 0.01;
+  bool ppo_absolute_kl = true;
+  double ppo_gamma = 1.0, ppo_lambda = 0.95;
+  double ppo_clip = 0.2, ppo_value_clip = 0.2;
+  double ppo_critic_lr = 9e-6;
+  int64_t ppo_critic_warmup = 0;
+  bool ppo_only_ended = true;
 
   template <class V>
   void visit_fields(V& v) {
@@ -179,6 +193,24 @@ struct TrainConfig {
     v(spin_temperature, "spin_temperature", "SPIN: sampling temperature of the generated responses (0 = greedy)");
     v(spin_top_k, "spin_top_k", "SPIN: sample among the top k tokens (0 = all)");
     v(spin_top_p, "spin_top_p", "SPIN: nucleus sampling threshold (1 = off)");
+    v(reward_model, "reward_model", "PPO: the frozen reward model (a value head, e.g. from fivefold align rm)");
+    v(critic_init, "critic_init", "PPO: where the critic (a value per token) starts; empty = the reward model");
+    v(ppo_rollout_prompts, "ppo_rollout_prompts", "PPO: prompts rolled out per iteration, over all data-parallel "
+                                                  "replicas (a multiple of DP x micro_batch x grad_accum)");
+    v(ppo_max_new_tokens, "ppo_max_new_tokens", "PPO: longest generated response, in tokens");
+    v(ppo_temperature, "ppo_temperature", "PPO: sampling temperature of the rollouts");
+    v(ppo_top_k, "ppo_top_k", "PPO: sample among the top k tokens (0 = all)");
+    v(ppo_top_p, "ppo_top_p", "PPO: nucleus sampling threshold (1 = off)");
+    v(ppo_kl_beta, "ppo_kl_beta", "PPO: beta of the per-token KL penalty -beta |logp - logp_ref| in the rewards");
+    v(ppo_absolute_kl, "ppo_absolute_kl", "PPO: the KL estimate |logp - logp_ref| (false: logp - logp_ref)");
+    v(ppo_gamma, "ppo_gamma", "PPO: discount of GAE");
+    v(ppo_lambda, "ppo_lambda", "PPO: lambda of GAE");
+    v(ppo_clip, "ppo_clip", "PPO: the actor's ratio clip eps (ratios outside [1 - eps, 1 + eps] stop the gradient)");
+    v(ppo_value_clip, "ppo_value_clip", "PPO: the critic's value clip around its rollout-time values");
+    v(ppo_critic_lr, "ppo_critic_lr", "PPO: the critic's peak learning rate (the actor's is optim.lr)");
+    v(ppo_only_ended, "ppo_only_ended", "PPO: the actor learns only from responses that ended with EOS (false: "
+                                        "also from those cut at ppo_max_new_tokens)");
+    v(ppo_critic_warmup, "ppo_critic_warmup", "PPO: iterations that train only the critic before the actor starts");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }

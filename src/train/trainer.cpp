@@ -92,12 +92,11 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
   peak_tflops_ = cfg_.train.peak_tflops;
 }
 
-void Trainer::move_earlier_run_aside(bool quiet) const {
+void move_earlier_run_aside(const TrainConfig& tc, bool quiet) {
   // A run into an out_dir that holds another run's results neither mixes with them nor replaces
   // them: their checkpoints, metrics and model files move into out_dir/previous-N first. A run
   // that resumes from out_dir's own checkpoints continues them instead.
   namespace fs = std::filesystem;
-  const auto& tc = cfg_.train;
   const std::string ckpts = tc.out_dir + "/checkpoints";
   const bool continuing = !tc.resume.empty() && fs::exists(ckpts) &&
                           fs::weakly_canonical(tc.resume).string().rfind(fs::weakly_canonical(ckpts).string(), 0) == 0;
@@ -256,7 +255,7 @@ TrainResult Trainer::run(bool quiet) {
   // One run at a time in an out_dir (held until the run returns; released by the kernel if killed).
   std::unique_ptr<FileLock> out_dir_lock;
   if (lead) out_dir_lock = std::make_unique<FileLock>(tc.out_dir + "/.fivefold.lock", "out_dir " + tc.out_dir);
-  if (lead) move_earlier_run_aside(quiet);
+  if (lead) move_earlier_run_aside(cfg_.train, quiet);
   grid_.all().barrier();
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
   if (lead && !quiet) {
@@ -438,8 +437,8 @@ void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const
 }
 
 void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,
-                                const TokenizerFile* tokenizer) {
-  const auto tensors = read_checkpoint_model(folder);
+                                const TokenizerFile* tokenizer, const std::string& role) {
+  const auto tensors = read_checkpoint_model(folder, role);
   std::vector<SafetensorsEntry> entries;
   for (const auto& [name, t] : tensors)
     if (name.find("expert_bias") == std::string::npos) entries.push_back({name, t.shape, t.data.data()});

@@ -74,7 +74,6 @@ class Trainer {
   std::unique_ptr<PreferenceTraining> preference_;  // a pairwise objective (train.objective)
   double peak_tflops_ = 0;
   void check_freeze_globs() const;
-  void move_earlier_run_aside(bool quiet) const;
 };
 
 // Save / load the model weights (global names) with the run config, and the tokenizer when given,
@@ -82,10 +81,15 @@ class Trainer {
 // parameters: the whole model only on one rank; see Trainer::run for several.
 void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer = nullptr);
 // The whole model of a checkpoint folder (written by any layout) as one model file.
+// role: which of the checkpoint's models (io/checkpoint.h), "model" the trained one.
 void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,
-                                const TokenizerFile* tokenizer = nullptr);
+                                const TokenizerFile* tokenizer = nullptr, const std::string& role = "model");
 // The LoRA adapters of a model file alone (with its metadata), e.g. out_dir/adapters.safetensors.
 void save_adapters(const std::string& model_path, const std::string& path);
+// A run into an out_dir that holds another run's results (checkpoints, metrics, model files)
+// moves them into out_dir/previous-N first, so that nothing is lost; a run resuming from
+// out_dir's own checkpoints continues them instead. Call on one rank.
+void move_earlier_run_aside(const TrainConfig& tc, bool quiet);
 // Reads the config stored in a model file written by save_model.
 RunConfig load_model_config(const std::string& path);
 void load_model_weights(DecoderLM& model, const std::string& path);

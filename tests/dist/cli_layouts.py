@@ -130,6 +130,44 @@ for recipe in ("rm", "dpo"):
         checks += 1
     print("%-40s    %s" % ("align %s, 1 process" % recipe, want))
 
+# `fivefold align ppo` (the SFT model above as the actor, the reward model just trained, its
+# pairs' prompts) gives the same per-iteration rewards and losses under DP 2, TP 2 + SP and PP 2
+# as in one process (top-k 1 sampling: the rollouts do not depend on the last bits of the
+# logits), and a run stopped after 2 iterations resumes under another layout to the same numbers
+# (a constant lr: the schedule does not depend on the run's length).
+def ppo(ranks, extra, out, steps="4"):
+    cmd = ([] if ranks == 1 else ["mpirun", "--oversubscribe", "-np", str(ranks)]) + [
+        fivefold, "align", "ppo", "--init_from", base, "--reward_model", os.path.join(tmp, "rm-one", "model.safetensors"),
+        "--data_path", pairs, "--steps", steps, "--ppo_rollout_prompts", "8", "--micro_batch", "2",
+        "--ppo_max_new_tokens", "6", "--ppo_top_k", "1", "--ppo_only_ended", "false", "--lr", "1e-3", "--lr_decay", "constant", "--warmup_steps", "0",
+        "--ppo_critic_lr", "1e-3", "--peak_tflops", "1", "--out_dir", out] + extra
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        print(r.stdout[-2000:], r.stderr[-2000:])
+        raise SystemExit("failed: " + " ".join(cmd))
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [(m["reward"], m["actor_loss"], m["critic_loss"]) for m in map(json.loads, f)]
+def same_ppo(got, want):
+    return len(got) == len(want) and all(abs(a - b) <= 1e-4 * abs(b) + 1e-6 for g, w in zip(got, want)
+                                         for a, b in zip(g, w))
+ppo_want = ppo(1, ["--grad_accum", "2"], os.path.join(tmp, "ppo-one"))
+for name, (ranks, extra) in {"DP 2": (2, []), "TP 2 + SP": (2, ["--tp", "2", "--sequence_parallel", "true", "--grad_accum", "2"]),
+                             "PP 2": (2, ["--pp", "2", "--grad_accum", "2"])}.items():
+    got = ppo(ranks, extra, os.path.join(tmp, "ppo-" + name.replace(" ", "_")))
+    ok = same_ppo(got, ppo_want)
+    print("%-40s %s %s" % ("align ppo, " + name, "ok" if ok else "MISMATCH", [round(x[0], 4) for x in got]))
+    failures += not ok
+    checks += 1
+print("%-40s    %s" % ("align ppo, 1 process", [tuple(round(v, 4) for v in x) for x in ppo_want]))
+ppo(1, ["--grad_accum", "2", "--save_interval", "2"], os.path.join(tmp, "ppo-first"), steps="2")
+got = ppo(2, ["--resume", os.path.join(tmp, "ppo-first", "checkpoints"), "--tp", "2", "--sequence_parallel", "true",
+                "--grad_accum", "2"],
+          os.path.join(tmp, "ppo-first"))
+ok = same_ppo(got, ppo_want)
+print("%-40s %s %s" % ("align ppo resumed under TP 2", "ok" if ok else "MISMATCH", [round(x[0], 4) for x in got]))
+failures += not ok
+checks += 1
+
 # Upcycling: `fivefold upcycle` (offline, one process) and then training from the MoE file gives
 # the losses of training with --upcycle_experts from the dense file directly (online), in one
 # process and under EP 2 with each rank building only its experts.

@@ -10,6 +10,7 @@
 
 #include "recipes/ppo/advantages.h"
 #include "recipes/ppo/ppo_objective.h"
+#include "recipes/ppo/rollouts.h"
 
 namespace ff {
 namespace {
@@ -136,6 +137,36 @@ TEST(Ppo, WhiteningGivesZeroMeanAndUnitVarianceOverTheMask) {
   const double s = std::sqrt(1.25 + 1e-8);
   EXPECT_NEAR(adv[0][0], -1.5 / s, 1e-6);
   EXPECT_NEAR(adv[1][1], 1.5 / s, 1e-6);
+}
+
+}  // namespace
+}  // namespace ff
+
+namespace ff {
+namespace {
+
+// Rollouts as micro-batches: prompt + response (+ EOS when it ended) padded to S, targets on the
+// response rows [P - 1, L - 1) only.
+TEST(Ppo, RolloutsTargetTheResponseRowsOnly) {
+  const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7}, {8}};
+  std::vector<Generated> gen(2);
+  gen[0].tokens = {1, 2};
+  gen[0].finish = "eos";
+  gen[1].tokens = {3, 4, 9};
+  gen[1].finish = "length";
+  const Rollouts r = pack_rollouts(prompts, gen, {0, 1}, 2, 7, /*eod=*/0);
+  ASSERT_EQ(r.micro_batches(), 1);
+  EXPECT_EQ(r.tokens[0], (std::vector<int32_t>{5, 6, 7, 1, 2, 0, 0, /**/ 8, 3, 4, 9, 0, 0, 0}));
+  EXPECT_EQ(r.targets[0], (std::vector<int32_t>{-1, -1, 1, 2, 0, -1, -1, /**/ 3, 4, 9, -1, -1, -1, -1}));
+  EXPECT_EQ(r.spans[0][0].first, 2);
+  EXPECT_EQ(r.spans[0][0].end, 5);  // L = 6 with the EOS
+  EXPECT_EQ(r.spans[0][1].first, 0);
+  EXPECT_EQ(r.spans[0][1].end, 3);  // no EOS: the last token has no row after it
+  EXPECT_EQ(r.ended[0], (std::vector<uint8_t>{1, 0}));
+  gen[0].tokens = {1, 2, 3, 4};
+  EXPECT_THROW(pack_rollouts(prompts, gen, {0, 1}, 2, 7, 0), Error);  // 3 + 4 + EOS > 7
+  // Each optimizer step's sequences are split over the replicas: 2 replicas of 2 per step.
+  EXPECT_EQ(replica_sequences(8, 2, 1, 2), (std::vector<int64_t>{2, 3, 6, 7}));
 }
 
 }  // namespace

@@ -70,7 +70,9 @@ TEST(PruneSearch, CandidatesAreValidTargetsWithinTheBudgetLargestFirst) {
     EXPECT_EQ(k.params, count_parameters(k.config));
     EXPECT_LE(k.params, o.target_params);
     EXPECT_GE(static_cast<double>(k.params), (1 - o.tolerance) * static_cast<double>(o.target_params));
-    if (i > 0) EXPECT_LE(k.params, all[i - 1].params);
+    if (i > 0) {
+      EXPECT_LE(k.params, all[i - 1].params);
+    }
     EXPECT_TRUE(k.config.d_model == c.d_model || k.config.d_model % 8 == 0);
     EXPECT_EQ(k.config.mamba_num_heads % c.mamba_groups, 0);
     EXPECT_TRUE(k.config.mamba_head_dim == c.mamba_head_dim || k.config.mamba_head_dim % 4 == 0);
