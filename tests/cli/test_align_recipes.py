@@ -80,5 +80,24 @@ with tempfile.TemporaryDirectory() as tmp:
     check("spin: the same command again finds them done", r.returncode == 0 and r.stdout.count("done already") == 2,
           r.stdout + r.stderr)
 
+    # PPO's misuse: each a clear error naming what to fix.
+    def ppo(**over):
+        flags = {"init_from": base, "data_path": path("plain.jsonl"), "steps": "1", "ppo_rollout_prompts": "4",
+                 "micro_batch": "2", "ppo_max_new_tokens": "4", "out_dir": path("ppo"), "peak_tflops": "1",
+                 "reward_model": base}
+        flags.update(over)
+        return run("align", "ppo", *[x for k, v in flags.items() for x in ("--" + k, v)])
+    r = ppo()
+    check("ppo: a reward model without a value head is refused", r.returncode != 0 and "align rm" in r.stderr, r.stderr)
+    r = ppo(reward_model=path("attr/model.safetensors"))
+    check("ppo: a reward model with two values is refused", r.returncode != 0 and "value_outputs = 1" in r.stderr,
+          r.stderr)
+    r = ppo(ppo_rollout_prompts="3")
+    check("ppo: rollouts not in whole steps are refused", r.returncode != 0 and "multiple of" in r.stderr, r.stderr)
+    r = ppo(ppo_max_new_tokens="28", seq_len="32")  # room for 3 prompt tokens; each prompt has 7 or more
+    check("ppo: no prompt short enough is refused", r.returncode != 0 and "no prompt fits" in r.stderr, r.stderr)
+    r = ppo(ppo_temperature="0")
+    check("ppo: greedy rollouts are refused", r.returncode != 0 and "ppo_temperature" in r.stderr, r.stderr)
+
 print("%d failed" % len(failures))
 sys.exit(1 if failures else 0)
