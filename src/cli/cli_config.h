@@ -18,16 +18,31 @@ struct CliRegistrar {
   CLI::App& app;
   std::map<std::string, std::string>& given;
   std::string group;
+  // --help shows each flag's type (INT, UINT, FLOAT, BOOL, TEXT, or an enum's choices a|b|c) and
+  // default; the value is parsed by CliApplier, whose errors name the flag.
   template <class T>
   void operator()(T& field, const char* name, const char* help) {
-    std::string def;
-    if constexpr (FieldEnum<T>) def = enum_to_string(field) + "  (" + enum_choices(T{}) + ")";
-    else if constexpr (std::is_same_v<T, bool>) def = field ? "true" : "false";
-    else if constexpr (std::is_arithmetic_v<T>) def = std::to_string(field);
-    else def = field.empty() ? "\"\"" : field;
+    std::string def, type;
+    if constexpr (FieldEnum<T>) {
+      def = enum_to_string(field);
+      type = enum_choices(T{});
+    } else if constexpr (std::is_same_v<T, bool>) {
+      def = field ? "true" : "false";
+      type = "BOOL";
+    } else if constexpr (std::is_integral_v<T>) {
+      def = std::to_string(field);
+      type = std::is_unsigned_v<T> ? "UINT" : "INT";
+    } else if constexpr (std::is_floating_point_v<T>) {
+      def = strprintf("%g", static_cast<double>(field));
+      type = "FLOAT";
+    } else {
+      def = field.empty() ? "\"\"" : field;
+      type = "TEXT";
+    }
     std::string flag = std::string("--") + name;
     app.add_option_function<std::string>(flag, [&g = given, n = std::string(name)](const std::string& v) { g[n] = v; },
                                          std::string(help) + " [default " + def + "]")
+        ->type_name(type)
         ->group(group);
   }
 };

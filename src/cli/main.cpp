@@ -26,6 +26,7 @@
 #include "cli/cli_config.h"
 #include "cli/prune_command.h"
 #include "cli/search_command.h"
+#include "cli/version.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
@@ -345,6 +346,7 @@ int main(int argc, char** argv) {
   try {
     CLI::App app{"fivefold: train dense and MoE language models with 5-D parallelism"};
     app.require_subcommand(1);
+    app.set_version_flag("--version", [] { return version_text(); }, "print the version and the build's libraries, then exit");
     RunConfig defaults;
     defaults.model = model_preset(defaults.train.model_preset);
 

@@ -45,6 +45,17 @@ with tempfile.TemporaryDirectory() as tmp:
     check("train.seed = -3 in a file is refused", rc != 0 and "train.seed = -3: must be a non-negative integer" in out,
           out)
 
+# --help shows each flag's type and an enum's choices; a value of the wrong type names its flag;
+# --version names the version and the build's libraries.
+h = subprocess.run([fivefold, "train", "--help"], capture_output=True, text=True, timeout=60).stdout
+for want in ("--lr FLOAT", "--seed UINT", "--d_model INT", "--precision fp32|bf16", "--tie_embeddings BOOL",
+             "--data_path TEXT", "--tp INT", "--moe_dispatcher alltoall|allgather|alltoall_dedup"):
+    check("train --help shows " + want, want in h, h[:400])
+rc, out = resolved("--lr", "fast")
+check("--lr fast is refused naming the flag", rc != 0 and "--lr fast: not a valid number" in out, out)
+v = subprocess.run([fivefold, "--version"], capture_output=True, text=True, timeout=60).stdout
+check("--version", v.startswith("fivefold ") and "oneDNN" in v and "MPI" in v and "CUDA" in v, v)
+
 # Under mpirun every rank finds the same bad flag: the message is printed once, not once per rank.
 env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 r = subprocess.run(["mpirun", "--oversubscribe", "-np", "3", fivefold, "train", "--seed", "-1"], env=env,
