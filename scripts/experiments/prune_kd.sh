@@ -9,7 +9,9 @@
 #     width: D 256 -> 192, FFN 1024 -> 384, Mamba2 heads 16 -> 8 (2 of 4 per group), 2.72M;
 #            group-aware (default) and group-unaware (--group_aware false) from the same scores;
 #     depth: D 256 -> 192 and the layers cut to the count (3-6) whose size is closest to width's;
-#     ffn:   D 256 -> 192, FFN 1024 -> 192, Mamba2 whole: the §3.9 item 2 baseline at equal size.
+#     ffn:   D 256 -> 192, FFN 1024 -> 192, Mamba2 whole: the §3.9 item 2 baseline at equal size;
+#     channels: as width, but Mamba2 head channels 16 -> 8 with all 16 heads (the same d_inner 128:
+#            §3.9 item 3, heads against head channels).
 #   students, SEEDS seeds each, STEPS steps of 8 x 256 tokens (equal tokens for all):
 #     aware_kd    width group-aware, KD from the teacher (forward KL, tau 1)
 #     unaware_kd  width group-unaware, KD
@@ -17,6 +19,7 @@
 #     random_lm   width's architecture from random init, plain LM loss
 #     depth_kd    depth, KD
 #     ffn_kd      ffn, KD
+#     channels_kd channels, KD
 #   The retraining schedule is 6e-4 peak (1/5 of the teacher's, §3.7), 20 warm-up steps, cosine to
 #   6e-5. random_lm is pre-training from scratch, so it gets the teacher's peak 3e-3 (cosine to
 #   3e-4, 20 warm-up steps), its best known lr at this size. A seed fixes the data order (and
@@ -38,8 +41,8 @@ FIG_DIR=${FIG_DIR:-docs/figures}
 STEPS=${STEPS:-150}
 TEACHER_STEPS=${TEACHER_STEPS:-300}
 PAR=${PAR:-2}
-GEN_REPS=${GEN_REPS:-5}
-VARIANTS=${VARIANTS:-"aware_kd unaware_kd aware_lm random_lm depth_kd ffn_kd"}
+GEN_REPS=${GEN_REPS:-15}
+VARIANTS=${VARIANTS:-"aware_kd unaware_kd aware_lm random_lm depth_kd ffn_kd channels_kd"}
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT/pruned" "$OUT/eval" "$OUT/gen" "$FIG_DIR"
 start=$SECONDS
@@ -80,6 +83,7 @@ prune() {  # NAME ARGS...
 prune aware "${WIDTH[@]}"
 prune unaware "${WIDTH[@]}" --group_aware false
 prune ffn --target_d_model 192 --target_ffn_hidden 192
+prune channels --target_d_model 192 --target_ffn_hidden 384 --target_mamba_head_dim 8
 target=$(params "$OUT/pruned/aware.safetensors")
 if [[ ! -f $OUT/pruned/depth.safetensors ]]; then
   best="" bestd=""
@@ -94,13 +98,13 @@ if [[ ! -f $OUT/pruned/depth.safetensors ]]; then
   cp "$OUT/pruned/depth$best.safetensors.scores.json" "$OUT/pruned/depth.safetensors.scores.json"
 fi
 echo "pruned depth: $(tail -1 "$OUT/pruned/depth.log") ($(params "$OUT/pruned/depth.safetensors") parameters)"
-for m in aware unaware ffn depth; do
+for m in aware unaware ffn channels depth; do
   [[ -s $OUT/eval/$m.txt ]] || $FF eval --model "$OUT/pruned/$m.safetensors" --data data/kjv.txt --part valid \
     > "$OUT/eval/$m.txt" 2>&1
 done
 [[ -s $OUT/eval/teacher.txt ]] || $FF eval --model "$T/model.safetensors" --data data/kjv.txt --part valid \
   > "$OUT/eval/teacher.txt" 2>&1
-for m in teacher aware unaware ffn depth; do echo "eval $m: $(tail -1 "$OUT/eval/$m.txt")"; done
+for m in teacher aware unaware ffn channels depth; do echo "eval $m: $(tail -1 "$OUT/eval/$m.txt")"; done
 
 # 3. the students, PAR at a time
 RETRAIN=(--steps "$STEPS" --lr 6e-4 --min_lr 6e-5 --warmup_steps 20)
@@ -114,6 +118,7 @@ student() {  # VARIANT SEED
     random_lm)  a=("${WIDTH_ARCH[@]}" --steps "$STEPS" --lr 3e-3 --min_lr 3e-4 --warmup_steps 20) ;;
     depth_kd)   a=(--init_from "$OUT/pruned/depth.safetensors" "${RETRAIN[@]}" "${KD[@]}") ;;
     ffn_kd)     a=(--init_from "$OUT/pruned/ffn.safetensors" "${RETRAIN[@]}" "${KD[@]}") ;;
+    channels_kd) a=(--init_from "$OUT/pruned/channels.safetensors" "${RETRAIN[@]}" "${KD[@]}") ;;
     *) echo "unknown variant $v" >&2; return 1 ;;
   esac
   if [[ ! -f $d/model.safetensors ]]; then
@@ -138,10 +143,10 @@ while (( $(jobs -rp | wc -l) > 0 )); do wait -n || fail=1; done
 # 4. greedy generation speed, one thread, models taken in turn so that load changes hit all alike
 s1=${SEEDS%% *}
 GEN=(teacher:$T/model.safetensors)
-for v in aware_kd depth_kd ffn_kd; do
+for v in aware_kd depth_kd ffn_kd channels_kd; do
   [[ " $VARIANTS " == *" $v "* ]] && GEN+=("$v:$OUT/seed$s1/$v/model.safetensors")
 done
-if [[ ! -s $OUT/gen/done ]]; then
+if [[ "$(cat "$OUT/gen/done" 2>/dev/null)" != "$GEN_REPS ${GEN[*]}" ]]; then
   rm -f "$OUT"/gen/*.txt
   for ((r = 1; r <= GEN_REPS; r++)); do
     for g in "${GEN[@]}"; do
@@ -149,7 +154,7 @@ if [[ ! -s $OUT/gen/done ]]; then
         >> "$OUT/gen/${g%%:*}.txt" 2>&1
     done
   done
-  echo ok > "$OUT/gen/done"
+  echo "$GEN_REPS ${GEN[*]}" > "$OUT/gen/done"
 fi
 for g in "${GEN[@]}"; do echo "generate ${g%%:*}: $(grep -h 'tokens/s' "$OUT/gen/${g%%:*}.txt" | tail -1)"; done
 

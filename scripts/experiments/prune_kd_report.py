@@ -5,6 +5,7 @@ differences against the group-aware + KD student per seed, with min-max and a 95
 and FIG_DIR/prune_kd_loss.svg.
     prune_kd_report.py OUT FIG_DIR
 """
+import array
 import glob
 import json
 import math
@@ -26,8 +27,9 @@ VARIANTS = [
     ("random_lm", None, "d. width's shape, random init + LM loss"),
     ("depth_kd", "depth", "e. depth + KD"),
     ("ffn_kd", "ffn", "f. FFN + embedding only + KD"),
+    ("channels_kd", "channels", "g. width, Mamba2 head channels + KD"),
 ]
-VARIANTS = [v for v in VARIANTS if all(os.path.exists(os.path.join(out, "seed%d" % s, v[0], "metrics.jsonl"))
+VARIANTS = [v for v in VARIANTS if all(os.path.exists(os.path.join(out, "seed%d" % s, v[0], "model.safetensors"))
                                        for s in seeds)]
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
@@ -114,8 +116,49 @@ for v, pruned, label in VARIANTS:
 lines.append("| teacher | %s | %d (100%%) | - | %.4f | %s | - |" % (
     tcfg.get("layer_pattern"), tparams, tev[-1][1], "%.0f" % tgen[0] if tgen[0] else "-"))
 
+
+
+def load_tensor(path, name):
+    """one fp32 tensor of a .safetensors file, as a flat list."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+        lo, hi = h[name]["data_offsets"]
+        f.seek(8 + n + lo)
+        arr = array.array("f")
+        arr.frombytes(f.read(hi - lo))
+    return list(arr)
+
+
+def misplaced_heads():
+    """Per Mamba2 layer of the teacher: how many heads the group-unaware plan attaches to another group's
+    B/C and norm group (kept heads found by their A_log values in each pruned file)."""
+    tpath = os.path.join(out, "teacher", "model.safetensors")
+    H, G = tcfg["mamba_num_heads"], tcfg["mamba_groups"]
+    res = []
+    for i, kind in enumerate(tcfg["layer_pattern"]):
+        if kind != "M":
+            continue
+        name = "model.layers.%d.mixer.A_log" % i
+        ta = load_tensor(tpath, name)
+        kept = {}
+        for n in ("aware", "unaware"):
+            kept[n] = [ta.index(x) for x in load_tensor(os.path.join(out, "pruned", n + ".safetensors"), name)]
+        hp = len(kept["unaware"])
+        wrong = sum(1 for j, h in enumerate(kept["unaware"]) if h // (H // G) != j // (hp // G))
+        same = sorted(kept["aware"]) == sorted(kept["unaware"])
+        res.append((i, wrong, same))
+    return res
+
+
+if os.path.exists(os.path.join(out, "pruned", "unaware.safetensors")):
+    mp = misplaced_heads()
+    lines += ["", "Group-unaware plan, per Mamba2 layer: heads attached to another group's B/C (of %d kept); "
+              "the kept set equals the group-aware one: " % len(load_tensor(
+                  os.path.join(out, "pruned", "unaware.safetensors"), "model.layers.0.mixer.A_log")) +
+              ", ".join("layer %d: %d%s" % (i, w, " (same heads)" if same else "") for i, w, same in mp)]
 lines += ["", "Loss of each pruned model before retraining, fivefold eval --part valid (whole split): " +
-          ", ".join("%s %.4f" % (n, eval_loss(n)) for n in ("aware", "unaware", "depth", "ffn") if eval_loss(n)), ""]
+          ", ".join("%s %.4f" % (n, eval_loss(n)) for n in ("aware", "unaware", "depth", "ffn", "channels") if eval_loss(n)), ""]
 lines.append("Paired differences, per seed (same seed: same data order), against a (group-aware + KD); "
              "positive = a is better:")
 a = R.get("aware_kd")
@@ -133,19 +176,27 @@ open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
 col = svgplot.COLORS
-series, delta = [], []
+full, zoom, delta = [], [], []
 for i, (v, _, label) in enumerate(VARIANTS):
     xs = [st for st, _ in R[v][0]["ev"]]
     ys = [mean([r["ev"][k][1] for r in R[v]]) for k in range(len(xs))]
-    series.append(svgplot.Series(label, xs[1:], ys[1:], col[i], markers=True))
+    full.append(svgplot.Series(label, xs[1:], ys[1:], col[i], markers=True))
+    if v == "random_lm":
+        continue
+    zoom.append(svgplot.Series(label[:1], xs[1:], ys[1:], col[i], markers=True))
     if v != "aware_kd" and a:
         dy = [mean([r["ev"][k][1] - q["ev"][k][1] for r, q in zip(R[v], a)]) for k in range(len(xs))]
-        delta.append(svgplot.Series(label[:2] + " minus a", xs[1:], dy[1:], col[i], markers=True))
-xs = series[0].xs if series else [0]
-series.append(svgplot.Series("teacher (final)", [xs[0], xs[-1]], [tev[-1][1]] * 2, "#7f7f7f", dash=True))
+        delta.append(svgplot.Series(label[:1] + " - a", xs, dy, col[i], markers=True))
+xs = full[0].xs if full else [0]
+for p in (full, zoom):
+    p.append(svgplot.Series("teacher (final)", [xs[0], xs[-1]], [tev[-1][1]] * 2, "#7f7f7f", dash=True))
+zy = [y for sr in zoom for y in sr.ys]
 svgplot.save(os.path.join(fig_dir, "prune_kd_loss.svg"), [
-    svgplot.Panel("validation loss during retraining (mean over seeds)", "step (2,048 tokens each)", "nats/token",
-                  series),
-    svgplot.Panel("minus a (group-aware + KD), paired by seed, mean", "step", "nats/token", delta)],
-    title="Pruning %.2fM -> ~%.2fM + retraining, KJV (seeds %s)" % (
-        tparams / 1e6, R[VARIANTS[0][0]][0]["params"] / 1e6 if VARIANTS else 0, ", ".join(map(str, seeds))))
+    svgplot.Panel("validation loss (mean over seeds)", "step (2,048 tokens each)", "nats/token", full),
+    svgplot.Panel("the same without d", "step", "nats/token", zoom,
+                  ylim=(min(zy) - 0.01, max(zy) + 0.01) if zy else None),
+    svgplot.Panel("minus a, paired by seed (step 0: before)", "step", "nats/token", delta)],
+    title="Pruning a %.2fM hybrid to ~%.2fM and retraining for %s tokens, KJV (seeds %s)" % (
+        tparams / 1e6, R[VARIANTS[0][0]][0]["params"] / 1e6, "{:,}".format(
+            int(R[VARIANTS[0][0]][0]["tokens"][0]) * int(R[VARIANTS[0][0]][0]["tokens"][2]) *
+            int(R[VARIANTS[0][0]][0]["tokens"][3])), ", ".join(map(str, seeds))), panel_w=400, panel_h=340)
