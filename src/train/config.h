@@ -121,8 +121,8 @@ struct TrainConfig {
     v(tokenizer_path, "tokenizer_path", "SentencePiece .model (trained on the text sources if missing) or tokenizer.json");
     v(eval_interval, "eval_interval", "steps between validation passes; 0 = only at the end");
     v(eval_samples, "eval_samples", "validation samples per validation pass: the first ones of the valid split in its "
-      "seeded order (all of a smaller split), the same set whatever train.micro_batch or the layout; another "
-      "train.seed draws another set, so compare runs of different seeds by their differences");
+      "shuffled order (all of a smaller split, each window once), the same set whatever train.seed, "
+      "train.micro_batch or the layout");
     v(log_interval, "log_interval", "steps between log lines");
     v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
     v(memory_check, "memory_check", "refuse to start when the planned memory per rank (fivefold plan) exceeds the "

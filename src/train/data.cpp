@@ -24,6 +24,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The validation split's shuffle seed: fixed, so that runs of every train.seed are validated on
+// the same windows and their validation losses compare directly.
+constexpr uint64_t kValidationSeed = 0x7a11da7e;
+
 struct Source {
   double weight = 1;
   std::string path;
@@ -303,6 +307,7 @@ TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64
     o.documents = splits[1];
     o.split_name = "valid";
     o.num_samples = std::max<int64_t>(1, need_valid[i]);
+    o.seed = kValidationSeed;  // the same validation windows whatever train.seed
     valid_parts.push_back(std::make_unique<GptDataset>(ds, o));
     auto counts = token_counts(*ds, splits[0], V, 16 << 20);
     double n = 0;
@@ -318,7 +323,16 @@ TrainingData open_training_data(const RunConfig& c, int64_t train_samples, int64
     if (x > 0) d.unigram_entropy -= x * std::log(x);
   d.summary += "; tokenizer " + d.tokenizer->describe();
   d.train = std::make_unique<GptSamples>(std::make_unique<BlendedDataset>(std::move(train_parts), weights, train_samples));
-  d.valid = std::make_unique<GptSamples>(std::make_unique<BlendedDataset>(std::move(valid_parts), weights, valid_samples));
+  // Each validation window at most once: no more samples than the parts hold in one epoch (for a
+  // blend, than the part that runs out first allows at its weight).
+  double fit = static_cast<double>(valid_samples);
+  for (size_t i = 0; i < valid_parts.size(); ++i) {
+    const GptDataset& v = *valid_parts[i];
+    const double epoch = static_cast<double>(v.epochs() > 1 ? v.epoch_begin(1) : v.size());
+    fit = std::min(fit, std::floor(epoch * wsum / weights[i]));
+  }
+  const int64_t valid_total = std::max<int64_t>(1, static_cast<int64_t>(fit));
+  d.valid = std::make_unique<GptSamples>(std::make_unique<BlendedDataset>(std::move(valid_parts), weights, valid_total));
   return d;
 }
 

@@ -4,6 +4,7 @@
 // refuses another data set; a tokenizer larger than the model's vocabulary is an error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -84,6 +85,44 @@ TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.vocab_size"), std::string::npos) << e.what();
   }
+  fs::remove_all(dir);
+}
+
+// The validation windows are the same for every train.seed (the training order is not), and a
+// request for more than the split holds gives each window once.
+TEST(TrainData, ValidationWindowsDependOnNoSeedAndRepeatNone) {
+  const std::string dir = (fs::temp_directory_path() / "fivefold_train_data_valid").string();
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir + "/corpus.txt") << corpus(40000);
+  RunConfig c;
+  c.model.vocab_size = 300;
+  c.model.seq_len = 16;
+  c.train.data_path = dir + "/corpus.txt";
+  c.train.tokenizer_path = dir + "/corpus-sp300.model";
+  c.train.split = "90,10,0";
+  Communicator world = Communicator::world();
+  auto windows = [&](const SampleSource& s, int64_t n) {
+    std::vector<std::vector<int32_t>> out;
+    std::vector<int32_t> tokens, targets, positions;
+    for (int64_t i = 0; i < n; ++i) {
+      s.fill(tokens, targets, positions, i, 1, 16);
+      out.push_back(tokens);
+    }
+    return out;
+  };
+  c.train.seed = 1;
+  const TrainingData a = open_training_data(c, 64, 100000, world, true);
+  c.train.seed = 2;
+  const TrainingData b = open_training_data(c, 64, 100000, world, true);
+  ASSERT_EQ(a.valid->size(), b.valid->size());
+  ASSERT_LT(a.valid->size(), 100000);  // capped at one epoch of the split
+  const auto wa = windows(*a.valid, a.valid->size()), wb = windows(*b.valid, b.valid->size());
+  EXPECT_EQ(wa, wb);
+  std::vector<std::vector<int32_t>> sorted = wa;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end());  // no window twice
+  EXPECT_NE(windows(*a.train, 8), windows(*b.train, 8));  // the training order does follow the seed
   fs::remove_all(dir);
 }
 
