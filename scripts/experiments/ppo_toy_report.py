@@ -123,6 +123,10 @@ def seed_mean(b, key):
     return [mean([rows[b, s]["met"][i][key] for s in seeds]) for i in range(iters)]
 
 
+def smooth(ys, k=5):  # trailing mean over k iterations
+    return [mean(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+
+
 def spread(b, key, f):
     return [f(rows[b, s]["met"][i][key] for s in seeds) for i in range(iters)]
 
@@ -132,24 +136,25 @@ VALUES = list(dict.fromkeys(value(b) for b in betas))  # a colour per beta value
 for b in betas:
     j, signed = VALUES.index(value(b)), b.endswith("_signed")
     rw.append(svgplot.Series(label(b), x, seed_mean(b, "reward"), C[j], dash=signed))
-    frontier.append(svgplot.Series(label(b), seed_mean(b, "kl"), seed_mean(b, "reward"), C[j], dash=signed, markers=True))
+    frontier.append(svgplot.Series(label(b), smooth(seed_mean(b, "kl")), smooth(seed_mean(b, "reward")), C[j], dash=signed))
     kl = kl_signed if signed else kl_abs
     kl.append(svgplot.Series(label(b) + " mean", x, seed_mean(b, "kl"), C[j]))
     # the seeds' min-max band as one closed outline: along the minimum, back along the maximum
     kl.append(svgplot.Series(label(b) + " min-max", x + x[::-1], spread(b, "kl", min) + spread(b, "kl", max)[::-1],
                              C[j], dash=True))
 svgplot.save(os.path.join(fig_dir, "ppo_reward.svg"), [
-    svgplot.Panel("RM score of the rollouts, mean of %d seeds" % len(seeds), "iteration", "mean RM score (64 rollouts)", rw),
-    svgplot.Panel("RM score against KL, mean of %d seeds" % len(seeds), "KL to the reference (nats per sequence)",
-                  "mean RM score", frontier)],
+    svgplot.Panel("RM score of the rollouts, mean of %d seeds" % len(seeds), "iteration", "mean RM score (64 rollouts)", rw,
+                  ylim=(-1, 10)),
+    svgplot.Panel("RM score against KL, mean of %d seeds (5-iteration means)" % len(seeds),
+                  "KL to the reference (nats per sequence)", "mean RM score", frontier, ylim=(-1, 10))],
     title="PPO on the hidden-oracle toy task: reward over iterations, per KL beta (dashed: signed KL in the rewards)",
     panel_w=460)
 kmax = max(max(s.ys) for s in kl_abs + kl_signed)
 panels = [svgplot.Panel("absolute KL estimate in the rewards (default)", "iteration",
-                        "mean sum_t (logp - logp_ref), nats per sequence", kl_abs, ylim=(0, kmax * 1.05))]
+                        "mean sum_t (logp - logp_ref), nats per sequence", kl_abs, ylim=(0, kmax * 1.5))]
 if kl_signed:
     panels.append(svgplot.Panel("signed KL estimate in the rewards", "iteration",
-                                "mean sum_t (logp - logp_ref), nats per sequence", kl_signed, ylim=(0, kmax * 1.05)))
+                                "mean sum_t (logp - logp_ref), nats per sequence", kl_signed, ylim=(0, kmax * 1.5)))
 svgplot.save(os.path.join(fig_dir, "ppo_kl.svg"), panels,
              title="PPO on the hidden-oracle toy task: KL to the reference over iterations (mean and min-max of %d seeds)"
              % len(seeds), panel_w=460)
