@@ -16,7 +16,7 @@
 # Then scripts/experiments/ppo_toy_report.py writes OUT/summary.md and the figures
 # FIG_DIR/ppo_{reward,kl}.svg. The SFT and reward models come from ALIGN_DIR (align_toy.sh's
 # output); align_toy.sh runs first only if one of them is missing. Runs whose outputs exist are
-# skipped. About 40 s per run on 2 busy cores (15 runs: about 10 minutes).
+# skipped. 31-61 s per run on 2 busy cores (15 runs and their samples: about 12 minutes).
 #   scripts/experiments/ppo_toy.sh [ALIGN_DIR] [OUT_DIR] [SEEDS] [BETAS] [SIGNED_BETAS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
