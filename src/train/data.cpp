@@ -61,30 +61,31 @@ std::vector<Source> parse_sources(const std::string& spec) {
 
 bool is_prefix(const std::string& p) { return fs::exists(p + ".idx") && fs::exists(p + ".bin"); }
 
-// The identity of a file: canonical path, bytes, modification time in ns, and (content = true,
-// for small files such as tokenizers) an FNV-1a hash of its bytes.
-nlohmann::json file_identity(const std::string& path, bool content) {
+// The identity of a source file: canonical path, bytes, modification time in ns.
+nlohmann::json file_identity(const std::string& path) {
   nlohmann::json id = {{"path", fs::weakly_canonical(path).string()}};
   std::error_code ec;
   if (!fs::exists(path, ec)) return id;
   id["bytes"] = static_cast<int64_t>(fs::file_size(path, ec));
   id["mtime_ns"] = static_cast<int64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(fs::last_write_time(path, ec).time_since_epoch()).count());
-  if (content) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    id["fnv1a"] = strprintf("%016llx", (unsigned long long)fnv1a(ss.str()));
-  }
   return id;
+}
+
+// A tokenizer by its contents (the hash of its file; empty for bytes): the same tokenizer written
+// into several run folders (train --init_from materialises the model's own) is one tokenizer.
+std::string tokenizer_identity(const TrainConfig& tc) {
+  if (tc.tokenizer_type == TokenizerType::byte) return "";
+  std::ifstream f(tc.tokenizer_path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return strprintf("%016llx", (unsigned long long)fnv1a(ss.str()));
 }
 
 // What a prepared dataset is made from (see data.h): the source, the tokenizer and the JSONL key.
 nlohmann::json preparation_key(const std::string& text, const TrainConfig& tc) {
-  const bool byte = tc.tokenizer_type == TokenizerType::byte;
-  return {{"source", file_identity(text, false)},
-          {"tokenizer", {{"type", enum_to_string(tc.tokenizer_type)},
-                         {"file", byte ? nlohmann::json() : file_identity(tc.tokenizer_path, true)}}},
+  return {{"source", file_identity(text)},
+          {"tokenizer", {{"type", enum_to_string(tc.tokenizer_type)}, {"fnv1a", tokenizer_identity(tc)}}},
           {"json_key", tc.json_key}};
 }
 
@@ -99,8 +100,7 @@ std::string prepared_prefix(const std::string& text, const TrainConfig& tc) {
   // The name's hash covers what identifies the data, not its version (sizes, times, contents):
   // a changed file is prepared again into the same prefix.
   const std::string identity = fs::weakly_canonical(text).string() + "\n" + enum_to_string(tc.tokenizer_type) + "\n" +
-                               (byte ? std::string() : fs::weakly_canonical(tc.tokenizer_path).string()) + "\n" +
-                               tc.json_key;
+                               tokenizer_identity(tc) + "\n" + tc.json_key;
   const std::string hash = strprintf("%08llx", (unsigned long long)(fnv1a(identity) & 0xffffffffull));
   return (p.parent_path() / (name + ext + "-" + hash)).string();
 }

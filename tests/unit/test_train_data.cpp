@@ -192,6 +192,16 @@ TEST(TrainData, PreparedDataIsNeverReusedForAnotherSourceOrTokenizer) {
   // A tokenizer replaced in place (same path, other content) prepares the data again.
   fs::copy_file(dir + "/a/spm.model", dir + "/b/spm.model", fs::copy_options::overwrite_existing);
   EXPECT_EQ(first_tokens(c), with_a);
+  // The same tokenizer in a third folder (as train --init_from writes the model's own into each
+  // run's folder) is the same tokenizer: its data is not prepared a third time.
+  fs::create_directories(dir + "/c");
+  fs::copy_file(dir + "/a/spm.model", dir + "/c/spm.model");
+  c.train.tokenizer_path = dir + "/c/spm.model";
+  EXPECT_EQ(first_tokens(c), with_a);
+  prepared = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    prepared += e.path().filename().string().rfind("corpus-spm-txt-", 0) == 0 && e.path().extension() == ".idx";
+  EXPECT_EQ(prepared, 2);
   fs::remove_all(dir);
 }
 
