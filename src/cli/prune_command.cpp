@@ -16,6 +16,10 @@ void add_prune_command(CLI::App& app, PruneCommand& cmd) {
   p->add_option("--scores", o.scores, "write the importance scores here (JSON); default: OUT.scores.json");
   p->add_option("--calib_samples", o.calib_samples, "calibration windows of model.seq_len tokens")->capture_default_str();
   p->add_option("--micro_batch", o.micro_batch, "windows per forward")->capture_default_str();
+  p->add_option("--part", o.part, "all | train | valid | test: the documents of --split that calibrate (train keeps "
+                "the validation documents out of the scores)")->capture_default_str();
+  p->add_option("--split", o.split, "train,valid,test ratios over the documents (as train.split)")
+      ->capture_default_str();
   p->add_option("--target_d_model", t.d_model, "embedding channels to keep; 0 = all")->capture_default_str();
   p->add_option("--target_ffn_hidden", t.ffn_hidden, "FFN neurons to keep per MLP layer; 0 = all")->capture_default_str();
   p->add_option("--target_num_heads", t.num_heads, "attention query heads to keep (a multiple of num_kv_heads); 0 = all")

@@ -120,7 +120,8 @@ CalibratedModel calibrate_model(const PruneRunOptions& o, const ParallelGrid& gr
                                                              grid.all()));
   const auto layout = layout_problems(c.model, c.parallel);
   FF_CHECK(layout.empty(), "this model cannot use this parallel layout:%s", join_problems(layout).c_str());
-  EvalData data = open_eval_data(c, "all", grid.all(), quiet || grid.all().rank() != 0);
+  c.train.split = o.split;
+  EvalData data = open_eval_data(c, o.part, grid.all(), quiet || grid.all().rank() != 0);
   DecoderLM model(c.model, grid, c.train.seed);
   load_model_source(m.source, model);
   m.samples = std::min(o.calib_samples, data.samples);

@@ -23,7 +23,9 @@ struct PruneRunOptions {
   std::string data;           // calibration text / JSONL file or indexed-dataset prefix
   std::string out;            // the pruned model file
   std::string scores;         // where to write the importance scores (JSON); empty: beside out
-  int64_t calib_samples = 64;  // windows of model.seq_len tokens (the data's first ones)
+  int64_t calib_samples = 64;  // windows of model.seq_len tokens (the part's first ones)
+  std::string part = "train";  // which documents of `split` calibrate: all, train, valid or test
+  std::string split = "969,30,1";
   int64_t micro_batch = 4;
   PruneTargets targets;
   std::optional<TokenizerFile> tokenizer;  // none: the model's own

@@ -148,6 +148,7 @@ void run_search(const RunConfig& base, const SearchOptions& o, const ParallelGri
   po.data = tc.data_path;
   po.calib_samples = o.calib_samples;
   po.micro_batch = tc.micro_batch;
+  po.split = tc.split;  // calibrated on the training documents; the candidates validate on the others
   const CalibratedModel m = calibrate_model(po, grid, !lead);
   const int64_t full = count_parameters(m.config.model);
   if (o.target_params >= full)
