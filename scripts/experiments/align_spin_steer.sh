@@ -8,7 +8,8 @@
 #   1. SPIN from it: SPIN_ITERS iterations (default 3) of `align spin` on 2,000 prompts whose
 #      "real" responses have P("a") = 0.5 (oracle score 5 on average, against the SFT model's
 #      1.25), 200 more held out; per iteration DPO (beta 0.2) for SPIN_STEPS steps of 16 pairs
-#      (default 125, one epoch), lr 1e-4 -> 1e-5, against the previous iteration's model. After
+#      (default 125, one epoch), lr SPIN_LR -> SPIN_MIN_LR (default 1e-4 -> 1e-5), against the
+#      previous iteration's model. After
 #      every iteration k (k = 0: the SFT model) the script samples the model on the 200 held-out
 #      prompts and measures, with one-step lr-1e-12 `align dpo` passes whose first step's
 #      metrics are exactly the implicit rewards beta * (log pi - log pi_ref) of the pairs:
@@ -27,9 +28,14 @@
 #      answer per held-out prompt (500) for each requested a_level 0..4 (`generate --chat_template
 #      nemo --attributes a_level:V`), scored by the oracle.
 # Then scripts/experiments/align_spin_steer_report.py writes OUT/summary.md and the figures
-# docs/figures/align_spin.svg and align_steerlm.svg (FIG_DIR to change). Steps whose outputs
-# exist are skipped. About 8 minutes a seed with 1 thread on 2 idle cores.
+# docs/figures/align_spin.svg and align_steerlm.svg (FIG_DIR to change; SPIN_FIG names the SPIN
+# figure). PARTS="spin" or "steer" runs one half. Steps whose outputs exist are skipped. About 10
+# minutes a seed with 1 thread on 2 cores (loaded).
 #   scripts/experiments/align_spin_steer.sh [OUT_DIR] [SEEDS]
+# The smaller-step SPIN of docs/results.md (it trains the same SFT models again; copying
+# runs/align_spin_steer/seed*/sft into its folder first skips that):
+#   PARTS=spin SPIN_LR=3e-5 SPIN_MIN_LR=3e-6 SPIN_FIG=align_spin_lr3e-5.svg \
+#       scripts/experiments/align_spin_steer.sh runs/align_spin_lr3e-5
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/align_spin_steer}
@@ -39,6 +45,9 @@ source scripts/experiments/align_common.sh  # FF, PY, MP, MODEL, sample, toy_sft
 SD=scripts/experiments/spin_steer_data.py
 SPIN_ITERS=${SPIN_ITERS:-3}
 SPIN_STEPS=${SPIN_STEPS:-125}
+SPIN_LR=${SPIN_LR:-1e-4}
+SPIN_MIN_LR=${SPIN_MIN_LR:-1e-5}
+PARTS=${PARTS:-"spin steer"}  # which halves to run
 AM_STEPS=${AM_STEPS:-200}
 STEER_STEPS=${STEER_STEPS:-600}
 mkdir -p "$OUT" "$FIG_DIR"
@@ -70,11 +79,13 @@ for s in $SEEDS; do
   SFT=$D/sft/model.safetensors
 
   # 1. SPIN.
+  if [[ " $PARTS " == *" spin "* ]]; then
   if [[ ! -f $D/spin/model.safetensors ]]; then
     $FF align spin --init_from "$SFT" --data_format sft --chat_template none --data_path "$OUT/data/spin.jsonl" \
         --split 2000,200,0 --eval_samples 400 --seq_len 32 --micro_batch 32 --spin_iterations "$SPIN_ITERS" \
-        --spin_max_new_tokens 16 --spin_temperature 1 --dpo_beta 0.2 --steps "$SPIN_STEPS" --lr 1e-4 --min_lr 1e-5 \
-        --warmup_steps 10 --eval_interval 25 --log_interval 25 --seed "$s" --out_dir "$D/spin" > "$D/spin.log" 2>&1
+        --spin_max_new_tokens 16 --spin_temperature 1 --dpo_beta 0.2 --steps "$SPIN_STEPS" --lr "$SPIN_LR" \
+        --min_lr "$SPIN_MIN_LR" --warmup_steps 10 --eval_interval 25 --log_interval 25 --seed "$s" --out_dir "$D/spin" \
+        > "$D/spin.log" 2>&1
   fi
   grep "^SPIN iteration" "$D/spin.log" || true
   M=("$SFT")
@@ -88,8 +99,10 @@ for s in $SEEDS; do
     $PY -c 'import json,sys; o,f,sc=(json.load(open(p)) for p in sys.argv[2:5]); print("SPIN model %s: oracle score of its samples %.2f | margin real vs own sample %.2f | real vs SFT sample %.2f (vs SFT)" % (sys.argv[1], sc["score"], o["margin"], f["margin"]))' \
         "$k" "$D/margins/own.$k.json" "$D/margins/fixed.$k.json" "$D/spin_eval.$k.score.json"
   done
+  fi
 
   # 2. SteerLM: attribute model, annotation, attribute-conditioned SFT, steered generation.
+  [[ " $PARTS " == *" steer "* ]] || continue
   if [[ ! -f $D/am/model.safetensors ]]; then
     $FF align steerlm attribute-model --init_from "$SFT" --steerlm_attributes a_level --chat_template none \
         --data_path "$OUT/data/steer_rated.jsonl" --split 90,10,0 --eval_samples 200 --seq_len 32 --micro_batch 32 \
