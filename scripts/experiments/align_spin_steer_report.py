@@ -159,33 +159,37 @@ print("\n".join(L))
 C = svgplot.COLORS
 if has_spin:
     ks = list(range(iters + 1))
-    sc, mg, game = [], [], []
+    sc, mg, game, train = [], [], [], []
     for i, s in enumerate(seeds):
         rows = spin[s]
         sc.append(svgplot.Series("seed %s" % s, ks, [r["score"]["score"] for r in rows], C[i], markers=True))
-        mg.append(svgplot.Series("seed %s: vs SFT sample" % s, ks, [r["fixed"]["margin"] for r in rows], C[i], markers=True))
-        mg.append(svgplot.Series("seed %s: vs own sample" % s, ks, [r["own"]["margin"] for r in rows], C[i], dash=True,
-                                 markers=True))
+        mg.append(svgplot.Series("", ks, [r["fixed"]["margin"] for r in rows], C[i], markers=True))
+        mg.append(svgplot.Series("", ks, [r["own"]["margin"] for r in rows], C[i], dash=True, markers=True))
+        game.append(svgplot.Series("seed %s" % s, list(range(1, iters + 1)),
+                                   [rows[k]["game"]["margin"] for k in range(1, iters + 1)], C[i], markers=True))
         xs, ys, off = [], [], 0
         for k in range(1, iters + 1):
             met = metrics(os.path.join(out, "seed" + s, "spin", "iter-%d" % k, "metrics.jsonl"))
             xs += [off + m["step"] for m in met]
             ys += smooth([m["margin"] for m in met])
             off += met[-1]["step"]
-        game.append(svgplot.Series("seed %s train (10-step mean)" % s, xs, ys, C[i]))
+        train.append(svgplot.Series("", xs, ys, C[i]))  # colours: seeds, as in the other panels
         steps = off // iters
-        game.append(svgplot.Series("seed %s held-out, end of iteration" % s, [k * steps for k in range(1, iters + 1)],
-                                   [rows[k]["game"]["margin"] for k in range(1, iters + 1)], C[i], dash=True, markers=True))
     sc.append(svgplot.Series("real responses", ks, [real_score] * len(ks), "#333333", dash=True))
+    mg.append(svgplot.Series("real vs SFT's sample", [], [], "#333333"))  # legend only (colours: seeds, as left)
+    mg.append(svgplot.Series("real vs own sample", [], [], "#333333", dash=True))
+    top = max(max(x.ys) for x in sc)
     svgplot.save(os.path.join(fig_dir, os.environ.get("SPIN_FIG", "align_spin.svg")), [
         svgplot.Panel("oracle score of the model's own samples", "SPIN iteration (0 = SFT)", "mean number of 'a'", sc,
-                      ylim=(0, 6)),
-        svgplot.Panel("held-out margin r_real - r_other, ref = SFT", "SPIN iteration (0 = SFT)",
-                      "beta * Delta log-prob (nats)", mg),
-        svgplot.Panel("each iteration's game: real vs previous model", "DPO step (iterations concatenated)",
-                      "margin against the previous model (nats)", game)],
+                      ylim=(0, max(6, 2 * int(top / 2 + 1))), legend="br"),
+        svgplot.Panel("held-out r_real - r_other, ref = SFT", "SPIN iteration (0 = SFT)",
+                      "beta * Delta log-prob (nats)", mg, legend="bl"),
+        svgplot.Panel("held-out game margin: ref = previous", "SPIN iteration k (real vs model k-1's sample)",
+                      "beta * Delta log-prob (nats)", game, legend="tl" if game[0].ys[-1] > game[0].ys[0] else "tr"),
+        svgplot.Panel("training margin (10-step mean; seeds as left)", "DPO step (iterations concatenated)",
+                      "beta * Delta log-prob (nats)", train)],
         title="SPIN on the hidden-oracle toy task (%d iterations of %d DPO steps, beta 0.2; %d seeds)"
-              % (iters, steps, len(seeds)), panel_w=440)
+              % (iters, steps, len(seeds)), panel_w=400)
 
 if has_steer:
     t, g, hist = [], [], []
