@@ -29,13 +29,15 @@
 #      nemo --attributes a_level:V`), scored by the oracle.
 # Then scripts/experiments/align_spin_steer_report.py writes OUT/summary.md and the figures
 # docs/figures/align_spin.svg and align_steerlm.svg (FIG_DIR to change; SPIN_FIG names the SPIN
-# figure). PARTS="spin" or "steer" runs one half. Steps whose outputs exist are skipped. About 10
-# minutes a seed with 1 thread on 2 cores (loaded).
+# figure). PARTS="spin" or "steer" runs one half. Steps whose outputs exist are skipped. About 7.5
+# minutes a seed with 1 thread on the 2-core machine under a load of 3-5 (1,357 s for 3 seeds).
 #   scripts/experiments/align_spin_steer.sh [OUT_DIR] [SEEDS]
 # The smaller-step SPIN of docs/results.md (it trains the same SFT models again; copying
 # runs/align_spin_steer/seed*/sft into its folder first skips that):
-#   PARTS=spin SPIN_LR=3e-5 SPIN_MIN_LR=3e-6 SPIN_FIG=align_spin_lr3e-5.svg \
+#   PARTS=spin SPIN_ITERS=5 SPIN_LR=3e-5 SPIN_MIN_LR=3e-6 SPIN_FIG=align_spin_lr3e-5.svg \
 #       scripts/experiments/align_spin_steer.sh runs/align_spin_lr3e-5
+# (more iterations on a finished run: delete OUT/seed*/spin/model.safetensors, and the
+# iterations done are kept).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/align_spin_steer}
