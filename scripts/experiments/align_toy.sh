@@ -26,36 +26,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/align_toy}
 SEEDS=${2:-"1 2 3"}
-FF=${FF:-./build/fivefold}
-PY=/usr/bin/python3
 FIG_DIR=${FIG_DIR:-docs/figures}
-MP=scripts/experiments/make_preferences.py
+source scripts/experiments/align_common.sh  # FF, PY, MP, MODEL, sample, toy_sft
 mkdir -p "$OUT" "$FIG_DIR"
 start=$SECONDS
 
 $PY $MP data "$OUT/data"  # fixed across seeds (data seed 7)
-MODEL=(--model_preset llama-small --tokenizer_type byte --vocab_size 512 --d_model 128 --num_layers 4
-       --num_heads 4 --num_kv_heads 2 --ffn_hidden 344 --seq_len 32)
-
-sample() {  # MODEL PROMPTS SEED OUT_FILE: one temperature-1 sample per prompt
-  if [[ ! -s $4 ]]; then
-    $FF generate --model "$1" --prompts "$2" --output jsonl --temperature 1 --top_k 0 --seed "$3" --tokens 16 \
-        > "$4.tmp" 2> "$4.log"
-    mv "$4.tmp" "$4"
-  fi
-}
 
 for s in $SEEDS; do
   D=$OUT/seed$s
   mkdir -p "$D"
   echo "== seed $s"
   # 1. SFT from scratch.
-  if [[ ! -f $D/sft/model.safetensors ]]; then
-    $FF train "${MODEL[@]}" --data_format sft --chat_template none --data_path "$OUT/data/sft.jsonl" --split 95,5,0 \
-        --steps 300 --micro_batch 32 --lr 3e-3 --warmup_steps 20 --eval_interval 100 --log_interval 50 \
-        --seed "$s" --out_dir "$D/sft" > "$D/sft.log" 2>&1
-  fi
-  tail -1 "$D/sft.log"
+  toy_sft "$s" "$D"
   # 2. Four samples per prompt, scored by the oracle, best vs worst.
   tr=() he=()
   for k in 1 2 3 4; do

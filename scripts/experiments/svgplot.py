@@ -33,6 +33,7 @@ class Panel:
     series: List[Series] = field(default_factory=list)
     ylim: Optional[tuple] = None
     xlim: Optional[tuple] = None
+    legend: str = "tr"  # where the legend sits inside the plot: tr, tl, br, bl (series labelled "" are left out)
 
 
 def nice_ticks(lo, hi, n=5):
@@ -104,14 +105,17 @@ def _panel(p, x0, y0, w, h, out):
             for q in seg:
                 cx, cy = q.split(",")
                 out.append('<circle cx="%s" cy="%s" r="2.5" fill="%s"/>' % (cx, cy, color))
-    # legend, top right inside the plot
-    lx, ly = x0 + ml + pw - 8, y0 + mt + 8
-    wide = max((len(s.label) for s in p.series), default=0) * 6.5 + 30
-    if p.series:
-        out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="white" fill-opacity="0.85" stroke="#bbb"/>' % (lx - wide, ly, wide, 14 * len(p.series) + 6))
-    for i, s in enumerate(p.series):
+    # legend, inside the plot at p.legend's corner
+    shown = [(i, s) for i, s in enumerate(p.series) if s.label]
+    wide = max((len(s.label) for _, s in shown), default=0) * 6.5 + 30
+    tall = 14 * len(shown) + 6
+    lx = x0 + ml + pw - 8 if p.legend[1] == "r" else x0 + ml + 8 + wide
+    ly = y0 + mt + 8 if p.legend[0] == "t" else y0 + mt + ph - 8 - tall
+    if shown:
+        out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="white" fill-opacity="0.85" stroke="#bbb"/>' % (lx - wide, ly, wide, tall))
+    for j, (i, s) in enumerate(shown):
         color = s.color or COLORS[i % len(COLORS)]
-        yy = ly + 13 + 14 * i
+        yy = ly + 13 + 14 * j
         dash = ' stroke-dasharray="5,3"' if s.dash else ""
         out.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.6"%s/>' % (lx - wide + 5, yy - 4, lx - wide + 23, yy - 4, color, dash))
         out.append('<text x="%.1f" y="%.1f">%s</text>' % (lx - wide + 27, yy, escape(s.label)))
