@@ -278,6 +278,19 @@ ok = g.returncode == 0 and g.stdout.startswith("paragraph")
 print("%-40s %s %r" % ("generate from the pruned hybrid", "ok" if ok else "FAILED", g.stdout[:40]))
 failures += not ok
 checks += 1
+# Calibration data too short for one window is one clear error, printed once under mpirun.
+short = os.path.join(tmp, "short.txt")
+with open(short, "w") as f:
+    f.write("too short\n")
+r = subprocess.run(["mpirun", "--oversubscribe", "-np", "2", fivefold, "prune", "--model",
+                    os.path.join(tmp, "hybrid-one", "model.safetensors"), "--data", short, "--part", "all", "--out",
+                    os.path.join(tmp, "never.safetensors"), "--target_d_model", "24"], env=env, capture_output=True,
+                   text=True, timeout=120)
+said = (r.stdout + r.stderr).count("fewer than seq_len + 1")  # no window of the model's length
+ok = r.returncode != 0 and said == 1 and not os.path.exists(os.path.join(tmp, "never.safetensors"))
+print("%-40s %s (%d times, rc %d)" % ("prune: empty calibration data", "ok" if ok else "FAILED", said, r.returncode))
+failures += not ok
+checks += 1
 
 # Distillation of the pruned hybrid from the hybrid it was pruned from (narrower student, the
 # teacher's layers over the same stages) gives the losses of one process: with the hidden cosine
