@@ -62,9 +62,10 @@ std::vector<std::string> TrainConfig::validate() const {
   if (!(ppo_clip > 0 && ppo_clip < 1) || !(ppo_value_clip > 0))
     e.push_back(strprintf("train.ppo_clip = %g must be in (0, 1) and train.ppo_value_clip = %g > 0", ppo_clip,
                           ppo_value_clip));
-  if (ppo_kl_beta < 0 || ppo_gamma < 0 || ppo_gamma > 1 || ppo_lambda < 0 || ppo_lambda > 1 || ppo_critic_warmup < 0)
-    e.push_back("train.ppo_kl_beta >= 0, train.ppo_gamma and ppo_lambda in [0, 1], train.ppo_critic_warmup >= 0 are "
-                "required");
+  if (ppo_kl_beta < 0 || ppo_gamma < 0 || ppo_gamma > 1 || ppo_lambda < 0 || ppo_lambda > 1 || ppo_critic_warmup < 0 ||
+      ppo_entropy_coeff < 0)
+    e.push_back("train.ppo_kl_beta >= 0, train.ppo_gamma and ppo_lambda in [0, 1], train.ppo_critic_warmup >= 0 and "
+                "train.ppo_entropy_coeff >= 0 are required");
   if (dpo_sft_weight < 0) e.push_back(strprintf("train.dpo_sft_weight = %g: must be >= 0", dpo_sft_weight));
   if (keep_checkpoints < 0)
     e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));

@@ -99,6 +99,7 @@ struct TrainConfig {
   double ppo_critic_lr = 9e-6;
   int64_t ppo_critic_warmup = 0;
   bool ppo_only_ended = true;
+  double ppo_entropy_coeff = 0;
 
   template <class V>
   void visit_fields(V& v) {
@@ -210,6 +211,8 @@ struct TrainConfig {
     v(ppo_critic_lr, "ppo_critic_lr", "PPO: the critic's peak learning rate (the actor's is optim.lr)");
     v(ppo_only_ended, "ppo_only_ended", "PPO: the actor learns only from responses that ended with EOS (false: "
                                         "also from those cut at ppo_max_new_tokens)");
+    v(ppo_entropy_coeff, "ppo_entropy_coeff", "PPO: weight c of the entropy bonus -c H in the actor's loss (its "
+                                              "mean H is reported either way)");
     v(ppo_critic_warmup, "ppo_critic_warmup", "PPO: iterations that train only the critic before the actor starts");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");

@@ -44,6 +44,23 @@ double loss_and_gradients(DecoderLM& m, const TokenObjective& objective, const s
   m.backward(*mb, HeadGradient(d.data()), 1.0f, 1.0f);
   return loss;
 }
+// The actor's loss (a distribution objective) on one micro-batch, its gradients accumulated.
+double actor_loss_and_gradients(DecoderLM& m, const LogitObjective& objective, const std::vector<int32_t>& tokens,
+                                const std::vector<int32_t>& targets, int64_t B, int64_t S) {
+  auto mb = m.new_micro_batch();
+  m.forward(*mb, tokens.data(), targets.data(), B, S);
+  StudentLogits in;
+  in.logits = m.head_logits(*mb);
+  in.lse = m.head_lse(*mb);
+  in.rows = m.head_rows(*mb);
+  in.tokens = tokens.data();
+  in.S_full = S;
+  in.Vl = m.vocab_shard();
+  std::vector<float> d(static_cast<size_t>(B * S * in.Vl));
+  const double loss = objective.evaluate(in, d.data(), nullptr).loss;
+  m.backward(*mb, HeadGradient::of_logits(d.data()), 1.0f, 1.0f);
+  return loss;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,6 +78,7 @@ int main(int argc, char** argv) {
     ParallelGrid one(self, ParallelConfig{});
     ModelConfig lm = cfg.model, value = cfg.model;
     lm.head = HeadKind::lm;
+    lm.head_chunk_rows = 0;
     value.head = HeadKind::value;
     value.value_outputs = 1;
     const uint64_t s = tc.seed;
@@ -109,7 +127,8 @@ int main(int argc, char** argv) {
     actor.params().zero_grads();
     critic.params().zero_grads();
     std::vector<float> losses = {
-        static_cast<float>(loss_and_gradients(actor, PpoActorLoss(a_rows, actor_rows, tc.ppo_clip), tokens, targets, B, S)),
+        static_cast<float>(actor_loss_and_gradients(actor, PpoActorLoss(a_rows, actor_rows, tc.ppo_clip, tc.ppo_entropy_coeff),
+                                                      tokens, targets, B, S)),
         static_cast<float>(loss_and_gradients(critic, PpoCriticLoss(c_rows, critic_rows, tc.ppo_value_clip), tokens,
                                               targets, B, S))};
     keep.push_back(std::vector<float>(tokens.begin(), tokens.end()));

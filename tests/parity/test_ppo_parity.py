@@ -1,8 +1,8 @@
 """Parity of one whole PPO step of fivefold's (recipes/ppo; specs/methods.md §6.4) with an
 independent PyTorch implementation of the formulas, on fixed rollouts and a tiny model: the
 rollout-time actor's and the reference's log-probs, the critic's values and the reward model's
-score; the per-token KL penalty, GAE, the masked whitening; the actor's clipped loss over the
-sequences that ended and the critic's clipped value loss, and every gradient of both trained
+score; the per-token KL penalty, GAE, the masked whitening; the actor's clipped loss with its
+entropy bonus over the sequences that ended and the critic's clipped value loss, and every gradient of both trained
 models. tests/parity/ppo_dump.cpp writes fivefold's side; the models are bench/torch_model.py in
 float64 with fivefold's weights.
 
@@ -30,7 +30,7 @@ torch.set_num_threads(2)
 MODEL = {"vocab_size": 37, "d_model": 24, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 8,
          "seq_len": 9, "ffn_hidden": 40, "num_experts": 0, "layer_pattern": "*-*-", "init_std": 0.2}
 TRAIN = {"model_preset": "", "seed": 5, "ppo_kl_beta": 0.1, "ppo_gamma": 0.97, "ppo_lambda": 0.9, "ppo_clip": 0.2,
-         "ppo_value_clip": 0.05, "ppo_absolute_kl": True}
+         "ppo_value_clip": 0.05, "ppo_absolute_kl": True, "ppo_entropy_coeff": 0.02}
 
 
 def model_of(cfg, t, prefix, value):
@@ -92,7 +92,10 @@ with tempfile.TemporaryDirectory() as tmp:
     amask = mask * ended.unsqueeze(-1)
     rho = torch.exp(row_logps(actor, tokens, targets) - old)
     eps = tc["ppo_clip"]
-    actor_loss = (torch.max(-adv * rho, -adv * rho.clamp(1 - eps, 1 + eps)) * amask).sum() / amask.sum()
+    logp_all = torch.log_softmax(actor(tokens), dim=-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    actor_loss = ((torch.max(-adv * rho, -adv * rho.clamp(1 - eps, 1 + eps)) - tc["ppo_entropy_coeff"] * entropy)
+                  * amask).sum() / amask.sum()
     actor_loss.backward()
     # The critic: its clipped value loss over the response rows.
     critic = model_of(cfg, t, "critic/", True)

@@ -11,6 +11,7 @@
 #include "recipes/ppo/advantages.h"
 #include "recipes/ppo/ppo_objective.h"
 #include "recipes/ppo/rollouts.h"
+#include "test_util.h"
 
 namespace ff {
 namespace {
@@ -69,37 +70,110 @@ struct Rollout {
   HeadRows head() const { return HeadRows{value.data(), targets.data(), positions.data(), B, S, nullptr}; }
 };
 
+// The actor's side of a rollout: random logits over V = 5, each row's log-prob of its target
+// (Rollout::value) and log-sum-exp from them, in double, as the LM head gives them.
+struct ActorLogits {
+  static constexpr int64_t V = 5;
+  std::vector<float> z, lse;
+  explicit ActorLogits(Rollout& r, uint64_t seed = 3) : z(test::randn(Rollout::B * Rollout::S * V, seed, 1.0f)) {
+    for (int64_t n = 0; n < Rollout::B * Rollout::S; ++n) {
+      double s = 0;
+      for (int64_t v = 0; v < V; ++v) s += std::exp(double(z[n * V + v]));
+      lse.push_back(static_cast<float>(std::log(s)));
+      r.value[n] = z[n * V + r.targets[n]] - lse[n];
+    }
+  }
+  StudentLogits in(const Rollout& r) const {
+    StudentLogits s;
+    s.logits = z.data();
+    s.lse = lse.data();
+    s.rows = r.head();
+    s.Vl = V;
+    return s;
+  }
+  double p(int64_t n, int64_t v) const { return std::exp(double(z[n * V + v]) - lse[n]); }
+  // The surrogate's d L / d logp of row n, read off the target's logit gradient:
+  // d L / d z_t = d L / d logp (1 - p_t) when there is no entropy term.
+  double dlogp(const std::vector<float>& dz, const Rollout& r, int64_t n) const {
+    return dz[n * V + r.targets[n]] / (1 - p(n, r.targets[n]));
+  }
+};
+
 TEST(Ppo, RatioOneGivesMinusTheMeanAdvantageAndMaskedRowsNothing) {
   Rollout r;
-  r.value.assign(r.value.size(), -1.0f);  // logp = logp_old: rho = 1
-  for (size_t i = 0; i < r.value.size(); ++i)
-    if (r.rows[0].mask[i] == 0) r.value[i] = 5.0f;  // anything: masked
+  const ActorLogits a(r);
+  r.rows[0].old = r.value;  // logp = logp_old: rho = 1
   const double T = 5;
-  std::vector<float> d(r.value.size());
+  std::vector<float> d(r.value.size() * ActorLogits::V);
   const PpoActorLoss actor(r.rows, T, 0.2);
-  const ObjectiveValue v = actor.evaluate(r.head(), d.data());
+  const ObjectiveValue v = actor.evaluate(a.in(r), d.data(), nullptr);
   EXPECT_EQ(v.tokens, 5);
   EXPECT_NEAR(v.loss, -(1.0 - 2.0 + 0.5 + 3.0 - 1.0) / T, 1e-12);
-  for (size_t i = 0; i < d.size(); ++i) EXPECT_FLOAT_EQ(d[i], static_cast<float>(-r.rows[0].target[i] / T)) << i;
+  for (int64_t n = 0; n < Rollout::B * Rollout::S; ++n) {
+    EXPECT_NEAR(a.dlogp(d, r, n), r.rows[0].mask[n] > 0 ? -r.rows[0].target[n] / T : 0.0, 1e-6) << n;
+    if (r.rows[0].mask[n] == 0) {  // a masked row's logits get nothing at all
+      for (int64_t v = 0; v < ActorLogits::V; ++v) EXPECT_EQ(d[n * ActorLogits::V + v], 0.0f);
+    }
+  }
   EXPECT_EQ(actor.stats().clipped, 0);
 }
 
 TEST(Ppo, ClippingStopsTheGradientOnlyInTheFavourableDirection) {
   Rollout r;
-  const float up = std::log(1.3f) - 1.0f, down = std::log(0.7f) - 1.0f;  // rho = 1.3 and 0.7
-  std::vector<float> d(r.value.size());
+  const ActorLogits a(r);
   // rows 1 (A = 1 > 0), 2 (A = -2 < 0) at rho = 1.3; rows 5 (A = 3 > 0), 6 (A = -1 < 0) at rho = 0.7.
-  r.value = {0, up, up, -1.0f, 0, down, down, 0};
+  const double rho[8] = {1, 1.3, 1.3, 1, 1, 0.7, 0.7, 1};
+  for (int n = 0; n < 8; ++n) r.rows[0].old[n] = static_cast<float>(r.value[n] - std::log(rho[n]));
+  std::vector<float> d(r.value.size() * ActorLogits::V);
   const PpoActorLoss actor(r.rows, 5, 0.2);
-  const ObjectiveValue v = actor.evaluate(r.head(), d.data());
-  EXPECT_EQ(d[1], 0.0f);                          // A > 0, rho > 1 + eps: no more push up
-  EXPECT_NEAR(d[2], 2.0 * 1.3 / 5, 1e-6);         // A < 0, rho > 1 + eps: pulled back down
-  EXPECT_NEAR(d[5], -3.0 * 0.7 / 5, 1e-6);        // A > 0, rho < 1 - eps: pushed back up
-  EXPECT_EQ(d[6], 0.0f);                          // A < 0, rho < 1 - eps: no more push down
-  EXPECT_NEAR(d[3], -0.5 / 5, 1e-7);              // rho = 1
+  const ObjectiveValue v = actor.evaluate(a.in(r), d.data(), nullptr);
+  // Tolerances: rho reaches the loss through fp32 log-probs (a few ulps, about 1e-7 relative).
+  EXPECT_EQ(a.dlogp(d, r, 1), 0.0);               // A > 0, rho > 1 + eps: no more push up
+  EXPECT_NEAR(a.dlogp(d, r, 2), 2.0 * 1.3 / 5, 1e-5);   // A < 0, rho > 1 + eps: pulled back down
+  EXPECT_NEAR(a.dlogp(d, r, 5), -3.0 * 0.7 / 5, 1e-5);  // A > 0, rho < 1 - eps: pushed back up
+  EXPECT_EQ(a.dlogp(d, r, 6), 0.0);               // A < 0, rho < 1 - eps: no more push down
+  EXPECT_NEAR(a.dlogp(d, r, 3), -0.5 / 5, 1e-6);  // rho = 1
   EXPECT_EQ(actor.stats().clipped, 2);
   // max(-A rho, -A clip(rho)) per row: -1.2, 2.6, -0.5, -2.1, 0.8 (rows 1, 2, 3, 5, 6).
   EXPECT_NEAR(v.loss, (-1.2 + 2.6 - 0.5 - 2.1 + 0.8) / 5, 1e-6);
+}
+
+// The entropy bonus -c H: with zero advantages it is the whole loss, -c / T sum_masked H, whose
+// gradient matches central differences in double. Tolerance: the gradient is computed from fp32
+// logits and log-sum-exps (relative 1e-6 of terms of order c p / T).
+TEST(Ppo, EntropyBonusMatchesFiniteDifferences) {
+  Rollout r;
+  r.rows[0].target.assign(r.rows[0].target.size(), 0.0f);  // A = 0: no surrogate
+  const ActorLogits a(r, 7);
+  r.rows[0].old = r.value;
+  const double T = 5, c = 0.3;
+  auto entropy_loss = [&](const std::vector<float>& z) {  // -c / T sum over masked rows of H, in double
+    double sum = 0;
+    for (int64_t n = 0; n < Rollout::B * Rollout::S; ++n) {
+      if (r.rows[0].mask[n] == 0) continue;
+      double mx = -1e30, s = 0, h = 0;
+      for (int64_t v = 0; v < ActorLogits::V; ++v) mx = std::max(mx, double(z[n * ActorLogits::V + v]));
+      for (int64_t v = 0; v < ActorLogits::V; ++v) s += std::exp(z[n * ActorLogits::V + v] - mx);
+      for (int64_t v = 0; v < ActorLogits::V; ++v) {
+        const double lp = z[n * ActorLogits::V + v] - mx - std::log(s);
+        h -= std::exp(lp) * lp;
+      }
+      sum += h;
+    }
+    return -c / T * sum;
+  };
+  std::vector<float> d(r.value.size() * ActorLogits::V);
+  const PpoActorLoss actor(r.rows, T, 0.2, c);
+  const ObjectiveValue v = actor.evaluate(a.in(r), d.data(), nullptr);
+  EXPECT_NEAR(v.loss, entropy_loss(a.z), 1e-6);
+  EXPECT_NEAR(actor.stats().entropy, -entropy_loss(a.z) * T / c, 1e-5);
+  for (size_t i = 0; i < a.z.size(); ++i) {
+    std::vector<float> z = a.z;
+    z[i] = a.z[i] + 1e-3f;
+    const double up = entropy_loss(z), hi = z[i];
+    z[i] = a.z[i] - 1e-3f;
+    EXPECT_NEAR(d[i], (up - entropy_loss(z)) / (hi - z[i]), 1e-5) << i;  // the steps as rounded to fp32
+  }
 }
 
 TEST(Ppo, CriticLossClipsTheValueMove) {

@@ -75,7 +75,7 @@ ModelConfig role_config(const ModelSource& src, const RunConfig& cfg, const char
 
 struct IterationMetrics {
   double reward = 0, kl = 0, length = 0, ended = 0;            // means over the sequences
-  double actor_loss = 0, critic_loss = 0, actor_clip = 0, critic_clip = 0, ratio = 0;
+  double actor_loss = 0, critic_loss = 0, actor_clip = 0, critic_clip = 0, ratio = 0, entropy = 0;
   double advantage_mean = 0, advantage_std = 0, actor_grad_norm = 0, critic_grad_norm = 0;
   double lr = 0, critic_lr = 0, rollout_s = 0, score_s = 0, train_s = 0, generated_tokens_per_s = 0;
 };
@@ -104,6 +104,7 @@ class PpoJob {
 PpoJob::PpoJob(const RunConfig& cfg, const ParallelGrid& grid, bool quiet)
     : cfg_(cfg), grid_(grid), quiet_(quiet), lead_(grid.world_rank() == 0) {
   const auto& tc = cfg_.train;
+  cfg_.model.head_chunk_rows = 0;  // the actor's loss reads every response row's logits (the entropy)
   FF_CHECK(!tc.init_from.empty(), "PPO starts the actor from an SFT model: give train.init_from");
   FF_CHECK(!tc.reward_model.empty(), "PPO scores rollouts with a reward model: give train.reward_model (a value head, "
            "e.g. from fivefold align rm)");
@@ -273,7 +274,7 @@ IterationMetrics PpoJob::iteration(int64_t it) {
     critic_stats.add(critic_loss.stats());
     if (train_actor && counts[0] > 0) {  // no ended sequence in the step: nothing to learn from
       actor_->model().params().zero_grads();
-      const PpoActorLoss actor_loss(actor_rows, counts[0], tc.ppo_clip);
+      const PpoActorLoss actor_loss(actor_rows, counts[0], tc.ppo_clip, tc.ppo_entropy_coeff);
       losses[0] = actor_pipe_->run(tk, tg, B, S, actor_loss).loss;
       mt.actor_grad_norm = actor_->optimizer_step(mt.lr);
       actor_stats.add(actor_loss.stats());
@@ -283,17 +284,19 @@ IterationMetrics PpoJob::iteration(int64_t it) {
     mt.critic_loss += losses[1] / static_cast<double>(steps);
   }
   // The losses' statistics, counted once per replica (the last stage's first TP rank; CP-complete).
-  double st[5] = {0, 0, 0, 0, 0};
+  double st[6] = {0, 0, 0, 0, 0, 0};
   if (reporter_) {
     st[0] = actor_stats.rows;
     st[1] = actor_stats.clipped;
     st[2] = actor_stats.ratio;
     st[3] = critic_stats.rows;
     st[4] = critic_stats.clipped;
+    st[5] = actor_stats.entropy;
   }
-  grid_.all().all_reduce_sum(st, 5);
+  grid_.all().all_reduce_sum(st, 6);
   mt.actor_clip = st[0] > 0 ? st[1] / st[0] : 0.0;
   mt.ratio = st[0] > 0 ? st[2] / st[0] : 0.0;
+  mt.entropy = st[0] > 0 ? st[5] / st[0] : 0.0;
   mt.critic_clip = st[3] > 0 ? st[4] / st[3] : 0.0;
   mt.train_s = seconds_since(t0);
   return mt;
@@ -354,15 +357,15 @@ void PpoJob::run() {
       metrics->write_line(nlohmann::json{
           {"step", it + 1}, {"reward", m.reward}, {"kl", m.kl}, {"response_length", m.length}, {"ended", m.ended},
           {"actor_loss", m.actor_loss}, {"critic_loss", m.critic_loss}, {"actor_clip_fraction", m.actor_clip},
-          {"critic_clip_fraction", m.critic_clip}, {"ratio", m.ratio}, {"advantage_mean", m.advantage_mean},
+          {"critic_clip_fraction", m.critic_clip}, {"ratio", m.ratio}, {"entropy", m.entropy}, {"advantage_mean", m.advantage_mean},
           {"advantage_std", m.advantage_std}, {"actor_grad_norm", m.actor_grad_norm},
           {"critic_grad_norm", m.critic_grad_norm}, {"lr", m.lr}, {"critic_lr", m.critic_lr},
           {"rollout_s", m.rollout_s}, {"score_s", m.score_s}, {"train_s", m.train_s},
           {"generated_tokens_per_s", m.generated_tokens_per_s}}.dump());
       if (!quiet_)
-        std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | actor %.4f clip %.3f | critic "
+        std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | entropy %.3f | actor %.4f clip %.3f | critic "
                     "%.4f clip %.3f | rollout %.2fs score %.2fs train %.2fs | %.0f gen tok/s\n", (long long)(it + 1),
-                    (long long)tc.steps, m.reward, m.kl, m.length, m.ended, m.actor_loss, m.actor_clip, m.critic_loss,
+                    (long long)tc.steps, m.reward, m.kl, m.length, m.ended, m.entropy, m.actor_loss, m.actor_clip, m.critic_loss,
                     m.critic_clip, m.rollout_s, m.score_s, m.train_s, m.generated_tokens_per_s);
       std::fflush(stdout);
     }

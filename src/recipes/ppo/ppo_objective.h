@@ -5,9 +5,12 @@
 // response rows of sequences that ended; the critic's: response rows).
 //
 //   actor   rho = exp(logp - logp_old)
-//           L = 1/T sum_masked max(-A rho, -A clip(rho, 1 - eps, 1 + eps))
+//           L = 1/T sum_masked [max(-A rho, -A clip(rho, 1 - eps, 1 + eps)) - c H]
 //           dL/dlogp = -A rho / T where the unclipped term is the larger one, else 0: outside
 //           [1 - eps, 1 + eps] in the advantage's favourable direction the gradient stops.
+//           H = -sum_v p_v log p_v over the whole vocabulary (the entropy bonus, c >= 0; its
+//           mean is reported whatever c): dH/dz_v = -p_v (log p_v + H). The actor's loss reads
+//           the logits (a distribution objective), vocabulary-parallel under TP.
 //   critic  V_clip = V_old + clip(V - V_old, -eps_v, eps_v)
 //           L = 1/(2T) sum_masked max((V - G)^2, (V_clip - G)^2),  dL/dV = (V - G) / T where the
 //           unclipped term is the larger one, else 0.
@@ -33,19 +36,20 @@ struct PpoLossStats {
   double rows = 0;     // masked rows
   double clipped = 0;  // rows where the clipped term was the larger (its gradient stopped)
   double ratio = 0;    // actor: sum of rho; critic: sum of V - V_old
+  double entropy = 0;  // actor: sum of H
   void add(const PpoLossStats& o);
 };
 
-class PpoActorLoss : public TokenObjective {
+class PpoActorLoss : public LogitObjective {
  public:
-  // rows[m]: micro-batch m's (HeadRows::micro_batch). total_rows: T.
-  PpoActorLoss(const std::vector<PpoRows>& rows, double total_rows, double clip_eps);
-  ObjectiveValue evaluate(const HeadRows& in, float* dlogp) const override;
+  // rows[m]: micro-batch m's (HeadRows::micro_batch). total_rows: T. entropy_coeff: c.
+  PpoActorLoss(const std::vector<PpoRows>& rows, double total_rows, double clip_eps, double entropy_coeff = 0);
+  ObjectiveValue evaluate(const StudentLogits& in, float* dlogits, float* dhidden) const override;
   const PpoLossStats& stats() const { return stats_; }
 
  private:
   const std::vector<PpoRows>& rows_;
-  double total_, eps_;
+  double total_, eps_, entropy_;
   mutable PpoLossStats stats_;
 };
 
