@@ -27,6 +27,7 @@
 #include "cli/prune_command.h"
 #include "cli/search_command.h"
 #include "cli/version.h"
+#include "recipes/ppo/ppo_plan.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
 #include "io/tokenizer.h"
@@ -334,6 +335,7 @@ int cmd_plan(const RunConfigFlags& flags, const PlanOptions& o) {
               o.device.memory_gib, o.device.gemm_tflops, 100 * o.device.efficiency, o.device.link_gbytes,
               o.device.latency_us,
               c.optim.distributed ? "; distributed optimizer" : "", plan_table(rows, o.device).c_str());
+  if (!c.train.reward_model.empty() && !o.all) std::printf("%s", ppo_plan_table(c, o.world, o.device).c_str());
   return 0;
 }
 

@@ -98,6 +98,11 @@ with tempfile.TemporaryDirectory() as tmp:
     check("ppo: no prompt short enough is refused", r.returncode != 0 and "no prompt fits" in r.stderr, r.stderr)
     r = ppo(ppo_temperature="0")
     check("ppo: greedy rollouts are refused", r.returncode != 0 and "ppo_temperature" in r.stderr, r.stderr)
+    # plan shows the memory of each of PPO's roles.
+    r = run("plan", "--init_from", base, "--reward_model", path("attr/model.safetensors"), "--micro_batch", "2")
+    ok = r.returncode == 0 and all(role in r.stdout for role in ("PPO roles", "actor", "critic", "reference",
+                                                                  "reward model", "all roles"))
+    check("plan: PPO's memory per role", ok, r.stdout + r.stderr)
 
 print("%d failed" % len(failures))
 sys.exit(1 if failures else 0)
