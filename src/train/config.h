@@ -61,6 +61,7 @@ struct TrainConfig {
   bool kd_lm_loss = false;      // distillation: keep the cross-entropy, the KD term rescaled to its magnitude
   bool kd_hidden_cosine = false;  // distillation: + the cosine loss of the final norm's outputs
   bool memory_check = true;     // refuse to start when the planned memory exceeds what is available
+  std::string tensorboard_dir;  // also write the metrics as TensorBoard scalars here (empty: no)
   // Preference pairs and their objectives (train/preference_data.h, train/preference_objective.h).
   Objective objective = Objective::cross_entropy;
   std::string pref_chosen_key = "chosen", pref_rejected_key = "rejected";
@@ -125,6 +126,8 @@ struct TrainConfig {
       "shuffled order (all of a smaller split, each window once), the same set whatever train.seed, "
       "train.micro_batch or the layout");
     v(log_interval, "log_interval", "steps between log lines");
+    v(tensorboard_dir, "tensorboard_dir", "also write every metric as TensorBoard scalars into this folder (rank 0; "
+                                          "flushed at each log interval, readable while the run goes on)");
     v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
     v(memory_check, "memory_check", "refuse to start when the planned memory per rank (fivefold plan) exceeds the "
       "memory this machine has available for each of its ranks");

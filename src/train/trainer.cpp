@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "io/file_lock.h"
 #include "io/safetensors.h"
+#include "io/tensorboard.h"
 #include "train/console_log.h"
 #include "train/data.h"
 #include "train/flops.h"
@@ -315,6 +316,8 @@ TrainResult Trainer::run(bool quiet) {
       for (const auto& n : report.unused) std::printf("  unused (in the source, not in this model): %s\n", n.c_str());
     }
   }
+  std::unique_ptr<TensorBoardWriter> tensorboard;  // the lead's, with train.tensorboard_dir
+  if (lead && !tc.tensorboard_dir.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard_dir);
   std::unique_ptr<AppendFile> metrics;  // written by the lead rank only, every record checked
   if (lead) metrics = std::make_unique<AppendFile>(tc.out_dir + "/metrics.jsonl", /*truncate=*/resumed.step == 0);
 
@@ -367,6 +370,10 @@ TrainResult Trainer::run(bool quiet) {
     rec["communication_s"] = m.communication_s;
     if (lead) {
       metrics->write_line(rec.dump());
+      if (tensorboard) {
+        tensorboard->scalars(rec, m.step);
+        if (m.step % tc.log_interval == 0 || last) tensorboard->flush();
+      }
     }
     if (lead && !quiet && (m.step % tc.log_interval == 0 || last || rec.contains("valid_loss"))) {
       double elapsed = seconds_since(t_start);
