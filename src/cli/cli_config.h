@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "core/fields.h"
 #include "parallel/grid.h"
@@ -13,35 +14,30 @@
 
 namespace ff {
 
+// A field's type as a flag shows it (INT, UINT, FLOAT, BOOL, TEXT, or an enum's choices a|b|c)
+// and its value as text (empty for an empty string).
+template <class T>
+std::pair<std::string, std::string> flag_type_and_default(const T& field) {
+  if constexpr (FieldEnum<T>) return {enum_choices(T{}), enum_to_string(field)};
+  else if constexpr (std::is_same_v<T, bool>) return {"BOOL", field ? "true" : "false"};
+  else if constexpr (std::is_integral_v<T>) return {std::is_unsigned_v<T> ? "UINT" : "INT", std::to_string(field)};
+  else if constexpr (std::is_floating_point_v<T>) return {"FLOAT", strprintf("%g", static_cast<double>(field))};
+  else return {"TEXT", field};
+}
+
 // Registers one string-valued option per field; values land in `given` keyed by field name.
 struct CliRegistrar {
   CLI::App& app;
   std::map<std::string, std::string>& given;
   std::string group;
-  // --help shows each flag's type (INT, UINT, FLOAT, BOOL, TEXT, or an enum's choices a|b|c) and
-  // default; the value is parsed by CliApplier, whose errors name the flag.
+  // --help shows each flag's type and default (flag_type_and_default); the value is parsed by
+  // CliApplier, whose errors name the flag.
   template <class T>
   void operator()(T& field, const char* name, const char* help) {
-    std::string def, type;
-    if constexpr (FieldEnum<T>) {
-      def = enum_to_string(field);
-      type = enum_choices(T{});
-    } else if constexpr (std::is_same_v<T, bool>) {
-      def = field ? "true" : "false";
-      type = "BOOL";
-    } else if constexpr (std::is_integral_v<T>) {
-      def = std::to_string(field);
-      type = std::is_unsigned_v<T> ? "UINT" : "INT";
-    } else if constexpr (std::is_floating_point_v<T>) {
-      def = strprintf("%g", static_cast<double>(field));
-      type = "FLOAT";
-    } else {
-      def = field.empty() ? "\"\"" : field;
-      type = "TEXT";
-    }
+    const auto [type, def] = flag_type_and_default(field);
     std::string flag = std::string("--") + name;
     app.add_option_function<std::string>(flag, [&g = given, n = std::string(name)](const std::string& v) { g[n] = v; },
-                                         std::string(help) + " [default " + def + "]")
+                                         std::string(help) + " [default " + (def.empty() ? "\"\"" : def) + "]")
         ->type_name(type)
         ->group(group);
   }

@@ -27,6 +27,7 @@
 #include "cli/prune_command.h"
 #include "cli/search_command.h"
 #include "cli/version.h"
+#include "cli/config_reference.h"
 #include "recipes/ppo/ppo_plan.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
@@ -440,6 +441,8 @@ int main(int argc, char** argv) {
     CliRegistrar ev_reg{*eval, ev_parallel, "Parallel"};
     ev_layout.visit_fields(ev_reg);
 
+    auto* reference = app.add_subcommand("config-reference", "print every run config field (flag, type, default, "
+                                                             "meaning) as Markdown: docs/config.md");
     PruneCommand prune;
     add_prune_command(app, prune);
     SearchCommand search;
@@ -489,6 +492,10 @@ int main(int argc, char** argv) {
     if (eval->parsed()) {
       ev.tokenizer = explicit_tokenizer(ev_tokenizer_type, ev_tokenizer_path);
       return cmd_eval(ev, ev_parallel);
+    }
+    if (reference->parsed()) {
+      std::printf("%s", config_reference(defaults).c_str());
+      return 0;
     }
     if (prune.app->parsed()) return run_prune_command(prune);
     if (search.app->parsed()) return run_search_command(search);

@@ -56,6 +56,13 @@ check("--lr fast is refused naming the flag", rc != 0 and "--lr fast: not a vali
 v = subprocess.run([fivefold, "--version"], capture_output=True, text=True, timeout=60).stdout
 check("--version", v.startswith("fivefold ") and "oneDNN" in v and "MPI" in v and "CUDA" in v, v)
 
+# docs/config.md is the output of `fivefold config-reference`: stale when a field changed.
+ref = subprocess.run([fivefold, "config-reference"], capture_output=True, text=True, timeout=60).stdout
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "config.md")) as f:
+    committed = f.read()
+check("docs/config.md is current (else: fivefold config-reference > docs/config.md)", ref == committed,
+      "differs" if ref else "no output")
+
 # Under mpirun every rank finds the same bad flag: the message is printed once, not once per rank.
 env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 r = subprocess.run(["mpirun", "--oversubscribe", "-np", "3", fivefold, "train", "--seed", "-1"], env=env,
