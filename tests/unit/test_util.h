@@ -1,6 +1,7 @@
 // Helpers shared by the unit tests: seeded random fills, tolerance checks that print where and
 // by how much they fail, and a central finite difference in double precision.
 #pragma once
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -77,10 +78,12 @@ inline double finite_difference(const std::function<double()>& f, float& xi, flo
   return (up - down) / (2.0 * double(h));
 }
 
-// An empty folder under the system's temporary directory, named fivefold_<name> (made anew).
+// An empty folder under the system's temporary directory, fivefold_<name>_<pid> (made anew). The
+// process id keeps tests that ctest runs side by side (-j) out of each other's folders: one test
+// suite's teardown once removed another's SentencePiece model mid-run.
 inline std::string fresh_dir(const std::string& name) {
   namespace fs = std::filesystem;
-  const std::string d = (fs::temp_directory_path() / ("fivefold_" + name)).string();
+  const std::string d = (fs::temp_directory_path() / ("fivefold_" + name + "_" + std::to_string(getpid()))).string();
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
