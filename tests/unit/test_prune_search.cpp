@@ -8,6 +8,7 @@
 
 #include "models/config.h"
 #include "models/decoder_lm.h"
+#include "prune_helpers.h"
 #include "recipes/prune/search.h"
 
 namespace ff {
@@ -33,29 +34,12 @@ ModelConfig search_hybrid() {
   return c;
 }
 
-// The statistics of one forward over random tokens.
-ImportanceStats random_calibration(DecoderLM& m) {
-  const int64_t B = 2, S = m.config().seq_len;
-  Rng rng(7, "search");
-  std::vector<int32_t> tokens(static_cast<size_t>(B * S));
-  for (auto& t : tokens) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(m.config().vocab_size)));
-  ImportanceStats st;
-  m.declare_importance(st);
-  auto mb = m.new_micro_batch();
-  m.forward(*mb, tokens.data(), nullptr, B, S);
-  m.add_importance(*mb, st);
-  st.end_batch();
-  Communicator self = Communicator::self();
-  st.finish(self);
-  return st;
-}
-
 TEST(PruneSearch, CandidatesAreValidTargetsWithinTheBudgetLargestFirst) {
   const ModelConfig c = search_hybrid();
   Communicator self = Communicator::self();
   ParallelGrid one(self, ParallelConfig{});
   DecoderLM m(c, one, 3);
-  const ImportanceStats st = random_calibration(m);
+  const ImportanceStats st = test::calibration_of(m, test::random_tokens(2 * c.seq_len, c.vocab_size), 2, c.seq_len);
   const int64_t full = count_parameters(c);
   SearchOptions o;
   o.target_params = full * 7 / 10;

@@ -40,17 +40,24 @@ std::string prepared_idx(const std::string& dir, const std::string& start) {
   return found.empty() ? std::string() : found[0];
 }
 
-TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
-  const std::string dir = (fs::temp_directory_path() / "fivefold_train_data").string();
+// A fresh folder holding corpus.txt of `bytes`, and a run reading it with a SentencePiece
+// tokenizer of 300 pieces (trained on first use), sequences of 16, a 90/10 split.
+RunConfig corpus_run(const std::string& dir, size_t bytes) {
   fs::remove_all(dir);
   fs::create_directories(dir);
-  std::ofstream(dir + "/corpus.txt") << corpus(80000);
+  std::ofstream(dir + "/corpus.txt") << corpus(bytes);
   RunConfig c;
   c.model.vocab_size = 300;
   c.model.seq_len = 16;
   c.train.data_path = dir + "/corpus.txt";
   c.train.tokenizer_path = dir + "/corpus-sp300.model";
   c.train.split = "90,10,0";
+  return c;
+}
+
+TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
+  const std::string dir = (fs::temp_directory_path() / "fivefold_train_data").string();
+  RunConfig c = corpus_run(dir, 80000);
   Communicator world = Communicator::world();
   TrainingData d = open_training_data(c, 64, 8, world, /*quiet=*/true);
   ASSERT_TRUE(fs::exists(dir + "/corpus-sp300.model"));
@@ -92,15 +99,7 @@ TEST(TrainData, PreparesOnFirstUseAndReusesLater) {
 // request for more than the split holds gives each window once.
 TEST(TrainData, ValidationWindowsDependOnNoSeedAndRepeatNone) {
   const std::string dir = (fs::temp_directory_path() / "fivefold_train_data_valid").string();
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  std::ofstream(dir + "/corpus.txt") << corpus(40000);
-  RunConfig c;
-  c.model.vocab_size = 300;
-  c.model.seq_len = 16;
-  c.train.data_path = dir + "/corpus.txt";
-  c.train.tokenizer_path = dir + "/corpus-sp300.model";
-  c.train.split = "90,10,0";
+  RunConfig c = corpus_run(dir, 40000);
   Communicator world = Communicator::world();
   auto windows = [&](const SampleSource& s, int64_t n) {
     std::vector<std::vector<int32_t>> out;

@@ -73,6 +73,14 @@ ModelConfig role_config(const ModelSource& src, const RunConfig& cfg, const char
   return c;
 }
 
+// The critic's AdamW: the actor's settings at the critic's peak lr, its floor scaled alike.
+OptimizerConfig critic_optimizer(const RunConfig& cfg) {
+  OptimizerConfig co = cfg.optim;
+  co.lr = cfg.train.ppo_critic_lr;
+  co.min_lr = cfg.optim.lr > 0 ? co.lr * cfg.optim.min_lr / cfg.optim.lr : 0.0;
+  return co;
+}
+
 struct IterationMetrics {
   double reward = 0, kl = 0, length = 0, ended = 0;            // means over the sequences
   double actor_loss = 0, critic_loss = 0, actor_clip = 0, critic_clip = 0, ratio = 0, entropy = 0;
@@ -141,10 +149,7 @@ PpoJob::PpoJob(const RunConfig& cfg, const ParallelGrid& grid, bool quiet)
   const bool fresh_head = critic_cfg_.head != HeadKind::value;
   critic_cfg_.head = HeadKind::value;
   critic_cfg_.value_outputs = 1;
-  OptimizerConfig co = cfg_.optim;
-  co.lr = tc.ppo_critic_lr;
-  co.min_lr = cfg_.optim.lr > 0 ? tc.ppo_critic_lr * cfg_.optim.min_lr / cfg_.optim.lr : 0.0;
-  critic_ = std::make_unique<ModelRole>("critic", critic_cfg_, co, grid, tc.seed);
+  critic_ = std::make_unique<ModelRole>("critic", critic_cfg_, critic_optimizer(cfg_), grid, tc.seed);
   if (tc.resume.empty())
     load_model_source(cs, critic_->model(), fresh_head ? std::vector<std::string>{"score.weight"} : std::vector<std::string>{});
   actor_pipe_ = std::make_unique<PipelineExecutor>(actor_->model(), grid, tc.grad_accum);
@@ -248,10 +253,7 @@ IterationMetrics PpoJob::iteration(int64_t it) {
   const int64_t steps = M / GA, total = tc.steps;
   const bool train_actor = it >= tc.ppo_critic_warmup;
   mt.lr = train_actor ? learning_rate(cfg_.optim, it - tc.ppo_critic_warmup, total - tc.ppo_critic_warmup) : 0.0;
-  OptimizerConfig co = cfg_.optim;
-  co.lr = tc.ppo_critic_lr;
-  co.min_lr = cfg_.optim.lr > 0 ? tc.ppo_critic_lr * cfg_.optim.min_lr / cfg_.optim.lr : 0.0;
-  mt.critic_lr = learning_rate(co, it, total);
+  mt.critic_lr = learning_rate(critic_optimizer(cfg_), it, total);
   PpoLossStats actor_stats, critic_stats;
   for (int64_t j = 0; j < steps; ++j) {
     std::vector<std::vector<int32_t>> tk, tg;
@@ -356,17 +358,18 @@ void PpoJob::run() {
     if (lead_) {
       metrics->write_line(nlohmann::json{
           {"step", it + 1}, {"reward", m.reward}, {"kl", m.kl}, {"response_length", m.length}, {"ended", m.ended},
-          {"actor_loss", m.actor_loss}, {"critic_loss", m.critic_loss}, {"actor_clip_fraction", m.actor_clip},
-          {"critic_clip_fraction", m.critic_clip}, {"ratio", m.ratio}, {"entropy", m.entropy}, {"advantage_mean", m.advantage_mean},
-          {"advantage_std", m.advantage_std}, {"actor_grad_norm", m.actor_grad_norm},
-          {"critic_grad_norm", m.critic_grad_norm}, {"lr", m.lr}, {"critic_lr", m.critic_lr},
-          {"rollout_s", m.rollout_s}, {"score_s", m.score_s}, {"train_s", m.train_s},
+          {"entropy", m.entropy}, {"actor_loss", m.actor_loss}, {"critic_loss", m.critic_loss},
+          {"actor_clip_fraction", m.actor_clip}, {"critic_clip_fraction", m.critic_clip}, {"ratio", m.ratio},
+          {"advantage_mean", m.advantage_mean}, {"advantage_std", m.advantage_std},
+          {"actor_grad_norm", m.actor_grad_norm}, {"critic_grad_norm", m.critic_grad_norm}, {"lr", m.lr},
+          {"critic_lr", m.critic_lr}, {"rollout_s", m.rollout_s}, {"score_s", m.score_s}, {"train_s", m.train_s},
           {"generated_tokens_per_s", m.generated_tokens_per_s}}.dump());
       if (!quiet_)
-        std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | entropy %.3f | actor %.4f clip %.3f | critic "
-                    "%.4f clip %.3f | rollout %.2fs score %.2fs train %.2fs | %.0f gen tok/s\n", (long long)(it + 1),
-                    (long long)tc.steps, m.reward, m.kl, m.length, m.ended, m.entropy, m.actor_loss, m.actor_clip, m.critic_loss,
-                    m.critic_clip, m.rollout_s, m.score_s, m.train_s, m.generated_tokens_per_s);
+        std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | entropy %.3f | actor %.4f "
+                    "clip %.3f | critic %.4f clip %.3f | rollout %.2fs score %.2fs train %.2fs | %.0f gen tok/s\n",
+                    (long long)(it + 1), (long long)tc.steps, m.reward, m.kl, m.length, m.ended, m.entropy,
+                    m.actor_loss, m.actor_clip, m.critic_loss, m.critic_clip, m.rollout_s, m.score_s, m.train_s,
+                    m.generated_tokens_per_s);
       std::fflush(stdout);
     }
     const bool stop = ckpt.stop_agreed();

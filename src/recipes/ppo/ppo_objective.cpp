@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "layers/vocab_parallel.h"
+#include "recipes/ppo/rollouts.h"
 
 namespace ff {
 
@@ -16,12 +17,6 @@ void PpoLossStats::add(const PpoLossStats& o) {
 }
 
 namespace {
-
-// Row n of this rank's rows, in the micro-batch's [B * S] layout.
-int64_t rollout_row(const HeadRows& in, int64_t n) {
-  const int64_t S_full = in.S * (in.cp ? in.cp->size() : 1);
-  return n / in.S * S_full + in.positions[n];
-}
 
 const PpoRows& micro_batch_rows(const std::vector<PpoRows>& rows, const HeadRows& in) {
   FF_CHECK(in.micro_batch >= 0 && in.micro_batch < static_cast<int64_t>(rows.size()), "PPO: micro-batch %lld has no "

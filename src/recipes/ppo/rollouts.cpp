@@ -49,11 +49,11 @@ Rollouts pack_rollouts(const std::vector<std::vector<int32_t>>& prompts, const s
 }
 
 ObjectiveValue RowValues::evaluate(const HeadRows& in, float* dlogp) const {
-  const int64_t cp = in.cp ? in.cp->size() : 1, S_full = in.S * cp;
-  out_.assign(static_cast<size_t>(in.B * S_full), 0.0f);
+  const int64_t cp = in.cp ? in.cp->size() : 1;
+  out_.assign(static_cast<size_t>(in.B * in.S * cp), 0.0f);
   for (int64_t n = 0; n < in.B * in.S; ++n) {
     dlogp[n] = 0.0f;
-    if (in.targets[n] >= 0) out_[static_cast<size_t>(n / in.S * S_full + in.positions[n])] = in.value[n * in.width];
+    if (in.targets[n] >= 0) out_[static_cast<size_t>(rollout_row(in, n))] = in.value[n * in.width];
   }
   // Each row is held by one CP rank, zeros elsewhere: the sum completes the rows.
   if (in.cp) in.cp->all_reduce_sum(out_.data(), static_cast<int64_t>(out_.size()));

@@ -29,6 +29,13 @@ Rollouts pack_rollouts(const std::vector<std::vector<int32_t>>& prompts, const s
 // per_replica of them, so every layout trains each step on the same sequences.
 std::vector<int64_t> replica_sequences(int64_t total, int64_t dp, int64_t rank, int64_t per_replica);
 
+// Row n of a rank's HeadRows, in the micro-batch's [B * S] layout (under context parallelism the
+// rank holds some positions of each sequence: HeadRows::positions says which).
+inline int64_t rollout_row(const HeadRows& in, int64_t n) {
+  const int64_t S_full = in.S * (in.cp ? in.cp->size() : 1);
+  return n / in.S * S_full + in.positions[n];
+}
+
 // Records each row's head value (HeadRows::value: log p(target), or a value head's output) into
 // out [B * S] at the row's place in its sequence, 0 on rows without a target; complete over the
 // CP group. Loss 0, no gradient: a scoring pass.
