@@ -10,18 +10,12 @@
 #include "core/check.h"
 #include "core/rng.h"
 #include "io/tokenizer.h"
+#include "test_util.h"
 
 namespace ff {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string temp_dir(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("fivefold_tok_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
 
 // Verses in the KJV's layout: chapter headings, numbered verses, wrapped lines, punctuation.
 std::string kjv_like(size_t bytes, uint64_t seed = 1) {
@@ -74,7 +68,7 @@ TEST(ByteTokenizer, RoundTripsAnyBytesAndHasEod) {
 class SentencePiece : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = temp_dir("spm");
+    dir_ = test::fresh_dir("tok_spm");
     std::ofstream(dir_ + "/corpus.txt") << kjv_like(60000);
     SentencePieceTrainConfig c;
     c.input = dir_ + "/corpus.txt";
@@ -180,7 +174,7 @@ std::string write_tokenizer_json(const std::string& dir, const std::string& pre,
 int32_t b(char c) { return static_cast<unsigned char>(c); }
 
 TEST(BpeTokenizer, ReferenceIdsWithMergesCompetingByRank) {
-  const std::string dir = temp_dir("bpe");
+  const std::string dir = test::fresh_dir("tok_bpe");
   // ids: he 256, ll 257, hell 258, Ġw 259, or 260, Ġwor 261, el 262, ĠĠ 263, 't 264, n' 265, 34 266,
   // (h 267, ĊĊ 268; <|endoftext|> 269.
   const std::vector<std::string> merges = {"h e", "l l", "he ll", "\xc4\xa0 w", "o r", "\xc4\xa0w or", "e l",
@@ -213,7 +207,7 @@ TEST(BpeTokenizer, ReferenceIdsWithMergesCompetingByRank) {
 }
 
 TEST(BpeTokenizer, Llama3PreTokenizerSplits) {
-  const std::string dir = temp_dir("bpe3");
+  const std::string dir = test::fresh_dir("tok_bpe3");
   const std::vector<std::string> merges = {"h e", "l l", "he ll", "\xc4\xa0 w", "o r", "\xc4\xa0w or", "e l",
                                            "\xc4\xa0 \xc4\xa0", "' t", "n '", "3 4", "( h", "\xc4\x8a \xc4\x8a"};
   auto t = load_tokenizer(TokenizerType::bpe, write_tokenizer_json(dir, "llama3", merges));
@@ -232,7 +226,7 @@ TEST(BpeTokenizer, Llama3PreTokenizerSplits) {
 }
 
 TEST(BpeTokenizer, RoundTripsCorpusOddUnicodeAndInvalidUtf8) {
-  const std::string dir = temp_dir("bpe_rt");
+  const std::string dir = test::fresh_dir("tok_bpe_rt");
   std::string invalid = "ok \xff\xfe \xc3 \xed\xa0\x80 end";  // stray bytes, truncated and surrogate sequences
   for (const char* pre : {"gpt2", "llama3"}) {
     auto t = load_tokenizer(TokenizerType::bpe, write_tokenizer_json(dir, pre, {"h e", "t he", "\xc4\xa0 the", "a n", "an d"}));
@@ -243,7 +237,7 @@ TEST(BpeTokenizer, RoundTripsCorpusOddUnicodeAndInvalidUtf8) {
 }
 
 TEST(BpeTokenizer, BadFilesGiveClearErrors) {
-  const std::string dir = temp_dir("bpe_bad");
+  const std::string dir = test::fresh_dir("tok_bpe_bad");
   auto expect_error = [&](const std::string& content, const std::string& needle) {
     const std::string p = dir + "/t.json";
     std::ofstream(p) << content;
