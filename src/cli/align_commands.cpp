@@ -222,7 +222,7 @@ int run_align_command(const AlignCommands& cmds, bool print_config) {
   if (cmds.align_dpo->parsed()) return train_run(align_recipe(cmds.dpo_flags, "dpo"), print_config);
   if (cmds.align_spin->parsed()) return cmd_spin(cmds.spin_flags, print_config);
   if (cmds.align_ppo->parsed())
-    return run_job(cmds.ppo_flags, print_config, [](RunConfig& c, const ParallelGrid& grid) { run_ppo(c, grid); });
+    return run_world_job(cmds.ppo_flags, print_config, [](RunConfig& c, const Communicator& world) { run_ppo(c, world); });
   if (cmds.upcycle->parsed()) return cmd_upcycle(cmds.upcycle_flags, cmds.upcycle_out);
   if (cmds.steer_attr->parsed()) return train_run(steerlm_recipe(cmds.steer_attr_flags, true), print_config);
   if (cmds.steer_sft->parsed()) return train_run(steerlm_recipe(cmds.steer_sft_flags, false), print_config);

@@ -125,9 +125,9 @@ void set_threads(const RunConfig& c) {
 }
 
 // Resolves the run's config, checks it (once, the same on every rank) and prints it with
-// --print_config, or runs `job` on the layout's grid.
-int run_job(const RunConfigFlags& flags, bool print_config,
-            const std::function<void(RunConfig&, const ParallelGrid&)>& job) {
+// --print_config, or runs `job` on the world (run_job: on the layout's grid).
+int run_world_job(const RunConfigFlags& flags, bool print_config,
+                  const std::function<void(RunConfig&, const Communicator&)>& job) {
   RunConfig c = flags.resolve();
   Communicator world = Communicator::world();
   check_run_config(c, world.size());
@@ -137,9 +137,16 @@ int run_job(const RunConfigFlags& flags, bool print_config,
     return 0;
   }
   set_threads(c);
-  ParallelGrid grid(world, c.parallel);
-  job(c, grid);
+  job(c, world);
   return 0;
+}
+
+int run_job(const RunConfigFlags& flags, bool print_config,
+            const std::function<void(RunConfig&, const ParallelGrid&)>& job) {
+  return run_world_job(flags, print_config, [&](RunConfig& c, const Communicator& world) {
+    ParallelGrid grid(world, c.parallel);
+    job(c, grid);
+  });
 }
 
 }  // namespace ff

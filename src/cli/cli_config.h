@@ -106,5 +106,8 @@ void set_threads(const RunConfig& c);
 // --print_config, or runs `job` on the layout's grid.
 int run_job(const RunConfigFlags& flags, bool print_config,
             const std::function<void(RunConfig&, const ParallelGrid&)>& job);
+// The same for a job that builds its own grids from the world (PPO's rank groups).
+int run_world_job(const RunConfigFlags& flags, bool print_config,
+                  const std::function<void(RunConfig&, const Communicator&)>& job);
 
 }  // namespace ff

@@ -39,7 +39,6 @@ void check_roles(const std::vector<CheckpointContents>& models) {
   FF_CHECK(!models.empty(), "save_checkpoint: no model given");
   for (size_t i = 0; i < models.size(); ++i) {
     const std::string& r = models[i].role;
-    FF_CHECK(models[i].params != nullptr, "save_checkpoint: model '%s' has no parameters", r.c_str());
     FF_CHECK(!r.empty() && r != "optim" && r != "state" &&
                  std::all_of(r.begin(), r.end(), [](char c) { return std::islower(c) || std::isdigit(c) || c == '_'; }),
              "save_checkpoint: role '%s' is not a name of [a-z0-9_] (nor 'optim' or 'state')", r.c_str());
@@ -361,6 +360,11 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
       mine[2 * slot + 1] = static_cast<int64_t>(w.checksum);
     };
     for (size_t i = 0; i < R; ++i) {
+      if (!models[i].params) {  // a model of other ranks of the job
+        record(2 * i, {});
+        record(2 * i + 1, {});
+        continue;
+      }
       const auto files = write_role_files(tmp_dir, models[i], rank);
       record(2 * i, files[0]);
       record(2 * i + 1, files[1]);
@@ -371,6 +375,10 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
     record(2 * R, {static_cast<int64_t>(fs::file_size(tmp_dir + "/" + state_file)), file_checksum(tmp_dir + "/" + state_file)});
     std::vector<int64_t> all(per_rank * static_cast<size_t>(world.size()));
     world.all_gather(all.data(), mine.data(), static_cast<int64_t>(per_rank));
+    std::vector<int64_t> steps(R);  // each role's optimizer steps, from the ranks that hold it
+    for (size_t i = 0; i < R; ++i) steps[i] = models[i].params ? models[i].optimizer_steps : -1;
+    std::vector<int64_t> all_steps(R * static_cast<size_t>(world.size()));
+    world.all_gather(all_steps.data(), steps.data(), static_cast<int64_t>(R));
     if (lead) {
       json files = json::array(), roles = json::array();
       auto entry = [](const std::string& file, int r, const char* kind, const int64_t* slot) {
@@ -381,6 +389,7 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
         const int64_t* s = all.data() + per_rank * static_cast<size_t>(r);
         for (size_t i = 0; i < R; ++i) {
           const std::string& role = models[i].role;
+          if (s[4 * i] < 0) continue;  // rank r holds no part of this model
           json m = entry(role_file(role, "model", r), r, "model", s + 4 * i);
           m["role"] = role;
           files.push_back(m);
@@ -392,7 +401,12 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
         }
         files.push_back(entry(rank_file("state", r, "json"), r, "state", s + 4 * R));
       }
-      for (const auto& m : models) roles.push_back({{"role", m.role}, {"optimizer_steps", m.optimizer_steps}});
+      for (size_t i = 0; i < R; ++i) {
+        int64_t held = -1;
+        for (int r = 0; r < world.size(); ++r) held = std::max(held, all_steps[static_cast<size_t>(r) * R + i]);
+        FF_CHECK(held >= 0, "save_checkpoint: no rank of the job holds model '%s'", models[i].role.c_str());
+        roles.push_back({{"role", models[i].role}, {"optimizer_steps", held}});
+      }
       json meta = {{"format", kFormat}, {"version", kVersion}, {"step", state.step},
                    {"consumed_samples", state.consumed_samples}, {"optimizer_steps", state.optimizer_steps},
                    {"world_size", world.size()}, {"files", files}, {"models", roles}};

@@ -75,7 +75,7 @@ class DataCursor {
 // Live training state a checkpoint reads from and writes into.
 // Live training state of one model a checkpoint reads from and writes into.
 struct CheckpointContents {
-  ParamStore* params = nullptr;
+  ParamStore* params = nullptr;  // null: the model is held by other ranks of the job (nothing to write here)
   std::vector<float>* exp_avg = nullptr;  // null: weights only
   std::vector<float>* exp_avg_sq = nullptr;
   std::vector<StateBuffer> buffers;
@@ -84,7 +84,9 @@ struct CheckpointContents {
 };
 
 // Collective over `world`. Writes SAVE_DIR/step_N atomically with every model of `models` (distinct
-// roles; the same list on every rank), points `latest` at it, prunes to keep_last (0 = keep all).
+// roles; the same list on every rank, though a rank may hold no part of a model: contents without
+// params, as when PPO's actor and critic run on their own ranks; every model held by some rank),
+// points `latest` at it, prunes to keep_last (0 = keep all).
 // Returns the checkpoint folder. If step_N already exists complete, it is kept and only `latest`
 // is updated.
 std::string save_checkpoint(const std::string& save_dir, const std::vector<CheckpointContents>& models,

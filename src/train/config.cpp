@@ -66,6 +66,10 @@ std::vector<std::string> TrainConfig::validate() const {
       ppo_entropy_coeff < 0)
     e.push_back("train.ppo_kl_beta >= 0, train.ppo_gamma and ppo_lambda in [0, 1], train.ppo_critic_warmup >= 0 and "
                 "train.ppo_entropy_coeff >= 0 are required");
+  if (ppo_critic_ranks < 0 || ppo_critic_tp < 1 || ppo_critic_pp < 1)
+    e.push_back(strprintf("train.ppo_critic_ranks = %lld must be >= 0 (0 = shared ranks), train.ppo_critic_tp = %lld "
+                          "and ppo_critic_pp = %lld >= 1", (long long)ppo_critic_ranks, (long long)ppo_critic_tp,
+                          (long long)ppo_critic_pp));
   if (dpo_sft_weight < 0) e.push_back(strprintf("train.dpo_sft_weight = %g: must be >= 0", dpo_sft_weight));
   if (keep_checkpoints < 0)
     e.push_back(strprintf("train.keep_checkpoints = %lld: must be >= 0 (0 = all)", (long long)keep_checkpoints));
@@ -77,7 +81,18 @@ std::vector<std::string> RunConfig::validate(int64_t world) const {
   auto add = [&](std::vector<std::string> more) { e.insert(e.end(), more.begin(), more.end()); };
   add(optim.validate());
   add(train.validate());
-  const auto layout = parallel.validate(world);
+  auto layout = parallel.validate(train.ppo_critic_ranks > 0 ? std::max<int64_t>(actor_world(world), 1) : world);
+  if (train.ppo_critic_ranks > 0) {  // PPO's split placement: the actor's ranks, then the critic's
+    for (std::string& p : layout)
+      p = strprintf("the actor's ranks (%lld of the job's %lld; the last train.ppo_critic_ranks = %lld are the "
+                    "critic's): ", (long long)actor_world(world), (long long)world, (long long)train.ppo_critic_ranks) + p;
+    if (train.ppo_critic_ranks >= world)
+      layout.push_back(strprintf("train.ppo_critic_ranks = %lld of a job of %lld ranks leaves none for the actor: "
+                                 "start more ranks or give the critic fewer", (long long)train.ppo_critic_ranks,
+                                 (long long)world));
+    for (const std::string& p : ppo_critic_layout().validate(train.ppo_critic_ranks))
+      layout.push_back("the critic's ranks (train.ppo_critic_ranks, ppo_critic_tp, ppo_critic_pp): " + p);
+  }
   add(layout);
   if (layout.empty() && e.empty()) add(layout_problems(model, parallel));  // sizes vs. this layout
   if (train.objective == Objective::attribute_regression && !train.steerlm_attributes.empty()) {
@@ -94,6 +109,16 @@ std::vector<std::string> RunConfig::validate(int64_t world) const {
                           "value head, the DPO family the LM head", enum_to_string(train.objective).c_str(),
                           enum_to_string(model.head).c_str()));
   return e;
+}
+
+ParallelConfig RunConfig::ppo_critic_layout() const {
+  ParallelConfig c;
+  c.tp = train.ppo_critic_tp;
+  c.pp = train.ppo_critic_pp;
+  c.sequence_parallel = parallel.sequence_parallel && c.tp > 1;
+  c.moe_dispatcher = parallel.moe_dispatcher;
+  c.trace_collectives = parallel.trace_collectives.empty() ? "" : parallel.trace_collectives + ".critic";
+  return c;
 }
 
 void check_same_config_on_every_rank(RunConfig& c, const Communicator& world) {

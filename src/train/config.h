@@ -101,6 +101,8 @@ struct TrainConfig {
   int64_t ppo_critic_warmup = 0;
   bool ppo_only_ended = true;
   double ppo_entropy_coeff = 0;
+  int64_t ppo_critic_ranks = 0;  // placement: 0 = every model on every rank
+  int64_t ppo_critic_tp = 1, ppo_critic_pp = 1;
 
   template <class V>
   void visit_fields(V& v) {
@@ -217,6 +219,13 @@ struct TrainConfig {
     v(ppo_entropy_coeff, "ppo_entropy_coeff", "PPO: weight c of the entropy bonus -c H in the actor's loss (its "
                                               "mean H is reported either way)");
     v(ppo_critic_warmup, "ppo_critic_warmup", "PPO: iterations that train only the critic before the actor starts");
+    v(ppo_critic_ranks, "ppo_critic_ranks", "PPO placement: 0 = the four models share every rank and the layout; "
+      "N > 0 = the critic and the reward model run on the last N ranks of the job with their own layout "
+      "(ppo_critic_tp x ppo_critic_pp, data-parallel over the rest), the actor and the reference on the others "
+      "with parallel.*, so that scoring and training overlap generation");
+    v(ppo_critic_tp, "ppo_critic_tp", "PPO with ppo_critic_ranks > 0: the critic group's tensor-parallel size "
+      "(sequence-parallel when parallel.sequence_parallel is)");
+    v(ppo_critic_pp, "ppo_critic_pp", "PPO with ppo_critic_ranks > 0: the critic group's pipeline-parallel size");
     v(freeze, "freeze", "comma-separated globs of parameter names to freeze (no gradient, no optimizer state), e.g. "
                         "\"model.embed_tokens.*,model.layers.0.*\"; names as in model files (Hugging Face names)");
   }
@@ -230,6 +239,11 @@ struct RunConfig {
   ParallelConfig parallel;
 
   std::vector<std::string> validate(int64_t world) const;
+  // The rank groups of a job of `world` ranks. PPO with train.ppo_critic_ranks = N > 0 runs the
+  // actor (and reference) on the first world - N ranks with `parallel`, the critic (and reward
+  // model) on the last N with ppo_critic_layout(); every other job has one group, the world.
+  int64_t actor_world(int64_t world) const { return world - train.ppo_critic_ranks; }
+  ParallelConfig ppo_critic_layout() const;
 };
 
 // Parses a JSON document (text) into a RunConfig on top of the defaults (and of the preset named

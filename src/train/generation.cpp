@@ -92,7 +92,7 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
     prompt_len[static_cast<size_t>(b)] = seq[static_cast<size_t>(b)].size();
   }
   std::vector<Rng> rngs;
-  for (int64_t b = 0; b < B; ++b) rngs.emplace_back(o.seed, "generate", static_cast<uint64_t>(b));
+  for (int64_t b = 0; b < B; ++b) rngs.emplace_back(o.seed, "generate", o.first_stream + static_cast<uint64_t>(b));
   std::vector<Generated> out(static_cast<size_t>(n));
   std::vector<bool> done(static_cast<size_t>(B), false);
   for (int64_t b = n; b < B; ++b) done[static_cast<size_t>(b)] = true;

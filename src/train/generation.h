@@ -29,6 +29,7 @@ struct SamplingOptions {
   int64_t top_k = 40;        // 0 = the whole vocabulary
   double top_p = 1.0;        // nucleus; 1 = off
   uint64_t seed = 1;
+  uint64_t first_stream = 0;      // sequence b samples from stream first_stream + b: a batch decoded in parts draws as whole
   std::vector<std::string> stop;  // stop strings
   bool kv_cache = true;           // false: recompute the context every step
 };

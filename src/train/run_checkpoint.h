@@ -13,11 +13,21 @@
 
 namespace ff {
 
+// One trainable model of a recipe under its role; model null where other ranks of the job hold it
+// (PPO's actor and critic on their own rank groups).
+struct SavedModel {
+  std::string role;
+  ModelRole* model = nullptr;
+};
+
 class RunCheckpoint {
  public:
-  // Collective over the world (it keeps a world communicator for saves). models: the recipe's
-  // trainable models, the trained one (role "model") first; the same roles on every rank.
-  RunCheckpoint(RunConfig& cfg, std::vector<ModelRole*> models, const ParallelGrid& grid);
+  // Collective over `world`, every rank of the job (kept for saves). models: the recipe's
+  // trainable models, the trained one (role "model") first; the same roles on every rank, each
+  // held by some. grid: this rank's grid.
+  RunCheckpoint(RunConfig& cfg, std::vector<SavedModel> models, const ParallelGrid& grid, const Communicator& world);
+  // Every model on every rank, the job's world the grid's.
+  RunCheckpoint(RunConfig& cfg, const std::vector<ModelRole*>& models, const ParallelGrid& grid);
 
   std::string save_dir() const { return cfg_.train.out_dir + "/checkpoints"; }
   // A checkpoint is due after step `step` (1-based) every save_interval steps and at the end.
@@ -32,9 +42,9 @@ class RunCheckpoint {
 
  private:
   RunConfig& cfg_;
-  std::vector<ModelRole*> models_;
+  std::vector<SavedModel> models_;
   const ParallelGrid& grid_;
-  const Communicator& world_;  // every rank of the job (the grid's)
+  const Communicator& world_;  // every rank of the job
 };
 
 // The run config stored in a checkpoint (folder or save folder with `latest`): `train --resume`

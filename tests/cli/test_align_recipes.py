@@ -98,11 +98,27 @@ with tempfile.TemporaryDirectory() as tmp:
     check("ppo: no prompt short enough is refused", r.returncode != 0 and "no prompt fits" in r.stderr, r.stderr)
     r = ppo(ppo_temperature="0")
     check("ppo: greedy rollouts are refused", r.returncode != 0 and "ppo_temperature" in r.stderr, r.stderr)
+    r = ppo(ppo_critic_ranks="1")
+    check("ppo: a critic group of every rank is refused", r.returncode != 0 and "leaves none for the actor" in r.stderr,
+          r.stderr)
+    # Two rank groups: the critic's replicas must split the actor's optimizer step; said once.
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    r = subprocess.run(["mpirun", "--oversubscribe", "-np", "3", fivefold, "align", "ppo", "--init_from", base,
+                        "--reward_model", base, "--data_path", path("plain.jsonl"),
+                        "--steps", "1", "--ppo_rollout_prompts", "4", "--micro_batch", "2", "--ppo_max_new_tokens", "4",
+                        "--out_dir", path("ppo-split"), "--peak_tflops", "1", "--ppo_critic_ranks", "2"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    check("ppo: a critic group that cannot split a step is refused once",
+          r.returncode != 0 and r.stderr.count("cannot split an optimizer step") == 1, r.stderr)
     # plan shows the memory of each of PPO's roles.
     r = run("plan", "--init_from", base, "--reward_model", path("attr/model.safetensors"), "--micro_batch", "2")
     ok = r.returncode == 0 and all(role in r.stdout for role in ("PPO roles", "actor", "critic", "reference",
                                                                   "reward model", "all roles"))
     check("plan: PPO's memory per role", ok, r.stdout + r.stderr)
+    r = run("plan", "--init_from", base, "--reward_model", path("attr/model.safetensors"), "--micro_batch", "2",
+            "--world", "4", "--ppo_critic_ranks", "2", "--ppo_critic_tp", "2", "--sequence_parallel", "true")
+    ok = r.returncode == 0 and all(s in r.stdout for s in ("actor group", "critic group", "the last 2"))
+    check("plan: PPO's memory per rank group when split", ok, r.stdout + r.stderr)
 
 print("%d failed" % len(failures))
 sys.exit(1 if failures else 0)

@@ -159,12 +159,40 @@ for name, (ranks, extra) in {"DP 2": (2, []), "TP 2 + SP": (2, ["--tp", "2", "--
     failures += not ok
     checks += 1
 print("%-40s    %s" % ("align ppo, 1 process", [tuple(round(v, 4) for v in x) for x in ppo_want]))
+# Split placement: the critic and the reward model on their own ranks with their own layout, the
+# rollouts, log-probs, values and scores passed between the two groups, equal to one process too.
+for name, (ranks, extra) in {"split 1 + 1": (2, ["--ppo_critic_ranks", "1", "--grad_accum", "2"]),
+                             "split DP 2 + 1": (3, ["--ppo_critic_ranks", "1"]),
+                             "split PP 2 + TP 2": (4, ["--ppo_critic_ranks", "2", "--ppo_critic_tp", "2", "--sequence_parallel", "true", "--pp", "2",
+                                                       "--grad_accum", "2"])}.items():
+    got = ppo(ranks, extra, os.path.join(tmp, "ppo-" + name.replace(" ", "_").replace("+", "")))
+    ok = same_ppo(got, ppo_want)
+    print("%-40s %s %s" % ("align ppo, " + name, "ok" if ok else "MISMATCH", [round(x[0], 4) for x in got]))
+    failures += not ok
+    checks += 1
 ppo(1, ["--grad_accum", "2", "--save_interval", "2"], os.path.join(tmp, "ppo-first"), steps="2")
 got = ppo(2, ["--resume", os.path.join(tmp, "ppo-first", "checkpoints"), "--tp", "2", "--sequence_parallel", "true",
                 "--grad_accum", "2"],
           os.path.join(tmp, "ppo-first"))
 ok = same_ppo(got, ppo_want)
 print("%-40s %s %s" % ("align ppo resumed under TP 2", "ok" if ok else "MISMATCH", [round(x[0], 4) for x in got]))
+failures += not ok
+checks += 1
+# A split run saves each model from its own ranks into one checkpoint; it resumes shared, and back
+# (a resumed run takes the checkpoint's config, so the flags of the new placement are given).
+ppo(2, ["--ppo_critic_ranks", "1", "--grad_accum", "2", "--save_interval", "2"], os.path.join(tmp, "ppo-split-first"), steps="2")
+got = ppo(2, ["--resume", os.path.join(tmp, "ppo-split-first", "checkpoints"), "--ppo_critic_ranks", "0",
+              "--grad_accum", "1"], os.path.join(tmp, "ppo-split-first"))  # flags over the checkpoint's config
+ok = same_ppo(got, ppo_want)
+print("%-40s %s %s" % ("align ppo split, resumed under DP 2", "ok" if ok else "MISMATCH", [round(x[0], 4) for x in got]))
+failures += not ok
+checks += 1
+ppo(1, ["--grad_accum", "2", "--save_interval", "2"], os.path.join(tmp, "ppo-shared-first"), steps="2")
+got = ppo(3, ["--resume", os.path.join(tmp, "ppo-shared-first", "checkpoints"), "--ppo_critic_ranks", "1",
+              "--grad_accum", "1"],
+          os.path.join(tmp, "ppo-shared-first"))
+ok = same_ppo(got, ppo_want)
+print("%-40s %s %s" % ("align ppo resumed split DP 2 + 1", "ok" if ok else "MISMATCH", [round(x[0], 4) for x in got]))
 failures += not ok
 checks += 1
 

@@ -169,5 +169,60 @@ TEST(Reshard, TensorPipelineExpertToExpertOnly) {
   expect_reshard(layout(2, 2, 2), layout(1, 1, 4), true, true);  // distributed optimizer on both sides
 }
 
+// PPO's split placement: the first half of the ranks hold role "model", the rest "critic", each
+// role's [2 holders, 3] tensor in rows over its holders. One checkpoint holds both; it lists only
+// the holders' files, takes each role's optimizer steps from its holders, and assembles both whole.
+TEST(Reshard, ModelsHeldByDisjointRankGroups) {
+  Communicator world = Communicator::world();
+  if (world.size() < 2) GTEST_SKIP() << "needs two rank groups";
+  const int W = world.size(), half = W / 2;
+  const bool actor = world.rank() < half;
+  const int holders = actor ? half : W - half, index = actor ? world.rank() : world.rank() - half;
+  const std::string dir = (std::filesystem::temp_directory_path() / ("fivefold_split_roles_np" + std::to_string(W))).string();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
+  world.barrier();
+  auto value = [](bool model, int64_t i) { return static_cast<float>((model ? 1000 : 2000) + i); };
+  ParamStore store;
+  Param* p = store.add("w", Shape{2, 3}, ParamInit::zeros);
+  p->global_shape = Shape{2 * holders, 3};
+  p->local_offset = Shape{2 * index, 0};
+  store.allocate(0);
+  for (int64_t j = 0; j < 6; ++j) p->value[j] = value(actor, 6 * index + j);
+  std::vector<float> m(6, actor ? 0.5f : 0.25f), v(6, 1.0f);
+  CheckpointContents held{&store, &m, &v, {}}, elsewhere;
+  held.role = actor ? "model" : "critic";
+  held.optimizer_steps = actor ? 5 : 9;
+  elsewhere.role = actor ? "critic" : "model";
+  TrainingState state;
+  state.step = 3;
+  state.optimizer_steps = 5;  // rank 0's: it holds "model"
+  const std::vector<CheckpointContents> models =
+      actor ? std::vector<CheckpointContents>{held, elsewhere} : std::vector<CheckpointContents>{elsewhere, held};
+  const std::string folder = save_checkpoint(dir, models, state, world, 0);
+  const TrainingState back = read_checkpoint_state(folder, world.rank());
+  EXPECT_EQ(back.role_optimizer_steps.at("model"), 5);
+  EXPECT_EQ(back.role_optimizer_steps.at("critic"), 9);
+  EXPECT_EQ(checkpoint_roles(folder), (std::vector<std::string>{"model", "critic"}));
+  for (const bool model : {true, false}) {
+    const auto whole = read_checkpoint_model(folder, model ? "model" : "critic");
+    const int n = model ? half : W - half;
+    ASSERT_EQ(whole.at("w").shape, (std::vector<int64_t>{2 * n, 3}));
+    for (int64_t i = 0; i < 6 * n; ++i) EXPECT_EQ(whole.at("w").data[static_cast<size_t>(i)], value(model, i));
+  }
+  // This rank's slice and moments load back into a store of its own role.
+  ParamStore again;
+  Param* q = again.add("w", Shape{2, 3}, ParamInit::zeros);
+  q->global_shape = p->global_shape;
+  q->local_offset = p->local_offset;
+  again.allocate(1);
+  std::vector<float> m2(6), v2(6);
+  CheckpointContents into{&again, &m2, &v2, {}};
+  into.role = held.role;
+  load_checkpoint_tensors(folder, into);
+  for (int64_t j = 0; j < 6; ++j) EXPECT_EQ(q->value[j], p->value[j]);
+  EXPECT_EQ(m2, m);
+  world.barrier();
+}
+
 }  // namespace
 }  // namespace ff

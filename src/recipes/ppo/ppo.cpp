@@ -1,6 +1,7 @@
 #include "recipes/ppo/ppo.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -10,6 +11,7 @@
 #include "io/file_lock.h"
 #include "io/jsonl.h"
 #include "recipes/ppo/ppo_objective.h"
+#include "recipes/ppo/ppo_placement.h"
 #include "recipes/ppo/rollouts.h"
 #include "train/data.h"
 #include "train/model_role.h"
@@ -58,18 +60,20 @@ std::vector<std::vector<int32_t>> read_prompts(const RunConfig& cfg, const Token
   return out;
 }
 
-// A model source's config for a role of this job: the run's precision, the layout checked.
-ModelConfig role_config(const ModelSource& src, const RunConfig& cfg, const char* role, const std::string& field) {
+// A model source's config for a role of this job: the run's precision, the layout of the ranks
+// that hold it checked.
+ModelConfig role_config(const ModelSource& src, const RunConfig& cfg, const ParallelConfig& layout,
+                        const char* layout_name, const char* role, const std::string& field) {
   ModelConfig c = src.config.model;
   c.precision = cfg.model.precision;
   c.head_chunk_rows = 0;
   FF_CHECK(c.vocab_size == cfg.model.vocab_size, "train.%s '%s' has model.vocab_size = %lld, the actor %lld: PPO's "
            "models score the same tokens", field.c_str(), src.path.c_str(), (long long)c.vocab_size,
            (long long)cfg.model.vocab_size);
-  const auto layout = layout_problems(c, cfg.parallel);
-  if (!layout.empty())
-    throw UserError(strprintf("the %s (train.%s '%s') cannot run on this job's layout, which it shares with the "
-                              "actor: %s", role, field.c_str(), src.path.c_str(), layout[0].c_str()));
+  const auto problems = layout_problems(c, layout);
+  if (!problems.empty())
+    throw UserError(strprintf("the %s (train.%s '%s') cannot run on the layout of its ranks (%s): %s", role,
+                              field.c_str(), src.path.c_str(), layout_name, problems[0].c_str()));
   return c;
 }
 
@@ -85,222 +89,422 @@ struct IterationMetrics {
   double reward = 0, kl = 0, length = 0, ended = 0;            // means over the sequences
   double actor_loss = 0, critic_loss = 0, actor_clip = 0, critic_clip = 0, ratio = 0, entropy = 0;
   double advantage_mean = 0, advantage_std = 0, actor_grad_norm = 0, critic_grad_norm = 0;
-  double lr = 0, critic_lr = 0, rollout_s = 0, score_s = 0, train_s = 0, generated_tokens_per_s = 0;
+  double lr = 0, critic_lr = 0, generated_tokens_per_s = 0;
+  // Phases as world rank 0 saw them (rollouts, scores complete, training to the iteration's end),
+  // and the busy time of each group (the same ranks when shared).
+  double rollout_s = 0, score_s = 0, train_s = 0, iteration_s = 0;
+  double actor_score_s = 0, actor_train_s = 0, critic_score_s = 0, critic_train_s = 0;
+};
+
+// One group's share of the rollout batch: the batch's index of each sequence it packed, in order,
+// and those sequences as micro-batches.
+struct SideRollouts {
+  std::vector<int64_t> which;
+  Rollouts ro;
+  void append(Rollouts part, const std::vector<int64_t>& indices);
+};
+
+void SideRollouts::append(Rollouts part, const std::vector<int64_t>& indices) {
+  which.insert(which.end(), indices.begin(), indices.end());
+  ro.B = part.B;
+  ro.S = part.S;
+  for (size_t m = 0; m < part.tokens.size(); ++m) {
+    ro.tokens.push_back(std::move(part.tokens[m]));
+    ro.targets.push_back(std::move(part.targets[m]));
+    ro.spans.push_back(std::move(part.spans[m]));
+    ro.ended.push_back(std::move(part.ended[m]));
+  }
+}
+
+// A group's per-micro-batch rows for its losses, from every sequence's scores: the rollout-time
+// log-probs and values, GAE's advantages and returns, the response mask and the actor's.
+struct LossRows {
+  std::vector<std::vector<float>> logp, values, adv, ret, mask, actor_mask;
+};
+
+LossRows loss_rows(const SideRollouts& side, const RolloutScores& sc, const TrainConfig& tc) {
+  const Rollouts& ro = side.ro;
+  const int64_t B = ro.B, S = ro.S, M = ro.micro_batches();
+  LossRows r;
+  for (auto* v : {&r.logp, &r.values, &r.adv, &r.ret, &r.mask, &r.actor_mask})
+    v->assign(static_cast<size_t>(M), std::vector<float>(static_cast<size_t>(B * S), 0.0f));
+  std::vector<float> rewards(static_cast<size_t>(S));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < B; ++b) {
+      const size_t mi = static_cast<size_t>(m), o = static_cast<size_t>(b * S);
+      const int64_t i = side.which[static_cast<size_t>(m * B + b)];
+      const size_t g = static_cast<size_t>(i * S);
+      const ResponseSpan sp = ro.spans[mi][static_cast<size_t>(b)];
+      std::copy(sc.logp.begin() + g, sc.logp.begin() + g + S, r.logp[mi].begin() + o);
+      std::copy(sc.values.begin() + g, sc.values.begin() + g + S, r.values[mi].begin() + o);
+      kl_penalized_rewards(rewards.data(), sc.logp.data() + g, sc.ref.data() + g, sp, S, sc.score[static_cast<size_t>(i)],
+                           tc.ppo_kl_beta, tc.ppo_absolute_kl);
+      generalized_advantages(r.adv[mi].data() + o, r.ret[mi].data() + o, rewards.data(), sc.values.data() + g, sp, S,
+                             tc.ppo_gamma, tc.ppo_lambda);
+      const bool learn = ro.ended[mi][static_cast<size_t>(b)] != 0 || !tc.ppo_only_ended;
+      for (int64_t t = sp.first; t < sp.end; ++t) {
+        r.mask[mi][o + static_cast<size_t>(t)] = 1.0f;
+        r.actor_mask[mi][o + static_cast<size_t>(t)] = learn ? 1.0f : 0.0f;
+      }
+    }
+  return r;
+}
+
+// One model's pass over its group's rollouts, GA micro-batches per optimizer step.
+struct TrainOutcome {
+  double loss = 0, grad_norm = 0;  // the mean over the steps of the masked mean (summed over replicas)
+  PpoLossStats stats;
 };
 
 class PpoJob {
  public:
-  PpoJob(const RunConfig& cfg, const ParallelGrid& grid, bool quiet);
+  PpoJob(const RunConfig& cfg, const Communicator& world, bool quiet);
   void run();
 
  private:
   IterationMetrics iteration(int64_t it);
-  void score(const Rollouts& ro, std::vector<std::vector<float>>& logp, std::vector<std::vector<float>>& ref,
-             std::vector<std::vector<float>>& values, std::vector<std::vector<float>>& rm);
+  void generate_rollouts(int64_t it, const std::vector<std::vector<int32_t>>& batch, std::vector<Generated>& generated,
+                         SideRollouts& critic_side, RolloutScores& sc, IterationMetrics& mt);
+  SideRollouts pack_side(const std::vector<std::vector<int32_t>>& batch, const std::vector<Generated>& generated,
+                         bool critic, int64_t first, int64_t count) const;
+  void score_actor(const SideRollouts& side, RolloutScores& sc);
+  void score_critic(const SideRollouts& side, int64_t first_micro_batch, RolloutScores& sc);
+  TrainOutcome train_critic(const SideRollouts& side, const LossRows& rows, double lr);
+  TrainOutcome train_actor(const SideRollouts& side, const LossRows& rows, double lr);
+  void batch_metrics(const std::vector<std::vector<int32_t>>& batch, const std::vector<Generated>& generated,
+                     const RolloutScores& sc, IterationMetrics& mt) const;
   void write_models(int64_t iterations, const DataCursor& cursor, RunCheckpoint& ckpt);
+  bool reporter() const;  // the last stage's first TP and CP rank of a replica of this rank's group
+  int64_t critic_grad_accum() const { return cfg_.train.grad_accum * place_.actor_dp() / place_.critic_dp(); }
 
   RunConfig cfg_;
-  const ParallelGrid& grid_;
-  bool quiet_, lead_, reporter_;  // reporter: the last stage's first TP and CP rank of a replica
+  PpoPlacement place_;
+  bool quiet_, lead_;
   std::unique_ptr<Tokenizer> tok_;
   std::vector<std::vector<int32_t>> prompts_;
   ModelConfig critic_cfg_;
-  std::unique_ptr<ModelRole> actor_, critic_, reference_, reward_;
+  std::unique_ptr<ModelRole> actor_, critic_, reference_, reward_;  // each only on the ranks of its group
   std::unique_ptr<PipelineExecutor> actor_pipe_, critic_pipe_, reference_pipe_, reward_pipe_;
 };
 
-PpoJob::PpoJob(const RunConfig& cfg, const ParallelGrid& grid, bool quiet)
-    : cfg_(cfg), grid_(grid), quiet_(quiet), lead_(grid.world_rank() == 0) {
+PpoJob::PpoJob(const RunConfig& cfg, const Communicator& world, bool quiet)
+    : cfg_(cfg), place_(cfg, world), quiet_(quiet), lead_(world.rank() == 0) {
   const auto& tc = cfg_.train;
+  const ParallelGrid& grid = place_.grid();
   cfg_.model.head_chunk_rows = 0;  // the actor's loss reads every response row's logits (the entropy)
   FF_CHECK(!tc.init_from.empty(), "PPO starts the actor from an SFT model: give train.init_from");
   FF_CHECK(!tc.reward_model.empty(), "PPO scores rollouts with a reward model: give train.reward_model (a value head, "
            "e.g. from fivefold align rm)");
-  const int64_t per_step = grid.dp_size() * tc.micro_batch * tc.grad_accum;
+  const int64_t per_step = place_.actor_dp() * tc.micro_batch * tc.grad_accum;
   FF_CHECK(tc.ppo_rollout_prompts % per_step == 0, "train.ppo_rollout_prompts = %lld must be a multiple of "
            "data-parallel %lld x micro_batch %lld x grad_accum %lld (the rollouts are trained on in whole steps)",
-           (long long)tc.ppo_rollout_prompts, (long long)grid.dp_size(), (long long)tc.micro_batch,
+           (long long)tc.ppo_rollout_prompts, (long long)place_.actor_dp(), (long long)tc.micro_batch,
            (long long)tc.grad_accum);
-  reporter_ = grid.pp().rank() == grid.pp().size() - 1 && grid.tp().rank() == 0 && grid.cp().rank() == 0;
+  FF_CHECK(place_.actor_dp() * tc.grad_accum % place_.critic_dp() == 0, "the critic's %lld data-parallel replicas "
+           "cannot split an optimizer step of the actor's %lld replicas x train.grad_accum %lld micro-batches evenly: "
+           "give the critic's ranks (train.ppo_critic_ranks / (ppo_critic_tp x ppo_critic_pp)) a divisor of that",
+           (long long)place_.critic_dp(), (long long)place_.actor_dp(), (long long)tc.grad_accum);
   tok_ = load_tokenizer(tc.tokenizer_type, tc.tokenizer_path);
   prompts_ = read_prompts(cfg_, *tok_, lead_ && !quiet);
-  // The actor, and the reference: a frozen copy, or under LoRA the actor's base.
-  actor_ = std::make_unique<ModelRole>("model", cfg_.model, cfg_.optim, grid, tc.seed, parse_name_globs(tc.freeze));
-  if (tc.resume.empty()) load_model_source(open_model_source(tc.init_from), actor_->model(), parse_name_globs(tc.init_new));
-  if (cfg_.model.lora_rank == 0 || !tc.reference.empty()) {
-    const std::string path = tc.reference.empty() ? tc.init_from : tc.reference;
-    const ModelSource src = open_model_source(path);
-    ModelConfig rc = role_config(src, cfg_, "reference", tc.reference.empty() ? "init_from" : "reference");
-    rc.lora_rank = 0;
-    reference_ = std::make_unique<ModelRole>("reference", rc, grid, tc.seed);
-    load_model_source(src, reference_->model());
-    reference_pipe_ = std::make_unique<PipelineExecutor>(reference_->model(), grid, 1);
-  }
-  const ModelSource rm = open_model_source(tc.reward_model);
-  const ModelConfig rc = role_config(rm, cfg_, "reward model", "reward_model");
-  FF_CHECK(rc.head == HeadKind::value && rc.value_outputs == 1, "train.reward_model '%s' has no single-value head "
-           "(model.head = value, value_outputs = 1): train one with fivefold align rm", tc.reward_model.c_str());
-  reward_ = std::make_unique<ModelRole>("reward", rc, grid, tc.seed);
-  load_model_source(rm, reward_->model());
-  // The critic: a value per row, from the reward model (or any model: a fresh value head then).
+  const ParallelConfig critic_layout = place_.split() ? cfg_.ppo_critic_layout() : cfg_.parallel;
+  const char* critic_layout_name = place_.split() ? "train.ppo_critic_tp, ppo_critic_pp" : "parallel.*, shared with the actor";
+  // The critic's config is known everywhere (the lead writes its model file); a value per row,
+  // from the reward model (or any model: a fresh value head then).
   const std::string critic_path = tc.critic_init.empty() ? tc.reward_model : tc.critic_init;
   const ModelSource cs = open_model_source(critic_path);
-  critic_cfg_ = role_config(cs, cfg_, "critic", tc.critic_init.empty() ? "reward_model" : "critic_init");
+  critic_cfg_ = role_config(cs, cfg_, critic_layout, critic_layout_name, "critic", tc.critic_init.empty() ? "reward_model" : "critic_init");
   const bool fresh_head = critic_cfg_.head != HeadKind::value;
   critic_cfg_.head = HeadKind::value;
   critic_cfg_.value_outputs = 1;
-  critic_ = std::make_unique<ModelRole>("critic", critic_cfg_, critic_optimizer(cfg_), grid, tc.seed);
-  if (tc.resume.empty())
-    load_model_source(cs, critic_->model(), fresh_head ? std::vector<std::string>{"score.weight"} : std::vector<std::string>{});
-  actor_pipe_ = std::make_unique<PipelineExecutor>(actor_->model(), grid, tc.grad_accum);
-  critic_pipe_ = std::make_unique<PipelineExecutor>(critic_->model(), grid, tc.grad_accum);
-  reward_pipe_ = std::make_unique<PipelineExecutor>(reward_->model(), grid, 1);
-}
-
-void PpoJob::score(const Rollouts& ro, std::vector<std::vector<float>>& logp, std::vector<std::vector<float>>& ref,
-                   std::vector<std::vector<float>>& values, std::vector<std::vector<float>>& rm) {
-  // Forward only, one micro-batch at a time through each model's stages; the rows land on the
-  // last stage (zeros elsewhere, where nothing reads them).
-  const int64_t M = ro.micro_batches(), n = ro.B * ro.S;
-  for (auto* v : {&logp, &ref, &values, &rm}) v->assign(static_cast<size_t>(M), std::vector<float>(static_cast<size_t>(n), 0.0f));
-  for (int64_t m = 0; m < M; ++m) {
-    const auto& tk = ro.tokens[static_cast<size_t>(m)];
-    const auto& tg = ro.targets[static_cast<size_t>(m)];
-    actor_pipe_->evaluate(tk, tg, ro.B, ro.S, RowValues(logp[static_cast<size_t>(m)]));
-    if (reference_pipe_) {
-      reference_pipe_->evaluate(tk, tg, ro.B, ro.S, RowValues(ref[static_cast<size_t>(m)]));
-    } else {  // the LoRA actor's base
-      actor_->model().set_adapters(false);
-      actor_pipe_->evaluate(tk, tg, ro.B, ro.S, RowValues(ref[static_cast<size_t>(m)]));
-      actor_->model().set_adapters(true);
+  if (place_.actor_side()) {  // the actor, and the reference: a frozen copy, or under LoRA the actor's base
+    actor_ = std::make_unique<ModelRole>("model", cfg_.model, cfg_.optim, grid, tc.seed, parse_name_globs(tc.freeze));
+    if (tc.resume.empty())
+      load_model_source(open_model_source(tc.init_from), actor_->model(), parse_name_globs(tc.init_new));
+    if (cfg_.model.lora_rank == 0 || !tc.reference.empty()) {
+      const std::string path = tc.reference.empty() ? tc.init_from : tc.reference;
+      const ModelSource src = open_model_source(path);
+      ModelConfig rc = role_config(src, cfg_, cfg_.parallel, "parallel.*, the actor's", "reference", tc.reference.empty() ? "init_from" : "reference");
+      rc.lora_rank = 0;
+      reference_ = std::make_unique<ModelRole>("reference", rc, grid, tc.seed);
+      load_model_source(src, reference_->model());
+      reference_pipe_ = std::make_unique<PipelineExecutor>(reference_->model(), grid, 1);
     }
-    critic_pipe_->evaluate(tk, tg, ro.B, ro.S, RowValues(values[static_cast<size_t>(m)]));
-    reward_pipe_->evaluate(tk, tg, ro.B, ro.S, RowValues(rm[static_cast<size_t>(m)]));
+    actor_pipe_ = std::make_unique<PipelineExecutor>(actor_->model(), grid, tc.grad_accum);
+  }
+  if (place_.critic_side()) {
+    const ModelSource rm = open_model_source(tc.reward_model);
+    const ModelConfig rc = role_config(rm, cfg_, critic_layout, critic_layout_name, "reward model", "reward_model");
+    FF_CHECK(rc.head == HeadKind::value && rc.value_outputs == 1, "train.reward_model '%s' has no single-value head "
+             "(model.head = value, value_outputs = 1): train one with fivefold align rm", tc.reward_model.c_str());
+    reward_ = std::make_unique<ModelRole>("reward", rc, grid, tc.seed);
+    load_model_source(rm, reward_->model());
+    critic_ = std::make_unique<ModelRole>("critic", critic_cfg_, critic_optimizer(cfg_), grid, tc.seed);
+    if (tc.resume.empty())
+      load_model_source(cs, critic_->model(), fresh_head ? std::vector<std::string>{"score.weight"} : std::vector<std::string>{});
+    critic_pipe_ = std::make_unique<PipelineExecutor>(critic_->model(), grid, critic_grad_accum());
+    reward_pipe_ = std::make_unique<PipelineExecutor>(reward_->model(), grid, 1);
   }
 }
 
-IterationMetrics PpoJob::iteration(int64_t it) {
+bool PpoJob::reporter() const {
+  const ParallelGrid& g = place_.grid();
+  return g.pp().rank() == g.pp().size() - 1 && g.tp().rank() == 0 && g.cp().rank() == 0;
+}
+
+SideRollouts PpoJob::pack_side(const std::vector<std::vector<int32_t>>& batch, const std::vector<Generated>& generated,
+                               bool critic, int64_t first, int64_t count) const {
   const auto& tc = cfg_.train;
-  const int64_t Rg = tc.ppo_rollout_prompts, DP = grid_.dp_size(), B = tc.micro_batch,
-                S = cfg_.model.seq_len, GA = tc.grad_accum, Np = static_cast<int64_t>(prompts_.size());
-  IterationMetrics mt;
-  // 1. Rollouts: the whole batch on every replica, each keeping its share.
-  auto t0 = Clock::now();
-  std::vector<std::vector<int32_t>> batch;
-  for (int64_t i = 0; i < Rg; ++i) batch.push_back(prompts_[static_cast<size_t>((it * Rg + i) % Np)]);
+  const int64_t per_replica = (critic ? critic_grad_accum() : tc.grad_accum) * tc.micro_batch;
+  const int64_t dp = critic ? place_.critic_dp() : place_.actor_dp();
+  std::vector<int64_t> which;
+  for (int64_t i : replica_sequences(tc.ppo_rollout_prompts, dp, place_.grid().dp().rank(), per_replica))
+    if (i >= first && i < first + count) which.push_back(i);
+  SideRollouts side;
+  side.append(pack_rollouts(batch, generated, which, tc.micro_batch, cfg_.model.seq_len, tok_->eod()), which);
+  return side;
+}
+
+// Forward only, one micro-batch at a time through each model's stages; the rows land on the last
+// stage, and its reporter copies them into every sequence's rows.
+void PpoJob::score_actor(const SideRollouts& side, RolloutScores& sc) {
+  const Rollouts& ro = side.ro;
+  const int64_t B = ro.B, S = ro.S;
+  std::vector<float> logp, ref;
+  for (int64_t m = 0; m < ro.micro_batches(); ++m) {
+    const auto& tk = ro.tokens[static_cast<size_t>(m)];
+    const auto& tg = ro.targets[static_cast<size_t>(m)];
+    actor_pipe_->evaluate(tk, tg, B, S, RowValues(logp));
+    if (reference_pipe_) {
+      reference_pipe_->evaluate(tk, tg, B, S, RowValues(ref));
+    } else {  // the LoRA actor's base
+      actor_->model().set_adapters(false);
+      actor_pipe_->evaluate(tk, tg, B, S, RowValues(ref));
+      actor_->model().set_adapters(true);
+    }
+    if (!reporter()) continue;
+    for (int64_t b = 0; b < B; ++b) {
+      const size_t g = static_cast<size_t>(side.which[static_cast<size_t>(m * B + b)] * S), o = static_cast<size_t>(b * S);
+      std::copy(logp.begin() + o, logp.begin() + o + S, sc.logp.begin() + g);
+      std::copy(ref.begin() + o, ref.begin() + o + S, sc.ref.begin() + g);
+    }
+  }
+}
+
+// The same for the critic's values and the reward model's score (its value at the last response
+// row), for the micro-batches from first_micro_batch on.
+void PpoJob::score_critic(const SideRollouts& side, int64_t first_micro_batch, RolloutScores& sc) {
+  const Rollouts& ro = side.ro;
+  const int64_t B = ro.B, S = ro.S;
+  std::vector<float> values, rm;
+  for (int64_t m = first_micro_batch; m < ro.micro_batches(); ++m) {
+    const auto& tk = ro.tokens[static_cast<size_t>(m)];
+    const auto& tg = ro.targets[static_cast<size_t>(m)];
+    critic_pipe_->evaluate(tk, tg, B, S, RowValues(values));
+    reward_pipe_->evaluate(tk, tg, B, S, RowValues(rm));
+    if (!reporter()) continue;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t i = side.which[static_cast<size_t>(m * B + b)];
+      const size_t g = static_cast<size_t>(i * S), o = static_cast<size_t>(b * S);
+      std::copy(values.begin() + o, values.begin() + o + S, sc.values.begin() + g);
+      const ResponseSpan sp = ro.spans[static_cast<size_t>(m)][static_cast<size_t>(b)];
+      sc.score[static_cast<size_t>(i)] = sp.end > sp.first ? rm[o + static_cast<size_t>(sp.end - 1)] : 0.0f;
+    }
+  }
+}
+
+// Step 1: the actor decodes the batch; split, chunk by chunk (one optimizer step of sequences
+// each), every chunk handed to the critic's ranks, which score it while the next is decoded.
+void PpoJob::generate_rollouts(int64_t it, const std::vector<std::vector<int32_t>>& batch,
+                               std::vector<Generated>& generated, SideRollouts& critic_side, RolloutScores& sc,
+                               IterationMetrics& mt) {
+  const auto& tc = cfg_.train;
+  const int64_t R = tc.ppo_rollout_prompts;
+  const int64_t chunk = place_.split() ? place_.actor_dp() * tc.grad_accum * tc.micro_batch : R;
   SamplingOptions so;
   so.max_new_tokens = tc.ppo_max_new_tokens;
   so.temperature = tc.ppo_temperature;
   so.top_k = tc.ppo_top_k;
   so.top_p = tc.ppo_top_p;
   so.seed = tc.seed * 1000003 + static_cast<uint64_t>(it) + 1;
-  GenerationStats gs;
-  const std::vector<Generated> generated = generate(actor_->model(), grid_, *tok_, batch, so, &gs);
-  const Rollouts ro =
-      pack_rollouts(batch, generated, replica_sequences(Rg, DP, grid_.dp().rank(), GA * B), B, S, tok_->eod());
-  mt.rollout_s = seconds_since(t0);
-  mt.generated_tokens_per_s = mt.rollout_s > 0 ? static_cast<double>(gs.new_tokens) / mt.rollout_s : 0.0;
-  // 2. Scores.
-  t0 = Clock::now();
-  std::vector<std::vector<float>> logp, ref, values, rm;
-  score(ro, logp, ref, values, rm);
-  mt.score_s = seconds_since(t0);
-  // 3. Rewards, GAE, whitening. The masks are known on every rank; the rest is real on the last stage.
-  const int64_t M = ro.micro_batches();
-  std::vector<std::vector<float>> adv(static_cast<size_t>(M)), ret(adv.size()), mask(adv.size()), actor_mask(adv.size());
-  double sums[4] = {0, 0, 0, 0};  // reward, kl, length, ended (reporter ranks)
-  std::vector<float> rewards(static_cast<size_t>(S));
-  for (int64_t m = 0; m < M; ++m) {
-    const size_t mi = static_cast<size_t>(m);
-    adv[mi].assign(static_cast<size_t>(B * S), 0.0f);
-    ret[mi] = mask[mi] = actor_mask[mi] = adv[mi];
-    for (int64_t b = 0; b < B; ++b) {
-      const ResponseSpan sp = ro.spans[mi][static_cast<size_t>(b)];
-      const int64_t o = b * S;
-      const double score_value = sp.end > sp.first ? rm[mi][static_cast<size_t>(o + sp.end - 1)] : 0.0;
-      kl_penalized_rewards(rewards.data(), logp[mi].data() + o, ref[mi].data() + o, sp, S, score_value, tc.ppo_kl_beta,
-                           tc.ppo_absolute_kl);
-      generalized_advantages(adv[mi].data() + o, ret[mi].data() + o, rewards.data(), values[mi].data() + o, sp, S,
-                             tc.ppo_gamma, tc.ppo_lambda);
-      const bool ended = ro.ended[mi][static_cast<size_t>(b)] != 0, learn = ended || !tc.ppo_only_ended;
-      double kl = 0;
-      for (int64_t t = sp.first; t < sp.end; ++t) {
-        mask[mi][static_cast<size_t>(o + t)] = 1.0f;
-        actor_mask[mi][static_cast<size_t>(o + t)] = learn ? 1.0f : 0.0f;
-        kl += double(logp[mi][static_cast<size_t>(o + t)]) - ref[mi][static_cast<size_t>(o + t)];
-      }
-      if (reporter_) {
-        sums[0] += score_value;
-        sums[1] += kl;
-        sums[2] += static_cast<double>(sp.end - sp.first);
-        sums[3] += ended;
-      }
+  generated.assign(static_cast<size_t>(R), Generated{});
+  int64_t new_tokens = 0;
+  double generate_s = 0;
+  for (int64_t first = 0; first < R; first += chunk) {
+    if (place_.actor_side()) {
+      const auto t0 = Clock::now();
+      const std::vector<std::vector<int32_t>> part(batch.begin() + first, batch.begin() + first + chunk);
+      so.first_stream = static_cast<uint64_t>(first);  // the streams of the whole batch
+      GenerationStats gs;
+      std::vector<Generated> g = generate(actor_->model(), place_.grid(), *tok_, part, so, &gs);
+      std::move(g.begin(), g.end(), generated.begin() + first);
+      new_tokens += gs.new_tokens;
+      generate_s += seconds_since(t0);
+    }
+    place_.share_rollouts(generated, first, chunk);
+    if (place_.split() && place_.critic_side()) {
+      const auto t0 = Clock::now();
+      const int64_t done = critic_side.ro.micro_batches();
+      SideRollouts part = pack_side(batch, generated, true, first, chunk);
+      critic_side.append(std::move(part.ro), part.which);
+      score_critic(critic_side, done, sc);
+      mt.critic_score_s += seconds_since(t0);
     }
   }
-  grid_.all().all_reduce_sum(sums, 4);
-  mt.reward = sums[0] / Rg;
-  mt.kl = sums[1] / Rg;
-  mt.length = sums[2] / Rg;
-  mt.ended = sums[3] / Rg;
-  const MaskedMoments mo = whiten_advantages(adv, mask, grid_.dp());
-  double moments[2] = {reporter_ && grid_.dp().rank() == 0 ? mo.mean : 0.0,
-                       reporter_ && grid_.dp().rank() == 0 ? std::sqrt(mo.variance) : 0.0};
-  grid_.all().all_reduce_sum(moments, 2);  // one reporter's figures (every replica has the same)
-  mt.advantage_mean = moments[0];
-  mt.advantage_std = moments[1];
-  // 4. One pass over the rollouts, GA micro-batches per optimizer step.
-  t0 = Clock::now();
-  const int64_t steps = M / GA, total = tc.steps;
-  const bool train_actor = it >= tc.ppo_critic_warmup;
-  mt.lr = train_actor ? learning_rate(cfg_.optim, it - tc.ppo_critic_warmup, total - tc.ppo_critic_warmup) : 0.0;
-  mt.critic_lr = learning_rate(critic_optimizer(cfg_), it, total);
-  PpoLossStats actor_stats, critic_stats;
+  mt.generated_tokens_per_s = generate_s > 0 ? static_cast<double>(new_tokens) / generate_s : 0.0;
+}
+
+void PpoJob::batch_metrics(const std::vector<std::vector<int32_t>>& batch, const std::vector<Generated>& generated,
+                           const RolloutScores& sc, IterationMetrics& mt) const {
+  const int64_t R = cfg_.train.ppo_rollout_prompts, S = cfg_.model.seq_len;
+  for (int64_t i = 0; i < R; ++i) {
+    const Generated& g = generated[static_cast<size_t>(i)];
+    const bool eos = g.finish == "eos";
+    const int64_t first = static_cast<int64_t>(batch[static_cast<size_t>(i)].size()) - 1;
+    const int64_t end = first + static_cast<int64_t>(g.tokens.size()) + (eos ? 1 : 0);
+    mt.reward += sc.score[static_cast<size_t>(i)];
+    for (int64_t t = first; t < end; ++t)
+      mt.kl += double(sc.logp[static_cast<size_t>(i * S + t)]) - sc.ref[static_cast<size_t>(i * S + t)];
+    mt.length += static_cast<double>(end - first);
+    mt.ended += eos;
+  }
+  for (double* v : {&mt.reward, &mt.kl, &mt.length, &mt.ended}) *v /= static_cast<double>(R);
+}
+
+TrainOutcome PpoJob::train_critic(const SideRollouts& side, const LossRows& rows, double lr) {
+  const auto& tc = cfg_.train;
+  const int64_t GA = critic_grad_accum(), B = side.ro.B, S = side.ro.S, steps = side.ro.micro_batches() / GA;
+  TrainOutcome out;
   for (int64_t j = 0; j < steps; ++j) {
     std::vector<std::vector<int32_t>> tk, tg;
-    std::vector<PpoRows> actor_rows, critic_rows;
-    double counts[2] = {0, 0};  // the step's masked rows: actor, critic
+    std::vector<PpoRows> r;
+    double count = 0;  // the step's masked rows over the replicas
     for (int64_t m = j * GA; m < (j + 1) * GA; ++m) {
       const size_t mi = static_cast<size_t>(m);
-      tk.push_back(ro.tokens[mi]);
-      tg.push_back(ro.targets[mi]);
-      actor_rows.push_back({logp[mi], adv[mi], actor_mask[mi]});
-      critic_rows.push_back({values[mi], ret[mi], mask[mi]});
-      for (size_t i = 0; i < mask[mi].size(); ++i) counts[0] += actor_mask[mi][i], counts[1] += mask[mi][i];
+      tk.push_back(side.ro.tokens[mi]);
+      tg.push_back(side.ro.targets[mi]);
+      r.push_back({rows.values[mi], rows.ret[mi], rows.mask[mi]});
+      for (float v : rows.mask[mi]) count += v;
     }
-    grid_.dp().all_reduce_sum(counts, 2);
-    double losses[2] = {0, 0};
+    place_.grid().dp().all_reduce_sum(&count, 1);
     critic_->model().params().zero_grads();
-    const PpoCriticLoss critic_loss(critic_rows, counts[1], tc.ppo_value_clip);
-    losses[1] = critic_pipe_->run(tk, tg, B, S, critic_loss).loss;
-    mt.critic_grad_norm = critic_->optimizer_step(mt.critic_lr);
-    critic_stats.add(critic_loss.stats());
-    if (train_actor && counts[0] > 0) {  // no ended sequence in the step: nothing to learn from
-      actor_->model().params().zero_grads();
-      const PpoActorLoss actor_loss(actor_rows, counts[0], tc.ppo_clip, tc.ppo_entropy_coeff);
-      losses[0] = actor_pipe_->run(tk, tg, B, S, actor_loss).loss;
-      mt.actor_grad_norm = actor_->optimizer_step(mt.lr);
-      actor_stats.add(actor_loss.stats());
+    const PpoCriticLoss loss(r, count, tc.ppo_value_clip);
+    out.loss += critic_pipe_->run(tk, tg, B, S, loss).loss / static_cast<double>(steps);
+    out.grad_norm = critic_->optimizer_step(lr);
+    out.stats.add(loss.stats());
+  }
+  place_.grid().dp().all_reduce_sum(&out.loss, 1);  // the replicas' shares of each step's masked mean
+  return out;
+}
+
+TrainOutcome PpoJob::train_actor(const SideRollouts& side, const LossRows& rows, double lr) {
+  const auto& tc = cfg_.train;
+  const int64_t GA = tc.grad_accum, B = side.ro.B, S = side.ro.S, steps = side.ro.micro_batches() / GA;
+  TrainOutcome out;
+  for (int64_t j = 0; j < steps; ++j) {
+    std::vector<std::vector<int32_t>> tk, tg;
+    std::vector<PpoRows> r;
+    double count = 0;
+    for (int64_t m = j * GA; m < (j + 1) * GA; ++m) {
+      const size_t mi = static_cast<size_t>(m);
+      tk.push_back(side.ro.tokens[mi]);
+      tg.push_back(side.ro.targets[mi]);
+      r.push_back({rows.logp[mi], rows.adv[mi], rows.actor_mask[mi]});
+      for (float v : rows.actor_mask[mi]) count += v;
     }
-    grid_.dp().all_reduce_sum(losses, 2);  // the replicas' shares of each step's masked mean
-    mt.actor_loss += losses[0] / static_cast<double>(steps);
-    mt.critic_loss += losses[1] / static_cast<double>(steps);
+    place_.grid().dp().all_reduce_sum(&count, 1);
+    if (count == 0) continue;  // no ended sequence in the step: nothing to learn from
+    actor_->model().params().zero_grads();
+    const PpoActorLoss loss(r, count, tc.ppo_clip, tc.ppo_entropy_coeff);
+    out.loss += actor_pipe_->run(tk, tg, B, S, loss).loss / static_cast<double>(steps);
+    out.grad_norm = actor_->optimizer_step(lr);
+    out.stats.add(loss.stats());
   }
-  // The losses' statistics, counted once per replica (the last stage's first TP rank; CP-complete).
-  double st[6] = {0, 0, 0, 0, 0, 0};
-  if (reporter_) {
-    st[0] = actor_stats.rows;
-    st[1] = actor_stats.clipped;
-    st[2] = actor_stats.ratio;
-    st[3] = critic_stats.rows;
-    st[4] = critic_stats.clipped;
-    st[5] = actor_stats.entropy;
+  place_.grid().dp().all_reduce_sum(&out.loss, 1);
+  return out;
+}
+
+IterationMetrics PpoJob::iteration(int64_t it) {
+  const auto& tc = cfg_.train;
+  const int64_t R = tc.ppo_rollout_prompts, S = cfg_.model.seq_len, Np = static_cast<int64_t>(prompts_.size());
+  IterationMetrics mt;
+  const auto t_start = Clock::now();
+  std::vector<std::vector<int32_t>> batch;
+  for (int64_t i = 0; i < R; ++i) batch.push_back(prompts_[static_cast<size_t>((it * R + i) % Np)]);
+  // 1. Rollouts (split: the critic's scores of each chunk beside them).
+  RolloutScores sc;
+  sc.reset(R, S);
+  std::vector<Generated> generated;
+  SideRollouts critic_side;
+  generate_rollouts(it, batch, generated, critic_side, sc, mt);
+  mt.rollout_s = seconds_since(t_start);
+  // 2. Scores: the actor's and the reference's log-probs (shared: every model's), made whole.
+  auto t0 = Clock::now();
+  SideRollouts actor_side;
+  if (place_.actor_side()) actor_side = pack_side(batch, generated, false, 0, R);
+  if (!place_.split()) critic_side = actor_side;
+  if (place_.actor_side()) score_actor(actor_side, sc);
+  mt.actor_score_s = seconds_since(t0);
+  if (!place_.split()) {
+    const auto t1 = Clock::now();
+    score_critic(critic_side, 0, sc);
+    mt.critic_score_s = seconds_since(t1);
   }
-  grid_.all().all_reduce_sum(st, 6);
-  mt.actor_clip = st[0] > 0 ? st[1] / st[0] : 0.0;
-  mt.ratio = st[0] > 0 ? st[2] / st[0] : 0.0;
-  mt.entropy = st[0] > 0 ? st[5] / st[0] : 0.0;
-  mt.critic_clip = st[3] > 0 ? st[4] / st[3] : 0.0;
+  place_.complete_scores(sc);
+  mt.score_s = seconds_since(t0);
+  // 3. Rewards with the KL penalty, GAE; the actor's advantages whitened over its replicas.
+  batch_metrics(batch, generated, sc, mt);
+  LossRows actor_rows, critic_rows;
+  if (place_.actor_side()) {
+    actor_rows = loss_rows(actor_side, sc, tc);
+    const MaskedMoments mo = whiten_advantages(actor_rows.adv, actor_rows.mask, place_.grid().dp());
+    mt.advantage_mean = mo.mean;
+    mt.advantage_std = std::sqrt(mo.variance);
+  }
+  if (place_.critic_side()) critic_rows = place_.split() ? loss_rows(critic_side, sc, tc) : actor_rows;
+  // 4. Each group trains its model over its rollouts (split: at the same time).
+  t0 = Clock::now();
+  const bool train_actor_now = it >= tc.ppo_critic_warmup;
+  mt.lr = train_actor_now ? learning_rate(cfg_.optim, it - tc.ppo_critic_warmup, tc.steps - tc.ppo_critic_warmup) : 0.0;
+  mt.critic_lr = learning_rate(critic_optimizer(cfg_), it, tc.steps);
+  TrainOutcome actor, critic;
+  if (place_.critic_side()) {
+    const auto t1 = Clock::now();
+    critic = train_critic(critic_side, critic_rows, mt.critic_lr);
+    mt.critic_train_s = seconds_since(t1);
+  }
+  if (place_.actor_side() && train_actor_now) {
+    const auto t1 = Clock::now();
+    actor = train_actor(actor_side, actor_rows, mt.lr);
+    mt.actor_train_s = seconds_since(t1);
+  }
+  // 5. The figures of both groups to world rank 0: the losses from each group's first rank, the
+  // loss statistics from its reporters (one per replica), the times from its first rank.
+  const bool actor_first = place_.actor_side() && place_.grid().world_rank() == 0;
+  const bool critic_first = place_.critic_side() && place_.grid().world_rank() == 0;
+  const bool actor_reports = place_.actor_side() && reporter(), critic_reports = place_.critic_side() && reporter();
+  double sums[11] = {actor_first ? actor.loss : 0.0, critic_first ? critic.loss : 0.0,
+                     actor_reports ? actor.stats.rows : 0.0, actor_reports ? actor.stats.clipped : 0.0,
+                     actor_reports ? actor.stats.ratio : 0.0, actor_reports ? actor.stats.entropy : 0.0,
+                     critic_reports ? critic.stats.rows : 0.0, critic_reports ? critic.stats.clipped : 0.0,
+                     critic_first ? mt.critic_score_s : 0.0, critic_first ? mt.critic_train_s : 0.0,
+                     actor_first ? mt.advantage_std : 0.0};
+  place_.world().all_reduce_sum(sums, 11);
+  double norms[3] = {actor.grad_norm, critic.grad_norm, actor_first ? mt.advantage_mean : -1e300};
+  place_.world().all_reduce_max(norms, 3);
+  mt.actor_loss = sums[0];
+  mt.critic_loss = sums[1];
+  mt.actor_clip = sums[2] > 0 ? sums[3] / sums[2] : 0.0;
+  mt.ratio = sums[2] > 0 ? sums[4] / sums[2] : 0.0;
+  mt.entropy = sums[2] > 0 ? sums[5] / sums[2] : 0.0;
+  mt.critic_clip = sums[6] > 0 ? sums[7] / sums[6] : 0.0;
+  mt.critic_score_s = sums[8];
+  mt.critic_train_s = sums[9];
+  mt.advantage_std = sums[10];
+  mt.actor_grad_norm = norms[0];
+  mt.critic_grad_norm = norms[1];
+  mt.advantage_mean = norms[2];
   mt.train_s = seconds_since(t0);
+  mt.iteration_s = seconds_since(t_start);
   return mt;
 }
 
@@ -310,7 +514,7 @@ void PpoJob::write_models(int64_t iterations, const DataCursor& cursor, RunCheck
   RunConfig critic_run = cfg_;
   critic_run.model = critic_cfg_;
   const std::string actor_path = tc.out_dir + "/model.safetensors", critic_path = tc.out_dir + "/critic.safetensors";
-  if (grid_.world_size() == 1) {
+  if (place_.world().size() == 1) {
     save_model(actor_->model(), cfg_, actor_path, &tokenizer);
     save_model(critic_->model(), critic_run, critic_path, &tokenizer);
   } else {  // every rank writes its slices; the lead assembles the whole models
@@ -319,21 +523,22 @@ void PpoJob::write_models(int64_t iterations, const DataCursor& cursor, RunCheck
       save_model_from_checkpoint(dir, cfg_, actor_path, &tokenizer, "model");
       save_model_from_checkpoint(dir, critic_run, critic_path, &tokenizer, "critic");
     }
-    grid_.all().barrier();
+    place_.world().barrier();
   }
   if (lead_ && !quiet_) std::printf("saved the actor %s and the critic %s\n", actor_path.c_str(), critic_path.c_str());
 }
 
 void PpoJob::run() {
   const auto& tc = cfg_.train;
+  const Communicator& world = place_.world();
   std::filesystem::create_directories(tc.out_dir);
   std::unique_ptr<FileLock> lock;
   if (lead_) {
     lock = std::make_unique<FileLock>(tc.out_dir + "/.fivefold.lock", "out_dir " + tc.out_dir);
     move_earlier_run_aside(tc, quiet_);
   }
-  grid_.all().barrier();
-  RunCheckpoint ckpt(cfg_, {actor_.get(), critic_.get()}, grid_);
+  world.barrier();
+  RunCheckpoint ckpt(cfg_, {{"model", actor_.get()}, {"critic", critic_.get()}}, place_.grid(), world);
   StopSignalGuard stop_guard;
   SampleCursor cursor;  // the prompts consumed (they, and the sampling seeds, follow from the iteration)
   cursor.data = tc.data_path;
@@ -346,12 +551,19 @@ void PpoJob::run() {
   }
   std::unique_ptr<AppendFile> metrics;
   if (lead_) metrics = std::make_unique<AppendFile>(tc.out_dir + "/metrics.jsonl", /*truncate=*/start == 0);
-  if (lead_ && !quiet_)
+  if (lead_ && !quiet_) {
     std::printf("PPO: %lld iterations of %lld rollouts (at most %lld new tokens), %zu prompts; actor %s, reward model "
                 "%s, critic from %s, reference %s\n", (long long)tc.steps, (long long)tc.ppo_rollout_prompts,
                 (long long)tc.ppo_max_new_tokens, prompts_.size(), tc.init_from.c_str(), tc.reward_model.c_str(),
                 (tc.critic_init.empty() ? tc.reward_model : tc.critic_init).c_str(),
                 reference_ ? "a frozen copy of the initial actor" : "the actor with its LoRA adapters off");
+    if (place_.split())
+      std::printf("PPO placement: the actor and the reference on ranks 0..%lld (%lld-way data-parallel), the critic "
+                  "and the reward model on ranks %lld..%d (%lld-way data-parallel, tp %lld, pp %lld)\n",
+                  (long long)(cfg_.actor_world(world.size()) - 1), (long long)place_.actor_dp(),
+                  (long long)cfg_.actor_world(world.size()), world.size() - 1, (long long)place_.critic_dp(),
+                  (long long)tc.ppo_critic_tp, (long long)tc.ppo_critic_pp);
+  }
   for (int64_t it = start; it < tc.steps; ++it) {
     const IterationMetrics m = iteration(it);
     cursor.next_sample = (it + 1) * tc.ppo_rollout_prompts;
@@ -363,6 +575,8 @@ void PpoJob::run() {
           {"advantage_mean", m.advantage_mean}, {"advantage_std", m.advantage_std},
           {"actor_grad_norm", m.actor_grad_norm}, {"critic_grad_norm", m.critic_grad_norm}, {"lr", m.lr},
           {"critic_lr", m.critic_lr}, {"rollout_s", m.rollout_s}, {"score_s", m.score_s}, {"train_s", m.train_s},
+          {"iteration_s", m.iteration_s}, {"actor_score_s", m.actor_score_s}, {"actor_train_s", m.actor_train_s},
+          {"critic_score_s", m.critic_score_s}, {"critic_train_s", m.critic_train_s},
           {"generated_tokens_per_s", m.generated_tokens_per_s}}.dump());
       if (!quiet_)
         std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | entropy %.3f | actor %.4f "
@@ -388,8 +602,8 @@ void PpoJob::run() {
 
 }  // namespace
 
-void run_ppo(const RunConfig& cfg, const ParallelGrid& grid, bool quiet) {
-  PpoJob job(cfg, grid, quiet);
+void run_ppo(const RunConfig& cfg, const Communicator& world, bool quiet) {
+  PpoJob job(cfg, world, quiet);
   job.run();
 }
 
