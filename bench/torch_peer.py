@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -90,14 +91,23 @@ def step():
     opt.step()
 
 
-for _ in range(args.warmup):
-    step()
-times = []
-for i in range(args.steps):
+def timed_step():
     t0 = time.perf_counter()
     step()
-    times.append(time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
+# Warm-up: the given steps, then more until the step time has settled (the last three within 5%
+# of each other: PyTorch's allocator and oneDNN's primitive caches fill over the first steps), at
+# most 20 more.
+warm = [timed_step() for _ in range(args.warmup)]
+while len(warm) < args.warmup + 20 and (len(warm) < 3 or max(warm[-3:]) > 1.05 * min(warm[-3:])):
+    warm.append(timed_step())
+print("  warm-up: %d steps, the last %s s" % (len(warm), ", ".join("%.3f" % t for t in warm[-3:])))
+times = []
+for i in range(args.steps):
+    times.append(timed_step())
     print("  step %d: %.3f s" % (i + 1, times[-1]))
-mean = sum(times) / len(times)
-print("result: %.1f tokens/s | peak memory %.2f GiB | PyTorch %s, %s, %d threads, step %.3f s"
-      % (M * B * S / mean, peak_rss_bytes() / 2**30, torch.__version__, precision, args.threads, mean))
+median = statistics.median(times)
+print("result: %.1f tokens/s | peak memory %.2f GiB | PyTorch %s, %s, %d threads, step %.3f s (median of %d)"
+      % (M * B * S / median, peak_rss_bytes() / 2**30, torch.__version__, precision, args.threads, median, len(times)))

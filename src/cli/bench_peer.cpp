@@ -221,7 +221,7 @@ void run_peer(RunConfig c, const PeerOptions& peer, int64_t steps, int64_t warmu
            r.tokens_per_s);
   const double gib = 1024.0 * 1024 * 1024;
   const std::string peer_peak = r.peak_gib >= 0 ? strprintf(", peak %.2f GiB", r.peak_gib) : std::string();
-  std::printf("compare: fivefold %.1f tokens/s (%s, peak %.2f GiB), PyTorch %s%s%.1f tokens/s (%s%s), ratio %.2fx\n",
+  std::printf("compare: fivefold %.1f tokens/s (%s, peak %.2f GiB), PyTorch %s%s%.1f tokens/s (%s%s), ratio %.2fx (of the median steps)\n",
               ff.tokens_per_s, enum_to_string(c.model.precision).c_str(), ff.peak_rss_bytes / gib, r.version.c_str(),
               r.version.empty() ? "" : " ", r.tokens_per_s, bf16 ? "bf16 autocast" : "fp32", peer_peak.c_str(),
               ff.tokens_per_s / r.tokens_per_s);

@@ -216,10 +216,13 @@ double peak_rss_bytes() {
 BenchResult run_bench(const RunConfig& c, const Communicator& world, int64_t steps, int64_t warmup, bool profile) {
   ParallelGrid grid(world, c.parallel);
   const bool lead = world.rank() == 0;
-  double peak = c.train.peak_tflops > 0 ? c.train.peak_tflops : measure_gemm_tflops(c.model.precision);
-  grid.all().all_reduce_max(&peak, 1);  // one figure for the job
+  MfuBasis basis = mfu_basis(c.model.precision, c.train.peak_tflops);
+  double rates[2] = {basis.peak_tflops, basis.gemm_ceiling_tflops};
+  grid.all().all_reduce_max(rates, 2);  // one figure for the job
+  basis.peak_tflops = rates[0];
+  basis.gemm_ceiling_tflops = rates[1];
   Trainer trainer(c, grid);
-  trainer.set_peak_tflops(peak);
+  trainer.set_mfu_basis(basis);
   const int64_t B = c.train.micro_batch, S = c.model.seq_len, V = c.model.vocab_size;
   // Random tokens; each data-parallel replica its own.
   Rng rng(c.train.seed, "bench", static_cast<uint64_t>(grid.dp().rank()));
@@ -232,56 +235,65 @@ BenchResult run_bench(const RunConfig& c, const Communicator& world, int64_t ste
   }
   if (lead)
     std::printf("bench: %s | %.2fM params (%.2fM active) | %d ranks, %lld x %lld x %lld tokens per replica and step | "
-                "%d threads per rank | %s GEMM ceiling %.3f TFLOP/s per rank\n%s\n", c.model.pattern().c_str(),
+                "%d threads per rank | per rank: %s\n%s\n", c.model.pattern().c_str(),
                 count_parameters(c.model) / 1e6, count_active_parameters(c.model) / 1e6, world.size(),
                 (long long)c.train.grad_accum, (long long)B, (long long)S, omp_get_max_threads(),
-                enum_to_string(c.model.precision).c_str(), peak,
-                grid.describe().c_str());
+                basis.describe(c.model.precision).c_str(), grid.describe().c_str());
   for (int64_t i = 0; i < warmup; ++i) trainer.step(i, tokens, targets);
   Profile& prof = trainer.model().profile();
   prof.on = profile;
   prof.reset();
-  StepMetrics sum;
+  std::vector<StepMetrics> timed;
   for (int64_t i = 0; i < steps; ++i) {
     StepMetrics m = trainer.step(warmup + i, tokens, targets);
-    sum.step_s += m.step_s;
-    sum.forward_s += m.forward_s;
-    sum.backward_s += m.backward_s;
-    sum.optimizer_s += m.optimizer_s;
-    sum.communication_s += m.communication_s;
-    sum.tokens_per_s += m.tokens_per_s;
-    sum.mfu += m.mfu;
+    timed.push_back(m);
     if (lead)
       std::printf("  step %lld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f, in collectives %.3f), %.0f tokens/s, "
                   "MFU %.1f%%\n", (long long)(i + 1), m.step_s, m.forward_s, m.backward_s, m.optimizer_s,
                   m.communication_s, m.tokens_per_s, 100 * m.mfu);
   }
-  const double n = static_cast<double>(steps);
+  // Medians over the timed steps (a slow first step or a noisy neighbour does not move them).
+  auto median = [&](double StepMetrics::*field) {
+    std::vector<double> v;
+    for (const StepMetrics& m : timed) v.push_back(m.*field);
+    std::sort(v.begin(), v.end());
+    const size_t h = v.size() / 2;
+    return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+  };
+  StepMetrics med;
+  for (double StepMetrics::*f : {&StepMetrics::step_s, &StepMetrics::forward_s, &StepMetrics::backward_s,
+                                 &StepMetrics::optimizer_s, &StepMetrics::communication_s, &StepMetrics::mfu})
+    med.*f = median(f);
+  med.tokens_per_s = static_cast<double>(grid.dp_size() * c.train.grad_accum * B * S) / med.step_s;
   // Rank 0's split; the communication share and peak memory are the maxima over the ranks.
-  double share = sum.communication_s / sum.step_s, rss = peak_rss_bytes();
+  double share = med.communication_s / med.step_s, rss = peak_rss_bytes();
   grid.all().all_reduce_max(&share, 1);
   grid.all().all_reduce_max(&rss, 1);
+  const std::string of_ceiling =
+      basis.gemm_ceiling_tflops > 0
+          ? strprintf(" | %.1f%% of the GEMM ceiling", 100 * med.mfu * basis.peak_tflops / basis.gemm_ceiling_tflops)
+          : std::string();
   if (lead)
-    std::printf("result: %.1f tokens/s | MFU %.1f%% | step %.3f s = forward %.3f + backward %.3f + optimizer %.3f | "
-                "communication %.1f%% of the step | peak memory %.2f GiB per rank\n",
-                sum.tokens_per_s / n, 100 * sum.mfu / n, sum.step_s / n, sum.forward_s / n, sum.backward_s / n,
-                sum.optimizer_s / n, 100 * share, rss / (1024.0 * 1024 * 1024));
+    std::printf("result: %.1f tokens/s | MFU %.1f%% | step %.3f s = forward %.3f + backward %.3f + optimizer %.3f "
+                "(medians of %lld steps) | communication %.1f%% of the step | peak memory %.2f GiB per rank%s\n",
+                med.tokens_per_s, 100 * med.mfu, med.step_s, med.forward_s, med.backward_s, med.optimizer_s,
+                (long long)steps, 100 * share, rss / (1024.0 * 1024 * 1024), of_ceiling.c_str());
   if (profile && lead) {  // rank 0's components, per step
     std::printf("profile (rank 0, seconds per step):\n  %-26s %9s %9s %7s\n", "component", "forward", "backward",
                 "share");
     double total = 0;
     for (int k = 0; k < kProfileSlots; ++k) total += prof.forward[k] + prof.backward[k];
-    const double step = sum.step_s / n;
+    const double n = static_cast<double>(steps), step = med.step_s;
     for (int k = 0; k < kProfileSlots; ++k)
       if (prof.forward[k] + prof.backward[k] > 0)
         std::printf("  %-26s %9.3f %9.3f %6.1f%%\n", profile_slot_name(k), prof.forward[k] / n, prof.backward[k] / n,
                     100 * (prof.forward[k] + prof.backward[k]) / n / step);
-    std::printf("  %-26s %19.3f %6.1f%%\n", "optimizer", sum.optimizer_s / n, 100 * sum.optimizer_s / n / step);
-    const double rest = step - total / n - sum.optimizer_s / n;
+    std::printf("  %-26s %19.3f %6.1f%%\n", "optimizer", med.optimizer_s, 100 * med.optimizer_s / step);
+    const double rest = step - total / n - med.optimizer_s;
     std::printf("  %-26s %19.3f %6.1f%%\n", "other (pipeline, waits)", rest, 100 * rest / step);
   }
   std::fflush(stdout);
-  return BenchResult{sum.tokens_per_s / n, rss, omp_get_max_threads()};
+  return BenchResult{med.tokens_per_s, rss, omp_get_max_threads()};
 }
 
 int cmd_bench(const RunConfigFlags& flags, int64_t steps, int64_t warmup, bool profile, const PeerOptions& peer) {

@@ -47,7 +47,7 @@ struct TrainConfig {
   int64_t eval_samples = 64;  // validation samples, the same set whatever the micro-batch or layout
   int64_t log_interval = 1;
   std::string out_dir = "runs/default";
-  double peak_tflops = 0;       // MFU denominator; 0 = measure this machine's fp32 GEMM ceiling
+  double peak_tflops = 0;       // MFU denominator; 0 = measure this machine's physical peak
   int64_t threads = 0;          // OpenMP threads per rank; 0 = automatic (see the help text)
   std::string model_preset = "moe-tiny";  // start from a named preset, then apply the "model" fields
   int64_t save_interval = 0;    // steps between checkpoints (out_dir/checkpoints); 0 = none
@@ -133,7 +133,8 @@ struct TrainConfig {
     v(out_dir, "out_dir", "folder for metrics.jsonl and the final model");
     v(memory_check, "memory_check", "refuse to start when the planned memory per rank (fivefold plan) exceeds the "
       "memory this machine has available for each of its ranks");
-    v(peak_tflops, "peak_tflops", "peak TFLOP/s for MFU; 0 = measure the GEMM ceiling at start");
+    v(peak_tflops, "peak_tflops", "peak TFLOP/s per rank for MFU; 0 = measure the physical peak at start (multiply-add chains "
+                                      "of the precision's widest instruction on the rank's threads: kernels/cpu/peak.h)");
     v(threads, "threads", "OpenMP threads per rank; 0 = OMP_NUM_THREADS, or the cores shared among the ranks on this machine");
     v(model_preset, "model_preset", "named model preset applied before the model fields");
     v(save_interval, "save_interval", "steps between checkpoints in out_dir/checkpoints (and at the end); 0 = none");

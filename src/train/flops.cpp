@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/peak.h"
 #include "models/layer_kind.h"
 
 namespace ff {
@@ -36,6 +37,30 @@ double measure_gemm_tflops(Precision precision, int64_t n) {
     best = std::max(best, 2.0 * static_cast<double>(n) * n * n / s / 1e12);
   }
   return best;
+}
+
+MfuBasis mfu_basis(Precision precision, double given_peak_tflops) {
+  MfuBasis b;
+  if (given_peak_tflops > 0) {
+    b.peak_tflops = given_peak_tflops;
+    b.peak_source = "train.peak_tflops";
+    return b;
+  }
+  const cpu::PeakRate peak = cpu::measure_peak(precision);
+  b.peak_tflops = peak.tflops;
+  b.peak_source = strprintf("%s chains, %d thread%s", cpu::peak_kernel_name(peak.kernel), peak.threads,
+                            peak.threads == 1 ? "" : "s");
+  b.gemm_ceiling_tflops = measure_gemm_tflops(precision);
+  if (b.peak_tflops <= 0) b.peak_tflops = b.gemm_ceiling_tflops;  // no vector FMA to measure
+  return b;
+}
+
+std::string MfuBasis::describe(Precision precision) const {
+  std::string s = strprintf("MFU against %.3f TFLOP/s (%s)", peak_tflops, peak_source.c_str());
+  if (gemm_ceiling_tflops > 0)
+    s += strprintf("; the %s GEMM library's ceiling is %.3f TFLOP/s (%.0f%% of that peak)",
+                   enum_to_string(precision).c_str(), gemm_ceiling_tflops, 100 * gemm_ceiling_tflops / peak_tflops);
+  return s;
 }
 
 }  // namespace ff

@@ -90,7 +90,7 @@ Trainer::Trainer(RunConfig cfg, const ParallelGrid& grid)
   const Objective o = cfg_.train.objective;
   if (o != Objective::cross_entropy && o != Objective::attribute_regression)
     preference_ = std::make_unique<PreferenceTraining>(cfg_, student_, pipeline_, grid);
-  peak_tflops_ = cfg_.train.peak_tflops;
+  if (cfg_.train.peak_tflops > 0) basis_ = ff::mfu_basis(cfg_.model.precision, cfg_.train.peak_tflops);
 }
 
 void move_earlier_run_aside(const TrainConfig& tc, bool quiet) {
@@ -185,9 +185,9 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
   m.step_s = seconds_since(t_step);
   m.communication_s = grid_.communication_seconds() - comm0;
   m.tokens_per_s = static_cast<double>(DP * M * B * S) / m.step_s;
-  if (peak_tflops_ > 0)  // Megatron: model FLOPs / (time x ranks) against one rank's peak
+  if (basis_.peak_tflops > 0)  // Megatron: model FLOPs / (time x ranks) against one rank's peak
     m.mfu = training_flops(cfg_.model, DP * M * B, S) / m.step_s / static_cast<double>(grid_.world_size()) / 1e12 /
-            peak_tflops_;
+            basis_.peak_tflops;
   if (!r.expert_load.empty()) {
     double mx = 0, sum = 0;
     for (int64_t c : r.expert_load) {
@@ -258,15 +258,15 @@ TrainResult Trainer::run(bool quiet) {
   if (lead) out_dir_lock = std::make_unique<FileLock>(tc.out_dir + "/.fivefold.lock", "out_dir " + tc.out_dir);
   if (lead) move_earlier_run_aside(cfg_.train, quiet);
   grid_.all().barrier();
-  if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
+  if (basis_.peak_tflops <= 0) basis_ = ff::mfu_basis(cfg_.model.precision, 0);
   if (lead && !quiet) {
     std::printf("%s\n", grid_.describe().c_str());
     std::printf("model: %s, pattern %s, %.2fM parameters (%.2fM active per token); %d threads\n",
                 tc.model_preset.empty() ? "custom" : tc.model_preset.c_str(), cfg_.model.pattern().c_str(),
                 count_parameters(cfg_.model) / 1e6, count_active_parameters(cfg_.model) / 1e6, omp_get_max_threads());
-    std::printf("%s\n%lld steps of %lld x %lld x %lld tokens, %s GEMMs; MFU against %.3f TFLOP/s\n",
-                data.summary.c_str(), (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S,
-                enum_to_string(cfg_.model.precision).c_str(), peak_tflops_);
+    std::printf("%s\n%lld steps of %lld x %lld x %lld tokens, %s GEMMs; %s\n", data.summary.c_str(),
+                (long long)tc.steps, (long long)tc.grad_accum, (long long)B, (long long)S,
+                enum_to_string(cfg_.model.precision).c_str(), basis_.describe(cfg_.model.precision).c_str());
     if (preference_) std::printf("objective: %s\n", preference_->describe().c_str());
     std::fflush(stdout);
   }

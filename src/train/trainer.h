@@ -10,6 +10,7 @@
 #include "models/decoder_lm.h"
 #include "train/config.h"
 #include "train/data.h"
+#include "train/flops.h"
 #include "train/model_role.h"
 #include "train/pipeline.h"
 #include "train/preference_step.h"
@@ -63,7 +64,8 @@ class Trainer {
   // Over the split's first eval_samples samples.
   Validation validate(const SampleSource& split, int64_t eval_samples);
   DecoderLM& model() { return student_.model(); }
-  void set_peak_tflops(double t) { peak_tflops_ = t; }
+  void set_mfu_basis(const MfuBasis& b) { basis_ = b; }
+  const MfuBasis& mfu_basis() const { return basis_; }
 
  private:
   RunConfig cfg_;
@@ -72,7 +74,7 @@ class Trainer {
   std::unique_ptr<ModelRole> teacher_;  // train.teacher: frozen, loaded at construction
   PipelineExecutor pipeline_;
   std::unique_ptr<PreferenceTraining> preference_;  // a pairwise objective (train.objective)
-  double peak_tflops_ = 0;
+  MfuBasis basis_;  // what MFU is taken against; measured at the start of run() unless set
   void check_freeze_globs() const;
 };
 

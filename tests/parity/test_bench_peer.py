@@ -35,7 +35,7 @@ def check(name, ok, out=""):
 
 compare = re.compile(r"^compare: fivefold ([0-9.]+) tokens/s \((fp32|bf16), peak ([0-9.]+) GiB\), "
                      r"PyTorch [0-9.]+ ([0-9.]+) tokens/s \((fp32|bf16 autocast), peak ([0-9.]+) GiB\), "
-                     r"ratio ([0-9.]+)x$", re.M)
+                     r"ratio ([0-9.]+)x \(of the median steps\)$", re.M)
 
 for name, cmd, ff_precision, peer_precision, pattern in [
         ("moe-tiny fp32", tiny, "fp32", "fp32", "*E*E*E*E"),
@@ -54,6 +54,8 @@ for name, cmd, ff_precision, peer_precision, pattern in [
     # The peer built the same model: its pattern, 1 x 1 x 32 tokens per step, and its result line.
     ok = ok and ("peer: torch_peer: %s |" % pattern) in out and "1 x 1 x 32 tokens per step" in out
     ok = ok and re.search(r"^peer: result: [0-9.]+ tokens/s \| peak memory [0-9.]+ GiB \| PyTorch ", out, re.M)
+    # Both sides report medians; the peer warmed up until its step time settled.
+    ok = ok and "(medians of 1 steps)" in out and re.search(r"^peer:   warm-up: [0-9]+ steps", out, re.M)
     check("bench --peer, " + name, bool(ok), out + err)
 
 # A Python that does not exist: refused before the measurement.
