@@ -24,6 +24,10 @@ struct StepMetrics {
   double max_expert_load = 0, mean_expert_load = 0;  // rows per expert, over MoE layers
   std::vector<double> layer_load_imbalance;          // per MoE layer (of this stage): max / mean rows per expert
   double dropped_fraction = 0;
+  // Per MoE layer of the model, each expert's share of the layer's kept (token, expert) slots over
+  // the whole global batch: the same under every layout (run_record.h).
+  std::vector<std::vector<double>> expert_load;
+  double peak_memory_bytes = 0;  // the largest resident-set high-water mark of the job's processes
   double communication_s = 0;  // this rank's time inside collectives during the step
   // Preference pairs (a pairwise objective): the fraction whose chosen response scored higher,
   // and the mean implicit reward of the chosen and the rejected (beta Delta, or the RM's score).
