@@ -49,9 +49,7 @@ std::string metric_figure(const MetricChart& m, const std::vector<RunMetrics>& r
     recorded |= !s.step.empty();
     for (double v : s.value) nonzero |= std::isfinite(v) && v != 0;
     LineSeries ls{names[i], run_colour(i), std::move(s.step), std::move(s.value)};
-    LineChart one("", "", "", m.scale);
-    one.add(ls);
-    drawn += one.has_data();
+    drawn += has_point(ls, m.scale);
     chart.add(std::move(ls));
   }
   if (!recorded) {

@@ -152,11 +152,14 @@ void LineChart::add(LineSeries s) {
   series_.push_back(std::move(s));
 }
 
-bool LineChart::has_data() const {
-  for (const auto& s : series_)
-    for (size_t i = 0; i < s.x.size(); ++i)
-      if (plottable(s.x[i], Scale::linear) && plottable(s.y[i], y_scale_)) return true;
+bool has_point(const LineSeries& s, Scale y_scale) {
+  for (size_t i = 0; i < s.x.size(); ++i)
+    if (plottable(s.x[i], Scale::linear) && plottable(s.y[i], y_scale)) return true;
   return false;
+}
+
+bool LineChart::has_data() const {
+  return std::any_of(series_.begin(), series_.end(), [&](const LineSeries& s) { return has_point(s, y_scale_); });
 }
 
 AxisMap LineChart::x_map() const {

@@ -48,6 +48,9 @@ struct LineSeries {
   std::vector<double> x, y;  // the same length; a point with an unplottable coordinate is skipped
 };
 
+// Whether a series has a point to draw on a y axis of this scale.
+bool has_point(const LineSeries& s, Scale y_scale);
+
 struct ChartBox {
   int width = 560, height = 280;
   int left = 64, right = 18, top = 30, bottom = 44;  // margins around the plot area
