@@ -262,7 +262,6 @@ TrainResult Trainer::run(bool quiet) {
   std::unique_ptr<FileLock> out_dir_lock;
   if (lead) out_dir_lock = std::make_unique<FileLock>(tc.out_dir + "/.fivefold.lock", "out_dir " + tc.out_dir);
   if (lead) move_earlier_run_aside(cfg_.train, quiet);
-  if (lead) write_run_description(cfg_, grid_);
   grid_.all().barrier();
   if (peak_tflops_ <= 0) peak_tflops_ = measure_gemm_tflops(cfg_.model.precision);
   if (lead && !quiet) {
@@ -324,6 +323,7 @@ TrainResult Trainer::run(bool quiet) {
   }
   std::unique_ptr<TensorBoardWriter> tensorboard;  // the lead's, with train.tensorboard_dir
   if (lead && !tc.tensorboard_dir.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard_dir);
+  if (lead) write_run_description(cfg_, grid_);  // run_config.json, layout.json: for `fivefold report`
   std::unique_ptr<AppendFile> metrics;  // written by the lead rank only, every record checked
   if (lead) metrics = std::make_unique<AppendFile>(tc.out_dir + "/metrics.jsonl", /*truncate=*/resumed.step == 0);
 

@@ -53,7 +53,8 @@ struct TrainResult {
 class Trainer {
  public:
   Trainer(RunConfig cfg, const ParallelGrid& grid);
-  // quiet: no per-step log lines (tests). Writes out_dir/metrics.jsonl and the final model.
+  // quiet: no per-step log lines (tests). Writes out_dir/metrics.jsonl, run_config.json and
+  // layout.json (train/run_record.h) and the final model.
   TrainResult run(bool quiet = false);
   // One optimizer step on this data-parallel replica's micro-batches (all pipeline stages and TP /
   // CP ranks of a replica get the same ones); used by run() and by the bench. Losses and tokens/s
