@@ -275,20 +275,26 @@ std::string Heatmap::svg() const {
   const int left = 56, right = 12, top = 30, bottom = 44, width = 440;
   const int height = top + static_cast<int>(rh * static_cast<double>(R)) + bottom;
   const double cw = static_cast<double>(width - left - right) / static_cast<double>(C);
-  // One path per colour level, each cell a closed rectangle of it: far smaller than a <rect> per cell.
+  // One path per colour level in cell units (the group scales them to pixels): each run of
+  // neighbouring cells of a row with that level is one closed rectangle, "M c,r h n v1 h -n z".
   std::vector<std::string> level_paths(kLoadLevels);
   for (size_t r = 0; r < R; ++r)
-    for (size_t c = 0; c < C; ++c) {
-      const double v = values_[r][c];
-      if (!std::isfinite(v)) continue;
-      level_paths[static_cast<size_t>(load_level(v))] +=
-          strprintf("M%.2f,%.2fh%.2fv%.2fh%.2fz", left + cw * static_cast<double>(c), top + rh * static_cast<double>(r),
-                    cw, rh, -cw);
+    for (size_t c = 0; c < C;) {
+      if (!std::isfinite(values_[r][c])) {
+        ++c;
+        continue;
+      }
+      const int level = load_level(values_[r][c]);
+      size_t end = c + 1;
+      while (end < C && std::isfinite(values_[r][end]) && load_level(values_[r][end]) == level) ++end;
+      level_paths[static_cast<size_t>(level)] += strprintf("M%zu,%zuh%zuv1h-%zuz", c, r, end - c, end - c);
+      c = end;
     }
   std::string s = svg_open("heatmap-chart", width, height) + title_text(title_, left);
   s += strprintf("<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%s\" fill=\"#ddd\"/>", left, top, width - left - right,
                  px(rh * static_cast<double>(R)).c_str());
-  s += strprintf("<g class=\"heatmap\" data-rows=\"%zu\" data-cols=\"%zu\" shape-rendering=\"crispEdges\">", R, C);
+  s += strprintf("<g class=\"heatmap\" data-rows=\"%zu\" data-cols=\"%zu\" shape-rendering=\"crispEdges\" "
+                 "transform=\"translate(%d,%d) scale(%.6g,%.6g)\">", R, C, left, top, cw, rh);
   for (int l = 0; l < kLoadLevels; ++l)
     if (!level_paths[static_cast<size_t>(l)].empty())
       s += "<path d=\"" + level_paths[static_cast<size_t>(l)] + "\" fill=\"" + load_colour(l) + "\"/>";
