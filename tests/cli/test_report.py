@@ -20,6 +20,8 @@ import xml.etree.ElementTree as ET
 
 fivefold = sys.argv[1]
 failures = []
+if not shutil.which("chromium"):
+    sys.exit("chromium is missing (Debian package chromium): run scripts/setup.sh")
 
 
 def check(what, ok, detail=""):
