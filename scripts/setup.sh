@@ -12,6 +12,7 @@ packages=(
   libdnnl-dev                         # oneDNN: the bf16 GEMMs and the GEMM ceilings
   python3 python3-torch python3-numpy # the independent oracle in parity tests and the bench peer
   bible-kjv                           # the default training corpus (King James Bible)
+  chromium                            # headless: the run report's page is opened and checked (cli.report)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <omp.h>
 #include <spawn.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +27,7 @@
 #include "cli/search_command.h"
 #include "cli/version.h"
 #include "cli/config_reference.h"
+#include "cli/report_command.h"
 #include "recipes/ppo/ppo_plan.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
@@ -40,6 +40,7 @@
 #include "train/plan.h"
 #include "train/sft_data.h"
 #include "train/steerlm.h"
+#include "train/run_record.h"
 #include "train/trainer.h"
 
 extern char** environ;
@@ -204,13 +205,6 @@ int cmd_preprocess(const PreprocessConfig& c) {
   return 0;
 }
 
-// Peak resident memory of this process, bytes.
-double peak_rss_bytes() {
-  struct rusage u;
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) * 1024.0;
-}
-
 // Times `steps` training steps of `c` after `warmup` untimed ones and prints them. Everything it
 // allocates (model, optimizer, activations) is freed when it returns.
 BenchResult run_bench(const RunConfig& c, const Communicator& world, int64_t steps, int64_t warmup, bool profile) {
@@ -266,7 +260,7 @@ BenchResult run_bench(const RunConfig& c, const Communicator& world, int64_t ste
     med.*f = median(f);
   med.tokens_per_s = static_cast<double>(grid.dp_size() * c.train.grad_accum * B * S) / med.step_s;
   // Rank 0's split; the communication share and peak memory are the maxima over the ranks.
-  double share = med.communication_s / med.step_s, rss = peak_rss_bytes();
+  double share = med.communication_s / med.step_s, rss = resident_peak_bytes();
   grid.all().all_reduce_max(&share, 1);
   grid.all().all_reduce_max(&rss, 1);
   const std::string of_ceiling =
@@ -459,6 +453,8 @@ int main(int argc, char** argv) {
     add_prune_command(app, prune);
     SearchCommand search;
     add_search_command(app, defaults, search);
+    ReportOptions report;
+    add_report_command(app, report);
 
     RunConfigFlags bench_flags;
     int64_t bench_steps = 3, warmup = 1;
@@ -511,6 +507,7 @@ int main(int argc, char** argv) {
     }
     if (prune.app->parsed()) return run_prune_command(prune);
     if (search.app->parsed()) return run_search_command(search);
+    if (report.app->parsed()) return run_report_command(report);
     if (pre->parsed()) return cmd_preprocess(pre_flags.resolve());
     if (tok_train->parsed()) {
       const auto tc = tok_flags.resolve();

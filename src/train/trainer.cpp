@@ -23,6 +23,7 @@
 #include "train/objective.h"
 #include "train/plan.h"
 #include "train/run_checkpoint.h"
+#include "train/run_record.h"
 #include "train/steerlm.h"
 #include "train/upcycle.h"
 #include "train/stop_signal.h"
@@ -103,7 +104,8 @@ void move_earlier_run_aside(const TrainConfig& tc, bool quiet) {
                           fs::weakly_canonical(tc.resume).string().rfind(fs::weakly_canonical(ckpts).string(), 0) == 0;
   if (continuing) return;
   std::vector<std::string> found;
-  for (const char* name : {"checkpoints", "metrics.jsonl", "model.safetensors", "adapters.safetensors"})
+  for (const char* name : {"checkpoints", "metrics.jsonl", "model.safetensors", "adapters.safetensors",
+                           "run_config.json", "layout.json"})
     if (fs::exists(tc.out_dir + "/" + name)) found.push_back(name);
   if (found.empty()) return;
   std::string aside;
@@ -207,6 +209,9 @@ StepMetrics Trainer::step(int64_t step_index, const std::vector<std::vector<int3
     }
   }
   m.dropped_fraction = r.routed_slots > 0 ? static_cast<double>(r.dropped_slots) / static_cast<double>(r.routed_slots) : 0.0;
+  // The report's numbers, gathered over the job after the step's own communication was timed.
+  m.expert_load = load_shares(global_expert_load(r.expert_load, student_.model(), cfg_.model, grid_));
+  m.peak_memory_bytes = job_resident_peak_bytes(grid_);
   return m;
 }
 
@@ -318,6 +323,7 @@ TrainResult Trainer::run(bool quiet) {
   }
   std::unique_ptr<TensorBoardWriter> tensorboard;  // the lead's, with train.tensorboard_dir
   if (lead && !tc.tensorboard_dir.empty()) tensorboard = std::make_unique<TensorBoardWriter>(tc.tensorboard_dir);
+  if (lead) write_run_description(cfg_, grid_);  // run_config.json, layout.json: for `fivefold report`
   std::unique_ptr<AppendFile> metrics;  // written by the lead rank only, every record checked
   if (lead) metrics = std::make_unique<AppendFile>(tc.out_dir + "/metrics.jsonl", /*truncate=*/resumed.step == 0);
 
@@ -353,6 +359,8 @@ TrainResult Trainer::run(bool quiet) {
                           {"max_expert_load", m.max_expert_load}, {"mean_expert_load", m.mean_expert_load},
                           {"dropped_fraction", m.dropped_fraction}};
     if (!m.layer_load_imbalance.empty()) rec["expert_load_max_over_mean"] = m.layer_load_imbalance;
+    if (!m.expert_load.empty()) rec["expert_load"] = m.expert_load;
+    rec["peak_memory_bytes"] = m.peak_memory_bytes;
     if (preference_) {
       rec["accuracy"] = m.accuracy;
       rec["reward_chosen"] = m.reward_chosen;

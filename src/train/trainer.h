@@ -25,6 +25,10 @@ struct StepMetrics {
   double max_expert_load = 0, mean_expert_load = 0;  // rows per expert, over MoE layers
   std::vector<double> layer_load_imbalance;          // per MoE layer (of this stage): max / mean rows per expert
   double dropped_fraction = 0;
+  // Per MoE layer of the model, each expert's share of the layer's kept (token, expert) slots over
+  // the whole global batch: the same under every layout (run_record.h).
+  std::vector<std::vector<double>> expert_load;
+  double peak_memory_bytes = 0;  // the largest resident-set high-water mark of the job's processes
   double communication_s = 0;  // this rank's time inside collectives during the step
   // Preference pairs (a pairwise objective): the fraction whose chosen response scored higher,
   // and the mean implicit reward of the chosen and the rejected (beta Delta, or the RM's score).
@@ -50,7 +54,8 @@ struct TrainResult {
 class Trainer {
  public:
   Trainer(RunConfig cfg, const ParallelGrid& grid);
-  // quiet: no per-step log lines (tests). Writes out_dir/metrics.jsonl and the final model.
+  // quiet: no per-step log lines (tests). Writes out_dir/metrics.jsonl, run_config.json and
+  // layout.json (train/run_record.h) and the final model.
   TrainResult run(bool quiet = false);
   // One optimizer step on this data-parallel replica's micro-batches (all pipeline stages and TP /
   // CP ranks of a replica get the same ones); used by run() and by the bench. Losses and tokens/s

@@ -1,6 +1,6 @@
 """End to end through the command line: `fivefold train` on a small text corpus gives the same
-per-step losses under several parallel layouts of the same global batch (one process with
-gradient accumulation, DP x EP, TP + SP x PP, CP with the distributed optimizer), a run stopped
+per-step losses and expert loads under several parallel layouts of the same global batch (one
+process with gradient accumulation, DP x EP, TP + SP x PP, CP with the distributed optimizer), a run stopped
 at a checkpoint resumes under another layout with the same losses, and `fivefold generate`
 samples from the checkpoint folder and from the final model file.
 
@@ -57,6 +57,27 @@ for name, (ranks, extra) in layouts.items():
     failures += not ok
     checks += 1
 print("%-40s    %s" % ("reference (1 process)", reference))
+
+
+# metrics.jsonl's expert_load (each MoE layer's share per expert over the global batch) is the
+# same under every layout. Shares are integer counts over the same number of slots (tokens x
+# top-k), so they agree to the bit unless a token's router scores tie within rounding and one
+# routing choice flips: that moves 1/slots from one expert to another, allowed once per layer and
+# step (a summed difference of at most 2/slots).
+def expert_loads(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line)["expert_load"] for line in f]
+ref_cfg = json.load(open(os.path.join(tmp, "one", "run_config.json")))
+slots = 4 * 2 * 32 * ref_cfg["model"]["moe_top_k"]  # grad_accum x micro_batch x seq_len x top-k
+ref_load = expert_loads(os.path.join(tmp, "one"))
+for name in layouts:
+    got = expert_loads(os.path.join(tmp, name.replace(" ", "_")))
+    worst = max(sum(abs(a - b) for a, b in zip(gl, rl)) for gs, rs in zip(got, ref_load) for gl, rl in zip(gs, rs))
+    ok = len(got) == len(ref_load) and all(len(g) == len(r) for g, r in zip(got, ref_load)) and worst <= 2 / slots
+    print("%-40s %s (largest summed difference %.3g, allowed %.3g)" % ("expert_load, " + name, "ok" if ok else "MISMATCH",
+                                                                       worst, 2 / slots))
+    failures += not ok
+    checks += 1
 
 # Stop after 2 steps under DP 2 x EP 2, resume under TP 2 x PP 2 (4 ranks).
 first = os.path.join(tmp, "first")
