@@ -38,7 +38,7 @@ std::string RunCheckpoint::save(int64_t step, const DataCursor& data) {
   s.layout_json = layout.dump();
   std::vector<CheckpointContents> contents;
   for (ModelRole* m : models_) contents.push_back(m->begin_save());
-  const std::string dir = save_checkpoint(save_dir(), contents, s, world_, cfg_.train.keep_checkpoints);
+  const std::string dir = save_checkpoint(save_dir(), contents, s, world_, cfg_.train.keep_checkpoints, progress_);
   for (ModelRole* m : models_) m->end_save();
   return dir;
 }

@@ -9,6 +9,7 @@
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
 #include "io/jsonl.h"
+#include "io/progress.h"
 #include "recipes/ppo/ppo_objective.h"
 #include "recipes/ppo/rollouts.h"
 #include "train/data.h"
@@ -334,6 +335,7 @@ void PpoJob::run() {
   }
   grid_.all().barrier();
   RunCheckpoint ckpt(cfg_, {actor_.get(), critic_.get()}, grid_);
+  ckpt.show_progress(!quiet_ && stderr_is_terminal());
   StopSignalGuard stop_guard;
   SampleCursor cursor;  // the prompts consumed (they, and the sampling seeds, follow from the iteration)
   cursor.data = tc.data_path;
