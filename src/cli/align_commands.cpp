@@ -5,6 +5,7 @@
 
 #include "io/atomic_file.h"
 #include "io/jsonl.h"
+#include "io/progress.h"
 #include "recipes/ppo/ppo.h"
 #include "recipes/spin.h"
 #include "train/model_source.h"
@@ -85,12 +86,18 @@ int cmd_upcycle(RunConfigFlags flags, const std::string& out_path) {
   const ModelSource src = open_model_source(c.train.init_from);
   DecoderLM model(c.model, grid, c.train.seed);
   const UpcycleOptions o = UpcycleOptions::of(c.train);
-  load_model_source(src, model, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
-    return upcycled_tensor(src.config.model, o, f, n, t);
-  });
+  const bool shown = stderr_is_terminal();
+  {
+    Progress built("upcycle", static_cast<int64_t>(model.params().params().size()), ProgressUnit::count, "tensors",
+                   {.print = shown});
+    load_model_source(src, model, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
+      built.advance(1);
+      return upcycled_tensor(src.config.model, o, f, n, t);
+    });
+  }
   c.train.init_from = "";
   const TokenizerFile tok = model_tokenizer(src, std::nullopt);
-  save_model(model, c, out_path, &tok);
+  save_model(model, c, out_path, &tok, shown);
   std::printf("upcycled %s -> %s: pattern %s, %lld experts of %lld (granularity %lld), top-%lld, %s, %s%s; "
               "%.2fM parameters (%.2fM active)\n", src.path.c_str(), out_path.c_str(), c.model.pattern().c_str(),
               (long long)o.experts, (long long)c.model.moe_ffn_hidden, (long long)o.granularity, (long long)o.top_k,

@@ -31,6 +31,7 @@
 #include "recipes/ppo/ppo_plan.h"
 #include "io/config_json.h"
 #include "io/preprocess.h"
+#include "io/progress.h"
 #include "io/tokenizer.h"
 #include "train/convert.h"
 #include "train/evaluate.h"
@@ -89,7 +90,9 @@ int cmd_eval(const EvalOptions& o, const std::map<std::string, std::string>& lay
   RunConfig threads;
   set_threads(threads);
   ParallelGrid grid(world, pc);
-  const EvalResult r = run_eval(o, grid);
+  EvalOptions shown = o;
+  shown.progress = stderr_is_terminal();
+  const EvalResult r = run_eval(shown, grid);
   if (grid.world_rank() == 0)
     std::printf("loss %.6f | perplexity %.4f | bits per byte %.5f | %lld tokens, %lld bytes, %lld windows\n", r.loss,
                 r.perplexity, r.bits_per_byte, (long long)r.tokens, (long long)r.bytes, (long long)r.windows);
@@ -151,7 +154,7 @@ int cmd_generate(const GenerateOptions& g) {
   SamplingOptions sampling = g.sampling;
   if (!g.attributes.empty()) sampling.stop.push_back("<extra_id_1>");  // the end of the assistant's turn
   GenerationStats stats;
-  const std::vector<Generated> out = generate(model, grid, *tok, ids, sampling, &stats);
+  const std::vector<Generated> out = generate(model, grid, *tok, ids, sampling, &stats, stderr_is_terminal());
   if (grid.world_rank() != 0) return 0;
   for (size_t i = 0; i < out.size(); ++i) {
     if (g.output == "jsonl") {

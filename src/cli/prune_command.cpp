@@ -2,6 +2,7 @@
 
 #include "cli/cli_config.h"
 #include "core/check.h"
+#include "io/progress.h"
 
 namespace ff {
 
@@ -55,7 +56,9 @@ int run_prune_command(const PruneCommand& cmd) {
   RunConfig threads;
   set_threads(threads);
   ParallelGrid grid(world, pc);
-  run_prune(cmd.options, grid);
+  PruneRunOptions o = cmd.options;
+  o.progress = stderr_is_terminal();
+  run_prune(o, grid);
   return 0;
 }
 

@@ -13,6 +13,7 @@
 
 #include "core/check.h"
 #include "core/hash.h"
+#include "io/progress.h"
 
 namespace ff {
 
@@ -272,9 +273,10 @@ struct ChunkIndex {
 };
 
 void write_rank_tensors(const std::string& path, const std::vector<SafetensorsEntry>& entries, const json& placement,
-                        int rank) {
+                        int rank, Progress* progress) {
   write_safetensors(path, entries,
-                    {{"format", kFormat}, {"rank", std::to_string(rank)}, {"fivefold_placement", placement.dump()}});
+                    {{"format", kFormat}, {"rank", std::to_string(rank)}, {"fivefold_placement", placement.dump()}},
+                    progress);
 }
 
 }  // namespace
@@ -294,15 +296,18 @@ std::vector<std::string> list_checkpoints(const std::string& save_dir) {
 }
 
 namespace {
-// This rank's model file (and optimizer file, when the contents carry moments) of one role.
-// Returns their sizes in bytes (-1: no optimizer file) and checksums.
 struct WrittenFile {
   int64_t bytes = -1;
   uint64_t checksum = 0;
 };
-std::array<WrittenFile, 2> write_role_files(const std::string& tmp_dir, const CheckpointContents& contents, int rank) {
+// The tensors of this rank's model and optimizer files of one role.
+struct RoleTensors {
   std::vector<SafetensorsEntry> model, optim;
   json model_place = json::object(), optim_place = json::object();
+};
+RoleTensors role_tensors(const CheckpointContents& contents) {
+  RoleTensors r;
+  auto& [model, optim, model_place, optim_place] = r;
   for (const Param& p : contents.params->params()) {
     if (p.replica || p.data_replica) continue;  // another rank writes the same values
     const json place = {{"global_shape", p.global_shape.vec()}, {"offset", p.local_offset.vec()}};
@@ -321,10 +326,18 @@ std::array<WrittenFile, 2> write_role_files(const std::string& tmp_dir, const Ch
       model.push_back({b.name, shape, b.data->data()});
       model_place[b.name] = {{"global_shape", shape}, {"offset", {0}}};
     }
+  return r;
+}
+
+// This rank's model file (and optimizer file, when the contents carry moments) of one role.
+// Returns their sizes in bytes (-1: no optimizer file) and checksums.
+std::array<WrittenFile, 2> write_role_files(const std::string& tmp_dir, const CheckpointContents& contents, int rank,
+                                            Progress* progress) {
+  const auto [model, optim, model_place, optim_place] = role_tensors(contents);
   const std::string model_file = tmp_dir + "/" + role_file(contents.role, "model", rank);
   const std::string optim_file = tmp_dir + "/" + role_file(contents.role, "optim", rank);
-  write_rank_tensors(model_file, model, model_place, rank);
-  if (contents.exp_avg) write_rank_tensors(optim_file, optim, optim_place, rank);
+  write_rank_tensors(model_file, model, model_place, rank, progress);
+  if (contents.exp_avg) write_rank_tensors(optim_file, optim, optim_place, rank, progress);
   std::array<WrittenFile, 2> out;
   out[0] = {static_cast<int64_t>(fs::file_size(model_file)), file_checksum(model_file)};
   if (contents.exp_avg) out[1] = {static_cast<int64_t>(fs::file_size(optim_file)), file_checksum(optim_file)};
@@ -333,7 +346,8 @@ std::array<WrittenFile, 2> write_role_files(const std::string& tmp_dir, const Ch
 }  // namespace
 
 std::string save_checkpoint(const std::string& save_dir, const std::vector<CheckpointContents>& models,
-                            const TrainingState& state, const Communicator& world, int64_t keep_last) {
+                            const TrainingState& state, const Communicator& world, int64_t keep_last,
+                            bool progress) {
   check_roles(models);
   const int rank = world.rank();
   const bool lead = rank == 0;
@@ -359,13 +373,22 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
       mine[2 * slot] = w.bytes;
       mine[2 * slot + 1] = static_cast<int64_t>(w.checksum);
     };
+    // The lead shows its own files' progress (every rank writes about as much at once).
+    int64_t my_bytes = 0;
+    if (lead && progress)
+      for (const auto& m : models) {
+        if (!m.params) continue;
+        const RoleTensors t = role_tensors(m);
+        my_bytes += safetensors_data_bytes(t.model) + (m.exp_avg ? safetensors_data_bytes(t.optim) : 0);
+      }
+    Progress shown("checkpoint " + name, my_bytes, ProgressUnit::bytes, "", {.print = lead && progress});
     for (size_t i = 0; i < R; ++i) {
       if (!models[i].params) {  // a model of other ranks of the job
         record(2 * i, {});
         record(2 * i + 1, {});
         continue;
       }
-      const auto files = write_role_files(tmp_dir, models[i], rank);
+      const auto files = write_role_files(tmp_dir, models[i], rank, &shown);
       record(2 * i, files[0]);
       record(2 * i + 1, files[1]);
     }

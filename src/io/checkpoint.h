@@ -89,8 +89,11 @@ struct CheckpointContents {
 // points `latest` at it, prunes to keep_last (0 = keep all).
 // Returns the checkpoint folder. If step_N already exists complete, it is kept and only `latest`
 // is updated.
+// progress: a progress line with an ETA on stderr from rank 0 (the caller sets it when stderr is
+// a terminal).
 std::string save_checkpoint(const std::string& save_dir, const std::vector<CheckpointContents>& models,
-                            const TrainingState& state, const Communicator& world, int64_t keep_last);
+                            const TrainingState& state, const Communicator& world, int64_t keep_last,
+                            bool progress = false);
 // One model (role "model").
 inline std::string save_checkpoint(const std::string& save_dir, const CheckpointContents& contents,
                                    const TrainingState& state, const Communicator& world, int64_t keep_last) {

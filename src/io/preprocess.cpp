@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -14,6 +15,7 @@
 
 #include "core/check.h"
 #include "io/indexed_dataset.h"
+#include "io/progress.h"
 
 namespace ff {
 
@@ -160,9 +162,14 @@ PreprocessStats preprocess(const PreprocessConfig& c, const Tokenizer& tok) {
       }
     });
 
+  int64_t input_total = 0;
+  for (const auto& f : files) {
+    std::error_code ec;
+    const auto n = std::filesystem::file_size(f, ec);
+    if (!ec) input_total += static_cast<int64_t>(n);
+  }
+  Progress shown("preprocess", input_total, ProgressUnit::bytes, "", {.print = c.progress && stderr_is_terminal()});
   std::thread out([&] {
-    const bool tty = ::isatty(2);
-    auto last = Clock::now();
     for (;;) {
       Done d;
       {
@@ -186,14 +193,7 @@ PreprocessStats preprocess(const PreprocessConfig& c, const Tokenizer& tok) {
       stats.tokens += static_cast<int64_t>(d.tokens.size());
       stats.skipped_empty += d.skipped;
       stats.input_bytes += d.bytes;
-      if (c.progress && std::chrono::duration<double>(Clock::now() - last).count() >= 1.0) {
-        last = Clock::now();
-        const double s = std::chrono::duration<double>(last - t0).count();
-        std::fprintf(stderr, "%spreprocess: %lld documents (%.0f/s) | %lld tokens (%.0f/s) | %.1f MB/s%s",
-                     tty ? "\r" : "", (long long)stats.documents, stats.documents / s, (long long)stats.tokens,
-                     stats.tokens / s, stats.input_bytes / s / 1e6, tty ? "" : "\n");
-        std::fflush(stderr);
-      }
+      shown.advance(d.bytes);
       std::lock_guard<std::mutex> lk(mu);
       ++written;
       cv.notify_all();
@@ -262,10 +262,11 @@ PreprocessStats preprocess(const PreprocessConfig& c, const Tokenizer& tok) {
   FF_CHECK(stats.documents > 0, "preprocess: no documents in '%s'%s (empty input)", c.input.c_str(),
            stats.skipped_empty ? strprintf(" (%lld empty ones skipped)", (long long)stats.skipped_empty).c_str() : "");
   writer.finish();
+  shown.finish();
   stats.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (c.progress) {
-    std::fprintf(stderr, "%spreprocess: %lld documents, %lld tokens, %.1f MB in %.2f s: %.0f documents/s, %.0f tokens/s%s\n",
-                 ::isatty(2) ? "\r" : "", (long long)stats.documents, (long long)stats.tokens, stats.input_bytes / 1e6,
+    std::fprintf(stderr, "preprocess: %lld documents, %lld tokens, %.1f MB in %.2f s: %.0f documents/s, %.0f tokens/s%s\n",
+                 (long long)stats.documents, (long long)stats.tokens, stats.input_bytes / 1e6,
                  stats.seconds, stats.documents / stats.seconds, stats.tokens / stats.seconds,
                  stats.skipped_empty ? strprintf("; skipped %lld empty documents", (long long)stats.skipped_empty).c_str() : "");
   }

@@ -8,7 +8,8 @@
 // Pipeline (bounded memory whatever the input size): the calling thread reads documents into
 // chunks of about chunk_bytes; `workers` threads parse and tokenise chunks; a writer thread
 // appends finished chunks to the files in input order. At most 2 * workers + 2 chunks exist at
-// any time. A progress line (documents/s, tokens/s, MB/s) goes to stderr every second.
+// any time. With `progress`, a line with the input read, its rate and the ETA is rewritten on stderr
+// while stderr is a terminal (nothing in logs), and a summary line ends the run.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -43,7 +44,7 @@ struct PreprocessConfig {
     v(append_eod, "append_eod", "append the tokenizer's EOD token to every document");
     v(skip_empty, "skip_empty", "drop empty documents (default: an empty document is an error)");
     v(chunk_bytes, "chunk_bytes", "bytes of input per work item");
-    v(progress, "progress", "print documents/s and tokens/s to stderr while running");
+    v(progress, "progress", "on a terminal, a progress line with an ETA while running; a summary line (documents/s, tokens/s) at the end");
   }
   std::vector<std::string> validate() const;
 };

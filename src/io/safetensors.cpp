@@ -13,6 +13,7 @@
 
 #include "core/check.h"
 #include "io/atomic_file.h"
+#include "io/progress.h"
 
 namespace ff {
 
@@ -89,8 +90,14 @@ float f16_to_f32(uint16_t h) {
   return f;
 }
 
+int64_t safetensors_data_bytes(const std::vector<SafetensorsEntry>& tensors) {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += static_cast<int64_t>(numel_of(t.shape) * st_dtype_size(t.dtype));
+  return n;
+}
+
 void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, Progress* progress) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
@@ -106,7 +113,11 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
   uint64_t len = h.size();
   f.write(&len, 8);
   f.write(h.data(), h.size());
-  for (const auto& t : tensors) f.write(t.data, numel_of(t.shape) * st_dtype_size(t.dtype));
+  for (const auto& t : tensors) {
+    const size_t bytes = numel_of(t.shape) * st_dtype_size(t.dtype);
+    f.write(t.data, bytes);
+    if (progress) progress->advance(static_cast<int64_t>(bytes));
+  }
   f.commit();
 }
 

@@ -31,9 +31,13 @@ struct SafetensorsEntry {
   StDtype dtype = StDtype::F32;
 };
 
-// Writes atomically: to path + ".tmp", fsync, then rename over path.
+class Progress;
+// Writes atomically: to path + ".tmp", fsync, then rename over path. progress (optional) is
+// advanced by each tensor's bytes as they are written.
 void write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
-                       const std::map<std::string, std::string>& metadata);
+                       const std::map<std::string, std::string>& metadata, Progress* progress = nullptr);
+// The bytes of the tensors' data (what write_safetensors advances a progress by).
+int64_t safetensors_data_bytes(const std::vector<SafetensorsEntry>& tensors);
 
 // A whole tensor in host memory, fp32 (conversion and checkpoint assembly work on these).
 struct HostTensor {

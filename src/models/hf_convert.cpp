@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/check.h"
+#include "io/progress.h"
 #include "models/decoder_lm.h"
 #include "models/layer_kind.h"
 
@@ -194,6 +195,7 @@ void export_hf(const ModelConfig& c, const TensorMap& tensors, const std::string
   }
   fs::create_directories(out_dir);
   json weight_map = json::object();
+  Progress shown("writing " + out_dir, total, ProgressUnit::bytes, "", {.print = o.progress});
   for (size_t s = 0; s < shards.size(); ++s) {
     const std::string file = shards.size() == 1 ? "model.safetensors"
                                                 : strprintf("model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
@@ -212,7 +214,7 @@ void export_hf(const ModelConfig& c, const TensorMap& tensors, const std::string
       halves.push_back(std::move(h));
       entries.push_back({t.name, t.shape, halves.back().data(), StDtype::BF16});
     }
-    write_safetensors(out_dir + "/" + file, entries, {{"format", "pt"}});
+    write_safetensors(out_dir + "/" + file, entries, {{"format", "pt"}}, &shown);
   }
   if (shards.size() > 1) {
     std::ofstream f(out_dir + "/model.safetensors.index.json");

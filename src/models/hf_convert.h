@@ -26,6 +26,7 @@ struct HfExportOptions {
   std::string family = "auto";  // llama | mixtral | qwen2_moe | nemotron_h | auto (from the config)
   bool bf16 = false;            // write BF16 (rounded to nearest even) instead of F32
   int64_t max_shard_bytes = int64_t(5) << 30;
+  bool progress = false;        // a progress line with an ETA on stderr while writing (the caller: a terminal)
 };
 
 // Writes config.json and the safetensors file(s) into out_dir. Every fivefold tensor must be

@@ -5,6 +5,7 @@
 
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
+#include "io/progress.h"
 #include "models/hf_convert.h"
 #include "train/lora_merge.h"
 #include "train/model_source.h"
@@ -39,6 +40,7 @@ void run_convert(const ConvertOptions& o) {
     e.family = o.family;
     e.bf16 = o.dtype == "bf16";
     e.max_shard_bytes = o.max_shard_mb << 20;
+    e.progress = stderr_is_terminal();
     export_hf(cfg.model, tensors, o.out, e);
     // The tokenizer travels with the model, under the name Hugging Face folders give it.
     std::string tokenizer_note = "; no tokenizer (the model carries none)";
@@ -61,7 +63,7 @@ void run_convert(const ConvertOptions& o) {
   DecoderLM model(c.model, grid, c.train.seed);
   const LoadReport report = load_model_source(src, model);
   FF_CHECK(report.unused.empty(), "'%s': tensor '%s' has no fivefold parameter", o.in.c_str(), report.unused[0].c_str());
-  save_model(model, c, o.out, src.tokenizer ? &*src.tokenizer : nullptr);
+  save_model(model, c, o.out, src.tokenizer ? &*src.tokenizer : nullptr, world.rank() == 0 && stderr_is_terminal());
   std::printf("wrote %s (%.2fM parameters%s)\n", o.out.c_str(), static_cast<double>(model.params().numel()) / 1e6,
               src.tokenizer ? (", tokenizer " + src.tokenizer->name).c_str() : ", no tokenizer in the folder");
 }

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <span>
 
+#include "io/progress.h"
 #include "train/data.h"
 #include "train/model_source.h"
 #include "train/objective.h"
@@ -47,6 +48,7 @@ EvalResult run_eval(const EvalOptions& o, const ParallelGrid& grid, bool quiet) 
   double sums[3] = {0, 0, 0};  // nll, tokens, bytes (this replica's windows)
   // Micro-batch k of the job covers windows [k B DP, (k + 1) B DP); replica r takes its B of them.
   const int64_t steps = (windows + B * DP - 1) / (B * DP);
+  Progress progress("eval", windows, ProgressUnit::count, "windows", {.print = o.progress && lead && !quiet});
   for (int64_t k = 0; k < steps; ++k) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t w = (k * DP + r) * B + b;
@@ -68,7 +70,9 @@ EvalResult run_eval(const EvalOptions& o, const ParallelGrid& grid, bool quiet) 
       sums[0] += v.loss;
       sums[1] += static_cast<double>(v.tokens);
     }
+    progress.advance(std::min(B * DP, windows - k * B * DP));
   }
+  progress.finish();
   grid.all().all_reduce_sum(sums, 3);
   EvalResult res;
   res.windows = windows;

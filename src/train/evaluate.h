@@ -25,6 +25,7 @@ struct EvalOptions {
   int64_t seq_len = 0;                    // 0: the model's
   int64_t max_windows = 0;                // 0: all
   std::optional<TokenizerFile> tokenizer;  // none: the model's own
+  bool progress = false;                  // a progress line with an ETA on stderr (lead rank; the CLI sets it on a terminal)
 };
 
 struct EvalResult {

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "io/progress.h"
+
 namespace ff {
 
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& o, Rng& rng) {
@@ -74,7 +76,7 @@ void decode_step(DecoderLM& model, const ParallelGrid& grid, DecoderLM::Decoder&
 
 std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, const Tokenizer& tokenizer,
                                 const std::vector<std::vector<int32_t>>& prompts, const SamplingOptions& o,
-                                GenerationStats* stats) {
+                                GenerationStats* stats, bool progress) {
   FF_CHECK(!prompts.empty(), "generate: no prompts");
   for (const auto& pr : prompts) FF_CHECK(!pr.empty(), "generate: a prompt of no tokens; give at least one character");
   FF_CHECK(o.temperature >= 0 && o.top_k >= 0 && o.top_p > 0 && o.top_p <= 1 && o.max_new_tokens >= 0,
@@ -117,6 +119,10 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
   };
   feed(window, fed, true);
   std::vector<int32_t> next(static_cast<size_t>(B));
+  // Counts each new token, and a sequence's unused budget when it ends, so the line reaches 100%.
+  Progress shown("generate", n * o.max_new_tokens, ProgressUnit::count, "tokens",
+                 {.print = progress && grid.world_rank() == 0});
+  auto ended = [&](const Generated& g) { shown.advance(o.max_new_tokens - static_cast<int64_t>(g.tokens.size())); };
   for (;;) {
     // Each sequence's token at position `fed`: its prompt's, or a sample from the last logits.
     bool all_done = true;
@@ -145,15 +151,18 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
       if (t == tokenizer.eod()) {
         g.finish = "eos";
         done[static_cast<size_t>(b)] = true;
+        ended(g);
         continue;
       }
       g.tokens.push_back(t);
+      shown.advance(1);
       if (!o.stop.empty()) g.text = tokenizer.decode(g.tokens);  // (otherwise decoded once at the end)
       for (const auto& stop : o.stop) {
         const size_t at = stop.empty() ? std::string::npos : g.text.find(stop);
         if (at != std::string::npos) {
           g.text.resize(at);
           g.finish = "stop";
+          if (!done[static_cast<size_t>(b)]) ended(g);
           done[static_cast<size_t>(b)] = true;
         }
       }
@@ -177,6 +186,7 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
       feed(window, fed, true);
     }
   }
+  shown.finish();
   for (auto& g : out)
     if (g.finish != "stop") g.text = tokenizer.decode(g.tokens);
   if (stats) {

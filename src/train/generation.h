@@ -47,10 +47,11 @@ struct GenerationStats {
 };
 
 // Collective over the grid. prompts: token ids of each sequence (at least one each); every rank
-// passes the same. Returns the same on every rank.
+// passes the same. Returns the same on every rank. progress: a progress line with an ETA on
+// stderr from world rank 0 (the caller sets it when stderr is a terminal).
 std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, const Tokenizer& tokenizer,
                                 const std::vector<std::vector<int32_t>>& prompts, const SamplingOptions& o,
-                                GenerationStats* stats = nullptr);
+                                GenerationStats* stats = nullptr, bool progress = false);
 
 // One token from logits[V] (the first vocab entries only; the model may have padding rows).
 int32_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& o, Rng& rng);

@@ -56,7 +56,7 @@ std::string RunCheckpoint::save(int64_t step, const DataCursor& data) {
     c.role = m.role;
     contents.push_back(c);
   }
-  const std::string dir = save_checkpoint(save_dir(), contents, s, world_, cfg_.train.keep_checkpoints);
+  const std::string dir = save_checkpoint(save_dir(), contents, s, world_, cfg_.train.keep_checkpoints, progress_);
   for (const SavedModel& m : models_)
     if (m.model) m.model->end_save();
   return dir;

@@ -37,6 +37,8 @@ class RunCheckpoint {
   // config and this run's are reported; differing shapes and missing roles are errors.
   TrainingState resume();
   std::string save(int64_t step, const DataCursor& data);
+  // Saves show a progress line with an ETA on rank 0's stderr (set it when stderr is a terminal).
+  void show_progress(bool on) { progress_ = on; }
   // True on every rank if any rank received SIGTERM/SIGINT.
   bool stop_agreed() const;
 
@@ -45,6 +47,7 @@ class RunCheckpoint {
   std::vector<SavedModel> models_;
   const ParallelGrid& grid_;
   const Communicator& world_;  // every rank of the job
+  bool progress_ = false;
 };
 
 // The run config stored in a checkpoint (folder or save folder with `latest`): `train --resume`

@@ -199,6 +199,10 @@ void open_sft_data(const RunConfig& c, TrainingData& d, std::string& summary) {
     all.push_back(std::move(e));
   });
   FF_CHECK(!all.empty(), "train.data_path '%s' holds no examples", tc.data_path.c_str());
+  // Without a learned token the loss is 0 and nothing trains: refuse rather than run.
+  FF_CHECK(learned > 0, "train.data_path '%s': no example has a token to learn within model.seq_len = %lld: the "
+           "prompts fill the sequences (%lld of %zu examples cut); raise model.seq_len or shorten the prompts",
+           tc.data_path.c_str(), (long long)c.model.seq_len, (long long)truncated, all.size());
   const auto parts = split_documents(tc.split, static_cast<int64_t>(all.size()), "train.split");
   auto part = [&](int k) {
     std::vector<SftExample> p(all.begin() + parts[static_cast<size_t>(k)].begin, all.begin() + parts[static_cast<size_t>(k)].end);

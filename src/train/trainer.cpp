@@ -13,6 +13,7 @@
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/file_lock.h"
+#include "io/progress.h"
 #include "io/safetensors.h"
 #include "io/tensorboard.h"
 #include "train/console_log.h"
@@ -37,12 +38,6 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 // " (unigram baseline X nats/token)" for pre-training data; SFT losses have no such baseline.
 std::string baseline(const TrainResult& r) {
   return r.unigram_entropy > 0 ? strprintf(" (unigram baseline %.4f nats/token)", r.unigram_entropy) : "";
-}
-
-std::string format_duration(double s) {
-  int64_t t = static_cast<int64_t>(s + 0.5);
-  if (t >= 3600) return strprintf("%lldh%02lldm", (long long)(t / 3600), (long long)(t % 3600 / 60));
-  return strprintf("%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
 }
 
 // The student's training-only parameters: the projection of its final norm's output to the
@@ -278,6 +273,7 @@ TrainResult Trainer::run(bool quiet) {
   // Checkpoints: resume (train.resume) restores parameters, optimizer and buffers here and the
   // data cursor below; SIGTERM/SIGINT save a checkpoint at the end of the current step.
   RunCheckpoint ckpt(cfg_, {&student_}, grid_);
+  ckpt.show_progress(!quiet && stderr_is_terminal());
   StopSignalGuard stop_guard;
   TrainingState resumed;
   if (!tc.resume.empty()) {
@@ -444,11 +440,13 @@ std::map<std::string, std::string> model_metadata(RunConfig& cfg, const Tokenize
 }
 }  // namespace
 
-void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer) {
+void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer,
+                bool progress) {
   std::vector<SafetensorsEntry> entries;
   for (const Param& p : model.params().params())
     if (!is_training_only_name(p.name)) entries.push_back({p.name, p.global_shape.vec(), p.value});
-  write_safetensors(path, entries, model_metadata(cfg, tokenizer));
+  Progress shown("writing " + path, safetensors_data_bytes(entries), ProgressUnit::bytes, "", {.print = progress});
+  write_safetensors(path, entries, model_metadata(cfg, tokenizer), &shown);
 }
 
 void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,

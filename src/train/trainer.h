@@ -86,7 +86,10 @@ class Trainer {
 // Save / load the model weights (global names) with the run config, and the tokenizer when given,
 // as metadata ("fivefold_config", "fivefold_tokenizer"). save_model writes this rank's
 // parameters: the whole model only on one rank; see Trainer::run for several.
-void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer = nullptr);
+// progress: a progress line with an ETA on stderr while the file is written (the caller's choice:
+// its lead rank, stderr a terminal).
+void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const TokenizerFile* tokenizer = nullptr,
+                bool progress = false);
 // The whole model of a checkpoint folder (written by any layout) as one model file.
 // role: which of the checkpoint's models (io/checkpoint.h), "model" the trained one.
 void save_model_from_checkpoint(const std::string& folder, RunConfig& cfg, const std::string& path,

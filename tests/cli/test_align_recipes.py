@@ -57,8 +57,10 @@ with tempfile.TemporaryDirectory() as tmp:
     ok = len(recs) == 40 and all(sorted(x["attributes"]) == ["humor", "quality"] and
                                  all(isinstance(v, int) and 0 <= v <= 4 for v in x["attributes"].values()) for x in recs)
     check("steerlm 2: annotation, integers in [0, 4]", ok, r.stdout + r.stderr)
+    # NeMo's headers and the attribute string take about 100 bytes: the sequences must hold them and the response.
+    steer = [("160" if a == "96" else a) for a in common]
     r = run("align", "steerlm", "sft", "--init_from", base, "--steerlm_attributes", "quality,humor", "--data_path",
-            path("annotated.jsonl"), "--out_dir", path("steer"), *common)
+            path("annotated.jsonl"), "--out_dir", path("steer"), *steer)
     check("steerlm 3: attribute-conditioned SFT", r.returncode == 0 and "template nemo" in r.stdout, r.stdout + r.stderr)
     r = run("generate", "--model", path("steer/model.safetensors"), "--prompt", "Rate 1:", "--chat_template", "nemo",
             "--attributes", "quality:4,humor:0", "--tokens", "8", "--temperature", "0", "--output", "jsonl")

@@ -98,6 +98,10 @@ TEST(SftData, BadRecordsNameTheirLine) {
   c.train.chat_template = ChatTemplate::chatml;
   expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n", "no assistant turn");
   expect_error("{\"messages\": [{\"role\": \"bot\", \"content\": \"a\"}]}\n", "role \"bot\"");
+  // Prompts that fill seq_len leave nothing to learn: an error, not a run whose loss is 0.
+  c.model.seq_len = 8;
+  expect_error("{\"prompt\": \"a prompt longer than the sequence\", \"response\": \"b\"}\n", "no example has a token to learn");
+  c.model.seq_len = RunConfig{}.model.seq_len;
   std::filesystem::remove_all(dir);
   // An unknown template name is refused by the config, naming the field.
   try {

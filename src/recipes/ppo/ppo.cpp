@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
 #include "io/jsonl.h"
+#include "io/progress.h"
 #include "recipes/ppo/ppo_objective.h"
 #include "recipes/ppo/ppo_placement.h"
 #include "recipes/ppo/rollouts.h"
@@ -539,6 +540,7 @@ void PpoJob::run() {
   }
   world.barrier();
   RunCheckpoint ckpt(cfg_, {{"model", actor_.get()}, {"critic", critic_.get()}}, place_.grid(), world);
+  ckpt.show_progress(!quiet_ && stderr_is_terminal());
   StopSignalGuard stop_guard;
   SampleCursor cursor;  // the prompts consumed (they, and the sampling seeds, follow from the iteration)
   cursor.data = tc.data_path;

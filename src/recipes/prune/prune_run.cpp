@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
+#include "io/progress.h"
 #include "models/decoder_lm.h"
 #include "models/layer_kind.h"
 #include "train/data.h"
@@ -44,7 +45,7 @@ void CalibrationPass::add(const int32_t* tokens, int64_t B, int64_t S, Importanc
 }
 
 ImportanceStats calibrate(DecoderLM& model, const ParallelGrid& grid, const GptDataset& windows, int64_t samples,
-                          int64_t micro_batch) {
+                          int64_t micro_batch, bool progress) {
   FF_CHECK(samples > 0, "the calibration data is empty: it holds no window of model.seq_len + 1 tokens");
   const ModelConfig& c = model.config();
   ImportanceStats st;
@@ -57,13 +58,17 @@ ImportanceStats calibrate(DecoderLM& model, const ParallelGrid& grid, const GptD
   const int64_t batches = samples / (B * DP);
   FF_CHECK(batches > 0, "%lld calibration windows are fewer than one batch of the job (micro_batch %lld x %lld data-"
            "parallel replicas)", (long long)samples, (long long)B, (long long)DP);
+  Progress shown("calibration", batches * B * DP, ProgressUnit::count, "windows",
+                 {.print = progress && grid.world_rank() == 0});
   for (int64_t k = 0; k < batches; ++k) {
     for (int64_t b = 0; b < B; ++b) {
       windows.get_unshuffled((k * DP + r) * B + b, buf.data());
       std::copy(buf.begin(), buf.end() - 1, tokens.begin() + b * S);
     }
     pass.add(tokens.data(), B, S, st);
+    shown.advance(B * DP);
   }
+  shown.finish();
   // Each layer's entries hold their stage's sums (zeros on the other stages): the world's sum
   // gives every rank all of them.
   st.finish(grid.all());
@@ -125,7 +130,7 @@ CalibratedModel calibrate_model(const PruneRunOptions& o, const ParallelGrid& gr
   DecoderLM model(c.model, grid, c.train.seed);
   load_model_source(m.source, model);
   m.samples = std::min(o.calib_samples, data.samples);
-  m.stats = calibrate(model, grid, *data.windows, m.samples, o.micro_batch);
+  m.stats = calibrate(model, grid, *data.windows, m.samples, o.micro_batch, o.progress && !quiet);
   return m;
 }
 

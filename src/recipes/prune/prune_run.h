@@ -29,6 +29,7 @@ struct PruneRunOptions {
   int64_t micro_batch = 4;
   PruneTargets targets;
   std::optional<TokenizerFile> tokenizer;  // none: the model's own
+  bool progress = false;  // calibration progress with an ETA on rank 0's stderr (the CLI: a terminal)
 };
 
 // Collective over the grid's ranks. Returns the plan (every rank). --target_num_experts must be a
@@ -69,7 +70,8 @@ class CalibrationPass {
 
 // The calibration statistics of `model` over windows [0, samples) of the data, dealt out to the
 // data-parallel replicas as `fivefold eval` deals them. Collective.
+// progress: a progress line on world rank 0's stderr.
 ImportanceStats calibrate(DecoderLM& model, const ParallelGrid& grid, const GptDataset& windows, int64_t samples,
-                          int64_t micro_batch);
+                          int64_t micro_batch, bool progress = false);
 
 }  // namespace ff
