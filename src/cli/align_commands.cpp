@@ -89,7 +89,7 @@ int cmd_upcycle(RunConfigFlags flags, const std::string& out_path) {
   const bool shown = stderr_is_terminal();
   {
     Progress built("upcycle", static_cast<int64_t>(model.params().params().size()), ProgressUnit::count, "tensors",
-                   {.print = shown});
+                   printing(shown));
     load_model_source(src, model, {}, [&](const TensorFetch& f, const std::string& n, HostTensor& t) {
       built.advance(1);
       return upcycled_tensor(src.config.model, o, f, n, t);

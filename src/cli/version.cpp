@@ -17,6 +17,19 @@ std::string openblas(const char* function) {
   auto f = reinterpret_cast<Describe>(dlsym(RTLD_DEFAULT, function));
   return f ? f() : "?";
 }
+
+// The instruction set oneDNN dispatches to here (DNNL_MAX_CPU_ISA can lower it).
+const char* cpu_isa_name() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core_amx: return "AVX-512 + AMX";
+    case dnnl::cpu_isa::avx512_core_bf16: return "AVX-512 + BF16";
+    case dnnl::cpu_isa::avx512_core_vnni: return "AVX-512 + VNNI";
+    case dnnl::cpu_isa::avx512_core: return "AVX-512";
+    case dnnl::cpu_isa::avx2_vnni: return "AVX2 + VNNI";
+    case dnnl::cpu_isa::avx2: return "AVX2";
+    default: return "other";
+  }
+}
 }  // namespace
 
 std::string version_text() {
@@ -28,12 +41,12 @@ std::string version_text() {
   if (const size_t nl = mpi_line.find_first_of(",\n"); nl != std::string::npos) mpi_line.resize(nl);
   return strprintf("fivefold %s (%s build, -march=%s)\n"
                    "  fp32 GEMMs: %s (kernels: %s)\n"
-                   "  bf16 GEMMs: oneDNN %d.%d.%d\n"
+                   "  bf16 GEMMs: oneDNN %d.%d.%d (CPU ISA in use: %s)\n"
                    "  MPI: %s\n"
                    "  CUDA: not in this build (CPU backend)",
                    FF_VERSION, FF_BUILD_TYPE, FF_MARCH_FLAG, openblas("openblas_get_config").c_str(),
-                   openblas("openblas_get_corename").c_str(), d->major,
-                   d->minor, d->patch, mpi_line.c_str());
+                   openblas("openblas_get_corename").c_str(), d->major, d->minor, d->patch, cpu_isa_name(),
+                   mpi_line.c_str());
 }
 
 }  // namespace ff

@@ -381,7 +381,7 @@ std::string save_checkpoint(const std::string& save_dir, const std::vector<Check
         const RoleTensors t = role_tensors(m);
         my_bytes += safetensors_data_bytes(t.model) + (m.exp_avg ? safetensors_data_bytes(t.optim) : 0);
       }
-    Progress shown("checkpoint " + name, my_bytes, ProgressUnit::bytes, "", {.print = lead && progress});
+    Progress shown("checkpoint " + name, my_bytes, ProgressUnit::bytes, "", printing(lead && progress));
     for (size_t i = 0; i < R; ++i) {
       if (!models[i].params) {  // a model of other ranks of the job
         record(2 * i, {});

@@ -168,7 +168,7 @@ PreprocessStats preprocess(const PreprocessConfig& c, const Tokenizer& tok) {
     const auto n = std::filesystem::file_size(f, ec);
     if (!ec) input_total += static_cast<int64_t>(n);
   }
-  Progress shown("preprocess", input_total, ProgressUnit::bytes, "", {.print = c.progress && stderr_is_terminal()});
+  Progress shown("preprocess", input_total, ProgressUnit::bytes, "", printing(c.progress && stderr_is_terminal()));
   std::thread out([&] {
     for (;;) {
       Done d;

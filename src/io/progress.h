@@ -33,6 +33,12 @@ struct ProgressOptions {
   std::function<double()> clock;               // seconds, monotonic; empty = std::chrono::steady_clock
   std::function<void(const std::string&)> write;  // empty = fputs to stderr and fflush
 };
+// The defaults, printing when `on`.
+inline ProgressOptions printing(bool on) {
+  ProgressOptions o;
+  o.print = on;
+  return o;
+}
 
 class Progress {
  public:

@@ -195,7 +195,7 @@ void export_hf(const ModelConfig& c, const TensorMap& tensors, const std::string
   }
   fs::create_directories(out_dir);
   json weight_map = json::object();
-  Progress shown("writing " + out_dir, total, ProgressUnit::bytes, "", {.print = o.progress});
+  Progress shown("writing " + out_dir, total, ProgressUnit::bytes, "", printing(o.progress));
   for (size_t s = 0; s < shards.size(); ++s) {
     const std::string file = shards.size() == 1 ? "model.safetensors"
                                                 : strprintf("model-%05zu-of-%05zu.safetensors", s + 1, shards.size());

@@ -48,7 +48,7 @@ EvalResult run_eval(const EvalOptions& o, const ParallelGrid& grid, bool quiet) 
   double sums[3] = {0, 0, 0};  // nll, tokens, bytes (this replica's windows)
   // Micro-batch k of the job covers windows [k B DP, (k + 1) B DP); replica r takes its B of them.
   const int64_t steps = (windows + B * DP - 1) / (B * DP);
-  Progress progress("eval", windows, ProgressUnit::count, "windows", {.print = o.progress && lead && !quiet});
+  Progress progress("eval", windows, ProgressUnit::count, "windows", printing(o.progress && lead && !quiet));
   for (int64_t k = 0; k < steps; ++k) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t w = (k * DP + r) * B + b;

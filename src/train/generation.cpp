@@ -121,7 +121,7 @@ std::vector<Generated> generate(DecoderLM& model, const ParallelGrid& grid, cons
   std::vector<int32_t> next(static_cast<size_t>(B));
   // Counts each new token, and a sequence's unused budget when it ends, so the line reaches 100%.
   Progress shown("generate", n * o.max_new_tokens, ProgressUnit::count, "tokens",
-                 {.print = progress && grid.world_rank() == 0});
+                 printing(progress && grid.world_rank() == 0));
   auto ended = [&](const Generated& g) { shown.advance(o.max_new_tokens - static_cast<int64_t>(g.tokens.size())); };
   for (;;) {
     // Each sequence's token at position `fed`: its prompt's, or a sample from the last logits.

@@ -445,7 +445,7 @@ void save_model(DecoderLM& model, RunConfig& cfg, const std::string& path, const
   std::vector<SafetensorsEntry> entries;
   for (const Param& p : model.params().params())
     if (!is_training_only_name(p.name)) entries.push_back({p.name, p.global_shape.vec(), p.value});
-  Progress shown("writing " + path, safetensors_data_bytes(entries), ProgressUnit::bytes, "", {.print = progress});
+  Progress shown("writing " + path, safetensors_data_bytes(entries), ProgressUnit::bytes, "", printing(progress));
   write_safetensors(path, entries, model_metadata(cfg, tokenizer), &shown);
 }
 

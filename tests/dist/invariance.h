@@ -57,6 +57,15 @@ inline ::testing::AssertionResult tensors_match(const Param& p, const Param& ref
                                        << " past its bound (max |ref| " << scale << ")";
 }
 
+// Sets this rank's slice of p to the reference's values (the index mapping of tensors_match).
+inline void copy_reference_values(Param& p, const Param& ref) {
+  const int64_t cols = p.global_shape.rank == 2 ? p.global_shape[1] : p.global_shape.numel();
+  const int64_t lc = p.global_shape.rank == 2 ? p.local_shape[1] : p.local_shape.numel();
+  const int64_t r0 = p.global_shape.rank == 2 ? p.local_offset[0] : 0;
+  const int64_t c0 = p.global_shape.rank == 2 ? p.local_offset[1] : (p.local_offset.rank ? p.local_offset[0] : 0);
+  for (int64_t i = 0; i < p.numel(); ++i) p.value[i] = ref.value[(r0 + i / lc) * cols + c0 + i % lc];
+}
+
 inline ParallelConfig layout(int64_t ep, MoeDispatcher d = MoeDispatcher::alltoall) {
   ParallelConfig pc;
   pc.ep = ep;

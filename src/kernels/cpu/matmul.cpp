@@ -67,11 +67,16 @@ void Matmul::execute(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
       ops.append_sum(1.0f);
       attr.set_post_ops(ops);
     }
-    dnnl::matmul::primitive_desc pd(
-        dnnl::matmul::desc(matrix(m, k, lda, trans_a, dt::bf16), matrix(k, N, ldb, trans_b, dt::bf16),
-                           matrix(m, N, ldc, false, c_type)),
-        attr, impl_->engine);
-    it = impl_->primitives.emplace(key, dnnl::matmul(pd)).first;
+    try {
+      dnnl::matmul::primitive_desc pd(
+          dnnl::matmul::desc(matrix(m, k, lda, trans_a, dt::bf16), matrix(k, N, ldb, trans_b, dt::bf16),
+                             matrix(m, N, ldc, false, c_type)),
+          attr, impl_->engine);
+      it = impl_->primitives.emplace(key, dnnl::matmul(pd)).first;
+    } catch (const dnnl::error& e) {  // oneDNN has no bf16 matmul below AVX-512 (e.g. an AVX2-only CPU)
+      FF_FAIL("model.precision = bf16: oneDNN has no bf16 matmul on this CPU (%s; it needs AVX-512, and runs "
+              "fastest with AVX512-BF16 or AMX): train with --precision fp32", e.what());
+    }
   }
   memory a(matrix(M, K, lda, trans_a, dt::bf16), impl_->engine, const_cast<bf16_t*>(A));
   memory b(matrix(K, N, ldb, trans_b, dt::bf16), impl_->engine, const_cast<bf16_t*>(B));

@@ -59,7 +59,7 @@ ImportanceStats calibrate(DecoderLM& model, const ParallelGrid& grid, const GptD
   FF_CHECK(batches > 0, "%lld calibration windows are fewer than one batch of the job (micro_batch %lld x %lld data-"
            "parallel replicas)", (long long)samples, (long long)B, (long long)DP);
   Progress shown("calibration", batches * B * DP, ProgressUnit::count, "windows",
-                 {.print = progress && grid.world_rank() == 0});
+                 printing(progress && grid.world_rank() == 0));
   for (int64_t k = 0; k < batches; ++k) {
     for (int64_t b = 0; b < B; ++b) {
       windows.get_unshuffled((k * DP + r) * B + b, buf.data());
