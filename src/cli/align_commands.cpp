@@ -217,7 +217,8 @@ void add_align_commands(CLI::App& app, RunConfig& defaults, bool& print_config, 
                                                      [&annotate, n = std::string(f)](const std::string& v) {
                                                        annotate.layout[n] = v;
                                                      },
-                                                     std::string("parallel layout: ") + f);
+                                                     std::string("parallel layout: parallel.") + f)
+        ->type_name(std::string(f) == "sequence_parallel" ? "BOOL" : "INT");
   auto* steer_sft = cmds.steer_sft = steer->add_subcommand("sft", "3. SFT conditioned on each record's attributes, written after "
                                                  "NeMo's assistant header as <extra_id_2>name:value,...");
   steer_sft_flags.add_to(*steer_sft, defaults);

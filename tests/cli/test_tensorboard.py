@@ -1,8 +1,8 @@
 """`fivefold train --tensorboard_dir` end to end: the event file is read back here with an
 independent reader of TensorBoard's format (TFRecord framing with masked CRC32C, Event protos
 decoded from the wire format), whose CRC-32C is checked on its standard test vector. Every record
-must frame and checksum correctly, the first names the format, and each step's scalars must be
-metrics.jsonl's values as float32.
+must frame and checksum correctly, the first names the format, each step's scalars must be
+metrics.jsonl's values as float32, and a cut or corrupted last record must cost only itself.
 
 Usage: test_tensorboard.py FIVEFOLD. Exits non-zero on any failure.
 """
@@ -36,6 +36,27 @@ def crc32c(data):
 def masked(data):
     c = crc32c(data)
     return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_records(data):
+    """TFRecord framing: [length u64][masked crc32c of length][data][masked crc32c of data]. Reads
+    until the end or the first record that is cut short or fails a checksum (as TensorBoard's
+    reader stops there); returns the records before it and whether the whole file was good."""
+    records, i = [], 0
+    while i < len(data):
+        if i + 12 > len(data):
+            return records, False
+        (n,) = struct.unpack_from("<Q", data, i)
+        (lcrc,) = struct.unpack_from("<I", data, i + 8)
+        if lcrc != masked(data[i:i + 8]) or i + 12 + n + 4 > len(data):
+            return records, False
+        rec = data[i + 12:i + 12 + n]
+        (dcrc,) = struct.unpack_from("<I", data, i + 12 + n)
+        if dcrc != masked(rec):
+            return records, False
+        records.append(rec)
+        i += 12 + n + 4
+    return records, True
 
 
 def varint(b, i):
@@ -82,20 +103,20 @@ with tempfile.TemporaryDirectory() as tmp:
     check("train with --tensorboard_dir", r.returncode == 0, r.stdout + r.stderr)
     files = glob.glob(os.path.join(tmp, "tb", "events.out.tfevents.*"))
     check("one event file", len(files) == 1, files)
-    events, framing_ok = [], True
-    if files:
-        data = open(files[0], "rb").read()
-        i = 0
-        while i < len(data):
-            (n,) = struct.unpack_from("<Q", data, i)
-            (lcrc,) = struct.unpack_from("<I", data, i + 8)
-            rec = data[i + 12:i + 12 + n]
-            (dcrc,) = struct.unpack_from("<I", data, i + 12 + n)
-            framing_ok &= lcrc == masked(data[i:i + 8]) and dcrc == masked(rec) and len(rec) == n
-            events.append(rec)
-            i += 12 + n + 4
-        framing_ok &= i == len(data)
+    data = open(files[0], "rb").read() if files else b""
+    events, framing_ok = read_records(data)
     check("every record framed and checksummed", framing_ok and len(events) > 1)
+    # A damaged tail (a run killed mid-write, a flipped bit) costs only its own record: the
+    # records before it still frame and checksum, the bad one is refused.
+    if len(events) > 2:
+        last = len(data) - (12 + len(events[-1]) + 4)  # where the last record starts
+        cut, cut_ok = read_records(data[:last + 12 + len(events[-1]) // 2])
+        flipped = bytearray(data)
+        flipped[last + 12] ^= 0x01
+        bad, bad_ok = read_records(bytes(flipped))
+        check("a cut or corrupted last record leaves the earlier ones",
+              cut == events[:-1] and not cut_ok and bad == events[:-1] and not bad_ok,
+              (len(cut), len(bad), len(events)))
     scalars = {}  # (step, tag) -> value
     version = None
     for e in events:
