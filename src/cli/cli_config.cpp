@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "io/config_json.h"
+#include "parallel/thread_count.h"
 #include "train/model_source.h"
 #include "train/run_checkpoint.h"
 #include "train/upcycle.h"
@@ -108,20 +109,16 @@ void check_run_config(const RunConfig& c, int world) {
 }
 
 // OpenMP threads per rank: train.threads if set; else OMP_NUM_THREADS if the user set it; else the
-// machine's cores shared among the ranks running on it, so `mpirun -np 2` on 2 cores runs 1 thread
-// per rank instead of oversubscribing the cores.
+// CPUs the launcher gave the rank, shared with the ranks of its node bound to the same ones
+// (parallel/thread_count.h), so `mpirun -np 2` on 2 cores runs 1 thread per rank instead of
+// oversubscribing the cores, and ranks bound to a socket each use their socket's share.
 void set_threads(const RunConfig& c) {
   if (c.train.threads > 0) {
     omp_set_num_threads(static_cast<int>(c.train.threads));
     return;
   }
   if (std::getenv("OMP_NUM_THREADS")) return;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int local = 1;
-  MPI_Comm_size(node, &local);
-  MPI_Comm_free(&node);
-  omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
+  omp_set_num_threads(default_thread_count());
 }
 
 // Resolves the run's config, checks it (once, the same on every rank) and prints it with

@@ -100,7 +100,7 @@ struct RunConfigFlags {
 // Every problem of a resolved config for `world` ranks, in one UserError.
 void check_run_config(const RunConfig& c, int world);
 // OpenMP threads per rank: train.threads if set; else OMP_NUM_THREADS if the user set it; else the
-// machine's cores shared among the ranks running on it.
+// CPUs the launcher gave the rank, shared with the ranks of its node bound to the same ones.
 void set_threads(const RunConfig& c);
 // Resolves the run's config, checks it (once, the same on every rank) and prints it with
 // --print_config, or runs `job` on the layout's grid.

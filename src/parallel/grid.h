@@ -37,9 +37,9 @@ struct ParallelConfig {
     v(ep, "ep", "expert-parallel size");
     v(etp, "etp", "expert-tensor-parallel size; 0 = same as tp");
     v(sequence_parallel, "sequence_parallel", "split norms/dropout activations along the sequence over TP");
-    v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group: alltoall (one row per token and expert, "
-                                        "specs §7.4), allgather (§7.3), alltoall_dedup (one row per token and "
-                                        "destination rank, expanded to its experts there)");
+    v(moe_dispatcher, "moe_dispatcher", "token dispatcher over the EP group: alltoall (one row per token and expert), "
+                                        "allgather (every token to every EP rank), alltoall_dedup (one row per token "
+                                        "and destination rank, expanded to its experts there)");
     v(cp_comm, "cp_comm", "context-parallel attention: ring (K/V blocks passed around) or all_gather (K/V gathered)");
     v(virtual_stages, "virtual_stages", "model chunks per pipeline stage; > 1 uses the interleaved schedule");
     v(trace_collectives, "trace_collectives", "debug: write every collective of rank r to PREFIX.rank<r>.log, "

@@ -91,6 +91,7 @@ struct IterationMetrics {
   double actor_loss = 0, critic_loss = 0, actor_clip = 0, critic_clip = 0, ratio = 0, entropy = 0;
   double advantage_mean = 0, advantage_std = 0, actor_grad_norm = 0, critic_grad_norm = 0;
   double lr = 0, critic_lr = 0, generated_tokens_per_s = 0;
+  bool actor_learned = false;  // the actor's loss saw rows (not during the critic warm-up, nor when none ended)
   // Phases as world rank 0 saw them (rollouts, scores complete, training to the iteration's end),
   // and the busy time of each group (the same ranks when shared).
   double rollout_s = 0, score_s = 0, train_s = 0, iteration_s = 0;
@@ -494,6 +495,7 @@ IterationMetrics PpoJob::iteration(int64_t it) {
   place_.world().all_reduce_max(norms, 3);
   mt.actor_loss = sums[0];
   mt.critic_loss = sums[1];
+  mt.actor_learned = sums[2] > 0;
   mt.actor_clip = sums[2] > 0 ? sums[3] / sums[2] : 0.0;
   mt.ratio = sums[2] > 0 ? sums[4] / sums[2] : 0.0;
   mt.entropy = sums[2] > 0 ? sums[5] / sums[2] : 0.0;
@@ -569,11 +571,14 @@ void PpoJob::run() {
   for (int64_t it = start; it < tc.steps; ++it) {
     const IterationMetrics m = iteration(it);
     cursor.next_sample = (it + 1) * tc.ppo_rollout_prompts;
+    // The actor's loss statistics exist only when it learned this iteration: null otherwise.
+    auto actor_stat = [&](double v) { return m.actor_learned ? nlohmann::json(v) : nlohmann::json(); };
     if (lead_) {
       metrics->write_line(nlohmann::json{
           {"step", it + 1}, {"reward", m.reward}, {"kl", m.kl}, {"response_length", m.length}, {"ended", m.ended},
-          {"entropy", m.entropy}, {"actor_loss", m.actor_loss}, {"critic_loss", m.critic_loss},
-          {"actor_clip_fraction", m.actor_clip}, {"critic_clip_fraction", m.critic_clip}, {"ratio", m.ratio},
+          {"entropy", actor_stat(m.entropy)}, {"actor_loss", m.actor_loss}, {"critic_loss", m.critic_loss},
+          {"actor_clip_fraction", actor_stat(m.actor_clip)}, {"critic_clip_fraction", m.critic_clip},
+          {"ratio", actor_stat(m.ratio)},
           {"advantage_mean", m.advantage_mean}, {"advantage_std", m.advantage_std},
           {"actor_grad_norm", m.actor_grad_norm}, {"critic_grad_norm", m.critic_grad_norm}, {"lr", m.lr},
           {"critic_lr", m.critic_lr}, {"rollout_s", m.rollout_s}, {"score_s", m.score_s}, {"train_s", m.train_s},
@@ -581,9 +586,10 @@ void PpoJob::run() {
           {"critic_score_s", m.critic_score_s}, {"critic_train_s", m.critic_train_s},
           {"generated_tokens_per_s", m.generated_tokens_per_s}}.dump());
       if (!quiet_)
-        std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | entropy %.3f | actor %.4f "
+        std::printf("ppo %4lld/%lld | reward %.4f | kl %.4f | len %.1f | ended %.2f | entropy %s | actor %.4f "
                     "clip %.3f | critic %.4f clip %.3f | rollout %.2fs score %.2fs train %.2fs | %.0f gen tok/s\n",
-                    (long long)(it + 1), (long long)tc.steps, m.reward, m.kl, m.length, m.ended, m.entropy,
+                    (long long)(it + 1), (long long)tc.steps, m.reward, m.kl, m.length, m.ended,
+                    m.actor_learned ? strprintf("%.3f", m.entropy).c_str() : "-",
                     m.actor_loss, m.actor_clip, m.critic_loss, m.critic_clip, m.rollout_s, m.score_s, m.train_s,
                     m.generated_tokens_per_s);
       std::fflush(stdout);
