@@ -104,7 +104,16 @@ void RunConfigFlags::adopt_init_source(RunConfig& c) const {
 void check_run_config(const RunConfig& c, int world) {
   auto errors = c.validate(world);
   if (errors.empty()) return;
-  const std::string all = join_problems(errors);
+  std::string all = join_problems(errors);
+  // A resumed run starts from the checkpoint's config, its layout included: a job of another
+  // size must say its own.
+  const bool layout = std::any_of(errors.begin(), errors.end(), [](const std::string& e) {
+    return e.find("world size") != std::string::npos || e.find("ranks") != std::string::npos;
+  });
+  if (!c.train.resume.empty() && layout)
+    all += strprintf("\n  (--resume starts from the checkpoint's config, parallel layout included: give this job's "
+                     "layout for its %d rank%s, e.g. --tp, --pp, --cp, --ep, --etp, --sequence_parallel%s)", world,
+                     world == 1 ? "" : "s", c.train.ppo_critic_ranks > 0 ? ", --ppo_critic_ranks" : "");
   throw UserError(strprintf("invalid configuration (%zu problem(s)):%s", errors.size(), all.c_str()));
 }
 

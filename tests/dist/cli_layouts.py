@@ -82,6 +82,14 @@ for name in layouts:
 # Stop after 2 steps under DP 2 x EP 2, resume under TP 2 x PP 2 (4 ranks).
 first = os.path.join(tmp, "first")
 run(2, ["--ep", "2", "--grad_accum", "2", "--save_interval", "2", "--steps", "2"], first)
+# Resuming it in one process without a layout: the checkpoint's EP 2 does not fit, and the error
+# says that the layout came from the checkpoint and which flags set this job's.
+r = subprocess.run([fivefold, "train", "--resume", os.path.join(first, "checkpoints"), "--out_dir",
+                    os.path.join(tmp, "hint")], env=env, capture_output=True, text=True, timeout=120)
+ok = r.returncode != 0 and "--resume starts from the checkpoint's config" in r.stderr and "--ep" in r.stderr
+print("%-40s %s" % ("resume on fewer ranks names the layout", "ok" if ok else "MISSING " + r.stderr[-300:]))
+failures += not ok
+checks += 1
 resumed = run(4, ["--resume", os.path.join(first, "checkpoints"), "--out_dir", first, "--tp", "2", "--sequence_parallel",
                   "true", "--etp", "1", "--pp", "2", "--ep", "1", "--grad_accum", "4", "--steps", "4"], first)
 ok = all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(resumed, reference))
