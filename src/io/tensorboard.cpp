@@ -112,14 +112,17 @@ void TensorBoardWriter::scalar(const std::string& tag, int64_t step, double valu
   write_record(e);
 }
 
+// A number is one scalar under its key; an array's numbers go under key/i, and nested arrays
+// under key/i/j (expert_load: layer/expert), as far down as they nest.
 void TensorBoardWriter::scalars(const nlohmann::json& record, int64_t step) {
-  for (const auto& [key, value] : record.items()) {
-    if (key == "step") continue;
-    if (value.is_number()) scalar(key, step, value.get<double>());
-    if (value.is_array())
-      for (size_t i = 0; i < value.size(); ++i)
-        if (value[i].is_number()) scalar(key + "/" + std::to_string(i), step, value[i].get<double>());
-  }
+  for (const auto& [key, value] : record.items())
+    if (key != "step") tree(key, value, step);
+}
+
+void TensorBoardWriter::tree(const std::string& tag, const nlohmann::json& value, int64_t step) {
+  if (value.is_number()) scalar(tag, step, value.get<double>());
+  if (value.is_array())
+    for (size_t i = 0; i < value.size(); ++i) tree(tag + "/" + std::to_string(i), value[i], step);
 }
 
 void TensorBoardWriter::flush() {

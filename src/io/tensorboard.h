@@ -24,14 +24,15 @@ class TensorBoardWriter {
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
 
   void scalar(const std::string& tag, int64_t step, double value);
-  // Every number of a flat metrics record as a scalar under its key (arrays as KEY/INDEX); the
-  // "step" field is the step, not a scalar.
+  // Every number of a metrics record as a scalar under its key (arrays as KEY/INDEX, nested ones
+  // as KEY/I/J: expert_load/LAYER/EXPERT); the "step" field is the step, not a scalar.
   void scalars(const nlohmann::json& record, int64_t step);
   void flush();
   const std::string& path() const { return path_; }
 
  private:
   void write_record(const std::string& event);
+  void tree(const std::string& tag, const nlohmann::json& value, int64_t step);
   std::string path_;
   std::FILE* file_ = nullptr;
 };

@@ -146,6 +146,11 @@ with tempfile.TemporaryDirectory() as tmp:
             ok &= got is not None and got == struct.unpack("<f", struct.pack("<f", rec[key]))[0]
         if "expert_load_max_over_mean" in rec:
             ok &= (rec["step"], "expert_load_max_over_mean/0") in scalars
+        for layer, shares in enumerate(rec.get("expert_load", [])):  # nested: expert_load/LAYER/EXPERT
+            for e, share in enumerate(shares):
+                got = scalars.get((rec["step"], "expert_load/%d/%d" % (layer, e)))
+                ok &= got is not None and got == struct.unpack("<f", struct.pack("<f", share))[0]
+        ok &= "expert_load" in rec
     check("each step's scalars are metrics.jsonl's (as float32)", ok, sorted(scalars)[:12])
     check("validation at steps 3 and 6 only", sorted(s for s, t in scalars if t == "valid_loss") == [3, 6],
           sorted(s for s, t in scalars if t == "valid_loss"))
