@@ -10,6 +10,7 @@
 
 #include "recipes/ppo/advantages.h"
 #include "recipes/ppo/ppo_objective.h"
+#include "recipes/ppo/rollout_share.h"
 #include "recipes/ppo/rollouts.h"
 #include "test_util.h"
 
@@ -241,6 +242,55 @@ TEST(Ppo, RolloutsTargetTheResponseRowsOnly) {
   EXPECT_THROW(pack_rollouts(prompts, gen, {0, 1}, 2, 7, 0), Error);  // 3 + 4 + EOS > 7
   // Each optimizer step's sequences are split over the replicas: 2 replicas of 2 per step.
   EXPECT_EQ(replica_sequences(8, 2, 1, 2), (std::vector<int64_t>{2, 3, 6, 7}));
+}
+
+// A group's loss rows come from the batch-wide scores at each packed sequence's own index: a
+// share holding sequences 2 and 0 (in that order) reads their rows, the reward model's score
+// enters at the last response row, and only_ended masks the actor off the cut sequence.
+TEST(Ppo, LossRowsReadEachSequencesScoresByItsBatchIndex) {
+  const int64_t S = 6;
+  const std::vector<std::vector<int32_t>> prompts = {{5, 6}, {7}, {8, 9}};
+  std::vector<Generated> gen(3);
+  gen[0].tokens = {1, 2};
+  gen[0].finish = "eos";  // rows [1, 4)
+  gen[2].tokens = {3};
+  gen[2].finish = "length";  // rows [1, 2)
+  SideRollouts share;
+  share.append(pack_rollouts(prompts, gen, {2, 0}, 2, S, /*eod=*/0), {2, 0});
+  RolloutScores sc;
+  sc.reset(3, S);
+  for (int64_t i = 0; i < 3 * S; ++i) {
+    sc.logp[static_cast<size_t>(i)] = -0.1f * static_cast<float>(i);
+    sc.ref[static_cast<size_t>(i)] = -0.1f * static_cast<float>(i) + 0.05f;
+    sc.values[static_cast<size_t>(i)] = 0.01f * static_cast<float>(i);
+  }
+  sc.score = {1.0f, 9.0f, 2.0f};
+  TrainConfig tc;
+  tc.ppo_kl_beta = 0.5;
+  tc.ppo_gamma = 0.9;
+  tc.ppo_lambda = 0.8;
+  tc.ppo_only_ended = true;
+  const LossRows rows = loss_rows(share, sc, tc);
+  ASSERT_EQ(rows.adv.size(), 1u);
+  for (int64_t b = 0; b < 2; ++b) {
+    const int64_t i = b == 0 ? 2 : 0;  // the batch index of packed sequence b
+    const ResponseSpan sp = share.ro.spans[0][static_cast<size_t>(b)];
+    std::vector<float> rewards(S), adv(S), ret(S);
+    kl_penalized_rewards(rewards.data(), sc.logp.data() + i * S, sc.ref.data() + i * S, sp, S,
+                         sc.score[static_cast<size_t>(i)], 0.5, true);
+    generalized_advantages(adv.data(), ret.data(), rewards.data(), sc.values.data() + i * S, sp, S, 0.9, 0.8);
+    for (int64_t t = 0; t < S; ++t) {
+      const size_t at = static_cast<size_t>(b * S + t);
+      const bool response = t >= sp.first && t < sp.end;
+      EXPECT_EQ(rows.logp[0][at], sc.logp[static_cast<size_t>(i * S + t)]) << b << " " << t;
+      EXPECT_EQ(rows.values[0][at], sc.values[static_cast<size_t>(i * S + t)]) << b << " " << t;
+      EXPECT_EQ(rows.adv[0][at], adv[static_cast<size_t>(t)]) << b << " " << t;
+      EXPECT_EQ(rows.ret[0][at], ret[static_cast<size_t>(t)]) << b << " " << t;
+      EXPECT_EQ(rows.mask[0][at], response ? 1.0f : 0.0f) << b << " " << t;
+      EXPECT_EQ(rows.actor_mask[0][at], response && i == 0 ? 1.0f : 0.0f) << b << " " << t;  // 2 was cut
+    }
+  }
+  EXPECT_NE(rows.adv[0][1], 0.0f);  // sequence 2's one response row carries its score 2
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "io/progress.h"
 #include "recipes/ppo/ppo_objective.h"
 #include "recipes/ppo/ppo_placement.h"
+#include "recipes/ppo/rollout_share.h"
 #include "recipes/ppo/rollouts.h"
 #include "train/data.h"
 #include "train/model_role.h"
@@ -97,60 +98,6 @@ struct IterationMetrics {
   double rollout_s = 0, score_s = 0, train_s = 0, iteration_s = 0;
   double actor_score_s = 0, actor_train_s = 0, critic_score_s = 0, critic_train_s = 0;
 };
-
-// One group's share of the rollout batch: the batch's index of each sequence it packed, in order,
-// and those sequences as micro-batches.
-struct SideRollouts {
-  std::vector<int64_t> which;
-  Rollouts ro;
-  void append(Rollouts part, const std::vector<int64_t>& indices);
-};
-
-void SideRollouts::append(Rollouts part, const std::vector<int64_t>& indices) {
-  which.insert(which.end(), indices.begin(), indices.end());
-  ro.B = part.B;
-  ro.S = part.S;
-  for (size_t m = 0; m < part.tokens.size(); ++m) {
-    ro.tokens.push_back(std::move(part.tokens[m]));
-    ro.targets.push_back(std::move(part.targets[m]));
-    ro.spans.push_back(std::move(part.spans[m]));
-    ro.ended.push_back(std::move(part.ended[m]));
-  }
-}
-
-// A group's per-micro-batch rows for its losses, from every sequence's scores: the rollout-time
-// log-probs and values, GAE's advantages and returns, the response mask and the actor's.
-struct LossRows {
-  std::vector<std::vector<float>> logp, values, adv, ret, mask, actor_mask;
-};
-
-LossRows loss_rows(const SideRollouts& side, const RolloutScores& sc, const TrainConfig& tc) {
-  const Rollouts& ro = side.ro;
-  const int64_t B = ro.B, S = ro.S, M = ro.micro_batches();
-  LossRows r;
-  for (auto* v : {&r.logp, &r.values, &r.adv, &r.ret, &r.mask, &r.actor_mask})
-    v->assign(static_cast<size_t>(M), std::vector<float>(static_cast<size_t>(B * S), 0.0f));
-  std::vector<float> rewards(static_cast<size_t>(S));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t b = 0; b < B; ++b) {
-      const size_t mi = static_cast<size_t>(m), o = static_cast<size_t>(b * S);
-      const int64_t i = side.which[static_cast<size_t>(m * B + b)];
-      const size_t g = static_cast<size_t>(i * S);
-      const ResponseSpan sp = ro.spans[mi][static_cast<size_t>(b)];
-      std::copy(sc.logp.begin() + g, sc.logp.begin() + g + S, r.logp[mi].begin() + o);
-      std::copy(sc.values.begin() + g, sc.values.begin() + g + S, r.values[mi].begin() + o);
-      kl_penalized_rewards(rewards.data(), sc.logp.data() + g, sc.ref.data() + g, sp, S, sc.score[static_cast<size_t>(i)],
-                           tc.ppo_kl_beta, tc.ppo_absolute_kl);
-      generalized_advantages(r.adv[mi].data() + o, r.ret[mi].data() + o, rewards.data(), sc.values.data() + g, sp, S,
-                             tc.ppo_gamma, tc.ppo_lambda);
-      const bool learn = ro.ended[mi][static_cast<size_t>(b)] != 0 || !tc.ppo_only_ended;
-      for (int64_t t = sp.first; t < sp.end; ++t) {
-        r.mask[mi][o + static_cast<size_t>(t)] = 1.0f;
-        r.actor_mask[mi][o + static_cast<size_t>(t)] = learn ? 1.0f : 0.0f;
-      }
-    }
-  return r;
-}
 
 // One model's pass over its group's rollouts, GA micro-batches per optimizer step.
 struct TrainOutcome {
