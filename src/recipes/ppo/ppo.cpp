@@ -324,20 +324,11 @@ TrainOutcome PpoJob::train_critic(const SideRollouts& side, const LossRows& rows
   const int64_t GA = critic_grad_accum(), B = side.ro.B, S = side.ro.S, steps = side.ro.micro_batches() / GA;
   TrainOutcome out;
   for (int64_t j = 0; j < steps; ++j) {
-    std::vector<std::vector<int32_t>> tk, tg;
-    std::vector<PpoRows> r;
-    double count = 0;  // the step's masked rows over the replicas
-    for (int64_t m = j * GA; m < (j + 1) * GA; ++m) {
-      const size_t mi = static_cast<size_t>(m);
-      tk.push_back(side.ro.tokens[mi]);
-      tg.push_back(side.ro.targets[mi]);
-      r.push_back({rows.values[mi], rows.ret[mi], rows.mask[mi]});
-      for (float v : rows.mask[mi]) count += v;
-    }
-    place_.grid().dp().all_reduce_sum(&count, 1);
+    StepBatch sb = step_batch(side, j, GA, rows.values, rows.ret, rows.mask);
+    place_.grid().dp().all_reduce_sum(&sb.masked, 1);  // the step's masked rows over the replicas
     critic_->model().params().zero_grads();
-    const PpoCriticLoss loss(r, count, tc.ppo_value_clip);
-    out.loss += critic_pipe_->run(tk, tg, B, S, loss).loss / static_cast<double>(steps);
+    const PpoCriticLoss loss(sb.rows, sb.masked, tc.ppo_value_clip);
+    out.loss += critic_pipe_->run(sb.tokens, sb.targets, B, S, loss).loss / static_cast<double>(steps);
     out.grad_norm = critic_->optimizer_step(lr);
     out.stats.add(loss.stats());
   }
@@ -350,21 +341,12 @@ TrainOutcome PpoJob::train_actor(const SideRollouts& side, const LossRows& rows,
   const int64_t GA = tc.grad_accum, B = side.ro.B, S = side.ro.S, steps = side.ro.micro_batches() / GA;
   TrainOutcome out;
   for (int64_t j = 0; j < steps; ++j) {
-    std::vector<std::vector<int32_t>> tk, tg;
-    std::vector<PpoRows> r;
-    double count = 0;
-    for (int64_t m = j * GA; m < (j + 1) * GA; ++m) {
-      const size_t mi = static_cast<size_t>(m);
-      tk.push_back(side.ro.tokens[mi]);
-      tg.push_back(side.ro.targets[mi]);
-      r.push_back({rows.logp[mi], rows.adv[mi], rows.actor_mask[mi]});
-      for (float v : rows.actor_mask[mi]) count += v;
-    }
-    place_.grid().dp().all_reduce_sum(&count, 1);
-    if (count == 0) continue;  // no ended sequence in the step: nothing to learn from
+    StepBatch sb = step_batch(side, j, GA, rows.logp, rows.adv, rows.actor_mask);
+    place_.grid().dp().all_reduce_sum(&sb.masked, 1);
+    if (sb.masked == 0) continue;  // no ended sequence in the step: nothing to learn from
     actor_->model().params().zero_grads();
-    const PpoActorLoss loss(r, count, tc.ppo_clip, tc.ppo_entropy_coeff);
-    out.loss += actor_pipe_->run(tk, tg, B, S, loss).loss / static_cast<double>(steps);
+    const PpoActorLoss loss(sb.rows, sb.masked, tc.ppo_clip, tc.ppo_entropy_coeff);
+    out.loss += actor_pipe_->run(sb.tokens, sb.targets, B, S, loss).loss / static_cast<double>(steps);
     out.grad_norm = actor_->optimizer_step(lr);
     out.stats.add(loss.stats());
   }
@@ -401,7 +383,7 @@ IterationMetrics PpoJob::iteration(int64_t it) {
   place_.complete_scores(sc);
   mt.score_s = seconds_since(t0);
   // 3. Rewards with the KL penalty, GAE; the actor's advantages whitened over its replicas.
-  batch_metrics(batch, generated, sc, mt);
+  if (lead_) batch_metrics(batch, generated, sc, mt);  // only the lead writes them
   LossRows actor_rows, critic_rows;
   if (place_.actor_side()) {
     actor_rows = loss_rows(actor_side, sc, tc);
@@ -426,20 +408,20 @@ IterationMetrics PpoJob::iteration(int64_t it) {
     actor = train_actor(actor_side, actor_rows, mt.lr);
     mt.actor_train_s = seconds_since(t1);
   }
-  // 5. The figures of both groups to world rank 0: the losses from each group's first rank, the
-  // loss statistics from its reporters (one per replica), the times from its first rank.
+  // 5. The figures of both groups to world rank 0 (an actor rank: it has the batch metrics and
+  // the advantages' moments itself): the losses from each group's first rank, the loss
+  // statistics from its reporters (one per replica), the times from its first rank.
   const bool actor_first = place_.actor_side() && place_.grid().world_rank() == 0;
   const bool critic_first = place_.critic_side() && place_.grid().world_rank() == 0;
   const bool actor_reports = place_.actor_side() && reporter(), critic_reports = place_.critic_side() && reporter();
-  double sums[11] = {actor_first ? actor.loss : 0.0, critic_first ? critic.loss : 0.0,
+  double sums[10] = {actor_first ? actor.loss : 0.0, critic_first ? critic.loss : 0.0,
                      actor_reports ? actor.stats.rows : 0.0, actor_reports ? actor.stats.clipped : 0.0,
                      actor_reports ? actor.stats.ratio : 0.0, actor_reports ? actor.stats.entropy : 0.0,
                      critic_reports ? critic.stats.rows : 0.0, critic_reports ? critic.stats.clipped : 0.0,
-                     critic_first ? mt.critic_score_s : 0.0, critic_first ? mt.critic_train_s : 0.0,
-                     actor_first ? mt.advantage_std : 0.0};
-  place_.world().all_reduce_sum(sums, 11);
-  double norms[3] = {actor.grad_norm, critic.grad_norm, actor_first ? mt.advantage_mean : -1e300};
-  place_.world().all_reduce_max(norms, 3);
+                     critic_first ? mt.critic_score_s : 0.0, critic_first ? mt.critic_train_s : 0.0};
+  place_.world().all_reduce_sum(sums, 10);
+  double norms[2] = {actor.grad_norm, critic.grad_norm};
+  place_.world().all_reduce_max(norms, 2);
   mt.actor_loss = sums[0];
   mt.critic_loss = sums[1];
   mt.actor_learned = sums[2] > 0;
@@ -449,10 +431,8 @@ IterationMetrics PpoJob::iteration(int64_t it) {
   mt.critic_clip = sums[6] > 0 ? sums[7] / sums[6] : 0.0;
   mt.critic_score_s = sums[8];
   mt.critic_train_s = sums[9];
-  mt.advantage_std = sums[10];
   mt.actor_grad_norm = norms[0];
   mt.critic_grad_norm = norms[1];
-  mt.advantage_mean = norms[2];
   mt.train_s = seconds_since(t0);
   mt.iteration_s = seconds_since(t_start);
   return mt;

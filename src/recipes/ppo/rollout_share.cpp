@@ -44,4 +44,17 @@ LossRows loss_rows(const SideRollouts& side, const RolloutScores& sc, const Trai
   return r;
 }
 
+StepBatch step_batch(const SideRollouts& side, int64_t j, int64_t GA, const std::vector<std::vector<float>>& old,
+                     const std::vector<std::vector<float>>& target, const std::vector<std::vector<float>>& mask) {
+  StepBatch b;
+  for (int64_t m = j * GA; m < (j + 1) * GA; ++m) {
+    const size_t mi = static_cast<size_t>(m);
+    b.tokens.push_back(side.ro.tokens[mi]);
+    b.targets.push_back(side.ro.targets[mi]);
+    b.rows.push_back({old[mi], target[mi], mask[mi]});
+    for (float v : mask[mi]) b.masked += v;
+  }
+  return b;
+}
+
 }  // namespace ff

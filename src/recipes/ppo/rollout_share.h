@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "recipes/ppo/ppo_objective.h"
 #include "recipes/ppo/ppo_placement.h"
 #include "recipes/ppo/rollouts.h"
 #include "train/config.h"
@@ -26,5 +27,16 @@ struct LossRows {
   std::vector<std::vector<float>> logp, values, adv, ret, mask, actor_mask;
 };
 LossRows loss_rows(const SideRollouts& side, const RolloutScores& sc, const TrainConfig& tc);
+
+// Optimizer step j's micro-batches [j GA, (j + 1) GA) of a share: their tokens and targets, each
+// one's loss rows (old, target, mask: a model's three arrays of LossRows), and the step's masked
+// rows on this rank.
+struct StepBatch {
+  std::vector<std::vector<int32_t>> tokens, targets;
+  std::vector<PpoRows> rows;
+  double masked = 0;
+};
+StepBatch step_batch(const SideRollouts& side, int64_t j, int64_t GA, const std::vector<std::vector<float>>& old,
+                     const std::vector<std::vector<float>>& target, const std::vector<std::vector<float>>& mask);
 
 }  // namespace ff
